@@ -1,0 +1,62 @@
+"""hierfit: hierarchical (multilevel) regression over a tree of nested groups.
+
+One model spec (lme4/brms formula syntax), several engines, one kind of result::
+
+    import hierfit
+    sim = hierfit.simulate(seed=1)
+    fit = hierfit.fit("y ~ x1 + x2 + (1 + x1 | market/submarket)", sim.data,
+                      engine="ols", national="United_state")
+    fit.group_effects()          # national, market and submarket effects with intervals
+    fit.decompose(sim.data)      # per-row national + market + submarket + slope parts
+"""
+
+from hierfit import priors
+from hierfit.api import fit, fit_design
+from hierfit.design import Design, build_design
+from hierfit.engines import ENGINES, get_engine
+from hierfit.exceptions import (
+    ConvergenceError,
+    DataError,
+    EngineError,
+    FormulaError,
+    HierarchyError,
+    HierfitError,
+    HierfitWarning,
+    SpecError,
+    UnseenGroupsWarning,
+)
+from hierfit.formula import parse_formula
+from hierfit.results import FitResult
+from hierfit.results import load_fit as load
+from hierfit.simulate import LevelSim, Simulation, simulate
+from hierfit.spec import Hierarchy, ModelSpec, make_spec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ENGINES",
+    "ConvergenceError",
+    "DataError",
+    "Design",
+    "EngineError",
+    "FitResult",
+    "FormulaError",
+    "Hierarchy",
+    "HierarchyError",
+    "HierfitError",
+    "HierfitWarning",
+    "LevelSim",
+    "ModelSpec",
+    "Simulation",
+    "SpecError",
+    "UnseenGroupsWarning",
+    "build_design",
+    "fit",
+    "fit_design",
+    "get_engine",
+    "load",
+    "make_spec",
+    "parse_formula",
+    "priors",
+    "simulate",
+]

@@ -1,0 +1,278 @@
+"""build_design(): the numbers an engine needs, built from a spec and a data frame.
+
+The :class:`DesignEncoding` kept on every design rebuilds the same columns for new data
+(categorical levels, group vocabularies); groups it has not seen get index ``-1`` and the
+prediction falls back to their deepest known ancestor.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from formulaic import Formula
+
+from hierfit.exceptions import DataError, SpecError
+from hierfit.formula import INTERCEPT, GroupTerm
+from hierfit.spec import Hierarchy, ModelSpec, build_hierarchy, get_family
+from hierfit.spec.hierarchy import group_labels
+
+NATIONAL_LEVEL = "national"
+
+
+@dataclass(frozen=True, eq=False)
+class TermDesign:
+    """One group-level term's model columns: ``Z[:, j]`` multiplies coefficient ``j``."""
+
+    term: GroupTerm
+    Z: np.ndarray
+
+    @property
+    def level(self) -> str:
+        return self.term.level
+
+    @property
+    def coefficients(self) -> tuple[str, ...]:
+        return self.term.coefficients
+
+    def column_names(self) -> list[str]:
+        """Contribution column names, e.g. ``market[Intercept]``, ``market[x1]``."""
+        return [f"{self.level}[{c}]" for c in self.coefficients]
+
+
+@dataclass(frozen=True, eq=False)
+class Design:
+    """Arrays for one data set.
+
+    Attributes
+    ----------
+    y
+        Outcome (``None`` for new data without the response column).
+    X, x_names
+        Population-level model matrix and its column names (``Intercept`` first if present).
+    group_index
+        Per level, each row's group index in ``hierarchy.level(name).groups``; ``-1`` = unseen.
+    terms
+        Group-level terms with their ``Z`` columns, in formula order.
+    hierarchy
+        The tree as seen in the *fitting* data.
+    encoding
+        How to rebuild all of this for new data.
+    """
+
+    y: np.ndarray | None
+    X: np.ndarray
+    x_names: tuple[str, ...]
+    group_index: dict[str, np.ndarray]
+    terms: tuple[TermDesign, ...]
+    hierarchy: Hierarchy
+    encoding: DesignEncoding
+    unseen: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.encoding.spec
+
+    def level_used(self) -> np.ndarray:
+        """Per row, the deepest level(s) whose group is known (``"national"`` if none).
+
+        Several independent trees (crossed factors) are joined with ``+``.
+        """
+        known = {name: idx >= 0 for name, idx in self.group_index.items()}
+        used = np.full(self.n, "", dtype=object)
+        for lv in self.hierarchy.levels:
+            kids = self.hierarchy.children(lv.name)
+            leafmost = known[lv.name].copy()
+            for kid in kids:
+                leafmost &= ~known[kid]
+            sep = np.where(used == "", "", "+")
+            used = np.where(leafmost, used + sep + lv.name, used)
+        return np.where(used == "", NATIONAL_LEVEL, used)
+
+    def contribution_columns(self) -> list[str]:
+        """Names of the decomposition columns for this design's spec."""
+        cols = [NATIONAL_LEVEL]
+        for t in self.terms:
+            cols.extend(t.column_names())
+        cols.append("population")
+        return cols
+
+
+@dataclass(frozen=True, eq=False)
+class DesignEncoding:
+    """Everything needed to rebuild a design for new data (picklable)."""
+
+    spec: ModelSpec
+    population_spec: object  # formulaic ModelSpec
+    hierarchy: Hierarchy
+
+    def apply(self, data: pd.DataFrame, *, require_response: bool = False) -> Design:
+        """Build the design of new data with the fitted encoding.
+
+        Groups not seen in fitting get index -1 (recorded in ``Design.unseen``).
+        """
+        _check_frame(data)
+        spec = self.spec
+        has_y = spec.response in data.columns
+        if require_response and not has_y:
+            raise DataError(_missing_column_message(spec.response, data, "response"))
+        used = _used_columns(spec, data, include_response=has_y)
+        _check_missing_values(data, used)
+        y = _response(spec, data) if has_y else None
+        X, names = _population_matrix(self.population_spec, data)
+        group_index: dict[str, np.ndarray] = {}
+        unseen: dict[str, dict[str, int]] = {}
+        for lv in self.hierarchy.levels:
+            labels = group_labels(data, lv.factor)
+            vocab = pd.Index(lv.groups)
+            idx = vocab.get_indexer(labels).astype(np.int64)
+            if lv.parent is not None and lv.parent_index is not None:
+                # A known child listed under another parent than in fitting is not the same group.
+                parent_idx = group_index[lv.parent]
+                ok = idx >= 0
+                moved = ok & (lv.parent_index[np.where(ok, idx, 0)] != parent_idx)
+                idx[moved] = -1
+            group_index[lv.name] = idx
+            if (idx < 0).any():
+                counts = pd.Series(labels[idx < 0]).value_counts()
+                unseen[lv.name] = {str(k): int(v) for k, v in counts.items()}
+        terms = tuple(TermDesign(t, _term_columns(t, data)) for t in spec.formula.group_terms)
+        return Design(y, X, names, group_index, terms, self.hierarchy, self, unseen)
+
+
+def build_design(spec: ModelSpec, data: pd.DataFrame) -> Design:
+    """Build the fitting design: checks the data, builds the tree and all arrays.
+
+    Examples
+    --------
+    >>> import hierfit
+    >>> sim = hierfit.simulate(n_markets=3, n_submarkets=2, rows_per_submarket=5, seed=1)
+    >>> spec = hierfit.make_spec("y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)")
+    >>> d = build_design(spec, sim.data)
+    >>> d.X.shape, d.x_names, [t.level for t in d.terms]
+    ((30, 3), ('Intercept', 'x1', 'x2'), ['market', 'submarket'])
+    """
+    _check_frame(data)
+    if spec.response not in data.columns:
+        raise DataError(_missing_column_message(spec.response, data, "response"))
+    used = _used_columns(spec, data, include_response=True)
+    _check_missing_values(data, used)
+    y = _response(spec, data)
+    get_family(spec.family).check_outcome(y, spec.response)
+    formula = Formula(spec.formula.population)
+    X, names, population_spec = _fit_population_matrix(formula, data)
+    hierarchy, group_index = build_hierarchy(spec, data)
+    terms = tuple(TermDesign(t, _term_columns(t, data)) for t in spec.formula.group_terms)
+    encoding = DesignEncoding(spec, population_spec, hierarchy)
+    return Design(y, X, names, group_index, terms, hierarchy, encoding)
+
+
+def _check_frame(data: object) -> None:
+    if not isinstance(data, pd.DataFrame):
+        raise DataError(f"Data must be a pandas DataFrame; got {type(data).__name__}. Wrap it with pd.DataFrame(...).")
+    if len(data) == 0:
+        raise DataError("The data have no rows.")
+
+
+def _missing_column_message(column: str, data: pd.DataFrame, role: str) -> str:
+    return (
+        f"The {role} column {column!r} is not in the data; columns are "
+        f"{sorted(map(str, data.columns))}. Fix the formula or add the column."
+    )
+
+
+def _used_columns(spec: ModelSpec, data: pd.DataFrame, *, include_response: bool) -> list[str]:
+    cols: list[str] = [spec.response] if include_response else []
+    try:
+        required = Formula(spec.formula.population).required_variables
+    except Exception as exc:  # formulaic's own parse errors
+        raise SpecError(f"The population part {spec.formula.population!r} of the formula cannot be read: {exc}") from None
+    cols += sorted(v for v in required if v in data.columns)
+    missing_vars = sorted(v for v in required if v not in data.columns and v not in {"np", "C"})
+    if missing_vars:
+        raise DataError(_missing_column_message(missing_vars[0], data, "predictor"))
+    for t in spec.formula.group_terms:
+        for s in t.slopes:
+            if s not in data.columns:
+                raise DataError(_missing_column_message(s, data, "slope"))
+            cols.append(s)
+    return list(dict.fromkeys(cols))
+
+
+def _check_missing_values(data: pd.DataFrame, columns: list[str]) -> None:
+    counts = {c: int(data[c].isna().sum()) for c in columns}
+    bad = {c: n for c, n in counts.items() if n}
+    if bad:
+        rows = int(data[list(bad)].isna().any(axis=1).sum())
+        detail = ", ".join(f"{c} ({n})" for c, n in sorted(bad.items()))
+        raise DataError(
+            f"{rows} of {len(data)} rows have missing values in columns the model uses: {detail}. "
+            f"hierfit does not drop rows silently; drop or impute them first, e.g. "
+            f"data.dropna(subset={sorted(bad)!r})."
+        )
+
+
+def _response(spec: ModelSpec, data: pd.DataFrame) -> np.ndarray:
+    col = data[spec.response]
+    if col.dtype == bool:
+        return col.to_numpy(dtype=np.float64)
+    if not pd.api.types.is_numeric_dtype(col):
+        raise DataError(
+            f"The response column {spec.response!r} must be numeric; it has dtype {col.dtype}. "
+            "Convert it first (e.g. 0/1 for a bernoulli outcome)."
+        )
+    return col.to_numpy(dtype=np.float64)
+
+
+def _term_columns(term: GroupTerm, data: pd.DataFrame) -> np.ndarray:
+    cols = []
+    if term.intercept:
+        cols.append(np.ones(len(data)))
+    for s in term.slopes:
+        if s not in data.columns:
+            raise DataError(_missing_column_message(s, data, "slope"))
+        col = data[s]
+        if not (pd.api.types.is_numeric_dtype(col) or col.dtype == bool):
+            raise DataError(
+                f"Slope column {s!r} in {term.text!r} must be numeric; it has dtype {col.dtype}. "
+                f"For a categorical slope, make 0/1 indicator columns and use those."
+            )
+        cols.append(col.to_numpy(dtype=np.float64))
+    return np.column_stack(cols) if cols else np.empty((len(data), 0))
+
+
+def _fit_population_matrix(formula: Formula, data: pd.DataFrame):
+    try:
+        mm = formula.get_model_matrix(data, na_action="raise")
+    except Exception as exc:
+        raise DataError(f"Cannot build the population part {str(formula)!r}: {exc}") from None
+    X = np.ascontiguousarray(np.asarray(mm, dtype=np.float64))
+    names = tuple(_rename_intercept(c) for c in mm.columns)
+    return X, names, mm.model_spec
+
+
+def _population_matrix(population_spec, data: pd.DataFrame) -> tuple[np.ndarray, tuple[str, ...]]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            mm = population_spec.get_model_matrix(data, na_action="raise")
+        except Exception as exc:
+            raise DataError(f"Cannot build the population part for new data: {exc}") from None
+    for w in caught:
+        if "categories outside" in str(w.message):
+            raise DataError(
+                f"New data have categories the model never saw: {w.message}. "
+                "Map them to known categories or refit with them."
+            )
+    X = np.ascontiguousarray(np.asarray(mm, dtype=np.float64))
+    return X, tuple(_rename_intercept(c) for c in mm.columns)
+
+
+def _rename_intercept(name: str) -> str:
+    return INTERCEPT if name == "Intercept" else str(name)

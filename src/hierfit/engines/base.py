@@ -1,0 +1,259 @@
+"""The engine protocol and the shared implementation for linear-predictor engines.
+
+An engine module exposes ``OPTIONS`` (a dataclass type of its options with defaults) and
+``fit(design, spec, options) -> EngineFit``. :class:`EngineFit` is what every engine returns;
+:class:`hierfit.results.FitResult` wraps it into the one result users see.
+
+:class:`LinearEngineFit` implements the whole contract for any engine whose predictor is
+``X beta + sum_t Z_t b_t`` (ols, mixed, pymc, stan, and the linear part of neural): the engine
+only supplies point estimates and either posterior/ensemble draws or an exact Gaussian
+covariance of the flat parameter vector (see :mod:`hierfit.results.layout`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import sparse, stats
+
+from hierfit.checks import Diagnostic
+from hierfit.design import Design
+from hierfit.exceptions import EngineError
+from hierfit.results.layout import EFFECT_KEYS, ParameterLayout
+from hierfit.spec import Hierarchy, get_family
+
+FIXED_COLUMNS = ["term", "estimate", "std_error", "lower", "upper"]
+VARIANCE_COLUMNS = ["level", "term1", "term2", "variance", "sd_or_corr"]
+GROUP_COLUMNS = EFFECT_KEYS + ["estimate", "std_error", "lower", "upper", "n_rows"]
+INTERVAL_KINDS = ("confidence", "prediction")
+
+
+def parse_options(options_type: type, options: dict[str, Any], engine: str) -> Any:
+    """Build an engine's options dataclass, rejecting unknown names with the allowed list."""
+    names = {f.name for f in dataclasses.fields(options_type)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise EngineError(
+            f"Engine {engine!r} has no option {unknown[0]!r}. Its options are: {', '.join(sorted(names))}."
+        )
+    return options_type(**options)
+
+
+class EngineFit(ABC):
+    """What an engine returns. Tables follow the result contract's column names."""
+
+    engine: str = ""
+    statistics: dict[str, float]
+    diagnostics: list[Diagnostic]
+
+    @abstractmethod
+    def fixed_effects(self, level: float) -> pd.DataFrame:
+        """Columns ``term, estimate, std_error, lower, upper``."""
+
+    @abstractmethod
+    def variance_components(self) -> pd.DataFrame:
+        """Columns ``level, term1, term2, variance, sd_or_corr`` (lme4's as.data.frame(VarCorr))."""
+
+    @abstractmethod
+    def group_effects(self, level: float) -> pd.DataFrame:
+        """Columns :data:`GROUP_COLUMNS`; ``kind`` is ``deviation`` or ``total``."""
+
+    @abstractmethod
+    def contributions(self, design: Design) -> pd.DataFrame:
+        """Per-row additive parts on the link scale; they sum to the linear predictor."""
+
+    def interval(self, design: Design, kind: str, level: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """Lower and upper bounds on the response scale, or ``None`` without uncertainty."""
+        return None
+
+    def native(self) -> Any:
+        """The engine's own fitted object."""
+        return self
+
+    # persistence: pickle by default; engines with heavy native objects override both.
+    def save(self, directory: Path) -> None:
+        with open(directory / "engine.pkl", "wb") as fh:
+            pickle.dump(self, fh, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def load(cls, directory: Path) -> EngineFit:
+        with open(directory / "engine.pkl", "rb") as fh:
+            return pickle.load(fh)
+
+
+@dataclass(frozen=True, eq=False)
+class GaussianCoefficients:
+    """Exact sampling distribution ``theta = K @ gamma``, ``gamma ~ t_df(gamma_hat, cov)``."""
+
+    K: sparse.csr_matrix
+    cov: np.ndarray
+    df: float  # np.inf for normal quantiles
+
+    def std_errors(self, M: sparse.spmatrix) -> np.ndarray:
+        """Standard errors of ``M @ theta``: ``sqrt(diag(M K cov Kᵀ Mᵀ))``."""
+        MK = sparse.csr_matrix(M @ self.K)
+        var = np.asarray(MK.multiply(MK @ self.cov).sum(axis=1)).ravel()
+        return np.sqrt(np.maximum(var, 0.0))
+
+    def quantile(self, level: float) -> float:
+        q = 0.5 + level / 2
+        return float(stats.t.ppf(q, self.df) if np.isfinite(self.df) else stats.norm.ppf(q))
+
+
+class LinearEngineFit(EngineFit):
+    """The result contract for a linear predictor, from estimates plus one uncertainty source.
+
+    Parameters
+    ----------
+    design
+        The fitting design (only its layout, hierarchy and family are kept).
+    beta, b
+        Point estimates.
+    sigma
+        Residual SD point estimate (gaussian), else ``None``.
+    draws
+        Optional ``(n_draws, P)`` flat parameter draws (posterior or ensemble), with
+        ``sigma_draws`` for gaussian predictive intervals.
+    gaussian
+        Optional exact Gaussian covariance of the flat vector (used by ``ols``).
+    variance_table
+        The engine's variance components (rows per :data:`VARIANCE_COLUMNS`).
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: str,
+        design: Design,
+        beta: np.ndarray,
+        b: list[np.ndarray],
+        sigma: float | None,
+        variance_table: pd.DataFrame,
+        draws: np.ndarray | None = None,
+        sigma_draws: np.ndarray | None = None,
+        gaussian: GaussianCoefficients | None = None,
+        statistics: dict[str, float] | None = None,
+        diagnostics: list[Diagnostic] | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.engine = engine
+        self.layout = ParameterLayout.from_design(design)
+        self.hierarchy: Hierarchy = design.hierarchy
+        self.family = design.spec.family
+        self.theta = self.layout.flatten(beta, b)
+        self.sigma = sigma
+        self.draws = draws
+        self.sigma_draws = sigma_draws
+        self.gaussian = gaussian
+        self._variance_table = variance_table
+        self.statistics = dict(statistics or {})
+        self.diagnostics = list(diagnostics or [])
+        self.seed = seed
+
+    @property
+    def beta(self) -> np.ndarray:
+        return self.layout.unflatten(self.theta)[0]
+
+    @property
+    def b(self) -> list[np.ndarray]:
+        return self.layout.unflatten(self.theta)[1]
+
+    # -- tables -----------------------------------------------------------------------------
+    def _summarise(self, M: sparse.spmatrix, level: float) -> pd.DataFrame:
+        est = np.asarray(M @ self.theta).ravel()
+        n = M.shape[0]
+        se = np.full(n, np.nan)
+        lower = np.full(n, np.nan)
+        upper = np.full(n, np.nan)
+        if self.draws is not None:
+            values = np.asarray(M @ self.draws.T).T  # (n_draws, n)
+            se = values.std(axis=0, ddof=1)
+            lower, upper = np.quantile(values, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        elif self.gaussian is not None:
+            se = self.gaussian.std_errors(M)
+            q = self.gaussian.quantile(level)
+            lower, upper = est - q * se, est + q * se
+        return pd.DataFrame({"estimate": est, "std_error": se, "lower": lower, "upper": upper})
+
+    def fixed_effects(self, level: float) -> pd.DataFrame:
+        p = len(self.layout.x_names)
+        M = sparse.eye(p, self.layout.size, format="csr")
+        table = self._summarise(M, level)
+        table.insert(0, "term", list(self.layout.x_names))
+        return table[FIXED_COLUMNS]
+
+    def variance_components(self) -> pd.DataFrame:
+        return self._variance_table[VARIANCE_COLUMNS].reset_index(drop=True)
+
+    def group_effects(self, level: float) -> pd.DataFrame:
+        keys, M = self.layout.effect_map(self.hierarchy)
+        values = self._summarise(M, level)
+        return pd.concat([keys, values], axis=1)[GROUP_COLUMNS]
+
+    # -- rows -------------------------------------------------------------------------------
+    def contributions(self, design: Design) -> pd.DataFrame:
+        beta, b = self.layout.unflatten(self.theta)
+        return self.layout.contributions(design, beta, b)
+
+    def interval(self, design: Design, kind: str, level: float) -> tuple[np.ndarray, np.ndarray] | None:
+        family = get_family(self.family)
+        alpha = (1 - level) / 2
+        if self.draws is not None:
+            return self._draw_interval(design, kind, alpha, family)
+        if self.gaussian is not None:
+            return self._gaussian_interval(design, kind, level)
+        return None
+
+    def _draw_interval(self, design: Design, kind: str, alpha: float, family) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(self.seed)
+        lower = np.empty(design.n)
+        upper = np.empty(design.n)
+        chunk = max(1, 2_000_000 // max(len(self.draws), 1))
+        for start in range(0, design.n, chunk):
+            rows = slice(start, min(start + chunk, design.n))
+            mu = family.inverse_link(self.layout.eta_draws(design, self.draws, rows))
+            if kind == "prediction":
+                mu = _sample_outcome(family.name, mu, self.sigma_draws, rng)
+            lower[rows], upper[rows] = np.quantile(mu, [alpha, 1 - alpha], axis=0)
+        return lower, upper
+
+    def _gaussian_interval(self, design: Design, kind: str, level: float) -> tuple[np.ndarray, np.ndarray]:
+        R = self.layout_row_matrix(design)
+        se = self.gaussian.std_errors(R)
+        if kind == "prediction" and self.sigma is not None:
+            se = np.sqrt(se**2 + self.sigma**2)
+        eta = np.asarray(R @ self.theta).ravel()
+        q = self.gaussian.quantile(level)
+        return eta - q * se, eta + q * se
+
+    def layout_row_matrix(self, design: Design) -> sparse.csr_matrix:
+        """Sparse ``R`` with ``eta = R @ theta`` for the rows of ``design``."""
+        n = design.n
+        blocks = [sparse.csr_matrix(design.X)]
+        for td, t in zip(design.terms, self.layout.terms):
+            idx = design.group_index[td.level]
+            known = idx >= 0
+            k = len(t.coefficients)
+            rows = np.repeat(np.arange(n)[known], k)
+            cols = (idx[known][:, None] * k + np.arange(k)).ravel()
+            vals = td.Z[known].ravel()
+            blocks.append(sparse.csr_matrix((vals, (rows, cols)), shape=(n, t.size)))
+        return sparse.hstack(blocks, format="csr")
+
+
+def _sample_outcome(family: str, mu: np.ndarray, sigma_draws: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    if family == "gaussian":
+        sd = np.ones(mu.shape[0]) if sigma_draws is None else sigma_draws
+        return mu + rng.standard_normal(mu.shape) * sd[:, None]
+    if family == "bernoulli":
+        return (rng.random(mu.shape) < mu).astype(float)
+    if family == "poisson":
+        return rng.poisson(mu).astype(float)
+    raise EngineError(f"No predictive sampler for family {family!r}.")

@@ -1,0 +1,307 @@
+"""Exact REML/ML linear mixed models from sufficient statistics (lme4's formulation).
+
+:func:`fit_lmm` makes one pass over the data to gather grouped cross-products, then
+optimises lme4's profiled criterion over ``theta``; each evaluation costs O(number of
+random effects) whatever the number of rows.  Results follow lme4 conventions: ``theta``
+(relative Cholesky factor), ``sigma``, ``vcov`` of the fixed effects, conditional modes
+and conditional SDs, logLik / AIC / BIC and the ``isSingular`` rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import scipy.linalg as sla
+from scipy import stats
+
+from ._blocks import RandomBlock, make_plan
+from ._factor import Factorization, System
+from ._optim import minimize_theta
+from ._suffstats import compute_rows, make_layout
+from ._theta import ThetaSpec, profiled_criterion
+
+__all__ = ["RandomBlock", "LmmSolution", "fit_lmm", "likelihood_ratio_test"]
+
+#: lme4's isSingular tolerance on bounded (diagonal) theta elements.
+SINGULAR_TOL = 1e-4
+
+
+@dataclass(frozen=True)
+class LmmSolution:
+    """A fitted linear mixed model (lme4 conventions; terms in caller order).
+
+    Attributes
+    ----------
+    beta, vcov_beta, se_beta : numpy.ndarray
+        Fixed effects, ``sigma^2 (R_X' R_X)^{-1}`` (lme4's ``vcov``) and its root diagonal.
+    theta, theta_lower : numpy.ndarray
+        Relative Cholesky parameters (per term, lower triangle column-wise) and bounds.
+    theta_entries : tuple of (int, int, int)
+        (term, row, column) of each theta element.
+    sigma : float
+        Residual SD (``r^2/(n-p)`` under REML, ``r^2/n`` under ML).
+    covariances, sds, correlations : list of numpy.ndarray
+        Per term: ``k x k`` covariance (absolute scale), SDs, correlation matrix.
+    ranef, ranef_condsd : list of numpy.ndarray
+        Per term: ``(n_groups, k)`` conditional modes and conditional SDs (given beta).
+    ranef_condcov : list of numpy.ndarray
+        Per term: ``(n_groups, k, k)`` conditional covariances.
+    loglik, objective : float
+        Log-likelihood (REML log-likelihood for REML fits) and the minimised criterion.
+    reml_criterion, deviance : float or None
+        The criterion under REML, resp. ``-2 loglik`` under ML (the other is None).
+    aic, bic : float
+    n_obs, n_params : int
+        Rows; parameters counted as lme4 (``p + len(theta) + 1``).
+    reml, converged, singular : bool
+    singular_terms : list of (int, int)
+        (term, column) pairs whose diagonal theta fell below ``1e-4``.
+    message : str
+    n_evaluations : int
+    """
+
+    beta: np.ndarray
+    vcov_beta: np.ndarray
+    se_beta: np.ndarray
+    theta: np.ndarray
+    theta_lower: np.ndarray
+    theta_entries: tuple[tuple[int, int, int], ...]
+    sigma: float
+    covariances: list[np.ndarray]
+    sds: list[np.ndarray]
+    correlations: list[np.ndarray]
+    ranef: list[np.ndarray]
+    ranef_condsd: list[np.ndarray]
+    ranef_condcov: list[np.ndarray]
+    loglik: float
+    objective: float
+    reml_criterion: float | None
+    deviance: float | None
+    aic: float
+    bic: float
+    n_obs: int
+    n_params: int
+    reml: bool
+    converged: bool
+    message: str
+    n_evaluations: int
+    singular: bool
+    singular_terms: list[tuple[int, int]]
+    _system: System = field(repr=False, compare=False)
+    _fz: Factorization = field(repr=False, compare=False)
+    _u: list[np.ndarray] = field(repr=False, compare=False)
+    _term_map: list[tuple[int, int, int]] = field(repr=False, compare=False)
+    _factor_T: list[np.ndarray] = field(repr=False, compare=False)
+
+    def sample_effects(self, n_draws: int, rng: np.random.Generator
+                       ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Draw ``(beta, b)`` jointly from their conditional Gaussian given theta and sigma.
+
+        The covariance is ``sigma^2`` times the inverse of the full mixed-model-equations
+        matrix (the flat-prior posterior, as ``arm::sim``), so draws of sums such as
+        ``beta_0 + b_market + b_submarket`` carry all correlations.
+
+        Parameters
+        ----------
+        n_draws : int
+            Number of draws ``d``.
+        rng : numpy.random.Generator
+            Source of randomness.
+
+        Returns
+        -------
+        beta_draws : numpy.ndarray
+            ``(d, p)``.
+        b_draws : list of numpy.ndarray
+            Per term ``(d, n_groups, k)``.
+        """
+        sysm, fz = self._system, self._fz
+        p = self.beta.size
+        d = int(n_draws)
+        # Solve L_full' x = z with L_full' = [[L', R_ZX], [0, R_X]]: x ~ N(0, (L_full L_full')^-1).
+        z_beta = rng.standard_normal((p, d))
+        x_beta = sla.solve_triangular(fz.LM[:p, :p], z_beta, lower=True, trans="T")
+        rhs = []
+        for i in range(sysm.n_random):
+            m, K = fz.L[i].shape[:2]
+            z = rng.standard_normal((m, K, d))
+            rhs.append(z - fz.G[i][:, :, -(p + 1):-1] @ x_beta)
+        x_u = sysm.back_solve(fz, rhs)
+        beta_draws = self.beta[None, :] + self.sigma * x_beta.T
+        u_draws = [self._u[i][..., None] + self.sigma * x_u[i] for i in range(sysm.n_random)]
+        b_draws = []
+        for f_lvl, f_seg, c0, k, fac in self._iter_terms():
+            uf = _factor_u(sysm, u_draws, f_lvl, f_seg)  # (m, K, d)
+            bf = self._factor_T[fac] @ uf
+            b_draws.append(np.ascontiguousarray(np.transpose(bf[:, c0:c0 + k, :], (2, 0, 1))))
+        return beta_draws, b_draws
+
+    def _iter_terms(self):  # noqa: ANN202 - private generator
+        for lvl, seg, c0, fac_k in self._term_map:
+            fac = _factor_of(self._system, lvl, seg)
+            yield lvl, seg, c0, fac_k, fac
+
+
+def _factor_of(sysm: System, lvl: int, seg: int) -> int:
+    if lvl < sysm.n_chain:
+        return sysm.plan.chain[lvl]
+    return sysm.plan.root[seg]
+
+
+def _factor_u(sysm: System, u: list[np.ndarray], lvl: int, seg: int) -> np.ndarray:
+    """Random effects of one factor as ``(m, K, d)`` from level-wise solutions."""
+    if lvl < sysm.n_chain:
+        return u[lvl]
+    s = [sg for sg in sysm.layout.segments if sg.start >= sysm.layout.offsets[lvl]][seg]
+    r0 = s.start - sysm.layout.offsets[lvl]
+    return u[lvl][0, r0:r0 + s.m * s.K].reshape(s.m, s.K, -1)
+
+
+def _factor_condcov(sysm: System, diag: list[np.ndarray], lvl: int, seg: int) -> np.ndarray:
+    """Diagonal ``(m, K, K)`` blocks of ``A^{-1}`` for one factor."""
+    if lvl < sysm.n_chain:
+        return diag[lvl]
+    s = [sg for sg in sysm.layout.segments if sg.start >= sysm.layout.offsets[lvl]][seg]
+    r0 = s.start - sysm.layout.offsets[lvl]
+    sub = diag[lvl][0, r0:r0 + s.m * s.K, r0:r0 + s.m * s.K].reshape(s.m, s.K, s.m, s.K)
+    g = np.arange(s.m)
+    return sub[g, :, g, :]
+
+
+def fit_lmm(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *,
+            reml: bool = True, start_theta: np.ndarray | None = None,
+            maxiter: int = 1000, n_starts: int = 1, seed: int = 0) -> LmmSolution:
+    """Fit a linear mixed model by REML or ML (lme4's profiled PLS formulation).
+
+    Parameters
+    ----------
+    X : numpy.ndarray
+        ``(n, p)`` fixed-effects model matrix (full column rank).
+    y : numpy.ndarray
+        ``(n,)`` response.
+    blocks : sequence of RandomBlock
+        Random-effects terms.  Their order defines the order of ``theta`` and results;
+        lme4 orders terms by decreasing number of groups.
+    reml : bool, default True
+        REML (True) or maximum likelihood.
+    start_theta : numpy.ndarray, optional
+        Starting theta (default: lme4's identity start).
+    maxiter : int, default 1000
+        Iteration cap of the optimiser.
+    n_starts : int, default 1
+        Extra random restarts (seeded by ``seed``) used when > 1; the best optimum wins.
+    seed : int, default 0
+        Seed of the restarts.
+
+    Returns
+    -------
+    LmmSolution
+        The fit; ``converged`` is False (with ``message``) when the optimiser failed.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if X.ndim != 2 or X.shape[0] != y.size:
+        raise ValueError("X must be (n, p) and y (n,)")
+    if not (np.all(np.isfinite(y)) and np.all(np.isfinite(X))):
+        raise ValueError("X and y must be finite (drop missing rows first)")
+    n, p = X.shape
+    blocks = list(blocks)
+    plan, _ = make_plan(blocks, n)
+    layout = make_layout(plan, p)
+    sysm = System(plan, layout, compute_rows(X, y, plan, layout))
+    spec = ThetaSpec.from_blocks(blocks)
+
+    def crit(theta: np.ndarray) -> float:
+        try:
+            fz = sysm.factorize(spec.factor_T(theta, plan))
+        except np.linalg.LinAlgError:
+            return np.inf
+        return profiled_criterion(fz, n, p, reml)
+
+    x0 = spec.start() if start_theta is None else np.asarray(start_theta, dtype=float)
+    opt = minimize_theta(crit, x0, spec.lower, maxiter=maxiter, n_starts=n_starts, seed=seed)
+    return _assemble(sysm, spec, blocks, opt.theta, opt.fun, reml, n, p,
+                     opt.converged, opt.message, opt.n_evaluations)
+
+
+def _assemble(sysm: System, spec: ThetaSpec, blocks: list[RandomBlock], theta: np.ndarray,
+              obj: float, reml: bool, n: int, p: int, converged: bool, message: str,
+              n_eval: int) -> LmmSolution:
+    """Compute every reported quantity at the optimum."""
+    plan = sysm.plan
+    fT = spec.factor_T(theta, plan)
+    fz = sysm.factorize(fT, keep=True)
+    obj = profiled_criterion(fz, n, p, reml)
+    LM = fz.LM
+    RXt = LM[:p, :p]
+    beta = sla.solve_triangular(RXt, LM[p, :p], lower=True, trans="T") if p else np.zeros(0)
+    r2 = float(LM[p, p]) ** 2
+    sigma = float(np.sqrt(r2 / (n - p if reml else n)))
+    rx_inv = sla.solve_triangular(RXt, np.eye(p), lower=True) if p else np.zeros((0, 0))
+    vcov = sigma ** 2 * (rx_inv.T @ rx_inv)
+    c = np.concatenate([-beta, [1.0]])
+    u = sysm.back_solve(fz, [G[:, :, -(p + 1):] @ c[:, None] for G in fz.G])
+    diag = sysm.diag_inverse(fz)
+    # Where each term lives: (level, root segment, first column in factor, k).
+    term_map: list[tuple[int, int, int, int]] = []
+    bT = spec.block_T(theta)
+    covs, sds, cors, modes, condsd, condcov = [], [], [], [], [], []
+    for b, blk in enumerate(blocks):
+        f = next(i for i, fac in enumerate(plan.factors) if b in fac.blocks)
+        fac = plan.factors[f]
+        c0 = fac.col_offsets[fac.blocks.index(b)]
+        if f in plan.chain:
+            lvl, seg = plan.chain.index(f), 0
+        else:
+            lvl, seg = sysm.n_chain, plan.root.index(f)
+        term_map.append((lvl, seg, c0, blk.k))
+        cov = sigma ** 2 * (bT[b] @ bT[b].T)
+        sd = np.sqrt(np.diag(cov))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cor = cov / np.outer(sd, sd)
+        np.fill_diagonal(cor, 1.0)
+        covs.append(cov)
+        sds.append(sd)
+        cors.append(cor)
+        bf = (fT[f] @ _factor_u(sysm, u, lvl, seg))[:, c0:c0 + blk.k, 0]
+        cc = sigma ** 2 * (fT[f] @ _factor_condcov(sysm, diag, lvl, seg) @ fT[f].T)
+        cc = cc[:, c0:c0 + blk.k, c0:c0 + blk.k]
+        modes.append(bf)
+        condcov.append(cc)
+        condsd.append(np.sqrt(np.diagonal(cc, axis1=1, axis2=2)))
+    loglik = -0.5 * obj
+    n_params = p + spec.size + 1
+    sing = [(b, i) for val, (b, i, j), lo in zip(theta, spec.entries, spec.lower)
+            if lo == 0.0 and val < SINGULAR_TOL]
+    return LmmSolution(
+        beta=beta, vcov_beta=vcov, se_beta=np.sqrt(np.diag(vcov)), theta=np.array(theta),
+        theta_lower=spec.lower.copy(), theta_entries=spec.entries, sigma=sigma,
+        covariances=covs, sds=sds, correlations=cors, ranef=modes, ranef_condsd=condsd,
+        ranef_condcov=condcov, loglik=loglik, objective=obj,
+        reml_criterion=obj if reml else None, deviance=None if reml else obj,
+        aic=obj + 2.0 * n_params, bic=obj + np.log(n) * n_params, n_obs=n,
+        n_params=n_params, reml=reml, converged=converged, message=message,
+        n_evaluations=n_eval, singular=bool(sing), singular_terms=sing,
+        _system=sysm, _fz=fz, _u=[ui[..., 0] for ui in u], _term_map=term_map,
+        _factor_T=fT)
+
+
+def likelihood_ratio_test(sol_small: LmmSolution, sol_big: LmmSolution
+                          ) -> tuple[float, int, float]:
+    """Likelihood-ratio test of nested models (both ML, or REML with equal fixed effects).
+
+    Returns
+    -------
+    tuple of (float, int, float)
+        Chi-square statistic, degrees of freedom and p-value.  For a variance on the
+        boundary the p-value is conservative (lme4's ``anova`` reports the same).
+    """
+    if sol_small.reml != sol_big.reml:
+        raise ValueError("both fits must use the same criterion")
+    if sol_small.reml and sol_small.beta.size != sol_big.beta.size:
+        raise ValueError("REML fits are comparable only with identical fixed effects")
+    stat = max(0.0, 2.0 * (sol_big.loglik - sol_small.loglik))
+    df = sol_big.n_params - sol_small.n_params
+    return stat, df, float(stats.chi2.sf(stat, df)) if df > 0 else float("nan")

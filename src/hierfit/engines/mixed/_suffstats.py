@@ -1,0 +1,215 @@
+"""One pass over the data: the sufficient statistics of a linear mixed model.
+
+Every random effect is constant within its group, so the penalised least-squares system
+of lme4 only involves grouped sums: ``Z'Z``, ``Z'X``, ``Z'y`` (per group) together with
+``X'X``, ``X'y`` and ``y'y``.  They are gathered here once; afterwards one evaluation of
+the profiled deviance costs O(number of random effects), independent of ``n``.
+
+The statistics are stored as *rows* of the (symmetric) system, one array per elimination
+level, laid out in global column coordinates:
+
+* one level per chain factor (finest first), shape ``(m, K, width)``,
+* one dense root level (all factors crossed with the chain), shape ``(1, q_root, width)``,
+* the fixed level ``[X y]'[X y]``, shape ``(1, p + 1, p + 1)``,
+
+where ``width`` runs from the level's own first column to the end; a chain row's block
+for a coarser chain factor holds the single group its group is nested in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._blocks import Factor, Plan
+
+__all__ = ["Layout", "Segment", "compute_rows"]
+
+#: Rows per chunk of the data pass: bounds the temporaries (a few chunk-length vectors)
+#: and keeps them in cache, while leaving per-chunk Python overhead negligible.
+CHUNK_ROWS = 1 << 19
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Columns ``start .. start + m*K`` belonging to one factor (``m = 1`` in chain rows)."""
+
+    start: int
+    m: int
+    K: int
+    factor: int
+
+
+@dataclass
+class Layout:
+    """Global column layout of the levels.
+
+    Attributes
+    ----------
+    sizes : list of int
+        Own width ``K`` of every level (chain levels, optional root, fixed level last).
+    m : list of int
+        Number of groups per level (1 for root and fixed).
+    offsets : list of int
+        First global column of each level.
+    total : int
+        Total number of columns (``q_chain_per_group... + q_root + p + 1``).
+    segments : list of Segment
+        Factor segments in global coordinates (the fixed level has none: it is not scaled).
+    has_root : bool
+        Whether a dense root level exists.
+    p : int
+        Number of fixed-effects columns.
+    """
+
+    sizes: list[int]
+    m: list[int]
+    offsets: list[int]
+    total: int
+    segments: list[Segment]
+    has_root: bool
+    p: int
+
+    @property
+    def n_levels(self) -> int:
+        """Number of levels including the fixed one."""
+        return len(self.sizes)
+
+
+def make_layout(plan: Plan, p: int) -> Layout:
+    """Build the global column layout for a plan with ``p`` fixed effects."""
+    sizes: list[int] = []
+    ms: list[int] = []
+    segments: list[Segment] = []
+    off = 0
+    offsets: list[int] = []
+    for f in plan.chain:
+        fac = plan.factors[f]
+        offsets.append(off)
+        sizes.append(fac.K)
+        ms.append(fac.m)
+        segments.append(Segment(off, 1, fac.K, f))
+        off += fac.K
+    if plan.root:
+        offsets.append(off)
+        start = off
+        for f in plan.root:
+            fac = plan.factors[f]
+            segments.append(Segment(off, fac.m, fac.K, f))
+            off += fac.m * fac.K
+        sizes.append(off - start)
+        ms.append(1)
+    offsets.append(off)
+    sizes.append(p + 1)
+    ms.append(1)
+    return Layout(sizes, ms, offsets, off + p + 1, segments, bool(plan.root), p)
+
+
+def _sparse_z(fac: Factor, n: int) -> sp.csr_matrix:
+    """Sparse ``n x (m K)`` model matrix of a factor (only used for the crossed root)."""
+    rows = np.repeat(np.arange(n, dtype=np.int64), fac.K)
+    cols = (fac.group_index[:, None] * fac.K + np.arange(fac.K)[None, :]).ravel()
+    data = np.column_stack(fac.columns).ravel()
+    return sp.csr_matrix((data, (rows, cols)), shape=(n, fac.m * fac.K))
+
+
+def compute_rows(X: np.ndarray, y: np.ndarray, plan: Plan, layout: Layout) -> list[np.ndarray]:
+    """Gather all sufficient statistics in one chunked pass over the rows.
+
+    Parameters
+    ----------
+    X : numpy.ndarray
+        ``(n, p)`` fixed-effects model matrix.
+    y : numpy.ndarray
+        ``(n,)`` response.
+    plan : Plan
+        Elimination plan.
+    layout : Layout
+        Column layout of ``plan``.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        The unscaled rows of every level (see module docstring).
+    """
+    n, p = X.shape
+    total = layout.total
+    rows: list[np.ndarray] = [
+        np.zeros((layout.m[i], layout.sizes[i], total - layout.offsets[i]))
+        for i in range(layout.n_levels)
+    ]
+    chain = [plan.factors[f] for f in plan.chain]
+    x_ones = [_is_ones_col(X[:, c]) for c in range(p)]
+    fixed = rows[-1][0]
+    fix_off = layout.offsets[-1]
+    for start in range(0, n, CHUNK_ROWS):
+        stop = min(n, start + CHUNK_ROWS)
+        # Contiguous copies of this chunk's fixed columns: reused by every bincount below.
+        xy = np.empty((p + 1, stop - start))
+        xy[:p] = X[start:stop].T
+        xy[p] = y[start:stop]
+        fixed += xy @ xy.T
+        xy_ones = x_ones + [False]
+        for lvl, fac in enumerate(chain):
+            g = fac.group_index[start:stop]
+            cnt: np.ndarray | None = None
+            own = [c[start:stop] for c in fac.columns]
+            # Targets: (global column, values, is_ones) for every column right of own col a.
+            anc: list[tuple[int, np.ndarray, bool]] = []
+            for a_lvl in range(lvl + 1, len(chain)):
+                afac = chain[a_lvl]
+                for c in range(afac.K):
+                    anc.append((layout.offsets[a_lvl] + c, afac.columns[c][start:stop],
+                                afac.is_ones[c]))
+            fixed_t = [(fix_off + c, xy[c], xy_ones[c]) for c in range(p + 1)]
+            base = layout.offsets[lvl]
+            out = rows[lvl]
+            for a in range(fac.K):
+                za, za1 = own[a], fac.is_ones[a]
+                targets = [(base + b, own[b], fac.is_ones[b]) for b in range(a, fac.K)]
+                for col, t, t1 in targets + anc + fixed_t:
+                    if za1 and t1:
+                        if cnt is None:
+                            cnt = np.bincount(g, minlength=fac.m).astype(np.float64)
+                        out[:, a, col - base] += cnt
+                    else:
+                        w = t if za1 else (za if t1 else za * t)
+                        out[:, a, col - base] += np.bincount(g, weights=w, minlength=fac.m)
+    # Own blocks were filled in the upper triangle only.
+    for lvl, fac in enumerate(chain):
+        blk = rows[lvl][:, :, : fac.K]
+        iu = np.triu_indices(fac.K, 1)
+        blk[:, iu[1], iu[0]] = blk[:, iu[0], iu[1]]
+    if layout.has_root:
+        _root_rows(X, y, plan, layout, rows)
+    return rows
+
+
+def _is_ones_col(col: np.ndarray) -> bool:
+    return bool(col.size) and bool(np.all(col == 1.0))
+
+
+def _root_rows(X: np.ndarray, y: np.ndarray, plan: Plan, layout: Layout,
+               rows: list[np.ndarray]) -> None:
+    """Fill the crossed (dense root) parts with sparse products.
+
+    This is the fallback for crossed factors: the root is eliminated as one dense block,
+    so its statistics are stored densely (``q_root`` columns in every chain row).
+    """
+    n = X.shape[0]
+    r_lvl = len(plan.chain)
+    r_off = layout.offsets[r_lvl]
+    zr = sp.hstack([_sparse_z(plan.factors[f], n) for f in plan.root]).tocsc()
+    q_root = zr.shape[1]
+    zrt = zr.T.tocsr()
+    rows[r_lvl][0, :, :q_root] = (zrt @ zr).toarray()
+    rows[r_lvl][0, :, q_root: q_root + layout.p] = zrt @ X
+    rows[r_lvl][0, :, q_root + layout.p] = zrt @ y
+    for lvl, f in enumerate(plan.chain):
+        fac = plan.factors[f]
+        zc = _sparse_z(fac, n).T.tocsr()
+        block = (zc @ zr).toarray().reshape(fac.m, fac.K, q_root)
+        c0 = r_off - layout.offsets[lvl]
+        rows[lvl][:, :, c0: c0 + q_root] = block

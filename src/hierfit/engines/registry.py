@@ -1,0 +1,121 @@
+"""The engine table: one row per engine, with its capabilities.
+
+Adding an engine adds a module under ``hierfit.engines`` and one row here; nothing in the
+core changes. Rows name the module (imported lazily, so heavy optional dependencies are only
+imported when that engine is used) and the optional dependencies it needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Literal
+
+from hierfit.exceptions import EngineError
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine can do, declared as data (like scikit-learn's Tags).
+
+    Attributes
+    ----------
+    uncertainty
+        ``"none"``, ``"frequentist"`` (standard errors), ``"posterior"`` (draws) or
+        ``"ensemble"`` (spread over refits).
+    pooling
+        ``"none"`` (each group on its own) or ``"partial"`` (groups shrink to their parent).
+    varying_slopes, correlated_slopes
+        Whether ``(1 + x | g)`` and its correlation are supported.
+    families
+        Outcome families supported.
+    decomposition
+        ``"exact"`` when contributions are the model's own additive parts, ``"approximate"``
+        when derived (e.g. partial dependence for trees); parts always sum to the prediction.
+    nonlinear
+        Whether the engine adds a nonlinear part (its own decomposition column).
+    """
+
+    uncertainty: Literal["none", "frequentist", "posterior", "ensemble"]
+    pooling: Literal["none", "partial"]
+    varying_slopes: bool
+    correlated_slopes: bool
+    families: tuple[str, ...]
+    decomposition: Literal["exact", "approximate"]
+    nonlinear: bool = False
+
+
+@dataclass(frozen=True)
+class EngineEntry:
+    """A registry row."""
+
+    name: str
+    module: str
+    summary: str
+    capabilities: Capabilities
+    requires: tuple[str, ...] = ()
+    extra: str = ""
+
+    def missing_dependencies(self) -> list[str]:
+        return [r for r in self.requires if importlib.util.find_spec(r) is None]
+
+    @property
+    def available(self) -> bool:
+        return not self.missing_dependencies()
+
+    def load(self) -> ModuleType:
+        """Import the engine module, or explain which optional dependency to install."""
+        missing = self.missing_dependencies()
+        if missing:
+            raise EngineError(
+                f"Engine {self.name!r} needs optional dependencies {', '.join(missing)}: "
+                f"pip install 'hierfit[{self.extra or self.name}]'."
+            )
+        return importlib.import_module(self.module)
+
+
+ENGINES: dict[str, EngineEntry] = {
+    "ols": EngineEntry(
+        name="ols",
+        module="hierfit.engines.ols",
+        summary="Fixed effects, sum-to-zero coding nested in each parent: the intercept is the national level; no pooling.",
+        capabilities=Capabilities(
+            uncertainty="frequentist",
+            pooling="none",
+            varying_slopes=True,
+            correlated_slopes=False,
+            families=("gaussian",),
+            decomposition="exact",
+        ),
+    ),
+}
+
+DEFAULT_ENGINE = "ols"
+
+
+def register(entry: EngineEntry) -> None:
+    """Add (or replace) an engine row, e.g. for a third-party engine."""
+    ENGINES[entry.name] = entry
+
+
+def get_engine(name: str) -> EngineEntry:
+    """Look an engine up by name, with an error listing the allowed names.
+
+    Examples
+    --------
+    >>> get_engine("ols").capabilities.pooling
+    'none'
+    """
+    try:
+        return ENGINES[name]
+    except (KeyError, TypeError):
+        raise EngineError(
+            f"The 'engine' argument of fit() must be one of: {', '.join(sorted(ENGINES))}. Got {name!r}."
+        ) from None
+
+
+def default_engine() -> str:
+    """``mixed`` once it is registered, else ``ols``."""
+    return "mixed" if "mixed" in ENGINES else DEFAULT_ENGINE

@@ -1,0 +1,207 @@
+"""FitResult: the one result type every engine's fit is wrapped in."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from hierfit.checks import Diagnostic
+from hierfit.design import Design, DesignEncoding
+from hierfit.exceptions import SpecError, UnseenGroupsWarning
+from hierfit.spec import ModelSpec, get_family
+
+DEFAULT_LEVEL = 0.9
+INTERVALS = ("confidence", "prediction")
+FORMAT_VERSION = 1
+
+
+def _check_level(level: float) -> float:
+    if not (isinstance(level, (int, float)) and 0 < level < 1):
+        raise SpecError(f"The interval 'level' must be a number strictly between 0 and 1; got {level!r}.")
+    return float(level)
+
+
+@dataclass(eq=False)
+class FitResult:
+    """One fitted model, whatever the engine.
+
+    Tables follow fixed schemas (see the methods); ``predict`` and ``decompose`` keep the rows
+    and order of their input, and ``decompose(data).sum(axis=1) == predict(data, scale="link")``.
+
+    Examples
+    --------
+    >>> import hierfit
+    >>> sim = hierfit.simulate(n_markets=4, n_submarkets=3, rows_per_submarket=20, seed=3)
+    >>> fit = hierfit.fit("y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)", sim.data, engine="ols")
+    >>> parts = fit.decompose(sim.data)
+    >>> bool(np.allclose(parts.sum(axis=1), fit.predict(sim.data)["prediction"]))
+    True
+    """
+
+    spec: ModelSpec
+    engine: str
+    engine_fit: Any  # hierfit.engines.base.EngineFit
+    encoding: DesignEncoding
+    n_obs: int
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    # -- tables -------------------------------------------------------------------------------
+    @property
+    def hierarchy(self):
+        return self.encoding.hierarchy
+
+    @property
+    def statistics(self) -> dict[str, float]:
+        """Fit statistics the engine provides (logLik, AIC, BIC, ... where defined)."""
+        return dict(self.engine_fit.statistics)
+
+    def fixed_effects(self, level: float = DEFAULT_LEVEL) -> pd.DataFrame:
+        """Population-level coefficients: ``term, estimate, std_error, lower, upper``."""
+        return self.engine_fit.fixed_effects(_check_level(level))
+
+    def variance_components(self) -> pd.DataFrame:
+        """SDs and correlations per level plus the residual, as lme4's ``as.data.frame(VarCorr)``.
+
+        Columns ``level, term1, term2, variance, sd_or_corr``; ``term2`` is empty on SD rows and
+        names the second term on correlation rows (whose ``variance`` is the covariance).
+        """
+        return self.engine_fit.variance_components()
+
+    def group_effects(
+        self, kind: Literal["deviation", "total", "both"] = "both", level: float = DEFAULT_LEVEL
+    ) -> pd.DataFrame:
+        """Every group's effect: its deviation from its parent, and/or its total.
+
+        Columns ``level, group, parent, term, kind, estimate, std_error, lower, upper, n_rows``.
+        The national root is the first row(s) (``level == "national"``).
+        """
+        if kind not in ("deviation", "total", "both"):
+            raise SpecError(f"'kind' must be one of: both, deviation, total. Got {kind!r}.")
+        table = self.engine_fit.group_effects(_check_level(level))
+        if kind != "both":
+            table = table[table["kind"] == kind].reset_index(drop=True)
+        return table
+
+    # -- rows ---------------------------------------------------------------------------------
+    def _design(self, data: pd.DataFrame) -> Design:
+        design = self.encoding.apply(data)
+        if design.unseen:
+            parts = []
+            for lv, groups in design.unseen.items():
+                names = ", ".join(f"{g!r} ({n} rows)" for g, n in list(groups.items())[:5])
+                more = f" and {len(groups) - 5} more" if len(groups) > 5 else ""
+                parts.append(f"{lv}: {names}{more}")
+            warnings.warn(
+                "Groups not seen in fitting; their rows use the deepest known ancestor's effects "
+                "(see the 'level_used' column): " + "; ".join(parts),
+                UnseenGroupsWarning,
+                stacklevel=3,
+            )
+        return design
+
+    def decompose(self, data: pd.DataFrame) -> pd.DataFrame:
+        """Per-row additive parts on the link scale, indexed like ``data``.
+
+        Columns: ``national``, one per level and coefficient (``market[Intercept]``,
+        ``market[x1]``, ...), ``population`` (the population-level predictors), and for engines
+        with one, ``nonlinear``. Unseen groups contribute 0 at their level.
+        """
+        design = self._design(data)
+        parts = self.engine_fit.contributions(design)
+        parts.index = data.index
+        return parts
+
+    def predict(
+        self,
+        data: pd.DataFrame,
+        interval: Literal["confidence", "prediction"] | None = None,
+        level: float = DEFAULT_LEVEL,
+        scale: Literal["response", "link"] = "response",
+    ) -> pd.DataFrame:
+        """Predictions for ``data`` (same rows and order), falling back for unseen groups.
+
+        Parameters
+        ----------
+        interval
+            ``None`` (no bounds), ``"confidence"`` (uncertainty of the mean) or
+            ``"prediction"`` (adds outcome noise). NaN bounds for engines without uncertainty.
+        level
+            Interval probability, default 0.9.
+        scale
+            ``"response"`` (default) or ``"link"`` (the linear predictor; equals the sum of
+            :meth:`decompose`).
+
+        Returns
+        -------
+        DataFrame with ``prediction`` (and ``lower``, ``upper``) and ``level_used``.
+        """
+        if interval not in (None, *INTERVALS):
+            raise SpecError(f"'interval' must be None, 'confidence' or 'prediction'; got {interval!r}.")
+        if scale not in ("response", "link"):
+            raise SpecError(f"'scale' must be 'response' or 'link'; got {scale!r}.")
+        level = _check_level(level)
+        design = self._design(data)
+        eta = self.engine_fit.contributions(design).to_numpy().sum(axis=1)
+        family = get_family(self.spec.family)
+        pred = eta if scale == "link" else family.inverse_link(eta)
+        out = pd.DataFrame({"prediction": pred}, index=data.index)
+        if interval is not None:
+            bounds = self.engine_fit.interval(design, interval, level)
+            if bounds is None:
+                out["lower"] = np.nan
+                out["upper"] = np.nan
+            else:
+                lower, upper = bounds
+                if scale == "link" and family.link != "identity":
+                    raise SpecError("Intervals are given on the response scale; ask with scale='response'.")
+                out["lower"], out["upper"] = lower, upper
+        out["level_used"] = design.level_used()
+        return out
+
+    def native(self) -> Any:
+        """The engine's own fitted object (InferenceData, booster, torch module, ...)."""
+        return self.engine_fit.native()
+
+    # -- text ---------------------------------------------------------------------------------
+    def summary(self) -> str:
+        """A printable summary: spec, tree, fixed effects, variance components, diagnostics."""
+        lines = [
+            f"hierfit fit -- engine '{self.engine}', family '{self.spec.family}'",
+            f"formula: {self.spec.text}",
+            f"rows: {self.n_obs}",
+            "",
+            "hierarchy:",
+            self.hierarchy.describe(),
+            "",
+            "fixed effects:",
+            self.fixed_effects().to_string(index=False, float_format=lambda v: f"{v:.4g}"),
+        ]
+        vc = self.variance_components()
+        if len(vc):
+            lines += ["", "variance components:", vc.to_string(index=False, float_format=lambda v: f"{v:.4g}")]
+        stats = {k: v for k, v in self.statistics.items() if np.isfinite(v)}
+        if stats:
+            lines += ["", "statistics: " + ", ".join(f"{k}={v:.6g}" for k, v in stats.items())]
+        extra = getattr(self.engine_fit, "summary_lines", None)
+        if callable(extra):
+            lines += ["", *extra()]
+        if self.diagnostics:
+            lines += ["", "diagnostics:", *(f"  {d}" for d in self.diagnostics)]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<FitResult engine={self.engine!r} formula={self.spec.text!r} n_obs={self.n_obs}>"
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Save to a directory (created); reload with :func:`hierfit.load`."""
+        from hierfit.results.persistence import save_fit
+
+        return save_fit(self, Path(path))

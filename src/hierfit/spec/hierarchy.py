@@ -1,0 +1,243 @@
+"""The tree of groups: levels under a named national root, parent maps, sizes.
+
+Built from the data's grouping columns by :func:`build_hierarchy`. A level's parent is
+
+* the grouping factor whose columns prefix its own (``market`` for ``market:submarket``) --
+  labels are then read within their parent, so ``Sub_1`` under two markets is two groups;
+* the previous level in an explicit ``hierarchy=(...)`` -- labels are then identifiers, and a
+  child under two parents is an error;
+* otherwise, the finest other factor its labels nest in (each label maps to one group), as
+  lme4 treats unique ids. Factors that nest in nothing hang under the national root (crossed).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from hierfit.exceptions import DataCheckWarning, DataError, HierarchyError
+from hierfit.formula import GroupingFactor
+from hierfit.spec.model import ModelSpec
+
+
+@dataclass(frozen=True, eq=False)
+class Level:
+    """One level of the tree.
+
+    ``groups`` are sorted labels (``"Market_1:Sub_2"`` for path factors); ``parent_index[g]``
+    is the index of group ``g``'s parent in the parent level (absent at the top).
+    """
+
+    name: str
+    factor: GroupingFactor
+    parent: str | None
+    groups: tuple[str, ...]
+    parent_index: np.ndarray | None
+    sizes: np.ndarray
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.groups)
+
+
+@dataclass(frozen=True, eq=False)
+class Hierarchy:
+    """Levels under a national root, parents before children.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from hierfit.spec import make_spec
+    >>> df = pd.DataFrame({"y": [1.0, 2, 3, 4], "m": ["A", "A", "B", "B"], "s": ["a", "b", "a", "a"]})
+    >>> h, _ = build_hierarchy(make_spec("y ~ 1 + (1 | m/s)"), df)
+    >>> h.level("s").groups, h.parent_label("s", "B:a")
+    (('A:a', 'A:b', 'B:a'), 'B')
+    """
+
+    national: str
+    levels: tuple[Level, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(lv.name for lv in self.levels)
+
+    def level(self, name: str) -> Level:
+        for lv in self.levels:
+            if lv.name == name:
+                return lv
+        raise KeyError(f"No level {name!r}; levels are {list(self.names)}.")
+
+    def ancestors(self, name: str) -> list[str]:
+        """Parent, grandparent, ... of a level (national excluded)."""
+        out: list[str] = []
+        parent = self.level(name).parent
+        while parent is not None:
+            out.append(parent)
+            parent = self.level(parent).parent
+        return out
+
+    def children(self, name: str | None) -> list[str]:
+        """Levels whose parent is ``name`` (``None``: the national root)."""
+        return [lv.name for lv in self.levels if lv.parent == name]
+
+    def parent_label(self, level: str, group: str) -> str:
+        lv = self.level(level)
+        if lv.parent is None or lv.parent_index is None:
+            return self.national
+        return self.level(lv.parent).groups[int(lv.parent_index[lv.groups.index(group)])]
+
+    def ancestor_index(self, level: str, ancestor: str) -> np.ndarray:
+        """For each group of ``level``, the index of its group at ``ancestor``."""
+        lv = self.level(level)
+        idx = np.arange(lv.n_groups)
+        while lv.name != ancestor:
+            if lv.parent is None or lv.parent_index is None:
+                raise KeyError(f"{ancestor!r} is not an ancestor of {level!r}.")
+            idx = lv.parent_index[idx]
+            lv = self.level(lv.parent)
+        return idx
+
+    def describe(self) -> str:
+        """One line per level: name, groups, parent, rows per group."""
+        lines = [f"{self.national} (national root)"]
+        for lv in self.levels:
+            depth = len(self.ancestors(lv.name)) + 1
+            lines.append(
+                f"{'  ' * depth}{lv.name}: {lv.n_groups} groups under {lv.parent or self.national}; "
+                f"rows per group {int(lv.sizes.min())}-{int(lv.sizes.max())}"
+            )
+        return "\n".join(lines)
+
+
+def group_labels(data: pd.DataFrame, factor: GroupingFactor) -> np.ndarray:
+    """Row labels of a grouping factor (``"A:a"`` for ``batch:cask``), checking columns and NA."""
+    for col in factor.columns:
+        if col not in data.columns:
+            raise DataError(
+                f"Grouping column {col!r} is not in the data; columns are {sorted(map(str, data.columns))}. "
+                "Fix the formula or add the column."
+            )
+        missing = int(data[col].isna().sum())
+        if missing:
+            raise DataError(
+                f"Grouping column {col!r} has {missing} missing labels (of {len(data)} rows); "
+                "drop those rows or give them a label before fitting."
+            )
+    parts = [data[c].astype(str).to_numpy(dtype=object) for c in factor.columns]
+    if len(parts) == 1:
+        return parts[0]
+    out = parts[0].copy()
+    for p in parts[1:]:
+        out = out + ":" + p
+    return out
+
+
+def build_hierarchy(spec: ModelSpec, data: pd.DataFrame) -> tuple[Hierarchy, dict[str, np.ndarray]]:
+    """Build the tree from the data; return it with each level's group index per row."""
+    factors = spec.formula.factors
+    labels = {f.level: group_labels(data, f) for f in factors}
+    codes: dict[str, np.ndarray] = {}
+    uniques: dict[str, tuple[str, ...]] = {}
+    for f in factors:
+        code, uniq = pd.factorize(labels[f.level], sort=True)
+        codes[f.level] = code.astype(np.int64)
+        uniques[f.level] = tuple(str(u) for u in uniq)
+    parents = _find_parents(spec, factors, codes, uniques, labels)
+    ordered = _topological(factors, parents)
+    levels = []
+    for f in ordered:
+        parent = parents[f.level]
+        parent_index = None
+        if parent is not None:
+            parent_index = np.zeros(len(uniques[f.level]), dtype=np.int64)
+            parent_index[codes[f.level]] = codes[parent]
+        sizes = np.bincount(codes[f.level], minlength=len(uniques[f.level]))
+        levels.append(Level(f.level, f, parent, uniques[f.level], parent_index, sizes))
+    return Hierarchy(spec.national, tuple(levels)), codes
+
+
+def _find_parents(spec, factors, codes, uniques, labels) -> dict[str, str | None]:
+    by_columns = {f.columns: f for f in factors}
+    parents: dict[str, str | None] = {}
+    if spec.hierarchy:
+        for upper, lower in zip(spec.hierarchy, spec.hierarchy[1:]):
+            _require_single_parent(lower, upper, codes, uniques, labels)
+            parents[lower] = upper
+        parents.setdefault(spec.hierarchy[0], None)
+    for f in factors:
+        if f.level in parents:
+            continue
+        prefixes = [by_columns[f.columns[:i]] for i in range(len(f.columns) - 1, 0, -1) if f.columns[:i] in by_columns]
+        if prefixes:
+            parents[f.level] = prefixes[0].level
+            continue
+        parents[f.level] = _inferred_parent(f, factors, codes, uniques, labels)
+    return parents
+
+
+def _pairs(child: str, parent: str, codes) -> np.ndarray:
+    pairs = np.unique(np.stack([codes[child], codes[parent]], axis=1), axis=0)
+    return pairs
+
+
+def _require_single_parent(child: str, parent: str, codes, uniques, labels) -> None:
+    pairs = _pairs(child, parent, codes)
+    counts = np.bincount(pairs[:, 0], minlength=len(uniques[child]))
+    bad = np.flatnonzero(counts > 1)
+    if bad.size:
+        g = int(bad[0])
+        names = sorted(uniques[parent][p] for p in pairs[pairs[:, 0] == g, 1])
+        more = f" ({bad.size} {child} labels have this problem)" if bad.size > 1 else ""
+        raise HierarchyError(
+            f"{child.capitalize()} {uniques[child][g]!r} appears under {len(names)} {parent} groups "
+            f"({', '.join(names)}): each child needs exactly one parent{more}. If equal labels under "
+            f"different {parent} groups are different {child} groups, write the term as "
+            f"(1 | {parent}/{child}) and leave {child!r} out of 'hierarchy'."
+        )
+
+
+def _inferred_parent(f, factors, codes, uniques, labels) -> str | None:
+    best: tuple[int, str] | None = None
+    crossed_with: list[str] = []
+    for other in factors:
+        if other is f or len(uniques[other.level]) >= len(uniques[f.level]):
+            continue
+        pairs = _pairs(f.level, other.level, codes)
+        if len(pairs) == len(uniques[f.level]):
+            if best is None or len(uniques[other.level]) > best[0]:
+                best = (len(uniques[other.level]), other.level)
+        else:
+            crossed_with.append(other.level)
+    if best is None and crossed_with:
+        other = crossed_with[0]
+        warnings.warn(
+            f"Labels of {f.level!r} repeat under several {other!r} groups, so {f.level!r} is fitted as "
+            f"crossed with {other!r} (each label one group across all of {other!r}). If equal labels under "
+            f"different {other!r} groups are different groups, write (... | {other}:{f.level}) or "
+            f"(... | {other}/{f.level}).",
+            DataCheckWarning,
+            stacklevel=4,
+        )
+    return None if best is None else best[1]
+
+
+def _topological(factors, parents) -> list[GroupingFactor]:
+    by_level = {f.level: f for f in factors}
+    out: list[GroupingFactor] = []
+    placed: set[str] = set()
+
+    def place(level: str) -> None:
+        if level in placed:
+            return
+        parent = parents[level]
+        if parent is not None:
+            place(parent)
+        placed.add(level)
+        out.append(by_level[level])
+
+    for f in factors:
+        place(f.level)
+    return out
