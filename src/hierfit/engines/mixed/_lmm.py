@@ -172,7 +172,8 @@ def _factor_condcov(sysm: System, diag: list[np.ndarray], lvl: int, seg: int) ->
 
 def fit_lmm(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *,
             reml: bool = True, start_theta: np.ndarray | None = None,
-            maxiter: int = 1000, n_starts: int = 1, seed: int = 0) -> LmmSolution:
+            maxiter: int = 1000, n_starts: int = 1, seed: int = 0,
+            optimize: bool = True) -> LmmSolution:
     """Fit a linear mixed model by REML or ML (lme4's profiled PLS formulation).
 
     Parameters
@@ -194,6 +195,8 @@ def fit_lmm(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *,
         Extra random restarts (seeded by ``seed``) used when > 1; the best optimum wins.
     seed : int, default 0
         Seed of the restarts.
+    optimize : bool, default True
+        False evaluates everything at ``start_theta`` (e.g. to profile or to reuse a fit).
 
     Returns
     -------
@@ -221,6 +224,11 @@ def fit_lmm(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *,
         return profiled_criterion(fz, n, p, reml)
 
     x0 = spec.start() if start_theta is None else np.asarray(start_theta, dtype=float)
+    if x0.shape != (spec.size,):
+        raise ValueError(f"start_theta must have {spec.size} elements")
+    if not optimize:
+        return _assemble(sysm, spec, blocks, np.maximum(x0, spec.lower), np.nan, reml, n, p,
+                         True, "evaluated at start_theta (not optimised)", 1)
     opt = minimize_theta(crit, x0, spec.lower, maxiter=maxiter, n_starts=n_starts, seed=seed)
     return _assemble(sysm, spec, blocks, opt.theta, opt.fun, reml, n, p,
                      opt.converged, opt.message, opt.n_evaluations)
