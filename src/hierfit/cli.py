@@ -1,0 +1,199 @@
+"""The ``hierfit`` command line: a thin shell over the public API.
+
+Errors hierfit raises on purpose print as one line ``error: ...`` and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from hierfit.exceptions import HierfitError
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, object]:
+    """``key=value`` pairs; values read as int, float, bool or str."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"Engine options are key=value; got {pair!r}.", param_hint="--option")
+        out[key.strip()] = _coerce(raw.strip())
+    return out
+
+
+def _coerce(raw: str) -> object:
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+class _Group(click.Group):
+    """Turns HierfitError into a one-line message and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except HierfitError as exc:
+            first = str(exc).splitlines()
+            click.echo(f"error: {' '.join(line.strip() for line in first)}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="hierfit")
+def main() -> None:
+    """hierfit: hierarchical regression over a tree of nested groups."""
+
+
+@main.command()
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Data file to write (.csv or .parquet).")
+@click.option("--truth", "truth_out", type=click.Path(dir_okay=False), help="Also write the true group effects here.")
+@click.option("--n-markets", default=10, show_default=True)
+@click.option("--n-submarkets", default=5, show_default=True)
+@click.option("--rows", "rows_per_submarket", default=100, show_default=True, help="Rows per submarket (mean if --unbalanced).")
+@click.option("--unbalanced", is_flag=True, help="Draw unequal group sizes.")
+@click.option("--nonlinear", type=click.Choice(["all", "interaction", "sin", "threshold"]), default=None)
+@click.option("--family", type=click.Choice(["bernoulli", "gaussian", "poisson"]), default="gaussian", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def simulate(out, truth_out, n_markets, n_submarkets, rows_per_submarket, unbalanced, nonlinear, family, seed) -> None:
+    """Simulate the reference hierarchy (national -> markets -> submarkets) with known truth."""
+    from hierfit.io import write_table
+    from hierfit.simulate import simulate as run
+
+    sim = run(
+        n_markets=n_markets,
+        n_submarkets=n_submarkets,
+        rows_per_submarket=rows_per_submarket,
+        unbalanced=unbalanced,
+        nonlinear=nonlinear,
+        family=family,
+        seed=seed,
+    )
+    write_table(sim.data, out)
+    click.echo(f"wrote {len(sim.data)} rows to {out}")
+    click.echo(f"true model: {sim.formula}")
+    if truth_out:
+        write_table(sim.truth.group_effects(), truth_out)
+        click.echo(f"wrote true group effects to {truth_out}")
+
+
+@main.command()
+@click.argument("data", type=click.Path(dir_okay=False))
+@click.option("--formula", "-f", required=True, help="lme4/brms formula, e.g. 'y ~ x1 + (1 + x1 | market/submarket)'.")
+@click.option("--engine", "-e", default=None, help="Engine name (see `hierfit engines`); default mixed, else ols.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory to save the fit in.")
+@click.option("--family", default="gaussian", show_default=True)
+@click.option("--national", default="national", show_default=True, help="Name of the national root.")
+@click.option("--option", "-o", "options", multiple=True, help="Engine option key=value (repeatable).")
+def fit(data, formula, engine, out, family, national, options) -> None:
+    """Fit a model to DATA and save it to --out."""
+    import hierfit
+    from hierfit.io import read_table
+
+    frame = read_table(data)
+    result = hierfit.fit(formula, frame, engine=engine, family=family, national=national, **_parse_options(options))
+    result.save(out)
+    click.echo(result.summary())
+    click.echo(f"\nsaved to {out}")
+
+
+@main.command()
+@click.argument("fit_dir", type=click.Path(file_okay=False))
+@click.option("--table", type=click.Choice(["fixed", "group", "variance"]), default="group", show_default=True)
+@click.option("--kind", type=click.Choice(["both", "deviation", "total"]), default="both", show_default=True)
+@click.option("--out", "out", type=click.Path(dir_okay=False), help="Write the table to .csv/.parquet instead of printing.")
+def effects(fit_dir, table, kind, out) -> None:
+    """Print (or write) the effects tables of a saved fit."""
+    import hierfit
+    from hierfit.io import write_table
+
+    result = hierfit.load(fit_dir)
+    frame = {
+        "fixed": result.fixed_effects,
+        "variance": result.variance_components,
+        "group": lambda: result.group_effects(kind=kind),
+    }[table]()
+    if out:
+        write_table(frame, out)
+        click.echo(f"wrote {len(frame)} rows to {out}")
+    else:
+        with _wide_pandas():
+            click.echo(frame.to_string(index=False))
+
+
+@main.command()
+@click.argument("fit_dir", type=click.Path(file_okay=False))
+@click.argument("data", type=click.Path(dir_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Predictions file (.csv/.parquet).")
+@click.option("--interval", type=click.Choice(["confidence", "prediction"]), default=None)
+@click.option("--level", default=0.9, show_default=True)
+def predict(fit_dir, data, out, interval, level) -> None:
+    """Predict DATA with a saved fit; rows keep their order."""
+    import warnings
+
+    import hierfit
+    from hierfit.io import read_table, write_table
+
+    result = hierfit.load(fit_dir)
+    frame = read_table(data)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", hierfit.UnseenGroupsWarning)
+        pred = result.predict(frame, interval=interval, level=level)
+    for w in caught:
+        click.echo(f"warning: {w.message}", err=True)
+    write_table(pred, out)
+    click.echo(f"wrote {len(pred)} predictions to {out}")
+
+
+@main.command()
+def engines() -> None:
+    """List engines with their capabilities and whether they are installed."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from hierfit.engines import ENGINES
+
+    table = Table(title="hierfit engines")
+    for col in ("engine", "installed", "pooling", "uncertainty", "slopes", "families", "decomposition", "nonlinear", "summary"):
+        table.add_column(col)
+    for name in sorted(ENGINES):
+        e = ENGINES[name]
+        c = e.capabilities
+        slopes = "correlated" if c.correlated_slopes else ("yes" if c.varying_slopes else "no")
+        installed = "yes" if e.available else f"no: pip install 'hierfit[{e.extra or name}]'"
+        table.add_row(name, installed, c.pooling, c.uncertainty, slopes, ",".join(c.families), c.decomposition, "yes" if c.nonlinear else "no", e.summary)
+    Console(width=200).print(table)
+
+
+@main.command()
+@click.option("--out", "out", default="demo-report.html", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--seed", default=0, show_default=True)
+def demo(out, seed) -> None:
+    """Simulate the reference tree, fit the available engines, print the decomposition."""
+    from hierfit.demo import run_demo
+
+    run_demo(out=Path(out), seed=seed, echo=click.echo)
+
+
+class _wide_pandas:
+    def __enter__(self):
+        import pandas as pd
+
+        self._ctx = pd.option_context("display.width", 200, "display.max_columns", 50, "display.max_rows", 500)
+        self._ctx.__enter__()
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
