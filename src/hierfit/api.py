@@ -29,7 +29,8 @@ def fit_design(design: Design, *, engine: str, checks: Mapping[str, str] | None 
     if not entry.capabilities.varying_slopes and any(t.slopes for t in spec.formula.group_terms):
         raise SpecError(f"Engine {engine!r} does not fit varying slopes; drop them from the formula or choose another engine.")
     severities = resolve_severities(checks)
-    found = apply_severities(data_checks(design), severities, stacklevel=4)
+    pooling = entry.capabilities.pooling == "partial"
+    found = apply_severities(data_checks(design, pooling=pooling), severities, stacklevel=4)
     module = entry.load()
     options = parse_options(module.OPTIONS, dict(engine_options), engine)
     t0 = time.perf_counter()

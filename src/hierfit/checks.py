@@ -59,11 +59,11 @@ def resolve_severities(overrides: Mapping[str, str] | None) -> dict[str, Severit
     return out
 
 
-def data_checks(design) -> list[Diagnostic]:
-    """Checks on the fitting design: few groups per level, single-row groups."""
+def data_checks(design, *, pooling: bool = True) -> list[Diagnostic]:
+    """Checks on the fitting design: few groups per level (when the engine pools), single-row groups."""
     found: list[Diagnostic] = []
     for lv in design.hierarchy.levels:
-        if lv.n_groups < FEW_GROUPS:
+        if pooling and lv.n_groups < FEW_GROUPS:
             found.append(
                 Diagnostic(
                     "few_groups",

@@ -203,13 +203,14 @@ def _inferred_parent(f, factors, codes, uniques, labels) -> str | None:
     best: tuple[int, str] | None = None
     crossed_with: list[str] = []
     for other in factors:
-        if other is f or len(uniques[other.level]) >= len(uniques[f.level]):
+        if other is f or len(uniques[other.level]) > len(uniques[f.level]):
             continue
         pairs = _pairs(f.level, other.level, codes)
-        if len(pairs) == len(uniques[f.level]):
+        nested = len(pairs) == len(uniques[f.level])
+        if nested and len(uniques[other.level]) < len(uniques[f.level]):
             if best is None or len(uniques[other.level]) > best[0]:
                 best = (len(uniques[other.level]), other.level)
-        else:
+        elif not nested:
             crossed_with.append(other.level)
     if best is None and crossed_with:
         other = crossed_with[0]

@@ -1,0 +1,24 @@
+"""Shared fixtures: simulated data sets are built once per session (seeded)."""
+
+from __future__ import annotations
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+
+import hierfit  # noqa: E402
+
+REFERENCE_FORMULA = "y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)"
+
+
+@pytest.fixture(scope="session")
+def reference_sim() -> hierfit.Simulation:
+    """The reference DGP: 10 markets × 5 submarkets × 100 rows (5,000 rows)."""
+    return hierfit.simulate(seed=20261121, national_name="United_state")
+
+
+@pytest.fixture(scope="session")
+def small_sim() -> hierfit.Simulation:
+    """A small tree for quick contract checks: 5 markets × 3 submarkets × 30 rows."""
+    return hierfit.simulate(n_markets=5, n_submarkets=3, rows_per_submarket=30, seed=7, national_name="United_state")
