@@ -34,10 +34,10 @@ from hierfit.spec import Hierarchy, ModelSpec, make_spec
 __version__ = "0.1.0"
 
 __all__ = [
-    "ENGINES",
     "ConvergenceError",
     "DataError",
     "Design",
+    "ENGINES",
     "EngineError",
     "FitResult",
     "FormulaError",

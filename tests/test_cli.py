@@ -1,0 +1,71 @@
+"""The command line end to end on a temporary directory, and its one-line errors."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from hierfit.cli import main
+
+FORMULA = "y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)"
+
+
+@pytest.fixture()
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.mark.parametrize("ext", [".csv", ".parquet"])
+def test_simulate_fit_effects_predict(runner, tmp_path, ext) -> None:
+    data = tmp_path / f"data{ext}"
+    res = runner.invoke(main, ["simulate", "--out", str(data), "--n-markets", "5", "--n-submarkets", "3", "--rows", "20", "--truth", str(tmp_path / "truth.csv")])
+    assert res.exit_code == 0, res.output
+    assert "wrote 300 rows" in res.output
+    res = runner.invoke(main, ["fit", str(data), "--formula", FORMULA, "--engine", "ols", "--out", str(tmp_path / "fit"), "--national", "United_state"])
+    assert res.exit_code == 0, res.output
+    assert "United_state (national root)" in res.output
+    res = runner.invoke(main, ["effects", str(tmp_path / "fit"), "--kind", "total"])
+    assert res.exit_code == 0, res.output
+    assert "United_state" in res.output and "Market_01:Sub_1" in res.output
+    res = runner.invoke(main, ["effects", str(tmp_path / "fit"), "--table", "fixed", "--out", str(tmp_path / "fixed.csv")])
+    assert res.exit_code == 0 and pd.read_csv(tmp_path / "fixed.csv").term.tolist() == ["Intercept", "x1", "x2"]
+    new = pd.read_csv(tmp_path / "truth.csv") if ext == ".csv" else None
+    assert new is None or {"level", "group", "estimate"} <= set(new.columns)
+    res = runner.invoke(main, ["predict", str(tmp_path / "fit"), str(data), "--out", str(tmp_path / "pred.csv"), "--interval", "prediction"])
+    assert res.exit_code == 0, res.output
+    pred = pd.read_csv(tmp_path / "pred.csv")
+    assert len(pred) == 300 and list(pred.columns) == ["prediction", "lower", "upper", "level_used"]
+
+
+def test_engines_lists_capabilities(runner) -> None:
+    res = runner.invoke(main, ["engines"])
+    assert res.exit_code == 0
+    assert "ols" in res.output and "frequentist" in res.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--engine", "lmer"], "error: The 'engine' argument of fit() must be one of:"),
+        (["--formula", "y ~ x1 + | market"], "error: '|' is only allowed inside a group-level term"),
+        (["--formula", "y ~ x9 + (1 | market)"], "error: The predictor column 'x9' is not in the data"),
+    ],
+)
+def test_errors_are_one_line_with_exit_code_2(runner, tmp_path, args, message) -> None:
+    data = tmp_path / "d.csv"
+    runner.invoke(main, ["simulate", "--out", str(data), "--n-markets", "5", "--n-submarkets", "2", "--rows", "5"])
+    base = ["fit", str(data), "--formula", FORMULA, "--engine", "ols", "--out", str(tmp_path / "fit")]
+    for flag in ("--engine", "--formula"):
+        if flag in args:
+            i = base.index(flag)
+            base[i + 1] = args[args.index(flag) + 1]
+    res = runner.invoke(main, base)
+    assert res.exit_code == 2
+    assert res.output.startswith(message), res.output
+    assert res.output.strip().count("\n") == 0
+
+
+def test_missing_data_file(runner, tmp_path) -> None:
+    res = runner.invoke(main, ["fit", str(tmp_path / "nope.csv"), "--formula", FORMULA, "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "does not exist" in res.output
