@@ -7,9 +7,10 @@ and its solution onto the result contract:
 
 * fixed effects with lme4's ``vcov`` and Wald intervals;
 * variance components as lme4's ``as.data.frame(VarCorr(fit))``;
-* group deviations are the conditional modes with lme4's conditional SDs (``condVar``);
-  totals (national + market + submarket) and prediction intervals come from joint draws of
-  (beta, b) given the variance parameters (as ``arm::sim``), so they carry all correlations.
+* group effects are the conditional modes (BLUPs); their intervals, those of totals
+  (national + market + submarket) and of predictions come from joint draws of (beta, b) given
+  the variance parameters (as ``arm::sim``), so they carry all correlations and the
+  uncertainty of the national level.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from hierfit.design import Design
 from hierfit.engines.base import FIXED_COLUMNS, GROUP_COLUMNS, VARIANCE_COLUMNS, LinearEngineFit
 from hierfit.engines.mixed._lmm import LmmSolution, RandomBlock, fit_lmm
 from hierfit.exceptions import SpecError
-from hierfit.results.layout import ParameterLayout
 from hierfit.spec import ModelSpec
 
 
@@ -89,7 +89,6 @@ class MixedFit(LinearEngineFit):
         )
         self.solution = solution
         self.n_draws = options.n_draws
-        self.condsd = ParameterLayout.from_design(design).flatten(np.zeros(len(design.x_names)), solution.ranef_condsd)
         self._draws: np.ndarray | None = None
 
     # Draws are made on first use: a fit that only needs estimates never pays for them.
@@ -118,18 +117,16 @@ class MixedFit(LinearEngineFit):
         )[FIXED_COLUMNS]
 
     def group_effects(self, level: float) -> pd.DataFrame:
-        """Deviations: conditional modes ± z·condSD (lme4); totals: from joint draws."""
+        """Conditional modes; intervals from joint draws of (beta, b) given the variances.
+
+        lme4's ``condVar`` SDs are conditional on beta as well and understate the error of a
+        deviation when the national level itself is uncertain (10 markets: 65% coverage for a
+        nominal 90%, see benchmarks/RESULTS.md); the joint draws give Henderson's prediction
+        error variance instead. lme4's values stay available as ``native().ranef_condsd``.
+        National rows use lme4's ``vcov`` (Wald), which the draws reproduce.
+        """
         table = super().group_effects(level)
-        keys, M = self.layout.effect_map(self.hierarchy)
-        dev = (keys["kind"] == "deviation").to_numpy() & (keys["level"] != "national").to_numpy()
-        rows = M[dev]
-        sd = np.asarray(rows @ self.condsd).ravel()
-        z = stats.norm.ppf(0.5 + level / 2)
-        est = table.loc[dev, "estimate"].to_numpy()
-        table.loc[dev, "std_error"] = sd
-        table.loc[dev, "lower"] = est - z * sd
-        table.loc[dev, "upper"] = est + z * sd
-        national = (keys["level"] == "national").to_numpy()
+        national = (table["level"] == "national").to_numpy()
         fe = self.fixed_effects(level).set_index("term")
         for col in ("std_error", "lower", "upper"):
             table.loc[national, col] = fe.loc[table.loc[national, "term"], col].to_numpy()
