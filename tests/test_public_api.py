@@ -32,6 +32,7 @@ PUBLIC = [
     "fit_design",
     "get_engine",
     "load",
+    "lrt",
     "make_spec",
     "parse_formula",
     "priors",

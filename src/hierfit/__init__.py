@@ -14,6 +14,7 @@ from hierfit import priors
 from hierfit.api import fit, fit_design
 from hierfit.design import Design, build_design
 from hierfit.engines import ENGINES, get_engine
+from hierfit.engines.mixed.engine import likelihood_ratio as lrt
 from hierfit.exceptions import (
     ConvergenceError,
     DataError,
@@ -55,6 +56,7 @@ __all__ = [
     "fit_design",
     "get_engine",
     "load",
+    "lrt",
     "make_spec",
     "parse_formula",
     "priors",

