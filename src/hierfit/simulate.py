@@ -201,11 +201,11 @@ def simulate(
         idx = paths[depth][group_of_row[depth], depth]
         prefix = level.label or level.name.capitalize()
         width = max(2, len(str(level.n_groups))) if depth == 0 else len(str(level.n_groups))
-        labels = np.char.add(f"{prefix}_", np.char.zfill((idx + 1).astype(str), width))
-        frame[level.name] = labels.astype(object)
+        names = np.array([f"{prefix}_{i + 1:0{width}d}" for i in range(level.n_groups)], dtype=object)
+        frame[level.name] = names[idx]
     df = pd.DataFrame(frame)
     formula = _true_formula(lv, slopes)
-    truth = _truth(df, formula, lv, slopes, national, deviations, residual_sd if family == "gaussian" else None, eta, mean, f, national_name, family)
+    truth = _truth(df, formula, lv, slopes, national, deviations, group_of_row, residual_sd if family == "gaussian" else None, eta, mean, f, national_name, family)
     return Simulation(df, formula, truth, national_name, family)
 
 
@@ -254,7 +254,7 @@ def _true_formula(lv, slopes) -> str:
     return "y ~ " + " + ".join(parts)
 
 
-def _truth(df, formula, lv, slopes, national, deviations, residual_sd, eta, mean, f, national_name, family) -> Truth:
+def _truth(df, formula, lv, slopes, national, deviations, group_of_row, residual_sd, eta, mean, f, national_name, family) -> Truth:
     from hierfit.design import build_design
     from hierfit.results.layout import ParameterLayout
     from hierfit.spec import make_spec
@@ -265,7 +265,9 @@ def _truth(df, formula, lv, slopes, national, deviations, residual_sd, eta, mean
     beta = np.array([national if n == "Intercept" else slopes[n] for n in design.x_names])
     b = []
     for depth, (td, level) in enumerate(zip(design.terms, lv)):
-        order = _label_order(design.hierarchy.level(td.level).groups, df, lv, depth)
+        # design groups are sorted labels; map each back to its simulation index via the rows
+        order = np.empty(design.hierarchy.level(td.level).n_groups, dtype=np.int64)
+        order[design.group_index[td.level]] = group_of_row[depth]
         b.append(deviations[depth][order])
     keys, M = layout.effect_map(design.hierarchy)
     effects = keys.copy()
@@ -283,15 +285,3 @@ def _truth(df, formula, lv, slopes, national, deviations, residual_sd, eta, mean
     if residual_sd is not None:
         rows.append({"level": "residual", "term1": "", "term2": "", "variance": residual_sd**2, "sd_or_corr": residual_sd})
     return Truth(fixed, pd.DataFrame(rows), effects, eta, mean, f)
-
-
-def _label_order(groups, df, lv, depth) -> np.ndarray:
-    """Map sorted design group labels back to simulation order (path order)."""
-    cols = [l.name for l in lv[: depth + 1]]
-    labels = df[cols[0]].astype(str)
-    for c in cols[1:]:
-        labels = labels + ":" + df[c].astype(str)
-    first = pd.Series(np.arange(len(df))).groupby(labels.to_numpy()).first()
-    # simulation group index of each label = rank of its first appearance (rows are in path order)
-    sim_order = pd.Series(np.arange(len(first)), index=first.sort_values().index)
-    return sim_order.loc[list(groups)].to_numpy()

@@ -17,7 +17,7 @@ from formulaic import Formula
 from hierfit.exceptions import DataError, SpecError
 from hierfit.formula import INTERCEPT, GroupTerm
 from hierfit.spec import Hierarchy, ModelSpec, build_hierarchy, get_family
-from hierfit.spec.hierarchy import group_labels
+from hierfit.spec.hierarchy import factorize_factor
 
 NATIONAL_LEVEL = "national"
 
@@ -129,9 +129,8 @@ class DesignEncoding:
         group_index: dict[str, np.ndarray] = {}
         unseen: dict[str, dict[str, int]] = {}
         for lv in self.hierarchy.levels:
-            labels = group_labels(data, lv.factor)
-            vocab = pd.Index(lv.groups)
-            idx = vocab.get_indexer(labels).astype(np.int64)
+            codes, labels = factorize_factor(data, lv.factor)
+            idx = pd.Index(lv.groups).get_indexer(labels).astype(np.int64)[codes]
             if lv.parent is not None and lv.parent_index is not None:
                 # A known child listed under another parent than in fitting is not the same group.
                 parent_idx = group_index[lv.parent]
@@ -140,8 +139,8 @@ class DesignEncoding:
                 idx[moved] = -1
             group_index[lv.name] = idx
             if (idx < 0).any():
-                counts = pd.Series(labels[idx < 0]).value_counts()
-                unseen[lv.name] = {str(k): int(v) for k, v in counts.items()}
+                counts = np.bincount(codes[idx < 0], minlength=len(labels))
+                unseen[lv.name] = {labels[g]: int(counts[g]) for g in np.argsort(-counts, kind="stable") if counts[g]}
         terms = tuple(TermDesign(t, _term_columns(t, data)) for t in spec.formula.group_terms)
         return Design(y, X, names, group_index, terms, self.hierarchy, self, unseen)
 
@@ -166,7 +165,9 @@ def build_design(spec: ModelSpec, data: pd.DataFrame) -> Design:
     y = _response(spec, data)
     get_family(spec.family).check_outcome(y, spec.response)
     formula = Formula(spec.formula.population)
-    X, names, population_spec = _fit_population_matrix(formula, data)
+    # formulaic only needs the population columns; handing it the whole frame costs seconds at 5M rows
+    population_columns = [c for c in data.columns if c in formula.required_variables]
+    X, names, population_spec = _fit_population_matrix(formula, data[population_columns])
     hierarchy, group_index = build_hierarchy(spec, data)
     terms = tuple(TermDesign(t, _term_columns(t, data)) for t in spec.formula.group_terms)
     encoding = DesignEncoding(spec, population_spec, hierarchy)

@@ -96,7 +96,11 @@ class ParameterLayout:
                 n_rows += 1
         for t in self.terms:
             lv = hierarchy.level(t.level)
-            parents = [hierarchy.parent_label(lv.name, g) for g in lv.groups] if lv.parent else [hierarchy.national] * lv.n_groups
+            if lv.parent is not None and lv.parent_index is not None:
+                parent_groups = hierarchy.level(lv.parent).groups
+                parents = [parent_groups[i] for i in lv.parent_index]
+            else:
+                parents = [hierarchy.national] * lv.n_groups
             for ci, c in enumerate(t.coefficients):
                 own = t.offset + np.arange(t.n_groups) * len(t.coefficients) + ci
                 for kind in ("deviation", "total"):

@@ -112,8 +112,13 @@ class Hierarchy:
         return "\n".join(lines)
 
 
-def group_labels(data: pd.DataFrame, factor: GroupingFactor) -> np.ndarray:
-    """Row labels of a grouping factor (``"A:a"`` for ``batch:cask``), checking columns and NA."""
+def factorize_factor(data: pd.DataFrame, factor: GroupingFactor) -> tuple[np.ndarray, list[str]]:
+    """Integer group code per row and the group labels (``"A:a"`` for ``batch:cask``).
+
+    Groups are sorted by their path (each column's values sorted, numbers numerically). One
+    pass of :func:`pandas.factorize` per column and a sort of integer codes: labels are built
+    only for the distinct groups, so this stays fast at millions of rows.
+    """
     for col in factor.columns:
         if col not in data.columns:
             raise DataError(
@@ -126,26 +131,41 @@ def group_labels(data: pd.DataFrame, factor: GroupingFactor) -> np.ndarray:
                 f"Grouping column {col!r} has {missing} missing labels (of {len(data)} rows); "
                 "drop those rows or give them a label before fitting."
             )
-    parts = [data[c].astype(str).to_numpy(dtype=object) for c in factor.columns]
-    if len(parts) == 1:
-        return parts[0]
-    out = parts[0].copy()
-    for p in parts[1:]:
-        out = out + ":" + p
-    return out
+    per_column = []
+    for col in factor.columns:
+        codes, uniques = pd.factorize(data[col], sort=True)
+        per_column.append((codes.astype(np.int64), [str(u) for u in uniques]))
+    combined = per_column[0][0]
+    for codes, uniques in per_column[1:]:
+        combined = combined * len(uniques) + codes
+    distinct, inverse = np.unique(combined, return_inverse=True)
+    digits = []
+    rest = distinct
+    for codes, uniques in reversed(per_column[1:]):
+        digits.append(rest % len(uniques))
+        rest = rest // len(uniques)
+    digits.append(rest)
+    digits.reverse()
+    names = [uniques for _, uniques in per_column]
+    labels = [":".join(names[j][int(digits[j][i])] for j in range(len(names))) for i in range(len(distinct))]
+    return inverse.astype(np.int64).ravel(), labels
+
+
+def group_labels(data: pd.DataFrame, factor: GroupingFactor) -> np.ndarray:
+    """Row labels of a grouping factor (``"A:a"`` for ``batch:cask``), checking columns and NA."""
+    codes, labels = factorize_factor(data, factor)
+    return np.asarray(labels, dtype=object)[codes]
 
 
 def build_hierarchy(spec: ModelSpec, data: pd.DataFrame) -> tuple[Hierarchy, dict[str, np.ndarray]]:
     """Build the tree from the data; return it with each level's group index per row."""
     factors = spec.formula.factors
-    labels = {f.level: group_labels(data, f) for f in factors}
     codes: dict[str, np.ndarray] = {}
     uniques: dict[str, tuple[str, ...]] = {}
     for f in factors:
-        code, uniq = pd.factorize(labels[f.level], sort=True)
-        codes[f.level] = code.astype(np.int64)
-        uniques[f.level] = tuple(str(u) for u in uniq)
-    parents = _find_parents(spec, factors, codes, uniques, labels)
+        codes[f.level], labels = factorize_factor(data, f)
+        uniques[f.level] = tuple(labels)
+    parents = _find_parents(spec, factors, codes, uniques)
     ordered = _topological(factors, parents)
     levels = []
     for f in ordered:
@@ -159,12 +179,12 @@ def build_hierarchy(spec: ModelSpec, data: pd.DataFrame) -> tuple[Hierarchy, dic
     return Hierarchy(spec.national, tuple(levels)), codes
 
 
-def _find_parents(spec, factors, codes, uniques, labels) -> dict[str, str | None]:
+def _find_parents(spec, factors, codes, uniques) -> dict[str, str | None]:
     by_columns = {f.columns: f for f in factors}
     parents: dict[str, str | None] = {}
     if spec.hierarchy:
         for upper, lower in zip(spec.hierarchy, spec.hierarchy[1:]):
-            _require_single_parent(lower, upper, codes, uniques, labels)
+            _require_single_parent(lower, upper, codes, uniques)
             parents[lower] = upper
         parents.setdefault(spec.hierarchy[0], None)
     for f in factors:
@@ -174,16 +194,18 @@ def _find_parents(spec, factors, codes, uniques, labels) -> dict[str, str | None
         if prefixes:
             parents[f.level] = prefixes[0].level
             continue
-        parents[f.level] = _inferred_parent(f, factors, codes, uniques, labels)
+        parents[f.level] = _inferred_parent(f, factors, codes, uniques)
     return parents
 
 
 def _pairs(child: str, parent: str, codes) -> np.ndarray:
-    pairs = np.unique(np.stack([codes[child], codes[parent]], axis=1), axis=0)
-    return pairs
+    """Distinct (child group, parent group) pairs seen in the rows, sorted by child."""
+    n_parent = int(codes[parent].max()) + 1
+    combined = np.unique(codes[child] * n_parent + codes[parent])
+    return np.stack([combined // n_parent, combined % n_parent], axis=1)
 
 
-def _require_single_parent(child: str, parent: str, codes, uniques, labels) -> None:
+def _require_single_parent(child: str, parent: str, codes, uniques) -> None:
     pairs = _pairs(child, parent, codes)
     counts = np.bincount(pairs[:, 0], minlength=len(uniques[child]))
     bad = np.flatnonzero(counts > 1)
@@ -199,7 +221,7 @@ def _require_single_parent(child: str, parent: str, codes, uniques, labels) -> N
         )
 
 
-def _inferred_parent(f, factors, codes, uniques, labels) -> str | None:
+def _inferred_parent(f, factors, codes, uniques) -> str | None:
     best: tuple[int, str] | None = None
     crossed_with: list[str] = []
     for other in factors:
