@@ -15,12 +15,16 @@ Only numbers are handled here; names and formulas belong to the caller.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 __all__ = ["RandomBlock", "Factor", "Plan", "make_plan"]
+
+#: Size of the dense (crossed) root block above which a slow-fit warning is issued.
+DENSE_ROOT_WARN = 4000
 
 
 @dataclass(frozen=True)
@@ -219,7 +223,12 @@ def make_plan(blocks: Sequence[RandomBlock], n: int) -> tuple[Plan, list[int]]:
     def nest(i: int, j: int) -> np.ndarray | None:
         if (i, j) not in nested:
             fi, fj = factors[i], factors[j]
-            nested[(i, j)] = None if fi.m < fj.m else _nesting_map(fi, fj, hints.get((i, j)))
+            mp = None
+            if fi.m >= fj.m:
+                mp = _nesting_map(fi, fj, hints.get((i, j)))
+                if mp is None and (i, j) in hints:
+                    mp = _nesting_map(fi, fj, None)  # a wrong hint must not force "crossed"
+            nested[(i, j)] = mp
         return nested[(i, j)]
 
     order = sorted(range(nf), key=lambda f: (-factors[f].m, f))
@@ -237,6 +246,11 @@ def make_plan(blocks: Sequence[RandomBlock], n: int) -> tuple[Plan, list[int]]:
     assert best is not None
     chain = best[1]
     root = [f for f in range(nf) if f not in chain]
+    if best[0] > DENSE_ROOT_WARN:
+        warnings.warn(
+            f"crossed random effects with {best[0]} columns are eliminated as one dense block "
+            f"(O(q^3) per likelihood evaluation); fitting may be slow", RuntimeWarning,
+            stacklevel=3)
     parent_maps: dict[tuple[int, int], np.ndarray] = {}
     for i in range(len(chain)):
         for j in range(i + 1, len(chain)):

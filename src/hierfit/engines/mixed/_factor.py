@@ -31,35 +31,66 @@ from ._suffstats import Layout
 __all__ = ["Factorization", "System"]
 
 
+#: Up to this block size, batched triangular algebra is unrolled over the K rows and
+#: vectorised over groups: LAPACK per tiny matrix costs ~1 us of call overhead each.
+_UNROLL_K = 6
+
+
 def _chol(D: np.ndarray) -> np.ndarray:
-    """Batched lower Cholesky of ``(m, K, K)``; ``K = 1`` avoids LAPACK call overhead."""
-    if D.shape[1] == 1:
+    """Batched lower Cholesky of ``(m, K, K)``; raise LinAlgError if not positive definite."""
+    m, K = D.shape[:2]
+    if K == 1:
         if np.any(D <= 0.0):
             raise np.linalg.LinAlgError("not positive definite")
         return np.sqrt(D)
-    if D.shape[0] == 1:
+    if m == 1:
         return sla.cholesky(D[0], lower=True, check_finite=False)[None]
-    return np.linalg.cholesky(D)
+    if K > _UNROLL_K:
+        return np.linalg.cholesky(D)
+    L = np.zeros_like(D)
+    for j in range(K):
+        d = D[:, j, j] - np.einsum("mk,mk->m", L[:, j, :j], L[:, j, :j])
+        if np.any(d <= 0.0):
+            raise np.linalg.LinAlgError("not positive definite")
+        L[:, j, j] = np.sqrt(d)
+        if j + 1 < K:
+            off = D[:, j + 1:, j] - np.einsum("mik,mk->mi", L[:, j + 1:, :j], L[:, j, :j])
+            L[:, j + 1:, j] = off / L[:, j, j][:, None]
+    return L
 
 
 def _solve_lower(L: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """Batched ``L^{-1} B`` for lower-triangular ``L``."""
-    if L.shape[1] == 1:
+    """Batched ``L^{-1} B`` for lower-triangular ``L`` (``B`` may broadcast over groups)."""
+    m, K = L.shape[:2]
+    if K == 1:
         return B / L
-    if L.shape[0] == 1:
-        return sla.solve_triangular(L[0], B.reshape(L.shape[1], -1), lower=True,
+    if m == 1:
+        return sla.solve_triangular(L[0], B.reshape(K, -1), lower=True,
                                     check_finite=False).reshape((1,) + B.shape[1:])
-    return np.linalg.solve(L, B)
+    if K > _UNROLL_K:
+        return np.linalg.solve(L, B)
+    X = np.empty(np.broadcast_shapes(B.shape, (m, K, 1)))
+    for i in range(K):  # forward substitution, row by row
+        acc = B[:, i, :] - np.einsum("mk,mkd->md", L[:, i, :i], X[:, :i, :])
+        X[:, i, :] = acc / L[:, i, i][:, None]
+    return X
 
 
 def _solve_upper_t(L: np.ndarray, B: np.ndarray) -> np.ndarray:
     """Batched ``L'^{-1} B`` for lower-triangular ``L``."""
-    if L.shape[1] == 1:
+    m, K = L.shape[:2]
+    if K == 1:
         return B / L
-    if L.shape[0] == 1:
-        return sla.solve_triangular(L[0], B.reshape(L.shape[1], -1), lower=True, trans="T",
+    if m == 1:
+        return sla.solve_triangular(L[0], B.reshape(K, -1), lower=True, trans="T",
                                     check_finite=False).reshape((1,) + B.shape[1:])
-    return np.linalg.solve(np.swapaxes(L, 1, 2), B)
+    if K > _UNROLL_K:
+        return np.linalg.solve(np.swapaxes(L, 1, 2), B)
+    X = np.empty(np.broadcast_shapes(B.shape, (m, K, 1)))
+    for i in range(K - 1, -1, -1):  # back substitution with L' (column i of L below i)
+        acc = B[:, i, :] - np.einsum("mk,mkd->md", L[:, i + 1:, i], X[:, i + 1:, :])
+        X[:, i, :] = acc / L[:, i, i][:, None]
+    return X
 
 
 @dataclass
@@ -199,8 +230,11 @@ class System:
             u[i] = _solve_upper_t(fz.L[i], acc)
         return u
 
-    def diag_inverse(self, fz: Factorization) -> list[np.ndarray]:
+    def diag_inverse(self, fz: Factorization, full: bool = False) -> list[np.ndarray]:
         """Per random level, ``(m, K, K)`` diagonal blocks of ``(Lambda'Z'Z Lambda + I)^{-1}``.
+
+        With ``full``, the whole rows ``(m, K, K + n_ancestor_columns)``: the inverse on the
+        sparsity pattern of the system (needed for the gradient of ``log|L|^2``).
 
         Takahashi-style selected inversion from the coarsest level down: a group only needs
         the inverse's blocks among its own ancestors, which are computed first.
@@ -236,4 +270,32 @@ class System:
             ZjA = -_solve_upper_t(L, GZ)
             Zjj = np.swapaxes(Linv, 1, 2) @ (Linv - GA @ np.swapaxes(ZjA, 1, 2))
             sig[i] = np.concatenate([Zjj, ZjA], axis=2)
+        if full:
+            return sig
         return [s[:, :, :lay.sizes[i]] for i, s in enumerate(sig)]
+
+    def ztz_times(self, v: list[np.ndarray]) -> list[np.ndarray]:
+        """``Z'Z v`` for per-level ``v[i]`` of shape ``(m_i, K_i, d)`` (unscaled statistics).
+
+        The rows hold each coupling once (finer level to coarser); the transposed
+        contribution to the coarser level is a grouped sum over its child groups.
+        """
+        lay = self.layout
+        out = [np.zeros_like(vi) for vi in v]
+        for i in range(self.n_random):
+            raw = self.raw_rows[i]
+            K = lay.sizes[i]
+            out[i] += raw[:, :, :K] @ v[i]
+            for a, e, pm in self._ancestors(i):
+                Ka = lay.sizes[a]
+                c = K + e
+                blk = raw[:, :, c:c + Ka]
+                va = v[a][pm] if pm is not None else v[a]
+                out[i] += blk @ va
+                back = np.swapaxes(blk, 1, 2) @ v[i]  # (m_i, K_a, d)
+                if pm is not None:
+                    out[a] += (self.sum_ops[(i, a)] @ back.reshape(back.shape[0], -1)
+                               ).reshape(out[a].shape)
+                else:
+                    out[a] += back.sum(axis=0, keepdims=True)
+        return out

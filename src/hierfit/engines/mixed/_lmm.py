@@ -1,14 +1,24 @@
 """Exact REML/ML linear mixed models from sufficient statistics (lme4's formulation).
 
-:func:`fit_lmm` makes one pass over the data to gather grouped cross-products, then
-optimises lme4's profiled criterion over ``theta``; each evaluation costs O(number of
-random effects) whatever the number of rows.  Results follow lme4 conventions: ``theta``
-(relative Cholesky factor), ``sigma``, ``vcov`` of the fixed effects, conditional modes
-and conditional SDs, logLik / AIC / BIC and the ``isSingular`` rule.
+:func:`fit_lmm` makes one pass over the data to gather grouped cross-products
+(:mod:`._suffstats`), then optimises lme4's profiled criterion over ``theta`` with an
+exact gradient (:mod:`._gradient`, :mod:`._optim`); each evaluation costs O(number of
+random effects) whatever the number of rows.
+
+Structure (:mod:`._blocks`, :mod:`._factor`): nested grouping factors form a chain that is
+eliminated leaf-first with batched small dense algebra, O(q) per evaluation.  Factors
+crossed with that chain are gathered into one dense "root" block (dense Cholesky of size
+``q_root``), which is fine for crossed factors with up to a few thousand levels in all.
+
+Results follow lme4 conventions: ``theta`` (relative Cholesky factor), ``sigma``, ``vcov``
+of the fixed effects, conditional modes and conditional SDs (given beta, as
+``ranef(condVar = TRUE)``), logLik / AIC / BIC and the ``isSingular`` rule.
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -18,6 +28,7 @@ from scipy import stats
 
 from ._blocks import RandomBlock, make_plan
 from ._factor import Factorization, System
+from ._gradient import criterion_and_gradient
 from ._optim import minimize_theta
 from ._suffstats import compute_rows, make_layout
 from ._theta import ThetaSpec, profiled_criterion
@@ -26,6 +37,28 @@ __all__ = ["RandomBlock", "LmmSolution", "fit_lmm", "likelihood_ratio_test"]
 
 #: lme4's isSingular tolerance on bounded (diagonal) theta elements.
 SINGULAR_TOL = 1e-4
+
+
+_BLAS_CONTROLLER: list[object] = []  # lazily created threadpoolctl controller (cached)
+
+
+def _single_thread_blas() -> contextlib.AbstractContextManager[object]:
+    """Limit BLAS to one thread while optimising, if threadpoolctl is installed.
+
+    Every BLAS call during the optimisation is tiny (scipy's L-BFGS-B works on vectors of
+    length ``len(theta)``); waking a thread pool for each one costs far more than the work,
+    dramatically so on a loaded machine (measured: 100x slower L-BFGS-B on 2 busy cores).
+    The controller is built once per process: scanning the loaded libraries is the
+    expensive part (~50 ms).
+    """
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - optional speed-up
+        return contextlib.nullcontext()
+    if not _BLAS_CONTROLLER:
+        _BLAS_CONTROLLER.append(ThreadpoolController())
+    ctl = _BLAS_CONTROLLER[0]
+    return ctl.limit(limits=1, user_api="blas")  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -57,9 +90,13 @@ class LmmSolution:
         Rows; parameters counted as lme4 (``p + len(theta) + 1``).
     reml, converged, singular : bool
     singular_terms : list of (int, int)
-        (term, column) pairs whose diagonal theta fell below ``1e-4``.
+        (term, column) pairs whose diagonal theta is below ``1e-4`` (lme4's isSingular):
+        a variance at 0 for column 0, or for a later column of a correlated term a
+        covariance matrix of reduced rank (e.g. a correlation at +-1).
     message : str
     n_evaluations : int
+    timings : dict of str -> float
+        Wall seconds of the phases: ``data_pass``, ``optimize``, ``finalize``.
     """
 
     beta: np.ndarray
@@ -89,10 +126,11 @@ class LmmSolution:
     n_evaluations: int
     singular: bool
     singular_terms: list[tuple[int, int]]
+    timings: dict[str, float]
     _system: System = field(repr=False, compare=False)
     _fz: Factorization = field(repr=False, compare=False)
     _u: list[np.ndarray] = field(repr=False, compare=False)
-    _term_map: list[tuple[int, int, int]] = field(repr=False, compare=False)
+    _term_map: list[tuple[int, int, int, int]] = field(repr=False, compare=False)
     _factor_T: list[np.ndarray] = field(repr=False, compare=False)
 
     def sample_effects(self, n_draws: int, rng: np.random.Generator
@@ -138,13 +176,14 @@ class LmmSolution:
             b_draws.append(np.ascontiguousarray(np.transpose(bf[:, c0:c0 + k, :], (2, 0, 1))))
         return beta_draws, b_draws
 
-    def _iter_terms(self):  # noqa: ANN202 - private generator
-        for lvl, seg, c0, fac_k in self._term_map:
-            fac = _factor_of(self._system, lvl, seg)
-            yield lvl, seg, c0, fac_k, fac
+    def _iter_terms(self) -> list[tuple[int, int, int, int, int]]:
+        """Per term: (level, root segment, first factor column, k, factor id)."""
+        return [(lvl, seg, c0, k, _factor_of(self._system, lvl, seg))
+                for lvl, seg, c0, k in self._term_map]
 
 
 def _factor_of(sysm: System, lvl: int, seg: int) -> int:
+    """Factor id held by a chain level, or by segment ``seg`` of the root."""
     if lvl < sysm.n_chain:
         return sysm.plan.chain[lvl]
     return sysm.plan.root[seg]
@@ -173,7 +212,7 @@ def _factor_condcov(sysm: System, diag: list[np.ndarray], lvl: int, seg: int) ->
 def fit_lmm(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *,
             reml: bool = True, start_theta: np.ndarray | None = None,
             maxiter: int = 1000, n_starts: int = 1, seed: int = 0,
-            optimize: bool = True) -> LmmSolution:
+            optimize: bool = True, gradient: str = "analytic") -> LmmSolution:
     """Fit a linear mixed model by REML or ML (lme4's profiled PLS formulation).
 
     Parameters
@@ -197,6 +236,8 @@ def fit_lmm(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *,
         Seed of the restarts.
     optimize : bool, default True
         False evaluates everything at ``start_theta`` (e.g. to profile or to reuse a fit).
+    gradient : {"analytic", "fd"}, default "analytic"
+        Exact gradient of the profiled criterion, or central finite differences.
 
     Returns
     -------
@@ -211,9 +252,12 @@ def fit_lmm(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *,
         raise ValueError("X and y must be finite (drop missing rows first)")
     n, p = X.shape
     blocks = list(blocks)
+    t0 = time.perf_counter()
     plan, _ = make_plan(blocks, n)
     layout = make_layout(plan, p)
     sysm = System(plan, layout, compute_rows(X, y, plan, layout))
+    timings = {"data_pass": time.perf_counter() - t0}
+    _check_fixed_rank(sysm.raw_rows[-1][0], p)
     spec = ThetaSpec.from_blocks(blocks)
 
     def crit(theta: np.ndarray) -> float:
@@ -226,18 +270,48 @@ def fit_lmm(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *,
     x0 = spec.start() if start_theta is None else np.asarray(start_theta, dtype=float)
     if x0.shape != (spec.size,):
         raise ValueError(f"start_theta must have {spec.size} elements")
+    if gradient not in ("analytic", "fd"):
+        raise ValueError("gradient must be 'analytic' or 'fd'")
     if not optimize:
-        return _assemble(sysm, spec, blocks, np.maximum(x0, spec.lower), np.nan, reml, n, p,
-                         True, "evaluated at start_theta (not optimised)", 1)
-    opt = minimize_theta(crit, x0, spec.lower, maxiter=maxiter, n_starts=n_starts, seed=seed)
-    return _assemble(sysm, spec, blocks, opt.theta, opt.fun, reml, n, p,
-                     opt.converged, opt.message, opt.n_evaluations)
+        return _assemble(sysm, spec, blocks, np.maximum(x0, spec.lower), reml, n, p,
+                         True, "evaluated at start_theta (not optimised)", 1, timings)
+    # For each diagonal theta: the theta entries below it in the same column of its T.
+    below = {d: [t for t, (bt, it, jt) in enumerate(spec.entries)
+                 if bt == b and jt == j and it > j]
+             for d, (b, i, j) in enumerate(spec.entries) if i == j}
+
+    def crit_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        try:
+            return criterion_and_gradient(sysm, spec, theta, n, p, reml)
+        except np.linalg.LinAlgError:
+            return np.inf, np.zeros(spec.size)
+
+    t0 = time.perf_counter()
+    with _single_thread_blas():
+        opt = minimize_theta(crit, x0, spec.lower, maxiter=maxiter, n_starts=n_starts,
+                             seed=seed, below=below,
+                             grad=crit_grad if gradient == "analytic" else None)
+        timings["optimize"] = time.perf_counter() - t0
+        return _assemble(sysm, spec, blocks, opt.theta, reml, n, p,
+                         opt.converged, opt.message, opt.n_evaluations, timings)
+
+
+def _check_fixed_rank(xy_cross: np.ndarray, p: int) -> None:
+    """Refuse a rank-deficient X (lme4 drops columns; the design layer must do that)."""
+    xtx = xy_cross[:p, :p]
+    if p == 0:
+        return
+    d = np.sqrt(np.maximum(np.diag(xtx), 1e-300))
+    ev = np.linalg.eigvalsh(xtx / np.outer(d, d))
+    if ev[0] <= 1e-10 * ev[-1]:
+        raise ValueError("the fixed-effects matrix X is rank deficient (or has a zero column)")
 
 
 def _assemble(sysm: System, spec: ThetaSpec, blocks: list[RandomBlock], theta: np.ndarray,
-              obj: float, reml: bool, n: int, p: int, converged: bool, message: str,
-              n_eval: int) -> LmmSolution:
+              reml: bool, n: int, p: int, converged: bool, message: str,
+              n_eval: int, timings: dict[str, float]) -> LmmSolution:
     """Compute every reported quantity at the optimum."""
+    t0 = time.perf_counter()
     plan = sysm.plan
     fT = spec.factor_T(theta, plan)
     fz = sysm.factorize(fT, keep=True)
@@ -283,6 +357,7 @@ def _assemble(sysm: System, spec: ThetaSpec, blocks: list[RandomBlock], theta: n
     n_params = p + spec.size + 1
     sing = [(b, i) for val, (b, i, j), lo in zip(theta, spec.entries, spec.lower)
             if lo == 0.0 and val < SINGULAR_TOL]
+    timings["finalize"] = time.perf_counter() - t0
     return LmmSolution(
         beta=beta, vcov_beta=vcov, se_beta=np.sqrt(np.diag(vcov)), theta=np.array(theta),
         theta_lower=spec.lower.copy(), theta_entries=spec.entries, sigma=sigma,
@@ -291,7 +366,7 @@ def _assemble(sysm: System, spec: ThetaSpec, blocks: list[RandomBlock], theta: n
         reml_criterion=obj if reml else None, deviance=None if reml else obj,
         aic=obj + 2.0 * n_params, bic=obj + np.log(n) * n_params, n_obs=n,
         n_params=n_params, reml=reml, converged=converged, message=message,
-        n_evaluations=n_eval, singular=bool(sing), singular_terms=sing,
+        n_evaluations=n_eval, singular=bool(sing), singular_terms=sing, timings=timings,
         _system=sysm, _fz=fz, _u=[ui[..., 0] for ui in u], _term_map=term_map,
         _factor_T=fT)
 

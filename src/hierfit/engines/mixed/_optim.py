@@ -1,10 +1,11 @@
 """Bounded optimisation of the profiled criterion over theta.
 
-lme4 uses BOBYQA.  Here: L-BFGS-B on finite-difference gradients (the criterion is smooth
-and cheap, and L-BFGS-B handles the ``theta_ii >= 0`` bounds exactly), followed by a
-Nelder-Mead polish from the L-BFGS-B point, which removes the small bias that gradient
-noise leaves near flat optima.  Convergence is judged on the projected gradient relative
-to the curvature scale; failures are reported, never silent.
+lme4 uses BOBYQA.  Here: L-BFGS-B (it handles the ``theta_ii >= 0`` bounds exactly) on
+the exact gradient of :mod:`._gradient` or, as a fallback, central finite differences;
+then probes off active zero bounds (a diagonal theta at 0 is a stationary point that
+gradient methods cannot leave by themselves).  Convergence is judged on the projected
+gradient relative to the curvature scale, with a Nelder-Mead rescue when that check
+fails; failures are reported, never silent.
 """
 
 from __future__ import annotations
@@ -44,19 +45,35 @@ class _Counted:
         x = np.maximum(np.asarray(x, dtype=float), self.lower)
         self.n += 1
         v = float(self.f(x))
-        if v < self.best_f:
-            self.best_f, self.best_x = v, x.copy()
+        self._record(x, v)
         return v
 
+    def _record(self, x: np.ndarray, v: float) -> None:
+        """Remember ``x`` if it is the best point so far."""
+        if v < self.best_f:
+            self.best_f, self.best_x = v, x.copy()
 
-def _gradient(f: _Counted, x: np.ndarray, fx: float, lower: np.ndarray) -> np.ndarray:
-    """Finite-difference gradient: central inside, second-order one-sided at the bound."""
+
+GradFn = Callable[[np.ndarray], "tuple[float, np.ndarray]"]
+
+
+def _gradient(f: _Counted, x: np.ndarray, fx: float, lower: np.ndarray,
+              central: bool = True) -> np.ndarray:
+    """Finite-difference gradient.
+
+    ``central``: central differences (second-order one-sided at an active bound), step
+    ``1e-5``; otherwise forward differences with step ``1e-7`` (near ``sqrt(eps)``: the
+    criterion is accurate to ~1e-14 relative, so truncation and rounding errors both stay
+    far below what moves theta at the 1e-5 level) at half the number of evaluations.
+    """
     g = np.empty_like(x)
     for i in range(x.size):
-        h = 1e-5 * max(1.0, abs(x[i]))
+        h = (1e-5 if central else 1e-7) * max(1.0, abs(x[i]))
         e = np.zeros_like(x)
         e[i] = h
-        if x[i] - h < lower[i]:
+        if not central:
+            g[i] = (f(x + e) - fx) / h
+        elif x[i] - h < lower[i]:
             g[i] = (-3.0 * fx + 4.0 * f(x + e) - f(x + 2 * e)) / (2 * h)
         else:
             g[i] = (f(x + e) - f(x - e)) / (2 * h)
@@ -64,23 +81,33 @@ def _gradient(f: _Counted, x: np.ndarray, fx: float, lower: np.ndarray) -> np.nd
 
 
 def _projected(g: np.ndarray, x: np.ndarray, lower: np.ndarray) -> np.ndarray:
-    # A positive derivative at an active lower bound is optimal, not a failure.
+    """Gradient with components that push into an active bound zeroed (those are optimal)."""
     at_bound = (x - lower) <= 1e-8
     return np.where(at_bound & (g > 0), 0.0, g)
 
 
-def _lbfgsb(f: _Counted, x0: np.ndarray, lower: np.ndarray, maxiter: int
+def _lbfgsb(f: _Counted, x0: np.ndarray, lower: np.ndarray, maxiter: int,
+            central: bool = True, grad: GradFn | None = None
             ) -> tuple[np.ndarray, float, str, bool]:
-    """L-BFGS-B from ``x0``; ABNORMAL line-search exits are judged by the gradient check."""
+    """L-BFGS-B from ``x0``; ABNORMAL line-search exits are judged by the gradient check.
+
+    ``grad`` (value and exact gradient) replaces finite differences when given.
+    """
     bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
 
     def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
+        if grad is not None:
+            x = np.maximum(np.asarray(x, dtype=float), lower)
+            f.n += 1
+            fx, g = grad(x)
+            f._record(x, fx)
+            return fx, g
         fx = f(x)
-        return fx, _gradient(f, x, fx, lower)
+        return fx, _gradient(f, x, fx, lower, central)
 
     res = optimize.minimize(fg, x0, jac=True, method="L-BFGS-B", bounds=bounds,
-                            options={"maxiter": maxiter, "ftol": 1e-15, "gtol": 1e-10,
-                                     "maxcor": 20})
+                            options={"maxiter": maxiter, "ftol": 1e-12,
+                                     "gtol": 1e-10, "maxcor": 20})
     ok = bool(res.success) or "ABNORMAL" in str(res.message)
     return np.maximum(res.x, lower), float(res.fun), f"L-BFGS-B: {res.message}", ok
 
@@ -99,13 +126,39 @@ def _nelder_mead(f: _Counted, x: np.ndarray, lower: np.ndarray) -> tuple[np.ndar
     return np.maximum(nm.x, lower), float(nm.fun), f"Nelder-Mead: {nm.message}"
 
 
-def _check(f: _Counted, x: np.ndarray, fx: float, lower: np.ndarray) -> tuple[bool, float]:
+def _escape_bound(f: _Counted, x: np.ndarray, fx: float, lower: np.ndarray,
+                  below: dict[int, list[int]]) -> np.ndarray | None:
+    """A better point off an active zero bound, or None if every probe is worse.
+
+    ``below[i]`` lists the theta indices under diagonal element ``i`` in its column of
+    ``T``.  With ``T_jj = 0`` the sign of that column does not change ``T T'`` but decides
+    which way a correlation can grow, so both signs are probed.
+    """
+    for i in np.flatnonzero((lower == 0.0) & (x <= 1e-4)):
+        for sign in (1.0, -1.0):
+            if sign < 0 and not below.get(int(i)):
+                continue
+            for delta in (1e-3, 1e-2, 1e-1, 0.5):
+                xt = x.copy()
+                xt[below.get(int(i), [])] *= sign
+                xt[i] = delta
+                if f(xt) < fx - 1e-12 * max(1.0, abs(fx)):
+                    return xt
+    return None
+
+
+def _check(f: _Counted, x: np.ndarray, fx: float, lower: np.ndarray,
+           grad: GradFn | None = None) -> tuple[bool, float]:
     """lme4-like convergence check: projected gradient small relative to the curvature.
 
     Passes when a Newton step would move every theta by less than ``1e-3`` (relative to
     ``max(1, |theta|)``); the criterion is flat enough there for 1e-6 logLik parity.
     """
-    g = _projected(_gradient(f, x, fx, lower), x, lower)
+    if grad is not None:
+        f.n += 1
+        g = _projected(np.asarray(grad(x)[1], dtype=float), x, lower)
+    else:
+        g = _projected(_gradient(f, x, fx, lower), x, lower)
     h = np.empty_like(x)
     for i in range(x.size):
         step = 1e-4 * max(1.0, abs(x[i]))
@@ -121,7 +174,9 @@ def _check(f: _Counted, x: np.ndarray, fx: float, lower: np.ndarray) -> tuple[bo
 
 
 def minimize_theta(crit: Callable[[np.ndarray], float], x0: np.ndarray, lower: np.ndarray,
-                   *, maxiter: int = 1000, n_starts: int = 1, seed: int = 0) -> OptimResult:
+                   *, maxiter: int = 1000, n_starts: int = 1, seed: int = 0,
+                   below: dict[int, list[int]] | None = None,
+                   grad: GradFn | None = None) -> OptimResult:
     """Minimise a profiled criterion over theta within lme4's bounds.
 
     Parameters
@@ -138,6 +193,11 @@ def minimize_theta(crit: Callable[[np.ndarray], float], x0: np.ndarray, lower: n
         Number of starts; extra ones perturb ``x0`` (seeded).
     seed : int
         Seed for the perturbations.
+    below : dict of int -> list of int, optional
+        For each diagonal theta index, the indices below it in the same column of ``T``.
+    grad : callable, optional
+        ``theta -> (criterion, gradient)``; exact gradients make L-BFGS-B need a few
+        evaluations per iteration instead of ``2 len(theta) + 1``.
 
     Returns
     -------
@@ -154,21 +214,29 @@ def minimize_theta(crit: Callable[[np.ndarray], float], x0: np.ndarray, lower: n
                      for _ in range(max(0, n_starts - 1))]
     best: tuple[np.ndarray, float, str, bool] | None = None
     for s in starts:
-        out = _lbfgsb(f, s, lower, maxiter)
+        out = _lbfgsb(f, s, lower, maxiter, grad=grad)
+        for _ in range(5):
+            # A diagonal theta at 0 is a stationary point of the criterion (it is even in a
+            # scalar theta), so gradient methods can stall there although the criterion
+            # decreases away from the bound.  Probe and restart, as BOBYQA would explore.
+            probe = _escape_bound(f, out[0], out[1], lower, below or {})
+            if probe is None:
+                break
+            out = _lbfgsb(f, probe, lower, maxiter, grad=grad)
         if best is None or out[1] < best[1]:
             best = out
     assert best is not None
     x, fx, msg, ok = best
     if f.best_x is not None and f.best_f < fx:
         x, fx = f.best_x, f.best_f
-    grad_ok, worst = _check(f, x, fx, lower)
+    grad_ok, worst = _check(f, x, fx, lower, grad)
     if not (grad_ok and ok) and np.isfinite(fx):
         # Rescue: a simplex search does not rely on (possibly noisy) gradients.
         xn, fn, msg_nm = _nelder_mead(f, x, lower)
         msg = f"{msg}; {msg_nm}"
         if fn < fx:
             x, fx = xn, fn
-        grad_ok, worst = _check(f, x, fx, lower)
+        grad_ok, worst = _check(f, x, fx, lower, grad)
         ok = grad_ok
     if not np.isfinite(fx):
         ok, msg = False, "criterion not finite at the optimum; " + msg

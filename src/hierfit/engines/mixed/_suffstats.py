@@ -55,7 +55,7 @@ class Layout:
     offsets : list of int
         First global column of each level.
     total : int
-        Total number of columns (``q_chain_per_group... + q_root + p + 1``).
+        Total number of columns: chain ``K``s, plus ``q_root``, plus ``p + 1``.
     segments : list of Segment
         Factor segments in global coordinates (the fixed level has none: it is not scaled).
     has_root : bool
