@@ -250,11 +250,12 @@ def _term_columns(term: GroupTerm, data: pd.DataFrame) -> np.ndarray:
 
 def _fit_population_matrix(formula: Formula, data: pd.DataFrame):
     try:
-        mm = formula.get_model_matrix(data, na_action="raise")
+        # numpy output: no intermediate DataFrame, so the peak memory stays near one X
+        mm = formula.get_model_matrix(data, na_action="raise", output="numpy")
     except Exception as exc:
         raise DataError(f"Cannot build the population part {str(formula)!r}: {exc}") from None
-    X = np.ascontiguousarray(np.asarray(mm, dtype=np.float64))
-    names = tuple(_rename_intercept(c) for c in mm.columns)
+    X = np.ascontiguousarray(mm.view(np.ndarray), dtype=np.float64)
+    names = tuple(_rename_intercept(c) for c in mm.model_spec.column_names)
     return X, names, mm.model_spec
 
 
@@ -262,7 +263,7 @@ def _population_matrix(population_spec, data: pd.DataFrame) -> tuple[np.ndarray,
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            mm = population_spec.get_model_matrix(data, na_action="raise")
+            mm = population_spec.get_model_matrix(data, na_action="raise", output="numpy")
         except Exception as exc:
             raise DataError(f"Cannot build the population part for new data: {exc}") from None
     for w in caught:
@@ -271,8 +272,8 @@ def _population_matrix(population_spec, data: pd.DataFrame) -> tuple[np.ndarray,
                 f"New data have categories the model never saw: {w.message}. "
                 "Map them to known categories or refit with them."
             )
-    X = np.ascontiguousarray(np.asarray(mm, dtype=np.float64))
-    return X, tuple(_rename_intercept(c) for c in mm.columns)
+    X = np.ascontiguousarray(mm.view(np.ndarray), dtype=np.float64)
+    return X, tuple(_rename_intercept(c) for c in mm.model_spec.column_names)
 
 
 def _rename_intercept(name: str) -> str:

@@ -116,7 +116,7 @@ def factorize_factor(data: pd.DataFrame, factor: GroupingFactor) -> tuple[np.nda
     """Integer group code per row and the group labels (``"A:a"`` for ``batch:cask``).
 
     Groups are sorted by their path (each column's values sorted, numbers numerically). One
-    pass of :func:`pandas.factorize` per column and a sort of integer codes: labels are built
+    pass of :func:`pandas.factorize` per column and one over the combined integer codes: labels are built
     only for the distinct groups, so this stays fast at millions of rows.
     """
     for col in factor.columns:
@@ -138,7 +138,8 @@ def factorize_factor(data: pd.DataFrame, factor: GroupingFactor) -> tuple[np.nda
     combined = per_column[0][0]
     for codes, uniques in per_column[1:]:
         combined = combined * len(uniques) + codes
-    distinct, inverse = np.unique(combined, return_inverse=True)
+    # hash-based: sorts only the distinct codes, no n-length sort temporaries
+    inverse, distinct = pd.factorize(combined, sort=True)
     digits = []
     rest = distinct
     for codes, uniques in reversed(per_column[1:]):
