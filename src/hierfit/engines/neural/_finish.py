@@ -1,0 +1,164 @@
+"""From a trained ensemble to a NeuralFit: data units, the identifying projection, tables.
+
+The projection: each member's MLP output ``g`` (over the fitting rows) is split as
+``g = R delta + (g - R delta)`` where ``R`` is the linear model's row matrix and ``delta`` is
+the least-squares projection of ``g`` on ``R``'s columns: the nonlinear part that remains is
+orthogonal, over the fitting rows, to the population columns and to every group's columns
+(zero mean in every group, no within-group trend along a varying slope). Nested group columns
+are collinear (a market is the sum of its submarkets), so a vanishing ridge
+``PROJECTION_RIDGE · s² Sigma⁻¹`` splits what moves between levels in proportion to the
+learned prior variances. ``delta`` moves into the linear parameters and out of the nonlinear
+part, for the fitting rows and for any new rows alike, so predictions are unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import sparse
+from scipy.sparse import linalg as splinalg
+
+from hierfit.checks import Diagnostic
+from hierfit.design import Design
+from hierfit.engines.base import VARIANCE_COLUMNS
+from hierfit.engines.neural._model import HierEnsemble
+from hierfit.engines.neural._options import OPTIONS, Settings
+from hierfit.engines.neural._posterior import likelihood_weights, polish, posterior_draws
+from hierfit.engines.neural._prep import Scaling, spread_factor
+from hierfit.engines.neural._result import NeuralFit, nonlinear_raw
+from hierfit.formula import INTERCEPT
+from hierfit.spec import ModelSpec, get_family
+
+PROJECTION_RIDGE = 1e-6  # relative to the prior precision: only breaks ties between nested levels
+SINGULAR_SD = 1e-3
+POSTERIOR_DRAWS = 200  # Gaussian draws of the linear part, shared out over the members  # an SD below this share of the outcome's scale is reported as ~0
+
+
+def finish(design: Design, spec: ModelSpec, model: HierEnsemble, data, scaling: Scaling, settings: Settings,
+           options: OPTIONS, histories: list, diagnostics: list[Diagnostic]) -> NeuralFit:
+    model = model.cpu().eval()
+    M = model.n_members
+    s = scaling.y_scale
+    with torch.no_grad():
+        beta = model.beta.double().numpy() * s / scaling.x_scale
+        if INTERCEPT in design.x_names:
+            beta[:, design.x_names.index(INTERCEPT)] += scaling.y_center
+        b = [model.b[t].double().numpy() * s / zs for t, zs in enumerate(scaling.z_scale)]
+        covs = []
+        for t, zs in enumerate(scaling.z_scale):
+            L = model.cholesky(t).double().numpy() * s / zs[None, :, None]
+            covs.append(L @ L.transpose(0, 2, 1))  # members × k × k, data units
+        sigma = np.exp(model.log_sigma.double().numpy()) * s if spec.family == "gaussian" else None
+    fit = NeuralFit(
+        engine="neural", design=design, beta=beta.mean(0), b=[bt.mean(0) for bt in b], sigma=None if sigma is None else float(np.sqrt(np.mean(sigma**2))),
+        variance_table=_variance_table(design, covs, sigma), statistics={}, diagnostics=diagnostics, seed=options.seed,
+    )
+    fit.attach(model, scaling, settings, options)
+    g = nonlinear_raw(fit, design)  # members × rows, data units
+    R = fit.layout_row_matrix(design)
+    noise2 = sigma**2 if sigma is not None else np.full(M, 1.0 / _mean_glm_weight(design.y, spec.family))
+    delta = np.stack([_project(R, g[m], covs, design, fit, noise2[m]) for m in range(M)])
+    theta_m = fit.layout.flatten(beta, b)
+    if not options.bootstrap:
+        # exact conditional MAP of the linear part given each network (removes SGD jitter);
+        # the bootstrap members keep their own (weighted) solutions, whose spread is the point
+        theta_m = np.stack([
+            polish(R, fit.layout, design.y, g[m], theta_m[m], [c[m] for c in covs], None if sigma is None else float(sigma[m]), spec.family)
+            for m in range(M)
+        ])
+    theta_m = theta_m + delta
+    fit.theta = theta_m.mean(0)
+    fit.member_theta = theta_m
+    fit.delta = delta
+    fit.sigma_draws = sigma
+    fit.spread = spread_factor(M, options.bootstrap)
+    eta_m = np.asarray(R @ theta_m.T).T + (g - np.asarray(R @ delta.T).T)
+    if options.bootstrap:
+        # the members themselves are the draws (their spread includes the linear part's)
+        fit.draws = theta_m if M > 1 else None
+        fit.member_of_draw = np.arange(M)
+    else:
+        rng = np.random.default_rng(options.seed)
+        per = int(np.ceil(POSTERIOR_DRAWS / M))
+        fit.draws = np.concatenate([
+            posterior_draws(R, fit.layout, theta_m[m], likelihood_weights(eta_m[m], None if sigma is None else sigma[m], spec.family),
+                            [c[m] for c in covs], per, rng)
+            for m in range(M)
+        ])
+        fit.member_of_draw = np.repeat(np.arange(M), per)
+    fit.statistics = _statistics(design, spec, eta_m, histories, settings, sigma)
+    fit.diagnostics += _singular(design, covs, scaling)
+    return fit
+
+
+def _project(R: sparse.csr_matrix, g: np.ndarray, covs: list[np.ndarray], design: Design, fit: NeuralFit, noise2: float) -> np.ndarray:
+    p = len(design.x_names)
+    RtR = sparse.csc_matrix(R.T @ R)
+    blocks = [sparse.identity(p) * 1e-9 * max(float(RtR.diagonal()[:p].mean()) if p else 1.0, 1e-12)]
+    for t, term in enumerate(fit.layout.terms):
+        Sigma = covs[t].mean(0)
+        prec = np.linalg.inv(Sigma + 1e-12 * np.eye(len(Sigma))) * noise2 * PROJECTION_RIDGE
+        blocks.append(sparse.kron(sparse.identity(term.n_groups), sparse.csr_matrix(prec)))
+    A = (RtR + sparse.block_diag(blocks, format="csc")).tocsc()
+    return np.asarray(splinalg.spsolve(A, R.T @ g)).ravel()
+
+
+def _mean_glm_weight(y: np.ndarray, family: str) -> float:
+    m = float(np.mean(y))
+    if family == "bernoulli":
+        m = float(np.clip(m, 1e-3, 1 - 1e-3))
+        return m * (1 - m)
+    return max(m, 1e-3)
+
+
+def _variance_table(design: Design, covs: list[np.ndarray], sigma: np.ndarray | None) -> pd.DataFrame:
+    rows = []
+    for td, C in zip(design.terms, covs):
+        C = C.mean(0)
+        sds = np.sqrt(np.diag(C))
+        names = td.coefficients
+        for i, a in enumerate(names):
+            rows.append({"level": td.level, "term1": a, "term2": "", "variance": C[i, i], "sd_or_corr": sds[i]})
+        if td.term.correlated:
+            for i in range(len(names)):
+                for j in range(i + 1, len(names)):
+                    corr = C[i, j] / (sds[i] * sds[j]) if sds[i] * sds[j] > 0 else np.nan
+                    rows.append({"level": td.level, "term1": names[i], "term2": names[j], "variance": C[i, j], "sd_or_corr": corr})
+    if sigma is not None:
+        var = float(np.mean(sigma**2))
+        rows.append({"level": "residual", "term1": "", "term2": "", "variance": var, "sd_or_corr": np.sqrt(var)})
+    return pd.DataFrame(rows, columns=VARIANCE_COLUMNS)
+
+
+def _statistics(design, spec, eta_m, histories, settings, sigma) -> dict[str, float]:
+    first = histories[0]
+    mu = get_family(spec.family).inverse_link(eta_m.mean(0))
+    stats = {
+        "n_obs": float(design.n),
+        "n_members": float(eta_m.shape[0]),
+        "epochs": float(np.mean(first.best_epoch + 1)),
+        "epochs_run": float(first.epochs_run),
+        "validation_nll": float(np.mean(first.best_loss)),
+        "train_seconds": float(sum(h.seconds for h in histories)),
+        "seconds_per_epoch": float(first.seconds / max(first.epochs_run, 1)),
+        "batch_size": float(settings.batch_size),
+        "rmse": float(np.sqrt(np.mean((design.y - mu) ** 2))),
+    }
+    if sigma is not None:
+        stats["sigma"] = float(np.sqrt(np.mean(sigma**2)))
+    return stats
+
+
+def _singular(design: Design, covs: list[np.ndarray], scaling: Scaling) -> list[Diagnostic]:
+    out = []
+    for td, C, zs in zip(design.terms, covs, scaling.z_scale):
+        sds = np.sqrt(np.diag(C.mean(0)))
+        for coef, sd, z in zip(td.coefficients, sds, zs):
+            if sd * z < SINGULAR_SD * scaling.y_scale:
+                out.append(Diagnostic(
+                    "singular",
+                    f"The SD of {td.level!r} deviations in {coef!r} is estimated at ~0 ({sd:.3g}): the groups do not "
+                    f"differ beyond noise. Drop {coef!r} from the {td.level!r} term or check the grouping column.",
+                ))
+    return out

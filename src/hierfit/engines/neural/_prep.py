@@ -1,0 +1,177 @@
+"""Numbers for training, built from a Design with numpy only: scaling, features, splits, information.
+
+Internally the network works on rescaled data so one learning rate suits every data set:
+the gaussian outcome is centred (when the formula has an intercept) and divided by its SD, and
+the columns of ``X`` and ``Z`` are divided by their root mean square. Dividing a column by a
+constant is an exact reparametrisation of the linear part *and* of its Gaussian prior
+(``b ~ N(0, Sigma)`` becomes ``b·s ~ N(0, s Sigma s)``), so the MAP is unchanged and the
+parameters are mapped back exactly. The MLP gets its own standardised (centred) features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hierfit.design import Design
+from hierfit.exceptions import DataError
+from hierfit.formula import INTERCEPT
+
+
+@dataclass(frozen=True, eq=False)
+class Scaling:
+    """How the network's units map to the data's (kept on the fit for new data)."""
+
+    y_center: float
+    y_scale: float
+    x_scale: np.ndarray
+    z_scale: tuple[np.ndarray, ...]
+    feature_names: tuple[str, ...]
+    f_mean: np.ndarray
+    f_scale: np.ndarray
+
+
+def _rms(a: np.ndarray) -> np.ndarray:
+    s = np.sqrt(np.mean(a**2, axis=0)) if len(a) else np.ones(a.shape[1])
+    return np.where(s > 0, s, 1.0)
+
+
+def feature_matrix(design: Design, names: tuple[str, ...] | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """MLP inputs: population columns except the intercept, then slope columns not among them."""
+    cols: dict[str, np.ndarray] = {}
+    for j, name in enumerate(design.x_names):
+        if name != INTERCEPT:
+            cols[name] = design.X[:, j]
+    for td in design.terms:
+        for j, coef in enumerate(td.coefficients):
+            if coef != INTERCEPT and coef not in cols:
+                cols[coef] = td.Z[:, j]
+    if names is None:
+        names = tuple(cols)
+    F = np.column_stack([cols[c] for c in names]) if names else np.empty((design.n, 0))
+    return F, names
+
+
+def make_scaling(design: Design, family: str) -> Scaling:
+    y = design.y
+    if family == "gaussian":
+        center = float(y.mean()) if INTERCEPT in design.x_names else 0.0
+        scale = float(np.sqrt(np.mean((y - center) ** 2)))
+        scale = scale if scale > 0 else 1.0
+    else:
+        center, scale = 0.0, 1.0
+    F, names = feature_matrix(design)
+    f_mean = F.mean(axis=0) if F.size else np.zeros(0)
+    f_sd = F.std(axis=0) if F.size else np.ones(0)
+    return Scaling(
+        y_center=center,
+        y_scale=scale,
+        x_scale=_rms(design.X),
+        z_scale=tuple(_rms(td.Z) for td in design.terms),
+        feature_names=names,
+        f_mean=f_mean,
+        f_scale=np.where(f_sd > 0, f_sd, 1.0),
+    )
+
+
+def scaled_arrays(design: Design, scaling: Scaling) -> dict[str, object]:
+    """Float32-ready arrays for one design (new data too): X, Z per term, features, indices."""
+    F, _ = feature_matrix(design, scaling.feature_names)
+    out: dict[str, object] = {
+        "X": design.X / scaling.x_scale,
+        "Z": [td.Z / s for td, s in zip(design.terms, scaling.z_scale)],
+        "F": (F - scaling.f_mean) / scaling.f_scale,
+        "term_index": [design.group_index[td.level] for td in design.terms],
+        "level_index": [design.group_index[lv.name] for lv in design.hierarchy.levels],
+    }
+    if design.y is not None:
+        out["y"] = (design.y - scaling.y_center) / scaling.y_scale
+    return out
+
+
+def leaf_level(design: Design) -> str:
+    """The finest level without children (most groups): whole groups of it are held out."""
+    leaves = [lv for lv in design.hierarchy.levels if not design.hierarchy.children(lv.name)]
+    return max(leaves, key=lambda lv: lv.n_groups).name
+
+
+def validation_split(design: Design, how: str, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Boolean mask of validation rows: random rows, or all rows of random leaf groups."""
+    n = design.n
+    if n < 20:
+        raise DataError(f"Engine 'neural' needs at least 20 rows to hold out a validation split; got {n}. Use engine 'mixed' or 'ols'.")
+    if how == "random":
+        n_val = max(1, int(round(fraction * n)))
+        mask = np.zeros(n, dtype=bool)
+        mask[rng.choice(n, n_val, replace=False)] = True
+        return mask
+    if not design.hierarchy.levels:
+        raise DataError("validation='group' holds out whole groups, but the formula has no grouping level. Use validation='random'.")
+    level = leaf_level(design)
+    lv = design.hierarchy.level(level)
+    if lv.n_groups < 3:
+        raise DataError(
+            f"validation='group' holds out whole {level!r} groups, but there are only {lv.n_groups}. "
+            "Use validation='random'."
+        )
+    order = rng.permutation(lv.n_groups)
+    cum = np.cumsum(lv.sizes[order])
+    # at least one group, and never all but one
+    k = int(min(max(1, np.searchsorted(cum, fraction * n) + 1), lv.n_groups - 1))
+    held = np.zeros(lv.n_groups, dtype=bool)
+    held[order[:k]] = True
+    return held[design.group_index[level]]
+
+
+def bootstrap_weights(n_members: int, train: np.ndarray, enabled: bool, rng: np.random.Generator) -> np.ndarray:
+    """Per-member row weights (members × rows): a *balanced* Bayesian bootstrap.
+
+    Row ``i`` gets ``w_mi = M E_mi / sum_m E_mi`` with ``E ~ Exp(1)``: each member's weights are
+    a Bayesian-bootstrap-like draw, and every row's weights sum to ``M`` over the members, so
+    the ensemble mean is (to first order) the unweighted fit rather than a noisy bagged one.
+    The members' spread is then ``M / (M + 1)`` times the Bayesian bootstrap variance, which
+    :data:`spread_factor` undoes. Validation rows get weight 0.
+    """
+    if enabled and n_members > 1:
+        E = rng.exponential(1.0, size=(n_members, len(train)))
+        w = n_members * E / E.sum(axis=0, keepdims=True)
+    else:
+        w = np.ones((n_members, len(train)))
+    return w * train
+
+
+def spread_factor(n_members: int, bootstrap: bool) -> float:
+    """SD multiplier making the balanced bootstrap's member spread a bootstrap standard error."""
+    return float(np.sqrt((n_members + 1) / n_members)) if bootstrap and n_members > 1 else 1.0
+
+
+def information(design: Design, arrays: dict, weights: np.ndarray, family: str) -> list[np.ndarray]:
+    """Per term: ``S[m, g] = sum_i w_mi v_i z_i z_iᵀ`` (members × groups × k × k), scaled units.
+
+    ``v_i`` is the GLM weight (1 for gaussian, whose ``1/sigma²`` is applied in the penalty),
+    evaluated at the group's smoothed mean outcome for bernoulli/poisson.
+    """
+    y = design.y
+    out = []
+    for t, td in enumerate(design.terms):
+        idx = arrays["term_index"][t]
+        Z = arrays["Z"][t]
+        G = design.hierarchy.level(td.level).n_groups
+        k = Z.shape[1]
+        if family == "gaussian":
+            v = np.ones(design.n)
+        else:
+            sums = np.bincount(idx, weights=y, minlength=G)
+            counts = np.bincount(idx, minlength=G)
+            mu = (sums + 2 * y.mean()) / (counts + 2)
+            mu = np.clip(mu, 1e-3, 1 - 1e-3) if family == "bernoulli" else np.maximum(mu, 1e-3)
+            v = (mu * (1 - mu) if family == "bernoulli" else mu)[idx]
+        S = np.zeros((weights.shape[0], G, k, k))
+        for m in range(weights.shape[0]):
+            wv = weights[m] * v
+            for a in range(k):
+                for c in range(a, k):
+                    S[m, :, a, c] = S[m, :, c, a] = np.bincount(idx, weights=wv * Z[:, a] * Z[:, c], minlength=G)
+        out.append(S)
+    return out

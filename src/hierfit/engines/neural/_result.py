@@ -1,0 +1,199 @@
+"""NeuralFit: the linear-engine contract plus a ``nonlinear`` column and ensemble intervals."""
+
+from __future__ import annotations
+
+import copy
+import json
+import pickle
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import sparse, stats
+
+from hierfit.design import Design
+from hierfit.engines.base import LinearEngineFit
+from hierfit.spec import get_family
+
+CHUNK = 65536
+MIN_QUANTILE_DRAWS = 50  # below this (member draws only) intervals use a t approximation
+
+
+def _sample(family: str, mu: np.ndarray, sigma: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    """Outcome draws at the means ``mu`` (draws × rows)."""
+    if family == "gaussian":
+        return mu + rng.standard_normal(mu.shape) * sigma[:, None]
+    if family == "bernoulli":
+        return (rng.random(mu.shape) < mu).astype(float)
+    return rng.poisson(mu).astype(float)
+
+
+class NeuralFit(LinearEngineFit):
+    """Result of the ``neural`` engine.
+
+    ``theta`` (the reported linear parameters) is the mean of the members' identified linear
+    parameters ``member_theta``. ``draws`` (behind every interval) are Gaussian posterior draws
+    of each member's linear parameters (``member_of_draw`` says whose), or with
+    ``bootstrap=True`` the members themselves. ``delta`` holds each member's projection of its
+    MLP onto the linear columns (see :mod:`hierfit.engines.neural._finish`), subtracted from
+    its nonlinear part.
+
+    Examples
+    --------
+    >>> import hierfit
+    >>> sim = hierfit.simulate(n_markets=3, n_submarkets=2, rows_per_submarket=40, seed=4)
+    >>> fit = hierfit.fit(sim.formula, sim.data, engine="neural", n_members=2, max_epochs=3)
+    >>> type(fit.native()).__name__
+    'HierEnsemble'
+    """
+
+    member_theta: np.ndarray
+    member_of_draw: np.ndarray
+    delta: np.ndarray
+    spread: float = 1.0  # member SD -> standard error (balanced bootstrap correction)
+
+    def attach(self, module: Any, scaling: Any, settings: Any, options: Any) -> None:
+        self._module = module
+        self._module_f64 = None
+        self.config = dict(module.config)
+        self.scaling = scaling
+        self.settings = asdict(settings)
+        self.options = asdict(options)
+
+    # -- rows -------------------------------------------------------------------------------
+    def nonlinear_members(self, design: Design, R: sparse.csr_matrix | None = None) -> np.ndarray:
+        """Each member's identified nonlinear part ``g - R delta`` (members × rows)."""
+        R = self.layout_row_matrix(design) if R is None else R
+        return nonlinear_raw(self, design) - np.asarray(R @ self.delta.T).T
+
+    def contributions(self, design: Design) -> pd.DataFrame:
+        parts = super().contributions(design)
+        parts["nonlinear"] = self.nonlinear_members(design).mean(axis=0)
+        return parts
+
+    def interval(self, design: Design, kind: str, level: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """Quantiles over the draws of ``R theta_d + nonlinear_{member(d)}`` (plus outcome noise).
+
+        With only member draws (``bootstrap=True``, a handful), mean ± t_{M-1} × SD instead.
+        """
+        if self.draws is None:
+            return None
+        family = get_family(self.family)
+        R = self.layout_row_matrix(design)
+        nl = self.nonlinear_members(design, R)
+        if len(self.draws) < MIN_QUANTILE_DRAWS:
+            return self._member_interval(np.asarray(R @ self.draws.T).T + nl, kind, level, family)
+        rng = np.random.default_rng(self.seed)
+        owner = self.member_of_draw
+        q = [(1 - level) / 2, (1 + level) / 2]
+        lower, upper = np.empty(design.n), np.empty(design.n)
+        step = max(1, 2_000_000 // len(self.draws))
+        for start in range(0, design.n, step):
+            rows = slice(start, min(start + step, design.n))
+            eta = np.asarray(R[rows] @ self.draws.T).T + nl[owner][:, rows]
+            mu = family.inverse_link(eta)
+            if kind == "prediction":
+                mu = _sample(family.name, mu, None if self.sigma_draws is None else self.sigma_draws[owner], rng)
+            lower[rows], upper[rows] = np.quantile(mu, q, axis=0)
+        return lower, upper
+
+    def _member_interval(self, eta: np.ndarray, kind: str, level: float, family) -> tuple[np.ndarray, np.ndarray]:
+        M = eta.shape[0]
+        center = eta.mean(axis=0)
+        # t with M-1 df: the members' SD is itself estimated from M draws
+        tq = stats.t.ppf(0.5 + level / 2, M - 1)
+        half = tq * eta.std(axis=0, ddof=1) * self.spread
+        if kind == "confidence":
+            return family.inverse_link(center - half), family.inverse_link(center + half)
+        if family.name == "gaussian":
+            noise = stats.norm.ppf(0.5 + level / 2) * float(np.sqrt(np.mean(self.sigma_draws**2)))
+            total = np.sqrt(half**2 + noise**2)
+            return center - total, center + total
+        rng = np.random.default_rng(self.seed)
+        lower, upper = np.empty_like(center), np.empty_like(center)
+        for start in range(0, len(center), 2000):
+            rows = slice(start, start + 2000)
+            draws = center[rows] + half[rows] / tq * rng.standard_normal((1000, len(center[rows])))
+            y = _sample(family.name, family.inverse_link(draws), None, rng)
+            lower[rows], upper[rows] = np.quantile(y, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        return lower, upper
+
+    def _summarise(self, M: sparse.spmatrix, level: float) -> pd.DataFrame:
+        """Posterior draws: the base class's quantiles. Member draws only: estimate ± t_{M-1} × SD."""
+        if self.draws is not None and len(self.draws) >= MIN_QUANTILE_DRAWS:
+            return super()._summarise(M, level)
+        est = np.asarray(M @ self.theta).ravel()
+        se = lower = upper = np.full(M.shape[0], np.nan)
+        if self.draws is not None and len(self.draws) > 1:
+            values = np.asarray(M @ self.draws.T).T
+            se = values.std(axis=0, ddof=1) * self.spread
+            q = stats.t.ppf(0.5 + level / 2, len(self.draws) - 1)
+            lower, upper = est - q * se, est + q * se
+        return pd.DataFrame({"estimate": est, "std_error": se, "lower": lower, "upper": upper})
+
+    # -- the engine's own objects -------------------------------------------------------------
+    def native(self) -> Any:
+        """The trained :class:`~hierfit.engines.neural._model.HierEnsemble` (members stacked on axis 0)."""
+        return self._module
+
+    def summary_lines(self) -> list[str]:
+        dims = [lv["dim"] for lv in self.config["levels"]]
+        return [
+            f"network: MLP hidden {tuple(self.config['hidden'])}, embedding dims per level {dims}, "
+            f"{self.config['n_members']} ensemble members",
+            f"training: {self.statistics.get('epochs', float('nan')):.0f} epochs (mean best), batch size "
+            f"{self.settings['batch_size']}, {self.statistics.get('train_seconds', float('nan')):.1f} s",
+        ]
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_module_f64", None)
+        state["_module"] = None  # torch weights are saved apart, loaded with weights_only=True
+        return state
+
+    def save(self, directory: Path) -> None:
+        import torch
+
+        with open(directory / "engine.pkl", "wb") as fh:
+            pickle.dump(self, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        torch.save({k: v.detach().cpu() for k, v in self._module.state_dict().items()}, directory / "weights.pt")
+        (directory / "network.json").write_text(json.dumps({"config": self.config, "settings": self.settings, "options": self.options}, indent=2, default=str))
+
+    @classmethod
+    def load(cls, directory: Path) -> NeuralFit:
+        import torch
+
+        from hierfit.engines.neural._model import HierEnsemble
+
+        with open(directory / "engine.pkl", "rb") as fh:
+            fit: NeuralFit = pickle.load(fh)
+        module = HierEnsemble(fit.config)
+        module.load_state_dict(torch.load(directory / "weights.pt", map_location="cpu", weights_only=True))
+        fit._module = module.eval()
+        fit._module_f64 = None
+        return fit
+
+
+def nonlinear_raw(fit: NeuralFit, design: Design) -> np.ndarray:
+    """The members' MLP output in data units (members × rows), before the projection."""
+    import torch
+
+    from hierfit.engines.neural._prep import scaled_arrays
+
+    # float64 inference: a row's value must not depend on its position in the batch
+    # (float32 kernels can round differently at tile edges), so row order never matters
+    module = fit.__dict__.get("_module_f64")
+    if module is None:
+        module = copy.deepcopy(fit._module).double().eval()
+        fit._module_f64 = module
+    arrays = scaled_arrays(design, fit.scaling)
+    out = np.empty((module.n_members, design.n))
+    feats = torch.as_tensor(arrays["F"], dtype=torch.float64)
+    levels = [torch.as_tensor(i, dtype=torch.long) for i in arrays["level_index"]]
+    with torch.no_grad():
+        for start in range(0, design.n, CHUNK):
+            rows = slice(start, start + CHUNK)
+            out[:, rows] = module.nonlinear(feats[rows], [i[rows] for i in levels]).double().numpy()
+    return out * fit.scaling.y_scale
