@@ -1,0 +1,175 @@
+"""LightGBM feature matrices built from a :class:`~hierfit.design.Design`, and tree-path averages.
+
+Feature layout (names are LightGBM-safe: no ``: [ ] { } " ,``):
+
+* the population predictors -- the design's ``X`` columns without the intercept;
+* one categorical column per hierarchy level holding the group index (``NaN`` for an unseen
+  group). The national root is *not* a column: it is the same for every row, so a tree could
+  never split on it; its role is played by the booster's base score (the mean prediction);
+* with ``slope_features="onehot"`` (and ``"auto"`` up to 256 such columns), one column per
+  varying slope and group,
+  ``x1 * [row in group g]`` (``x1__market__3``), so a tree can give each group its own slope
+  with one threshold on one column -- instead of the reference material's ``x1 * code(market)``,
+  which orders labels arbitrarily and ties unrelated groups together.
+
+The partial-dependence averages over the tree of groups are in :mod:`._partial`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from hierfit.design import Design
+from hierfit.exceptions import SpecError
+from hierfit.formula import INTERCEPT
+from hierfit.spec import Hierarchy
+
+#: hierfit family -> LightGBM objective (raw scores are then on the family's link scale)
+OBJECTIVES: dict[str, str] = {"gaussian": "regression", "bernoulli": "binary", "poisson": "poisson"}
+
+SLOPE_FEATURES = ("auto", "onehot", "trees")
+AUTO_ONEHOT_MAX = 256  # "auto": per-group slope columns when there are at most this many
+VALIDATION = ("grouped", "random")
+MAX_ONEHOT_CELLS = 200_000_000  # n rows x one-hot columns held densely
+
+
+def safe_name(name: str) -> str:
+    """A LightGBM-safe feature name (it rejects JSON punctuation in names)."""
+    out = "".join(ch if ch.isalnum() or ch in "_.-" else "_" for ch in str(name))
+    return out or "feature"
+
+
+def population_columns(design: Design) -> list[int]:
+    """Indices of the non-intercept columns of ``X``."""
+    return [j for j, n in enumerate(design.x_names) if n != INTERCEPT]
+
+
+def require_chain(hierarchy: Hierarchy, engine: str) -> None:
+    """The path averages below need one chain of nested levels (market > submarket > ...)."""
+    prev: str | None = None
+    for lv in hierarchy.levels:
+        if lv.parent != prev:
+            raise SpecError(
+                f"Engine {engine!r} derives group effects along one chain of nested levels; level "
+                f"{lv.name!r} hangs under {lv.parent or hierarchy.national!r}, not under {prev or hierarchy.national!r} "
+                f"(levels: {list(hierarchy.names)}). Nest the levels, e.g. (1 | market/submarket), or use "
+                "engine 'boosted-mixed', whose group effects come from the mixed model."
+            )
+        prev = lv.name
+
+
+@dataclass(frozen=True)
+class FeatureMap:
+    """How a design becomes LightGBM's feature matrix (picklable, reused for new data).
+
+    Attributes
+    ----------
+    names
+        Feature names in column order.
+    kinds
+        Per feature: ``"level:<name>"`` (a hierarchy column), ``"slope"`` (a predictor that
+        some level varies, or a per-group slope column), or ``"predictor"``.
+    x_columns
+        Indices into ``design.X`` of the population features.
+    levels
+        Hierarchy levels fed as categorical columns (empty for ``boosted-mixed``'s trees).
+    onehot
+        ``(term index, coefficient index, level)`` of every varying slope expanded per group.
+    """
+
+    names: tuple[str, ...]
+    kinds: tuple[str, ...]
+    x_columns: tuple[int, ...]
+    levels: tuple[str, ...]
+    onehot: tuple[tuple[int, int, str], ...]
+    n_groups: tuple[int, ...]  # per level in ``levels``
+    onehot_groups: tuple[int, ...]  # per entry of ``onehot``
+
+    @classmethod
+    def from_design(cls, design: Design, *, groups: bool, slope_features: str = "trees") -> FeatureMap:
+        slopes = set(design.spec.formula.slope_columns)
+        x_columns = tuple(population_columns(design))
+        names = [safe_name(design.x_names[j]) for j in x_columns]
+        kinds = ["slope" if design.x_names[j] in slopes else "predictor" for j in x_columns]
+        levels: tuple[str, ...] = ()
+        onehot: list[tuple[int, int, str]] = []
+        if groups:
+            levels = design.hierarchy.names
+            names += [safe_name(lv) for lv in levels]
+            kinds += [f"level:{lv}" for lv in levels]
+            if slope_features == "auto":
+                slope_features = "onehot" if count_onehot(design) <= AUTO_ONEHOT_MAX else "trees"
+            if slope_features == "onehot":
+                for t, td in enumerate(design.terms):
+                    for j, coef in enumerate(td.coefficients):
+                        if coef == INTERCEPT:
+                            continue
+                        onehot.append((t, j, td.level))
+                        n_g = design.hierarchy.level(td.level).n_groups
+                        names += [safe_name(f"{coef}__{td.level}__{g}") for g in range(n_g)]
+                        kinds += ["slope"] * n_g
+        onehot_groups = tuple(design.hierarchy.level(lv).n_groups for _, _, lv in onehot)
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise SpecError(f"Feature names clash after making them LightGBM-safe: {dup}. Rename those columns.")
+        cells = design.n * sum(onehot_groups)
+        if cells > MAX_ONEHOT_CELLS:
+            raise SpecError(
+                f"slope_features='onehot' would build {sum(onehot_groups)} per-group slope columns for "
+                f"{design.n} rows ({cells:.2g} cells); use slope_features='trees' for levels with many groups."
+            )
+        n_groups = tuple(design.hierarchy.level(lv).n_groups for lv in levels)
+        return cls(tuple(names), tuple(kinds), x_columns, levels, tuple(onehot), n_groups, onehot_groups)
+
+    @property
+    def categorical(self) -> list[int]:
+        """Column indices of the hierarchy columns."""
+        start = len(self.x_columns)
+        return list(range(start, start + len(self.levels)))
+
+    def matrix(self, design: Design, rows: np.ndarray | slice | None = None, codes: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Feature matrix for ``rows`` of ``design``; ``codes`` overrides the group indices."""
+        sel = slice(None) if rows is None else rows
+        X = design.X[sel][:, list(self.x_columns)]
+        m = X.shape[0]
+        if codes is None:
+            codes = {lv: design.group_index[lv][sel] for lv in self.levels}
+        parts = [X]
+        for lv in self.levels:
+            c = np.asarray(codes[lv], dtype=np.float64)
+            parts.append(np.where(c >= 0, c, np.nan)[:, None])
+        for (t, j, lv), n_g in zip(self.onehot, self.onehot_groups):
+            z = design.terms[t].Z[sel, j]
+            g = np.asarray(codes[lv])
+            block = np.zeros((m, n_g))
+            known = g >= 0
+            block[np.flatnonzero(known), g[known]] = z[known]
+            parts.append(block)
+        return np.ascontiguousarray(np.hstack(parts)) if len(parts) > 1 else np.ascontiguousarray(X)
+
+
+def count_onehot(design: Design) -> int:
+    """Number of per-group slope columns ``slope_features="onehot"`` would add."""
+    return sum(
+        design.hierarchy.level(td.level).n_groups for td in design.terms for c in td.coefficients if c != INTERCEPT
+    )
+
+
+def validation_split(design: Design, fraction: float, how: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks (train, valid): random rows, or whole deepest-level groups (``grouped``)."""
+    rng = np.random.default_rng(seed)
+    n = design.n
+    if how == "random" or not design.hierarchy.levels:
+        valid = rng.random(n) < fraction
+    else:
+        deepest = design.hierarchy.levels[-1]
+        idx = design.group_index[deepest.name]
+        order = rng.permutation(deepest.n_groups)
+        cum = np.cumsum(deepest.sizes[order])
+        chosen = order[: max(1, int(np.searchsorted(cum, fraction * n)))]
+        valid = np.isin(idx, chosen)
+    if valid.all() or not valid.any():
+        valid = np.zeros(n, dtype=bool)
+        valid[rng.choice(n, size=max(1, int(fraction * n)), replace=False)] = True
+    return ~valid, valid

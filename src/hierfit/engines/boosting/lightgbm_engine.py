@@ -1,0 +1,314 @@
+"""Engine ``lightgbm``: gradient-boosted trees with the hierarchy as categorical features.
+
+The trees see the population predictors and one categorical column per level (market,
+submarket, ...). The national root is not a column -- it is constant, so no tree could split
+on it; it is the mean prediction. Varying slopes come from per-group slope columns
+``x1 * [row in group g]`` (``slope_features="onehot"``; the default ``"auto"`` uses them up to 256
+columns) or from trees splitting on a group column and the slope predictor together
+(``"trees"``). Never from ``x1 * code(market)``: integer codes order labels arbitrarily.
+``benchmarks/boosting.py`` measures the two choices (results in benchmarks/RESULTS.md).
+
+Trees have no group effects of their own, so the result contract's effects are *derived* by
+partial dependence over the tree of groups. For a row with features ``x`` let ``A_l(x, g)`` be the
+prediction with the row's group at level ``l`` set to ``g`` and every deeper level averaged over
+``g``'s known children (each child weighted equally), and ``A_root(x)`` the average over the top
+level. Then per row
+
+* ``national``   = mean of ``A_root`` over the reference rows (the mean prediction),
+* ``population`` = ``A_root(x) - national`` (the non-group features' partial dependence, lumped),
+* a level's part = ``A_l(x, own group) - A_parent(x, own parent)``: the change in prediction when
+  the row's group is set to its own group rather than its parent's average,
+
+and these telescope to the prediction exactly. A group's reported effect is the least-squares
+fit of its level part on its term columns (``1``, ``x1``, ...) over its reference rows -- for an
+intercept-only term simply the average change. The columns ``market[Intercept]``,
+``market[x1]`` carry that fit and ``remainder`` the rest, so the parts sum to the prediction
+(hence ``decomposition="approximate"``). Unseen groups have no column value LightGBM knows;
+their rows use the parent's average over its known children: their level's part is 0 and
+``level_used`` names the deepest known level, as in every engine.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hierfit.checks import Diagnostic
+from hierfit.design import NATIONAL_LEVEL, Design
+from hierfit.engines.base import FIXED_COLUMNS, GROUP_COLUMNS, VARIANCE_COLUMNS, EngineFit
+from hierfit.engines.boosting._booster import check_options, lgb_params, load_booster, save_booster, train_early_stopping
+from hierfit.engines.boosting._features import OBJECTIVES, SLOPE_FEATURES, VALIDATION, FeatureMap, require_chain, validation_split
+from hierfit.engines.boosting._partial import PathAverager
+from hierfit.exceptions import SpecError
+from hierfit.formula import INTERCEPT
+from hierfit.results.layout import ParameterLayout
+from hierfit.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class OPTIONS:
+    """Options of the ``lightgbm`` engine.
+
+    Attributes
+    ----------
+    num_boost_round, learning_rate, num_leaves, min_data_in_leaf, lambda_l2
+        LightGBM's own parameters (upper bound on rounds: early stopping picks the number).
+    min_data_per_group, cat_smooth
+        LightGBM's categorical-split parameters; ``min_data_per_group`` is lowered from LightGBM's
+        100 so that small submarkets can still be split off.
+    slope_features
+        ``"trees"``: trees split on the group and the slope predictor together; ``"onehot"``: add
+        one ``x1 * [row in group g]`` column per varying slope and group; ``"auto"`` (default):
+        ``"onehot"`` up to 256 such columns, else ``"trees"``. Measured in
+        ``benchmarks/boosting.py``: per-group columns recover the truth 1-2% better at 50k rows
+        and 5-10% better at 3-6k rows, at the cost of one dense column per group.
+    validation, validation_fraction, early_stopping_rounds
+        Early-stopping split: ``"random"`` rows or ``"grouped"`` (whole deepest-level groups,
+        which tunes the number of trees for unseen groups; the booster is then refitted on every
+        row with that number, so that every group has an effect).
+    pd_rows_per_group
+        Reference rows per deepest-level group used to derive group effects.
+    pd_max_paths
+        Paths (deepest-level groups) averaged exactly under one group; a larger subtree is
+        averaged over this many paths drawn once at fit time (see ``_partial``).
+    verbose
+        Print LightGBM's validation loss every ``verbose`` rounds (0 = quiet).
+    params
+        Extra LightGBM parameters (override the ones above).
+    """
+
+    num_boost_round: int = 2000
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    min_data_in_leaf: int = 20
+    lambda_l2: float = 0.0
+    min_data_per_group: int = 10
+    cat_smooth: float = 10.0
+    slope_features: str = "auto"
+    validation: str = "random"
+    validation_fraction: float = 0.1
+    early_stopping_rounds: int = 50
+    pd_rows_per_group: int = 100
+    pd_max_paths: int = 64
+    verbose: int = 0
+    seed: int = 0
+    num_threads: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+FAST_OPTIONS: dict[str, Any] = {"num_boost_round": 300, "learning_rate": 0.1, "early_stopping_rounds": 20, "pd_rows_per_group": 20, "num_threads": 1}
+
+
+class LightGBMFit(EngineFit):
+    """Fitted ``lightgbm`` engine: the booster plus the derived (partial-dependence) effects."""
+
+    engine = "lightgbm"
+
+    def __init__(self, *, booster: Any, features: FeatureMap, averager: PathAverager, design: Design, num_iteration: int, national: float,
+                 beta: np.ndarray, b: list[np.ndarray], variance_table: pd.DataFrame,
+                 statistics: dict[str, float], diagnostics: list[Diagnostic]) -> None:
+        self.booster = booster
+        self.features = features
+        self.num_iteration = num_iteration
+        self.hierarchy = design.hierarchy
+        self.family = design.spec.family
+        self.layout = ParameterLayout.from_design(design)
+        self.averager = averager
+        self.national = float(national)
+        self.theta = self.layout.flatten(beta, b)
+        self._variance_table = variance_table
+        self.statistics = statistics
+        self.diagnostics = diagnostics
+
+    def predict_raw(self, features: np.ndarray) -> np.ndarray:
+        """The booster's link-scale score for a feature matrix."""
+        return self.booster.predict(features, raw_score=True, num_iteration=self.num_iteration)
+
+    # -- tables -----------------------------------------------------------------------------
+    def fixed_effects(self, level: float) -> pd.DataFrame:
+        beta = self.layout.unflatten(self.theta)[0]
+        nan = np.full(len(beta), np.nan)
+        return pd.DataFrame({"term": list(self.layout.x_names), "estimate": beta, "std_error": nan, "lower": nan, "upper": nan})[FIXED_COLUMNS]
+
+    def variance_components(self) -> pd.DataFrame:
+        return self._variance_table[VARIANCE_COLUMNS].reset_index(drop=True)
+
+    def group_effects(self, level: float) -> pd.DataFrame:
+        keys, M = self.layout.effect_map(self.hierarchy)
+        table = keys.copy()
+        table["estimate"] = M @ self.theta
+        for col in ("std_error", "lower", "upper"):
+            table[col] = np.nan
+        return table[GROUP_COLUMNS]
+
+    # -- rows -------------------------------------------------------------------------------
+    def contributions(self, design: Design) -> pd.DataFrame:
+        root, parts = self.averager.parts(design, self.predict_raw, np.arange(design.n))
+        eta = root + sum(parts.values())
+        _, b = self.layout.unflatten(self.theta)
+        out: dict[str, np.ndarray] = {NATIONAL_LEVEL: np.full(design.n, self.national)}
+        known_all = np.ones(design.n, dtype=bool)
+        known = {}
+        for lv in self.hierarchy.levels:
+            known_all = known_all & (design.group_index[lv.name] >= 0)
+            known[lv.name] = known_all
+        for td, bt in zip(design.terms, b):
+            idx = np.where(known[td.level], design.group_index[td.level], 0)
+            for j, name in enumerate(td.column_names()):
+                out[name] = np.where(known[td.level], td.Z[:, j] * bt[idx, j], 0.0)
+        out["population"] = root - self.national
+        out["remainder"] = eta - sum(out.values())
+        return pd.DataFrame(out)
+
+    def native(self) -> Any:
+        """The LightGBM ``Booster``."""
+        return self.booster
+
+    def summary_lines(self) -> list[str]:
+        return [
+            f"lightgbm: {self.num_iteration} trees (early stopping); slope features: "
+            f"{'per-group columns' if self.features.onehot else 'trees split on group and slope'}.",
+            "Group effects are derived by partial dependence over the tree of groups (no standard errors);",
+            "variance components are the spread of those derived effects, not estimated variances.",
+        ]
+
+    # -- persistence: the booster in LightGBM's text format, the rest pickled -----------------
+    def save(self, directory: Path) -> None:
+        save_booster(self.booster, directory)
+        state = dict(self.__dict__, booster=None)
+        with open(directory / "engine.pkl", "wb") as fh:
+            pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def load(cls, directory: Path) -> LightGBMFit:
+        with open(directory / "engine.pkl", "rb") as fh:
+            state = pickle.load(fh)
+        obj = cls.__new__(cls)
+        obj.__dict__.update(state)
+        obj.booster = load_booster(directory)
+        return obj
+
+
+def reference_rows(design: Design, per_group: int, seed: int) -> np.ndarray:
+    """Up to ``per_group`` random rows of every deepest-level group (sorted)."""
+    rng = np.random.default_rng(seed)
+    idx = design.group_index[design.hierarchy.levels[-1].name]
+    order = np.lexsort((rng.random(design.n), idx))
+    sorted_idx = idx[order]
+    first = np.searchsorted(sorted_idx, sorted_idx, side="left")
+    rank = np.arange(design.n) - first
+    return np.sort(order[rank < per_group])
+
+
+def derive_effects(design: Design, rows: np.ndarray, root: np.ndarray, parts: dict[str, np.ndarray]) -> tuple[float, np.ndarray, list[np.ndarray]]:
+    """National, population slopes and per-group term coefficients from partial dependence."""
+    national = float(root.mean())
+    beta = np.zeros(len(design.x_names))
+    cols = [j for j, n in enumerate(design.x_names) if n != INTERCEPT]
+    if INTERCEPT in design.x_names:
+        beta[design.x_names.index(INTERCEPT)] = national
+    if cols:
+        Xc = design.X[rows][:, cols]
+        Xc = Xc - Xc.mean(axis=0)
+        beta[cols] = np.linalg.lstsq(Xc, root - national, rcond=None)[0]
+    b: list[np.ndarray] = []
+    for td in design.terms:
+        lv = design.hierarchy.level(td.level)
+        g = design.group_index[td.level][rows]
+        Z = td.Z[rows]
+        bt = np.zeros((lv.n_groups, len(td.coefficients)))
+        # one term at a level gets the level's change; several terms share it column-wise
+        same = [t for t in design.terms if t.level == td.level]
+        Zall = np.hstack([t.Z[rows] for t in same])
+        offset = sum(len(t.coefficients) for t in same[: same.index(td)])
+        order = np.argsort(g, kind="stable")
+        bounds = np.searchsorted(g[order], np.arange(lv.n_groups + 1))
+        for k in range(lv.n_groups):
+            r = order[bounds[k] : bounds[k + 1]]
+            if len(r):
+                coef = np.linalg.lstsq(Zall[r], parts[td.level][r], rcond=None)[0]
+                bt[k] = coef[offset : offset + Z.shape[1]]
+        b.append(bt)
+    return national, beta, b
+
+
+def spread_table(design: Design, b: list[np.ndarray], residual_sd: float | None) -> pd.DataFrame:
+    """SD of the derived deviations per level and term (descriptive, not estimated)."""
+    rows = []
+    for td, bt in zip(design.terms, b):
+        for j, coef in enumerate(td.coefficients):
+            sd = float(bt[:, j].std(ddof=1)) if len(bt) > 1 else np.nan
+            rows.append({"level": td.level, "term1": coef, "term2": "", "variance": sd**2, "sd_or_corr": sd})
+    if residual_sd is not None:
+        rows.append({"level": "residual", "term1": "", "term2": "", "variance": residual_sd**2, "sd_or_corr": residual_sd})
+    return pd.DataFrame(rows, columns=VARIANCE_COLUMNS)
+
+
+def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> LightGBMFit:
+    """Train LightGBM with early stopping, then derive the group effects by partial dependence.
+
+    Examples
+    --------
+    >>> import hierfit
+    >>> sim = hierfit.simulate(n_markets=5, n_submarkets=3, rows_per_submarket=40, seed=2)
+    >>> fit = hierfit.fit(sim.formula, sim.data, engine="lightgbm", num_threads=1, num_boost_round=50)
+    >>> parts = fit.decompose(sim.data)
+    >>> list(parts.columns)
+    ['national', 'market[Intercept]', 'market[x1]', 'submarket[Intercept]', 'population', 'remainder']
+    >>> bool(np.allclose(parts.sum(axis=1), fit.predict(sim.data)["prediction"]))
+    True
+    """
+    check_options(options, "lightgbm", {"slope_features": SLOPE_FEATURES, "validation": VALIDATION})
+    if spec.family not in OBJECTIVES:
+        raise SpecError(f"Engine 'lightgbm' fits families {', '.join(sorted(OBJECTIVES))}; got {spec.family!r}.")
+    if not design.hierarchy.levels:
+        raise SpecError("Engine 'lightgbm' needs at least one group-level term, e.g. (1 | market); for plain boosting use LightGBM directly.")
+    require_chain(design.hierarchy, "lightgbm")
+    features = FeatureMap.from_design(design, groups=True, slope_features=options.slope_features)
+    params = lgb_params(options, OBJECTIVES[spec.family])
+    params.update({"min_data_per_group": options.min_data_per_group, "cat_smooth": options.cat_smooth})
+    params.update(dict(options.params))
+    train, valid = validation_split(design, options.validation_fraction, options.validation, options.seed)
+    X = features.matrix(design)
+    booster = train_early_stopping(
+        params, X, design.y, train, valid, names=list(features.names), categorical=features.categorical,
+        rounds=options.num_boost_round, patience=options.early_stopping_rounds, verbose=options.verbose,
+    )
+    best = int(booster.best_iteration or booster.current_iteration())
+    diagnostics = []
+    if best >= options.num_boost_round:
+        diagnostics.append(Diagnostic("early_stopping", f"LightGBM used all {options.num_boost_round} rounds without the validation loss "
+                                      "levelling off; raise num_boost_round or learning_rate."))
+    if options.validation == "grouped":
+        # The held-out groups were never seen by the trees, so their derived effects would only
+        # show LightGBM's unknown-category branch: refit on every row with the chosen rounds.
+        import lightgbm as lgb
+
+        full = lgb.Dataset(X, label=design.y, feature_name=list(features.names), categorical_feature=features.categorical)
+        booster = lgb.train(params, full, num_boost_round=best)
+    raw = booster.predict(X, raw_score=True, num_iteration=best)
+    del X
+    averager = PathAverager(design.hierarchy, features, options.pd_max_paths, options.seed)
+    rows = reference_rows(design, options.pd_rows_per_group, options.seed)
+    predict = lambda M: booster.predict(M, raw_score=True, num_iteration=best)  # noqa: E731
+    root, parts = averager.parts(design, predict, rows)
+    national, beta, b = derive_effects(design, rows, root, parts)
+    statistics = {"n_obs": float(design.n), "n_trees": float(best), "n_train": float(train.sum()), "n_valid": float(valid.sum())}
+    residual_sd = None
+    if spec.family == "gaussian":
+        resid = design.y - raw
+        statistics["rmse_train"] = float(np.sqrt(np.mean(resid[train] ** 2)))
+        statistics["rmse_valid"] = float(np.sqrt(np.mean(resid[valid] ** 2)))
+        residual_sd = statistics["rmse_valid"]
+    return LightGBMFit(
+        booster=booster, features=features, averager=averager, design=design, num_iteration=best, national=national, beta=beta, b=b,
+        variance_table=spread_table(design, b, residual_sd), statistics=statistics, diagnostics=diagnostics,
+    )
+
+
+__all__ = ["FAST_OPTIONS", "OPTIONS", "LightGBMFit", "fit"]

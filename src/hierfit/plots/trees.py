@@ -1,0 +1,235 @@
+"""One LightGBM tree of a fitted booster, drawn or printed with each node's *kind*.
+
+Kinds: a split on a hierarchy column (one colour per level: ``market``, ``submarket``, ...), a
+split on a slope predictor (a predictor some level varies, or a per-group slope column), a split
+on another predictor, and a leaf. The national root never appears: it is the same for every
+row, so it is not a feature and no tree can split on it (the booster's base score plays its
+part). Everything comes from ``booster.dump_model()`` -- the real structure, thresholds and
+categories of the fitted tree -- and is drawn with matplotlib alone (no graphviz).
+
+:class:`TreeDisplay` computes nodes in ``from_model()`` and draws in ``plot(ax=None)``;
+:func:`plot_tree` and :func:`tree_text` are the one-call forms. Each drawn node's text artist
+carries ``gid = "<kind>|<node id>"`` (``s3`` = split 3, ``l5`` = leaf 5), so a figure can be
+checked against the dump.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hierfit.exceptions import SpecError
+from hierfit.plots._common import new_axes
+
+LEVEL_COLOURS = ["#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#999999"]
+FIXED_COLOURS = {"slope": "#D55E00", "predictor": "#0072B2", "leaf": "#EEEEEE"}
+MAX_CATEGORIES_SHOWN = 3
+
+
+@dataclass(frozen=True)
+class TreeNode:
+    """One node: ``id`` (``s<split>``/``l<leaf>``), its kind, text, position and parent."""
+
+    id: str
+    kind: str
+    text: str
+    x: float
+    depth: int
+    parent: str | None
+    branch: str  # "yes" (left) / "no" (right) / "" for the root
+
+
+def kind_label(kind: str) -> str:
+    """Legend text of a kind."""
+    if kind.startswith("level:"):
+        return f"{kind.split(':', 1)[1]} split"
+    return {"slope": "slope-predictor split", "predictor": "other-predictor split", "leaf": "leaf"}[kind]
+
+
+def kind_colours(kinds: list[str]) -> dict[str, str]:
+    """Colour per kind: levels in hierarchy order, then the fixed kinds."""
+    levels = [k for k in kinds if k.startswith("level:")]
+    out = {k: LEVEL_COLOURS[i % len(LEVEL_COLOURS)] for i, k in enumerate(levels)}
+    out.update(FIXED_COLOURS)
+    return out
+
+
+def _resolve(model: Any, feature_kinds: Mapping[str, str] | None) -> tuple[Any, dict[str, str] | None, dict[str, tuple[str, ...]], int | None, list[str]]:
+    """``(booster, kind per feature name, category labels per feature, trees used, level kinds)``."""
+    fit = getattr(model, "engine_fit", model)  # a FitResult or an engine fit
+    booster = getattr(fit, "booster", model)
+    if not hasattr(booster, "dump_model"):
+        raise SpecError(
+            f"plot_tree() needs a LightGBM Booster or a fit of engine 'lightgbm' / 'boosted-mixed'; got {type(model).__name__}."
+        )
+    kinds = dict(feature_kinds) if feature_kinds is not None else None
+    labels: dict[str, tuple[str, ...]] = {}
+    used = None
+    level_kinds: list[str] = []
+    features = getattr(fit, "features", None)
+    if features is not None:
+        kinds = dict(zip(features.names, features.kinds)) if kinds is None else kinds
+        used = int(fit.num_iteration)
+        hierarchy = getattr(fit, "hierarchy", None) or getattr(getattr(fit, "effects", None), "hierarchy", None)
+        if hierarchy is not None:
+            level_kinds = [f"level:{n}" for n in hierarchy.names]
+            for name, kind in zip(features.names, features.kinds):
+                if kind.startswith("level:"):
+                    labels[name] = hierarchy.level(kind.split(":", 1)[1]).groups
+    return booster, kinds, labels, used, level_kinds
+
+
+def _split_text(node: dict, name: str, labels: tuple[str, ...] | None) -> str:
+    if node["decision_type"] == "==":
+        cats = [int(c) for c in str(node["threshold"]).split("||")]
+        shown = [labels[c] if labels is not None and c < len(labels) else str(c) for c in cats]
+        more = f" +{len(shown) - MAX_CATEGORIES_SHOWN} more" if len(shown) > MAX_CATEGORIES_SHOWN else ""
+        return f"{name} in {{{', '.join(shown[:MAX_CATEGORIES_SHOWN])}{more}}}"
+    return f"{name} {node['decision_type']} {float(node['threshold']):.4g}"
+
+
+class TreeDisplay:
+    """One tree's nodes with kinds and a tidy layout (leaves left to right, parents centred).
+
+    Examples
+    --------
+    >>> import hierfit
+    >>> from hierfit.plots.trees import TreeDisplay
+    >>> sim = hierfit.simulate(n_markets=4, n_submarkets=3, rows_per_submarket=30, seed=1)
+    >>> fit = hierfit.fit(sim.formula, sim.data, engine="lightgbm", num_threads=1, num_boost_round=20)
+    >>> d = TreeDisplay.from_model(fit, tree_index=0)
+    >>> d.nodes[0].id, d.nodes[0].kind.startswith(("level:", "slope", "predictor"))
+    ('s0', True)
+    >>> fig = d.plot()
+    """
+
+    def __init__(self, nodes: list[TreeNode], kinds: list[str], tree_index: int, n_trees: int, details: dict[str, str]) -> None:
+        self.nodes = nodes
+        self.kinds = kinds
+        self.tree_index = tree_index
+        self.n_trees = n_trees
+        self.details = details
+        self.colours = kind_colours(kinds)
+        self.figure_ = None
+
+    @classmethod
+    def from_model(cls, model: Any, tree_index: int = 0, feature_kinds: Mapping[str, str] | None = None) -> TreeDisplay:
+        """Read tree ``tree_index`` of a booster (or of a fit's booster) from its dump.
+
+        ``feature_kinds`` maps feature names to kinds (``"level:<name>"``, ``"slope"``,
+        ``"predictor"``) for a bare booster; for hierfit fits it is known. Without it a
+        categorical split counts as a level named after its feature.
+        """
+        booster, kinds, labels, used, level_kinds = _resolve(model, feature_kinds)
+        dump = booster.dump_model()
+        names = dump["feature_names"]
+        n_trees = used if used is not None else len(dump["tree_info"])
+        if not isinstance(tree_index, int) or not 0 <= tree_index < n_trees:
+            raise SpecError(f"'tree_index' must be an integer from 0 to {n_trees - 1} (the fit uses {n_trees} trees); got {tree_index!r}.")
+        nodes: list[TreeNode] = []
+        details: dict[str, str] = {}
+        found_kinds: list[str] = list(level_kinds)
+        leaf_x = [0]
+
+        def kind_of(node: dict) -> str:
+            name = names[node["split_feature"]]
+            if kinds is not None and name in kinds:
+                return kinds[name]
+            return f"level:{name}" if node["decision_type"] == "==" else "predictor"
+
+        def walk(node: dict, depth: int, parent: str | None, branch: str) -> float:
+            if "leaf_index" in node:
+                nid = f"l{node['leaf_index']}"
+                x = float(leaf_x[0])
+                leaf_x[0] += 1
+                text = f"leaf {node['leaf_index']}\n{node['leaf_value']:+.3g}\nn={node.get('leaf_count', '?')}"
+                nodes.append(TreeNode(nid, "leaf", text, x, depth, parent, branch))
+                details[nid] = f"leaf {node['leaf_index']}: value {node['leaf_value']:+.4g} (rows {node.get('leaf_count', '?')})"
+                return x
+            nid = f"s{node['split_index']}"
+            kind = kind_of(node)
+            name = names[node["split_feature"]]
+            text = _split_text(node, name, labels.get(name))
+            index = len(nodes)
+            nodes.append(TreeNode(nid, kind, text, 0.0, depth, parent, branch))  # x filled below
+            left = walk(node["left_child"], depth + 1, nid, "yes")
+            right = walk(node["right_child"], depth + 1, nid, "no")
+            x = (left + right) / 2
+            nodes[index] = TreeNode(nid, kind, text, x, depth, parent, branch)
+            details[nid] = f"[{kind_label(kind)}] {text} (gain {node.get('split_gain', float('nan')):.4g}, rows {node.get('internal_count', '?')})"
+            if kind not in found_kinds:
+                found_kinds.append(kind)
+            return x
+
+        walk(dump["tree_info"][tree_index]["tree_structure"], 0, None, "")
+        ordered = [k for k in found_kinds if k.startswith("level:")] + ["slope", "predictor", "leaf"]
+        return cls(nodes, ordered, tree_index, n_trees, details)
+
+    @classmethod
+    def from_result(cls, result: Any, tree_index: int = 0) -> TreeDisplay:
+        """Same as :meth:`from_model` for a fitted ``lightgbm`` / ``boosted-mixed`` result."""
+        return cls.from_model(result, tree_index)
+
+    def plot(self, ax: Any = None) -> Any:
+        """Draw the tree; returns the figure (also kept as ``figure_``)."""
+        from matplotlib.patches import Patch
+
+        n_leaves = sum(n.kind == "leaf" for n in self.nodes)
+        depth = max(n.depth for n in self.nodes)
+        fig, ax = new_axes(ax, (max(6.0, 1.4 * n_leaves), max(3.0, 1.2 * (depth + 1))))
+        where = {n.id: n for n in self.nodes}
+        for n in self.nodes:
+            if n.parent is not None:
+                p = where[n.parent]
+                ax.plot([p.x, n.x], [-p.depth, -n.depth], color="#888888", lw=0.8, zorder=1)
+                ax.text((p.x + n.x) / 2, -(p.depth + n.depth) / 2, n.branch, fontsize=6, color="#555555", ha="center", va="center", zorder=2)
+        for n in self.nodes:
+            t = ax.text(n.x, -n.depth, n.text, ha="center", va="center", fontsize=6, zorder=3,
+                        bbox=dict(boxstyle="round,pad=0.3", fc=self.colours[n.kind], ec="#333333", lw=0.5))
+            t.set_gid(f"{n.kind}|{n.id}")
+        ax.set_xlim(-0.7, max(n_leaves - 0.3, 0.7))
+        ax.set_ylim(-depth - 0.6, 0.6)
+        ax.axis("off")
+        handles = [Patch(facecolor=self.colours[k], edgecolor="#333333", label=kind_label(k)) for k in self.kinds]
+        ax.legend(handles=handles, loc="upper right", fontsize=7, frameon=False)
+        ax.set_title(f"tree {self.tree_index} of {self.n_trees}", fontsize=9)
+        self.figure_ = fig
+        return fig
+
+    def text(self) -> str:
+        """An indented dump naming each split's kind."""
+        lines = [f"tree {self.tree_index} of {self.n_trees} (the national root is constant, so never a split)"]
+        for n in self.nodes:
+            prefix = "  " * n.depth + (f"{n.branch}: " if n.branch else "")
+            lines.append(prefix + self.details[n.id])
+        return "\n".join(lines)
+
+
+def plot_tree(model: Any, tree_index: int = 0, ax: Any = None, feature_kinds: Mapping[str, str] | None = None) -> Any:
+    """Draw tree ``tree_index`` of a booster or a ``lightgbm``/``boosted-mixed`` fit, coloured by node kind.
+
+    Examples
+    --------
+    >>> import hierfit
+    >>> from hierfit.plots.trees import plot_tree
+    >>> sim = hierfit.simulate(n_markets=4, n_submarkets=3, rows_per_submarket=30, seed=1)
+    >>> fit = hierfit.fit(sim.formula, sim.data, engine="lightgbm", num_threads=1, num_boost_round=20)
+    >>> fig = plot_tree(fit, tree_index=0)
+    """
+    return TreeDisplay.from_model(model, tree_index, feature_kinds).plot(ax)
+
+
+def tree_text(model: Any, tree_index: int = 0, feature_kinds: Mapping[str, str] | None = None) -> str:
+    """Annotated text dump of tree ``tree_index``: each split's kind, rule, gain and rows.
+
+    Examples
+    --------
+    >>> import hierfit
+    >>> from hierfit.plots.trees import tree_text
+    >>> sim = hierfit.simulate(n_markets=4, n_submarkets=3, rows_per_submarket=30, seed=1)
+    >>> fit = hierfit.fit(sim.formula, sim.data, engine="lightgbm", num_threads=1, num_boost_round=20)
+    >>> tree_text(fit).splitlines()[1].startswith("[")
+    True
+    """
+    return TreeDisplay.from_model(model, tree_index, feature_kinds).text()

@@ -1,0 +1,113 @@
+"""LightGBM tree plot and text dump: drawn from the booster's real structure, coloured by kind."""
+
+from __future__ import annotations
+
+import warnings
+
+import matplotlib
+import numpy as np
+import pytest
+
+matplotlib.use("Agg")
+
+import hierfit  # noqa: E402
+from hierfit.exceptions import SpecError  # noqa: E402
+
+pytest.importorskip("lightgbm")
+
+from hierfit.plots.trees import TreeDisplay, kind_colours, plot_tree, tree_text  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tree_fits():
+    sim = hierfit.simulate(n_markets=6, n_submarkets=4, rows_per_submarket=60, seed=11, national_name="United_state")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lgb_fit = hierfit.fit(sim.formula, sim.data, engine="lightgbm", num_threads=1, num_boost_round=40, num_leaves=8)
+        bm_fit = hierfit.fit(sim.formula, sim.data, engine="boosted-mixed", num_threads=1, max_rounds=3, num_leaves=8)
+    return lgb_fit, bm_fit
+
+
+def _dump_kinds(fit, tree_index: int) -> dict[str, str]:
+    """Kind of every node, read independently from the booster dump and the feature map."""
+    ef = fit.engine_fit
+    dump = ef.booster.dump_model()
+    kind_of = dict(zip(ef.features.names, ef.features.kinds))
+    names = dump["feature_names"]
+    out: dict[str, str] = {}
+
+    def walk(node: dict) -> None:
+        if "leaf_index" in node:
+            out[f"l{node['leaf_index']}"] = "leaf"
+            return
+        out[f"s{node['split_index']}"] = kind_of[names[node["split_feature"]]]
+        walk(node["left_child"])
+        walk(node["right_child"])
+
+    walk(dump["tree_info"][tree_index]["tree_structure"])
+    return out
+
+
+def _drawn(fig) -> dict[str, tuple[str, tuple]]:
+    ax = fig.axes[0]
+    out = {}
+    for t in ax.texts:
+        gid = t.get_gid()
+        if gid:
+            kind, node = gid.split("|")
+            out[node] = (kind, tuple(t.get_bbox_patch().get_facecolor()))
+    return out
+
+
+@pytest.mark.parametrize("tree_index", [0, 3])
+def test_node_colours_match_the_dump(tree_fits, tree_index, tmp_path) -> None:
+    from matplotlib.colors import to_rgba
+
+    fit = tree_fits[0]
+    fig = plot_tree(fit, tree_index=tree_index)
+    path = tmp_path / "tree.png"
+    fig.savefig(path)
+    assert path.stat().st_size > 5_000 and path.read_bytes()[:4] == b"\x89PNG"
+    expected = _dump_kinds(fit, tree_index)
+    drawn = _drawn(fig)
+    assert set(drawn) == set(expected)  # every node of the real tree is drawn, nothing else
+    colours = kind_colours(["level:market", "level:submarket"])
+    for node, (kind, face) in drawn.items():
+        assert kind == expected[node]
+        assert face == pytest.approx(to_rgba(colours[kind]))
+    # the first trees split on the hierarchy: group structure dominates the signal
+    assert any(k.startswith("level:") for k in expected.values())
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["market split", "submarket split", "slope-predictor split", "other-predictor split", "leaf"]
+
+
+def test_text_dump_names_each_split(tree_fits) -> None:
+    fit = tree_fits[0]
+    text = tree_text(fit, 0)
+    lines = text.splitlines()[1:]
+    expected = _dump_kinds(fit, 0)
+    assert len(lines) == len(expected)
+    n_splits = sum(k != "leaf" for k in expected.values())
+    assert sum(line.lstrip().split(": ", 1)[-1].startswith("[") for line in lines) == n_splits
+    assert "[market split]" in text or "[submarket split]" in text
+    assert "Market_0" in text  # categories are shown by their group labels, not integer codes
+
+
+def test_boosted_mixed_trees_have_no_group_splits(tree_fits, tmp_path) -> None:
+    bm = tree_fits[1]
+    fig = plot_tree(bm, tree_index=0)
+    kinds = {kind for kind, _ in _drawn(fig).values()}
+    assert kinds <= {"slope", "predictor", "leaf"}
+    assert "split]" in tree_text(bm, 0)
+
+
+def test_bare_booster_and_bad_index(tree_fits) -> None:
+    fit = tree_fits[0]
+    booster = fit.native()
+    d = TreeDisplay.from_model(booster, 0)
+    cats = {n.kind for n in d.nodes if n.kind.startswith("level:")}
+    assert cats <= {"level:market", "level:submarket"}  # categorical splits named after the feature
+    with pytest.raises(SpecError, match="tree_index"):
+        plot_tree(fit, tree_index=10_000)
+    with pytest.raises(SpecError, match="LightGBM Booster"):
+        tree_text(np.zeros(3))
