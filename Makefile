@@ -19,8 +19,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/hierfit demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest
+
+# The report's browser test needs Chromium and its driver: install Debian's when missing and
+# we are root (as on CI); otherwise say why not (the test then skips with the same reason).
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		echo "browser: chromium and chromedriver found"; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update && apt-get install -y chromium chromium-driver; \
+	else \
+		echo "browser: chromium/chromedriver missing and not root (or no apt-get): not installing; the browser test will skip"; \
+	fi
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -12,6 +12,7 @@ import hierfit
 
 PUBLIC = [
     "ENGINES",
+    "Comparison",
     "ConvergenceError",
     "DataError",
     "Design",
@@ -28,6 +29,7 @@ PUBLIC = [
     "SpecError",
     "UnseenGroupsWarning",
     "build_design",
+    "compare",
     "fit",
     "fit_design",
     "get_engine",

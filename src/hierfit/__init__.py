@@ -15,6 +15,7 @@ from hierfit.api import fit, fit_design
 from hierfit.design import Design, build_design
 from hierfit.engines import ENGINES, get_engine
 from hierfit.engines.mixed.engine import likelihood_ratio as lrt
+from hierfit.evaluate import Comparison, compare
 from hierfit.exceptions import (
     ConvergenceError,
     DataError,
@@ -35,6 +36,7 @@ from hierfit.spec import Hierarchy, ModelSpec, make_spec
 __version__ = "0.1.0"
 
 __all__ = [
+    "Comparison",
     "ConvergenceError",
     "DataError",
     "Design",
@@ -52,6 +54,7 @@ __all__ = [
     "SpecError",
     "UnseenGroupsWarning",
     "build_design",
+    "compare",
     "fit",
     "fit_design",
     "get_engine",

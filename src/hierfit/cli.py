@@ -175,13 +175,100 @@ def engines() -> None:
 
 
 @main.command()
-@click.option("--out", "out", default="demo-report.html", show_default=True, type=click.Path(dir_okay=False))
+@click.argument("data", type=click.Path(dir_okay=False))
+@click.option("--formula", "-f", required=True, help="lme4/brms formula, e.g. 'y ~ x1 + (1 + x1 | market/submarket)'.")
+@click.option("--engines", "-e", default=None, help="Comma-separated engines, e.g. mixed,pymc,ols; default every installed engine.")
+@click.option("--cv", default="kfold", show_default=True, help="kfold (rows), or a level to hold out whole groups of: submarket, market, ...")
+@click.option("--folds", "-k", default=5, show_default=True, help="Number of folds.")
+@click.option("--out", "out", type=click.Path(file_okay=False), help="Directory to save the comparison in (fits, tables, report.html).")
+@click.option("--family", default="gaussian", show_default=True)
+@click.option("--national", default="national", show_default=True, help="Name of the national root.")
+@click.option("--option", "-o", "options", multiple=True, help="Engine option ENGINE.key=value (repeatable), e.g. pymc.draws=500.")
+@click.option("--fast", is_flag=True, help="Start from each engine's FAST_OPTIONS (quick fits).")
+@click.option("--level", default=0.9, show_default=True, help="Prediction-interval probability.")
+@click.option("--time-budget", type=float, default=None, help="Seconds for the whole comparison; slow engines are then fitted but not cross-validated.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the fold assignment.")
+@click.option("--report/--no-report", default=True, show_default=True, help="Also write DIR/report.html (with --out).")
+def compare(data, formula, engines, cv, folds, out, family, national, options, fast, level, time_budget, seed, report) -> None:
+    """Fit several engines to DATA, cross-validate them, and print the scores."""
+    import warnings
+
+    from hierfit.engines import get_engine
+    from hierfit.evaluate import available_engines, parse_cv
+    from hierfit.evaluate import compare as run
+    from hierfit.io import read_table
+
+    names = [e.strip() for e in engines.split(",") if e.strip()] if engines else None
+    per_engine: dict[str, dict[str, object]] = {}
+    if fast:
+        for name in names or available_engines():
+            per_engine[name] = dict(getattr(get_engine(name).load(), "FAST_OPTIONS", {}) or {})
+    for pair in options:
+        target, dot, rest = pair.partition(".")
+        if not dot:
+            raise click.BadParameter(f"Engine options are ENGINE.key=value; got {pair!r}.", param_hint="--option")
+        per_engine.setdefault(target, {}).update(_parse_options((rest,)))
+    frame = read_table(data)
+    scheme = parse_cv(cv if ":" in cv else f"{cv}:{folds}", seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # failures are echoed below, one line each
+        comp = run(formula, frame, engines=names, cv=scheme, family=family, national=national, options=per_engine, level=level, time_budget=time_budget, progress=True)
+    with _wide_pandas():
+        click.echo(comp.summary().to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    for note in comp.notes:
+        click.echo(f"note: {note}")
+    for name, msg in comp.failures.items():
+        click.echo(f"failed: {name}: {msg}", err=True)
+    if out:
+        comp.save(out)
+        click.echo(f"saved to {out}")
+        if report:
+            from hierfit.report import build_report
+
+            path = Path(out) / "report.html"
+            build_report(comp, path)
+            click.echo(f"report: {path}")
+
+
+@main.command()
+@click.argument("source", type=click.Path(file_okay=False))
+@click.option("--out", "out", default="report.html", show_default=True, type=click.Path(dir_okay=False), help="HTML file to write.")
+@click.option("--data", "data", type=click.Path(dir_okay=False), help="Data of a single fit (adds the data summary, predictive check, decomposition).")
+@click.option("--truth", "truth", type=click.Path(dir_okay=False), help="True group effects (from `hierfit simulate --truth`), for a single fit.")
+@click.option("--title", default=None, help="Page title.")
+def report(source, out, data, truth, title) -> None:
+    """Write a self-contained HTML report of a saved fit or comparison directory SOURCE."""
+    from hierfit.io import read_table
+    from hierfit.report import build_report
+
+    frame = read_table(data) if data else None
+    true = read_table(truth) if truth else None
+    build_report(source, out, data=frame, truth=true, title=title)
+    click.echo(f"report: {Path(out).resolve()}")
+
+
+@main.command()
+@click.option("--out", "out", default=None, type=click.Path(), help="Report to write (default demo-report.html; music: music-report.html).")
 @click.option("--seed", default=0, show_default=True)
-def demo(out, seed) -> None:
-    """Simulate the reference tree, fit the available engines, print the decomposition."""
+@click.option("--budget", default=200.0, show_default=True, help="Seconds for fitting and cross-validating all engines (quick ones first).")
+@click.option("--engines", "-e", default=None, help="Comma-separated engines (default: every installed engine).")
+@click.option("--example", type=click.Choice(["music", "reference"]), default="reference", show_default=True,
+              help="'music': artist popularity from track popularity (a SYNTHETIC catalogue unless --data).")
+@click.option("--data", "data", type=click.Path(dir_okay=False), default=None,
+              help="With --example music: your Spotify songs table (CSV/Parquet) instead of the synthetic catalogue.")
+def demo(out, seed, budget, engines, example, data) -> None:
+    """Simulate the reference tree, compare every available engine, write an HTML report."""
+    if example == "music":
+        from hierfit.examples.music.demo import run_music_demo
+
+        run_music_demo(Path(out or "music-report.html"), data=Path(data) if data else None, seed=seed, echo=click.echo)
+        return
+    if data:
+        raise click.BadParameter("--data goes with --example music.", param_hint="--data")
     from hierfit.demo import run_demo
 
-    run_demo(out=Path(out), seed=seed, echo=click.echo)
+    names = [e.strip() for e in engines.split(",") if e.strip()] if engines else None
+    run_demo(out=Path(out or "demo-report.html"), seed=seed, echo=click.echo, engines=names, budget=budget)
 
 
 class _wide_pandas:

@@ -1,0 +1,156 @@
+"""Leave-submarket-out cross-validation on the reference DGP, every available engine.
+
+The question: predicting a submarket never seen (inside a known market), do the
+partial-pooling engines beat no pooling (``ols``)? Each seed simulates the reference tree
+(United_state -> 10 markets -> 5 submarkets x 100 rows), and every engine is fitted on the same
+5 folds, each holding out one submarket per market. Engines use the demo's settings
+(``hierfit.demo.demo_options``). Prints per-seed and mean scores with the RMSE ratio to ``ols``
+measured in the same run, and writes them into benchmarks/RESULTS.md under
+"## Leave-submarket-out CV on the reference DGP" (replacing only that section).
+
+    PYTHONPATH=src python benchmarks/cv_reference.py [--seeds 0 1 2] [--engines mixed,ols] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import hierfit
+from hierfit.demo import NATIONAL, demo_options, oracle_rmse
+from hierfit.engines import ENGINES
+from hierfit.evaluate import available_engines, compare
+
+HEADING = "## Leave-submarket-out CV on the reference DGP"
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def run(seeds: list[int], engines: list[str]) -> tuple[pd.DataFrame, dict[str, str]]:
+    rows = []
+    failures: dict[str, str] = {}
+    for seed in seeds:
+        sim = hierfit.simulate(seed=seed, national_name=NATIONAL)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            comp = compare(
+                sim.formula, sim.data, engines=engines, cv="submarket:5", national=NATIONAL, truth=sim.truth,
+                options={n: demo_options(n) for n in engines}, progress=False, seed=seed,
+            )  # fmt: skip
+        s = comp.summary()
+        rec = comp.recovery
+        sub = rec[(rec.level == "submarket") & (rec.kind == "total") & (rec.term == "Intercept")].set_index("engine")["rmse"]
+        mkt = rec[(rec.level == "market") & (rec.kind == "total") & (rec.term == "Intercept")].set_index("engine")["rmse"]
+        s = s.assign(seed=seed, oracle_rmse=oracle_rmse(sim), submarket_total_err=s.engine.map(sub), market_total_err=s.engine.map(mkt))
+        rows.append(s)
+        failures.update({f"{k} (seed {seed})": v for k, v in comp.failures.items()})
+        print(f"seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
+    table = pd.concat(rows, ignore_index=True)
+    ols = table[table.engine == "ols"].set_index("seed")["rmse"]
+    table["rmse_vs_ols"] = table.rmse / table.seed.map(ols)
+    return table, failures
+
+
+def summarise(table: pd.DataFrame) -> pd.DataFrame:
+    cols = ["rmse", "rmse_vs_ols", "mlpd", "coverage", "width", "submarket_total_err", "market_total_err", "full_fit_seconds", "fit_seconds"]
+    mean = table.groupby("engine", sort=False)[cols].mean()
+    wins = table.assign(win=table.rmse_vs_ols < 1).groupby("engine", sort=False)["win"].sum().astype(int)
+    mean.insert(2, "seeds_beating_ols", wins.astype(str) + f"/{table.seed.nunique()}")
+    mean.insert(0, "pooling", table.groupby("engine", sort=False)["pooling"].first())
+    return mean.reset_index()
+
+
+def markdown(summary: pd.DataFrame, table: pd.DataFrame, failures: dict[str, str], seeds: list[int], seconds: float) -> str:
+    def fmt(frame: pd.DataFrame) -> str:
+        return frame.to_markdown(index=False, floatfmt=".4f") if _has_tabulate() else "```\n" + frame.to_string(index=False, float_format=lambda v: f"{v:.4f}") + "\n```"
+
+    partial = summary[summary.pooling == "partial"]
+    verdict = [
+        f"* {r.engine}: RMSE {r.rmse:.4f} vs ols {summary.set_index('engine').rmse.get('ols', np.nan):.4f} "
+        f"(ratio {r.rmse_vs_ols:.4f}; better on {r.seeds_beating_ols} seeds) -> {'beats' if r.rmse_vs_ols < 1 else 'does NOT beat'} ols"
+        for r in partial.itertuples()
+    ]
+    lines = [
+        HEADING,
+        "",
+        f"`PYTHONPATH=src python benchmarks/cv_reference.py --seeds {' '.join(map(str, seeds))}` -- "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()} with {_cores()} cores, {seconds:.0f} s in all. "
+        "Reference DGP (10 markets x 5 submarkets x 100 rows), 5 folds, each holding out one submarket "
+        "per market; engines with the demo's settings (`hierfit.demo.demo_options`). Columns: held-out "
+        "`rmse`, its ratio to `ols` in the same run, MLPD, 90% interval coverage and width, RMSE of "
+        "submarket and market total effects against the truth (full-data fit), fit times (s). "
+        "Timings were taken while other jobs shared the 2 cores. Mean over seeds:",
+        "",
+        fmt(summary),
+        "",
+        *verdict,
+        "",
+        f"Floor: an oracle knowing every true effect except the held-out submarket's has RMSE "
+        f"{table.groupby('seed').oracle_rmse.first().mean():.4f} (mean over seeds).",
+    ]
+    if failures:
+        lines += ["", "Engines that failed:", *[f"* {k}: {v}" for k, v in failures.items()]]
+    lines += ["", "<details><summary>per seed</summary>", "", fmt(table[["seed", "engine", "rmse", "rmse_vs_ols", "mlpd", "coverage", "submarket_total_err", "full_fit_seconds"]]), "", "</details>", ""]
+    return "\n".join(lines)
+
+
+def write_section(text: str) -> None:
+    """Replace this script's section of RESULTS.md (or append it), leaving the others alone."""
+    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    start = old.find(HEADING)
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        nxt = old.find("\n## ", start + len(HEADING))
+        new = old[:start] + text + ("" if nxt < 0 else "\n" + old[nxt + 1 :])
+    RESULTS.write_text(new.rstrip("\n") + "\n")
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--engines", default=None, help="comma-separated (default: every available engine)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args()
+    engines = args.engines.split(",") if args.engines else available_engines()
+    if "ols" not in engines:
+        engines = ["ols", *engines]
+    skipped = sorted(set(ENGINES) - set(engines))
+    if skipped:
+        print(f"not run (not installed or not importable): {', '.join(skipped)}")
+    t0 = time.perf_counter()
+    table, failures = run(args.seeds, engines)
+    summary = summarise(table)
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    for k, v in failures.items():
+        print(f"failed: {k}: {v}")
+    text = markdown(summary, table, failures, args.seeds, time.perf_counter() - t0)
+    if not args.no_write:
+        write_section(text)
+        print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Evaluation: cross-validation by row and by held-out group, scores, engine comparison.
+
+* :func:`compare` fits engines on one spec and data and cross-validates them
+  (K-fold by row, or leave-groups-out at a level), returning a :class:`Comparison`;
+* :class:`CVScheme` / :func:`parse_cv` say how rows are split into folds;
+* :func:`predictive` gives a fit's predictive distribution at new rows (densities, CDF,
+  replicates), :func:`score` scores held-out rows, :func:`recovery` compares effects with a
+  simulation's truth.
+"""
+
+from hierfit.evaluate.compare import available_engines, compare
+from hierfit.evaluate.comparison import Comparison, is_comparison_dir
+from hierfit.evaluate.metrics import METRICS, recovery, score
+from hierfit.evaluate.predictive import Predictive, predictive
+from hierfit.evaluate.splits import CVScheme, parse_cv
+
+__all__ = [
+    "METRICS",
+    "CVScheme",
+    "Comparison",
+    "Predictive",
+    "available_engines",
+    "compare",
+    "is_comparison_dir",
+    "parse_cv",
+    "predictive",
+    "recovery",
+    "score",
+]

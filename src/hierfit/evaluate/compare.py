@@ -1,0 +1,306 @@
+"""``hierfit.compare()``: fit several engines to the same spec, cross-validate, score, tabulate.
+
+For every engine: one fit on all the data (kept for effects tables, plots and the report),
+then one fit per fold, scored on the held-out rows. Every engine sees the same folds. When
+the data came from :func:`hierfit.simulate`, ``truth=sim.truth`` adds the error of every
+level's effects against the truth.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hierfit.api import fit_design
+from hierfit.design import build_design
+from hierfit.engines import ENGINES, get_engine
+from hierfit.evaluate.comparison import Comparison
+from hierfit.evaluate.metrics import recovery, score, truth_effects
+from hierfit.evaluate.predictive import predictive
+from hierfit.evaluate.splits import CVScheme, parse_cv
+from hierfit.exceptions import EngineError, HierfitError, HierfitWarning
+from hierfit.spec import DEFAULT_NATIONAL, ModelSpec, Prior, make_spec
+
+
+def compare(
+    spec_or_formula: str | ModelSpec,
+    data: pd.DataFrame,
+    engines: Sequence[str] | None = None,
+    cv: CVScheme | str | int | None = "kfold",
+    *,
+    family: str = "gaussian",
+    national: str = DEFAULT_NATIONAL,
+    hierarchy: Sequence[str] | None = None,
+    priors: Mapping[str, Prior] | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    truth: Any = None,
+    level: float = 0.9,
+    checks: Mapping[str, str] | None = None,
+    time_budget: float | None = None,
+    progress: bool = True,
+    seed: int = 0,
+) -> Comparison:
+    """Fit engines on the same spec and data, cross-validate them, and tabulate the scores.
+
+    Parameters
+    ----------
+    spec_or_formula
+        A formula (lme4/brms syntax) or a :class:`ModelSpec`.
+    data
+        The rows to fit and split.
+    engines
+        Engine names; default every registered engine whose dependencies are installed.
+    cv
+        ``"kfold"`` / ``"kfold:K"`` (rows), a level name such as ``"submarket"`` or
+        ``"market:5"`` (hold out whole groups of that level, keeping their parents), an int
+        (K-fold) or a :class:`CVScheme`.
+    family, national, hierarchy, priors
+        As in :func:`hierfit.fit` (only with a formula).
+    options
+        Engine options per engine, e.g. ``{"pymc": {"draws": 500}}``.
+    truth
+        ``sim.truth`` (or a true effects table) to score recovery of every level's effects.
+    level
+        Prediction-interval probability for coverage and width.
+    checks
+        Check severities passed to every fit.
+    time_budget
+        Seconds for the whole comparison. Engines run quick ones first (samplers last), each
+        fitted on all rows and then cross-validated; an engine whose folds would not fit in
+        what is left (estimated as folds x full-fit time) is fitted but not cross-validated,
+        and once the budget is spent the remaining engines are not fitted (at least one
+        always is; a posterior sampler, which may compile first, starts only with a quarter
+        of the budget left). Both are said in ``notes``. A single fit is never interrupted.
+    progress
+        Show a progress bar over engines x folds (rich, on stderr).
+    seed
+        Seed of the fold assignment when ``cv`` is not a :class:`CVScheme`.
+
+    Returns
+    -------
+    Comparison
+        ``summary()`` (one row per engine), ``tidy()`` (long), ``folds``, ``predictions``,
+        ``recovery``, the full-data ``fits``, ``failures`` and ``notes``.
+
+    Examples
+    --------
+    >>> import hierfit
+    >>> from hierfit.evaluate import compare
+    >>> sim = hierfit.simulate(n_markets=6, n_submarkets=4, rows_per_submarket=20, seed=1)
+    >>> comp = compare(sim.formula, sim.data, engines=["ols"], cv="submarket:3", truth=sim.truth, progress=False)
+    >>> comp.summary()[["engine", "n_folds"]].values.tolist()
+    [['ols', 3]]
+    """
+    if isinstance(spec_or_formula, ModelSpec):
+        spec = spec_or_formula
+    else:
+        spec = make_spec(spec_or_formula, family=family, national=national, hierarchy=hierarchy, priors=priors)
+    names = _resolve_engines(engines)
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise EngineError(f"'options' names engines that are not compared: {', '.join(unknown)}. Compared: {', '.join(names)}.")
+    scheme = parse_cv(cv, seed=seed)
+    true_effects = truth_effects(truth) if truth is not None else None
+    design = build_design(spec, data)
+    fold_of_row = scheme.assign(spec, data)
+    comp = Comparison(spec=spec, cv=scheme, level=level, engines=list(names), data=data.reset_index(drop=True), truth=true_effects)
+    comp.fold_of_row = fold_of_row
+    start = time.perf_counter()
+    with _Progress(progress, total=len(names) * (scheme.folds + 1)) as bar:
+        # Quick engines first, each fitted and then cross-validated before the next starts,
+        # so a time budget is spent on finishing engines rather than on starting them.
+        for name in sorted(names, key=_expected_cost):
+            elapsed = time.perf_counter() - start
+            if time_budget is not None and comp.fits and time_budget - elapsed < _START_SHARE[_expected_cost(name)] * time_budget:
+                comp.notes.append(
+                    f"{name}: not fitted: {max(time_budget - elapsed, 0):.0f} s of the {time_budget:.0f} s budget were left at its turn"
+                    + (" (samplers, which may compile first, start only with a quarter of it left)." if _expected_cost(name) == 2 else ".")
+                )
+                bar.advance(scheme.folds + 1)
+                continue
+            bar.describe(f"{name}: fit on all {len(data)} rows")
+            try:
+                comp.fits[name] = _quiet_fit(design, name, checks, options.get(name, {}))
+            except Exception as exc:  # one failing engine must not sink the comparison
+                comp.failures[name] = _first_lines(exc)
+                bar.advance(scheme.folds + 1)
+                continue
+            bar.advance(1)
+            if truth is not None:
+                comp.recovery_parts.append(recovery(comp.fits[name], truth, engine=name, level=level))
+            estimate = comp.fits[name].timings.get("fit_seconds", 0.0) * scheme.folds
+            left = None if time_budget is None else time_budget - (time.perf_counter() - start)
+            if left is not None and estimate > left:
+                comp.notes.append(
+                    f"{name}: not cross-validated: {scheme.folds} folds would take about {estimate:.0f} s "
+                    f"and {max(left, 0):.0f} s of the {time_budget:.0f} s budget were left."
+                )
+                bar.advance(scheme.folds)
+                continue
+            for k in range(scheme.folds):
+                bar.describe(f"{name}: fold {k + 1}/{scheme.folds}")
+                try:
+                    _run_fold(comp, spec, data, name, k, checks, options.get(name, {}))
+                except Exception as exc:
+                    comp.failures[name] = f"fold {k + 1}: {_first_lines(exc)}"
+                    bar.advance(scheme.folds - k)
+                    break
+                bar.advance(1)
+    for name, message in comp.failures.items():
+        warnings.warn(f"Engine {name!r} failed in compare(): {message}", HierfitWarning, stacklevel=2)
+    return comp
+
+
+def available_engines() -> list[str]:
+    """Registered engines whose dependencies are installed and whose module imports, sorted.
+
+    Examples
+    --------
+    >>> "ols" in available_engines()
+    True
+    """
+    names = []
+    for name in sorted(ENGINES):
+        entry = ENGINES[name]
+        if not entry.available:
+            continue
+        try:
+            entry.load()
+        except Exception:  # an engine that cannot be imported is simply not available
+            continue
+        names.append(name)
+    return names
+
+
+def _resolve_engines(engines: Sequence[str] | None) -> list[str]:
+    if engines is None:
+        names = available_engines()
+    else:
+        if isinstance(engines, str):
+            engines = [e.strip() for e in engines.split(",") if e.strip()]
+        names = list(dict.fromkeys(engines))
+        if not names:
+            raise EngineError(f"'engines' is empty; name at least one of: {', '.join(sorted(ENGINES))}.")
+        for n in names:
+            entry = get_engine(n)
+            entry.load()  # raises with the pip extra to install when a dependency is missing
+    return names
+
+
+#: share of the time budget that must be left to start an engine, by cost class
+_START_SHARE = {0: 0.0, 1: 0.0, 2: 0.25}
+
+
+def _expected_cost(name: str) -> int:
+    """Fit engines that are usually quick first, so a time budget is spent on them first:
+    no/frequentist uncertainty, then ensembles, then posterior samplers (which may compile)."""
+    order = {"none": 0, "frequentist": 0, "ensemble": 1, "posterior": 2}
+    return order.get(ENGINES[name].capabilities.uncertainty, 1)
+
+
+def _first_lines(exc: Exception, lines: int = 2, chars: int = 400) -> str:
+    """The head of an error (native tracebacks can run to pages)."""
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines()[:lines])
+    text = text if len(text) <= chars else text[: chars - 3] + "..."
+    return f"{type(exc).__name__}: {text}"
+
+
+def _quiet_fit(design, name: str, checks, opts: Mapping[str, Any]):
+    """Fit without emitting warnings: diagnostics travel on the result instead."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fit_design(design, engine=name, checks=checks, **dict(opts))
+
+
+def _run_fold(comp: Comparison, spec: ModelSpec, data: pd.DataFrame, name: str, k: int, checks, opts) -> None:
+    test = comp.fold_of_row == k
+    train_data, test_data = data.iloc[~test], data.iloc[test]
+    try:
+        train_design = build_design(spec, train_data)
+    except HierfitError as exc:
+        raise HierfitError(f"the training rows of fold {k + 1} do not make a design: {exc}") from None
+    result = _quiet_fit(train_design, name, checks, opts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # held-out groups fall back to their parent by design
+        t0 = time.perf_counter()
+        pred = result.predict(test_data, interval="prediction", level=comp.level)
+        dist = predictive(result, test_data)
+        predict_seconds = time.perf_counter() - t0
+    y = test_data[spec.response].to_numpy(dtype=float)
+    logpd = dist.logpdf(y)
+    scores = score(y, pred["prediction"].to_numpy(), pred["lower"].to_numpy(), pred["upper"].to_numpy(), logpd)
+    comp.fold_rows.append(
+        {
+            "engine": name,
+            "fold": k,
+            "n_train": int((~test).sum()),
+            "n_test": int(test.sum()),
+            **scores,
+            "fit_seconds": float(result.timings.get("fit_seconds", np.nan)),
+            "predict_seconds": predict_seconds,
+            "mlpd_method": dist.method,
+            "n_diagnostics": len(result.diagnostics),
+        }
+    )
+    comp.prediction_parts.append(
+        pd.DataFrame(
+            {
+                "engine": name,
+                "row": np.flatnonzero(test),
+                "fold": k,
+                "y": y,
+                "prediction": pred["prediction"].to_numpy(),
+                "lower": pred["lower"].to_numpy(),
+                "upper": pred["upper"].to_numpy(),
+                "logpd": logpd,
+                "level_used": pred["level_used"].to_numpy(),
+            }
+        )
+    )
+    for d in result.diagnostics:
+        comp.fold_diagnostics.append({"engine": name, "fold": k, "check": d.check, "message": d.message})
+
+
+class _Progress:
+    """A rich progress bar on stderr, or nothing."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled = enabled
+        self.total = total
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]compare[/bold] {task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(file=sys.stderr),
+                transient=False,
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task("starting", total=self.total)
+        return self
+
+    def describe(self, text: str) -> None:
+        if self.enabled:
+            self._progress.update(self._task, description=text)
+
+    def advance(self, steps: int) -> None:
+        if self.enabled:
+            self._progress.advance(self._task, steps)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._progress.update(self._task, description="done")
+            self._progress.__exit__(*exc)

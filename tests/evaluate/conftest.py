@@ -1,0 +1,42 @@
+"""Session fixtures for the evaluation tests: one small simulation, one comparison."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+import hierfit
+from hierfit.engines import ENGINES
+
+
+def engines_for_tests() -> list[str]:
+    """``ols`` plus ``mixed`` when it is registered and imports (it is fast)."""
+    names = ["ols"]
+    entry = ENGINES.get("mixed")
+    if entry is not None and entry.available:
+        try:
+            entry.load()
+            names.append("mixed")
+        except Exception:
+            pass
+    return names
+
+
+@pytest.fixture(scope="session")
+def small_sim():
+    return hierfit.simulate(n_markets=6, n_submarkets=4, rows_per_submarket=25, seed=11, national_name="United_state")
+
+
+@pytest.fixture(scope="session")
+def submarket_comparison(small_sim):
+    from hierfit.evaluate import compare
+
+    names = engines_for_tests()
+    options = {n: dict(getattr(ENGINES[n].load(), "FAST_OPTIONS", {})) for n in names}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return compare(
+            small_sim.formula, small_sim.data, engines=names, cv="submarket:3", national="United_state",
+            truth=small_sim.truth, options=options, progress=False,
+        )  # fmt: skip

@@ -1,0 +1,116 @@
+"""Predictive distributions, held-out scores and recovery against the truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.formula.api as smf
+from scipy import stats
+
+import hierfit
+from hierfit.evaluate import Predictive, predictive, recovery, score
+from hierfit.exceptions import DataError
+
+
+@pytest.fixture(scope="module")
+def ols_fit(small_sim):
+    return hierfit.fit("y ~ x1 + x2 + (1 | market)", small_sim.data, engine="ols", national="United_state")
+
+
+def test_ols_predictive_is_the_exact_t_of_ordinary_least_squares(small_sim, ols_fit):
+    """Parity with statsmodels: same prediction, same observation interval, t density."""
+    data = small_sim.data
+    new = data.sample(40, random_state=1)
+    ref = smf.ols("y ~ x1 + x2 + C(market)", data=data).fit()
+    frame = ref.get_prediction(new).summary_frame(alpha=0.1)
+    pred = predictive(ols_fit, new)
+    assert pred.method == "t" and pred.df == ref.df_resid
+    np.testing.assert_allclose(pred.mean, frame["mean"], rtol=1e-9, atol=1e-9)
+    q = stats.t.ppf(0.95, pred.df)
+    np.testing.assert_allclose(pred.mean - q * pred.scale, frame["obs_ci_lower"], rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(pred.mean + q * pred.scale, frame["obs_ci_upper"], rtol=1e-8, atol=1e-8)
+    y = new["y"].to_numpy()
+    scale = np.sqrt(frame["mean_se"].to_numpy() ** 2 + ref.scale)
+    np.testing.assert_allclose(pred.logpdf(y), stats.t.logpdf(y, ref.df_resid, frame["mean"], scale), rtol=1e-8)
+    # the same distribution FitResult.predict uses for its interval
+    bounds = ols_fit.predict(new, interval="prediction", level=0.9)
+    np.testing.assert_allclose(bounds["lower"], frame["obs_ci_lower"], rtol=1e-8, atol=1e-8)
+
+
+def test_pit_of_a_correct_model_is_uniform(small_sim):
+    sim = hierfit.simulate(n_markets=8, n_submarkets=4, rows_per_submarket=40, seed=5)
+    fit = hierfit.fit(sim.formula, sim.data, engine="ols")
+    pit = predictive(fit, sim.data).cdf(sim.data["y"].to_numpy())
+    # 1280 rows: a miscalibrated scale (e.g. sigma off by 20%) fails this by a wide margin
+    assert stats.kstest(pit, "uniform").pvalue > 1e-3
+    reps = predictive(fit, sim.data).sample(50, np.random.default_rng(0))
+    assert reps.shape == (50, len(sim.data))
+    assert abs(reps.std() / sim.data["y"].std() - 1) < 0.05
+
+
+def test_draw_mixture_density_and_cdf():
+    mu = np.array([[0.0, 1.0], [2.0, 1.0]])  # two draws, two rows
+    sigma = np.array([1.0, 0.5])
+    pred = Predictive("draws", "gaussian", mu.mean(axis=0), mu_draws=mu, sigma_draws=sigma)
+    y = np.array([0.5, 1.0])
+    expected = np.log(0.5 * stats.norm.pdf(y, mu[0], 1.0) + 0.5 * stats.norm.pdf(y, mu[1], 0.5))
+    np.testing.assert_allclose(pred.logpdf(y), expected)
+    np.testing.assert_allclose(pred.cdf(y), 0.5 * stats.norm.cdf(y, mu[0], 1.0) + 0.5 * stats.norm.cdf(y, mu[1], 0.5))
+    none = Predictive("none", "gaussian", np.zeros(2))
+    assert np.isnan(none.logpdf(y)).all() and none.sample(3, np.random.default_rng(0)) is None
+    plug = Predictive("plugin", "bernoulli", np.array([0.2, 0.9]))
+    np.testing.assert_allclose(plug.logpdf(np.array([0.0, 1.0])), np.log([0.8, 0.9]))
+
+
+def test_score_pools_and_marks_missing_uncertainty():
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    pred = np.array([1.5, 2.0, 2.0, 4.0])
+    s = score(y, pred, pred - 0.6, pred + 0.6, np.log(np.full(4, 0.2)))
+    assert s["rmse"] == pytest.approx(np.sqrt((0.25 + 0 + 1 + 0) / 4))
+    assert s["mae"] == pytest.approx(1.5 / 4)
+    assert s["coverage"] == pytest.approx(0.75)
+    assert s["width"] == pytest.approx(1.2)
+    assert s["mlpd"] == pytest.approx(np.log(0.2))
+    nan = np.full(4, np.nan)
+    s = score(y, pred, nan, nan, nan)
+    assert np.isnan(s["coverage"]) and np.isnan(s["width"]) and np.isnan(s["mlpd"])
+
+
+def test_recovery_against_truth():
+    sim = hierfit.simulate(n_markets=6, n_submarkets=4, rows_per_submarket=200, seed=3, national_name="US")
+    fit = hierfit.fit(sim.formula, sim.data, engine="ols", national="another name")
+    rec = recovery(fit, sim.truth).set_index(["level", "term", "kind"])
+    # the national root is matched whatever it is called
+    assert ("national", "Intercept", "total") in rec.index
+    sub = rec.loc[("submarket", "Intercept", "total")]
+    # each submarket total has 200 rows (se about 0.07 plus the slope's error): RMSE well under 0.2
+    assert sub["n"] == 24 and sub["rmse"] < 0.2
+    assert 0.7 <= sub["coverage"] <= 1.0
+    assert rec.loc[("fixed", "x2", "total"), "rmse"] < 0.05
+    exact = recovery(fit, fit.group_effects().rename(columns={}))
+    assert np.allclose(exact["rmse"].dropna(), 0.0)
+    with pytest.raises(DataError, match="'truth' must be"):
+        recovery(fit, pd.DataFrame({"a": [1]}))
+
+
+def test_a_handful_of_draws_falls_back_to_the_engines_interval(small_sim, ols_fit):
+    """Five ensemble members make a lumpy mixture: score with the engine's own interval."""
+    import copy
+
+    fit = copy.copy(ols_fit)
+    ef = copy.copy(ols_fit.engine_fit)
+    rng = np.random.default_rng(0)
+    ef.gaussian = None
+    ef.draws = ef.theta + 0.01 * rng.standard_normal((5, len(ef.theta)))
+    ef.sigma_draws = np.full(5, ef.sigma)
+    fit.engine_fit = ef
+    new = small_sim.data.head(30)
+    pred = predictive(fit, new)
+    assert pred.method == "interval"
+    lo, hi = ef.interval(fit.encoding.apply(new), "prediction", 0.9)
+    # a normal centred on the prediction with the engine's interval width
+    np.testing.assert_allclose(2 * stats.norm.ppf(0.95) * pred.scale, hi - lo, rtol=1e-9)
+    ef.draws = ef.theta + 0.01 * rng.standard_normal((50, len(ef.theta)))
+    ef.sigma_draws = np.full(50, ef.sigma)
+    assert predictive(fit, new).method == "draws"

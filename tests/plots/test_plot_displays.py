@@ -1,0 +1,139 @@
+"""Display objects: what from_result() computes, and that plot() draws it and returns the figure."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+import hierfit
+from hierfit.evaluate import compare
+from hierfit.exceptions import SpecError
+from hierfit.plots import (
+    CaterpillarDisplay,
+    ComparisonDisplay,
+    DecompositionDisplay,
+    HierarchyTreeDisplay,
+    PredictiveCheckDisplay,
+    ShrinkageDisplay,
+)
+
+
+def _texts(fig: Figure) -> str:
+    return " ".join(t.get_text() for ax in fig.axes for t in ax.texts + [ax.title]) + " " + (fig._suptitle.get_text() if fig._suptitle else "")
+
+
+def test_tree_shows_every_node_with_effect_and_interval(plot_fits):
+    fit = plot_fits["ols"]
+    d = HierarchyTreeDisplay.from_result(fit)
+    assert d.n_rows == 20 and d.n_pages == 1 and not any(r.collapsed for r in d.rows)
+    fig = d.plot()
+    assert isinstance(fig, Figure) and d.figure_ is fig
+    text = _texts(fig)
+    effects = fit.group_effects("total").query("term == 'Intercept'")
+    m1 = effects.query("group == 'Market_01'").iloc[0]
+    assert f"Market_01  {m1.estimate:.2f} [{m1.lower:.2f}, {m1.upper:.2f}]" in text
+    assert "United_state" in text
+    slope = HierarchyTreeDisplay.from_result(fit, term="x1")
+    assert slope.n_rows == 5  # x1 varies by market only
+
+
+class _TruthAsFit:
+    """The simulated truth dressed as a fit (intervals +-0.1): a 50 x 20 tree without fitting one."""
+
+    engine = "truth"
+
+    def __init__(self, sim):
+        spec = hierfit.make_spec(sim.formula)
+        self.hierarchy = hierfit.build_design(spec, sim.data).hierarchy
+        self._effects = sim.truth.group_effects()
+
+    def group_effects(self, kind="both", level=0.9):
+        t = self._effects[self._effects.kind == kind] if kind != "both" else self._effects
+        return t.assign(lower=t.estimate - 0.1, upper=t.estimate + 0.1)
+
+
+def test_large_tree_collapses_expands_and_pages():
+    sim = hierfit.simulate(n_markets=50, n_submarkets=20, rows_per_submarket=1, seed=0)
+    fit = _TruthAsFit(sim)
+    d = HierarchyTreeDisplay.from_result(fit, max_rows=60)
+    assert d.n_rows == 50 and all(r.collapsed for r in d.rows)
+    assert all(len(r.descendants_at_leaves()) == 20 for r in d.rows)
+    assert "20 submarket groups, " in _texts(d.plot())
+    opened = HierarchyTreeDisplay.from_result(fit, max_rows=80, expand=["Market_07"])
+    assert opened.n_rows == 49 + 20
+    paged = HierarchyTreeDisplay.from_result(fit, max_rows=20, page=2)
+    assert paged.n_pages == 3 and paged.n_rows == 10
+    assert "page 3 of 3" in _texts(paged.plot())
+    with pytest.raises(SpecError, match="'page' must be between 0 and 2"):
+        HierarchyTreeDisplay.from_result(fit, max_rows=20, page=3)
+
+
+def test_tree_rejects_unknown_term_and_kind(plot_fits):
+    with pytest.raises(SpecError, match=r"'term' must be one of: Intercept, x1. Got 'x9'"):
+        HierarchyTreeDisplay.from_result(plot_fits["ols"], term="x9")
+    with pytest.raises(SpecError, match="'kind' must be one of"):
+        HierarchyTreeDisplay.from_result(plot_fits["ols"], kind="sum")
+
+
+def test_caterpillar_sorts_groups_and_draws_one_panel_per_engine(plot_fits, plot_sim):
+    d = CaterpillarDisplay.from_result(plot_fits, level="submarket", truth=plot_sim.truth)
+    first = next(iter(d.tables.values()))
+    assert list(first.loc[d.order, "estimate"]) == sorted(first["estimate"])
+    assert d.truth is not None and d.truth.reindex(d.order).notna().all()
+    fig = d.plot()
+    assert len(fig.axes) == len(plot_fits)
+    _, ax = plt.subplots()
+    one = CaterpillarDisplay.from_result(plot_fits["ols"], level="market", kind="deviation")
+    assert one.plot(ax=ax) is ax.figure and one.reference == 0.0
+    with pytest.raises(SpecError, match="'level' must be one of: market, submarket"):
+        CaterpillarDisplay.from_result(plot_fits["ols"], level="store")
+
+
+def test_shrinkage_of_partial_pooling_is_below_one(plot_fits):
+    if len(plot_fits) < 2:
+        pytest.skip("no partial-pooling engine ('mixed') is registered yet")
+    d = ShrinkageDisplay.from_results(plot_fits["ols"], plot_fits["mixed"], level="submarket")
+    # 20 submarkets of unequal size with SD 0.4: partial pooling pulls deviations toward 0
+    assert 0.0 < d.slope < 0.98
+    assert len(d.table) == 20 and (d.table.n_rows > 0).all()
+    assert isinstance(d.plot(), Figure)
+
+
+def test_shrinkage_of_a_fit_against_itself_is_one(plot_fits):
+    d = ShrinkageDisplay.from_results(plot_fits["ols"], plot_fits["ols"], level="market")
+    assert d.slope == pytest.approx(1.0)
+    _, ax = plt.subplots()
+    assert d.plot(ax=ax) is ax.figure
+
+
+def test_predictive_check_replicates_match_the_data_scale(plot_fits, plot_sim):
+    d = PredictiveCheckDisplay.from_result(plot_fits["ols"], plot_sim.data, n_rep=20)
+    assert d.replicates.shape == (20, len(plot_sim.data))
+    assert abs(d.replicates.std() / plot_sim.data["y"].std() - 1) < 0.1
+    assert d.pit is not None and 0.35 < d.pit.mean() < 0.65
+    assert len(d.plot().axes) == 2
+
+
+def test_decomposition_parts_sum_to_the_prediction(plot_fits, plot_sim):
+    fit = plot_fits["ols"]
+    rows = [0, 5, 40]
+    d = DecompositionDisplay.from_result(fit, plot_sim.data, rows=rows)
+    pred = fit.predict(plot_sim.data.iloc[rows], scale="link")["prediction"].to_numpy()
+    np.testing.assert_allclose(d.total, pred)
+    assert {"national", "market[Intercept]", "submarket[Intercept]"} <= set(d.parts.columns)
+    assert d.labels[1].startswith("row 5  Market_")
+    assert isinstance(d.plot(), Figure)
+    with pytest.raises(SpecError, match="'rows' are positions"):
+        DecompositionDisplay.from_result(fit, plot_sim.data, rows=[10**6])
+
+
+def test_comparison_chart_has_a_panel_per_metric(plot_sim):
+    comp = compare(plot_sim.formula, plot_sim.data, engines=["ols"], cv="kfold:3", national="United_state", progress=False)
+    d = ComparisonDisplay.from_comparison(comp, metrics=["rmse", "coverage", "mlpd"])
+    fig = d.plot()
+    visible = [a for a in fig.axes if a.get_visible()]
+    assert len(visible) == 3
+    with pytest.raises(SpecError, match="'metrics' must be one of"):
+        ComparisonDisplay.from_comparison(comp, metrics=["r2"])

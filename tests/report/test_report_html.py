@@ -1,0 +1,113 @@
+"""The HTML report: self-contained, every section present, built from objects or directories."""
+
+from __future__ import annotations
+
+import base64
+import re
+from html.parser import HTMLParser
+
+import pytest
+
+import hierfit
+from hierfit.exceptions import DataError
+from hierfit.report import build_report
+
+SECTIONS = ["Model", "Data", "Engine comparison", "Recovery of the truth", "Hierarchy", "Group effects by level", "Predictive checks", "Decomposition", "Effects tables", "Diagnostics and warnings"]
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images: list[dict] = []
+        self.h2: list[str] = []
+        self.links: list[str] = []
+        self._in_h2 = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.images.append(a)
+        if tag in ("script", "link", "iframe") and (a.get("src") or a.get("href", "")).startswith("http"):
+            self.links.append(a.get("src") or a.get("href"))
+        self._in_h2 = tag == "h2"
+
+    def handle_data(self, data):
+        if self._in_h2:
+            self.h2.append(data)
+            self._in_h2 = False
+
+
+def _parse(html: str) -> _Collect:
+    p = _Collect()
+    p.feed(html)
+    return p
+
+
+def test_comparison_report_is_self_contained_with_every_section(report_file, report_comparison):
+    html = report_file.read_text()
+    page = _parse(html)
+    assert set(SECTIONS) <= set(page.h2)
+    assert not page.links and "http://" not in html.replace("http://www.w3.org", "")
+    assert len(page.images) >= 8
+    for img in page.images:
+        src = img["src"]
+        assert src.startswith("data:image/png;base64,")
+        raw = base64.b64decode(src.split(",", 1)[1])
+        assert raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) > 2000
+        assert img.get("alt")
+    assert "could not be drawn" not in html
+    for name in report_comparison.engines:
+        assert f"<td>{name}</td>" in html
+    assert report_comparison.spec.text in html
+
+
+def test_shrinkage_section_when_ols_and_a_partial_engine_are_compared(report_file, report_comparison):
+    html = report_file.read_text()
+    has_partial = "mixed" in report_comparison.fits
+    assert ("<h2>Shrinkage</h2>" in html) == has_partial
+
+
+def test_report_source_can_be_a_saved_comparison_directory(report_comparison, tmp_path):
+    from hierfit.evaluate import Comparison
+    from hierfit.report.build import _load
+
+    report_comparison.save(tmp_path / "cmp")
+    loaded = _load(tmp_path / "cmp")
+    assert isinstance(loaded, Comparison)
+    assert loaded.summary().equals(report_comparison.summary())
+
+
+def test_fit_report_from_a_saved_fit_directory_and_with_data(report_sim, tmp_path):
+    sim = hierfit.simulate(n_markets=4, n_submarkets=2, rows_per_submarket=15, seed=1)
+    fit = hierfit.fit("y ~ x1 + (1 | market/submarket)", sim.data, engine="ols")
+    fit.save(tmp_path / "fit")
+    bare = build_report(tmp_path / "fit", tmp_path / "a.html")
+    assert (tmp_path / "a.html").read_text(encoding="utf-8") == bare
+    assert "<h2>Hierarchy</h2>" in bare and "<h2>Predictive checks</h2>" not in bare
+    assert "Pass the data (--data)" in bare
+    full = build_report(fit, data=sim.data, truth=sim.truth)
+    assert "<h2>Predictive checks</h2>" in full and "<h2>Recovery of the truth</h2>" in full
+
+
+def test_text_is_escaped(report_sim, tmp_path):
+    fit = hierfit.fit("y ~ x1 + (1 | market)", report_sim.data, engine="ols", national="<b>US</b>")
+    html = build_report(fit, title="a <script>alert(1)</script> title")
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "&lt;b&gt;US&lt;/b&gt;" in html
+
+
+def test_a_failing_plot_becomes_a_visible_note(report_sim, monkeypatch):
+    from hierfit.plots import DecompositionDisplay
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("kaput")
+
+    monkeypatch.setattr(DecompositionDisplay, "from_result", boom)
+    fit = hierfit.fit("y ~ x1 + (1 | market)", report_sim.data, engine="ols")
+    html = build_report(fit, data=report_sim.data)
+    assert re.search(r"decomposition could not be drawn: RuntimeError: kaput", html)
+
+
+def test_bad_source_directory_says_what_it_needs(tmp_path):
+    with pytest.raises(DataError, match="neither a saved fit .* nor a saved comparison"):
+        build_report(tmp_path)
