@@ -180,3 +180,26 @@ def test_recovers_reference_dgp(reference_sim) -> None:
     rmse_ols = float(np.sqrt(np.mean((so.estimate - so.estimate_true) ** 2)))
     print(f"submarket totals RMSE: mixed {rmse:.4f}, ols {rmse_ols:.4f}")
     assert rmse < rmse_ols  # partial pooling beats no pooling on the same data
+
+
+def test_new_submarket_intervals_include_its_unknown_effect(reference_sim) -> None:
+    """Leave one submarket per market out: 90% prediction intervals still cover about 90%.
+
+    Without the new submarket's own variance (0.4² here) they would cover ~0.87 (the
+    interval then only knows the residual and the market's effects).
+    """
+    d = reference_sim.data
+    held = d.groupby("market").submarket.transform(lambda s: s == s.iloc[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hierfit.HierfitWarning)
+        fit = hierfit.fit(reference_sim.formula, d[~held], engine="mixed")
+        pred = fit.predict(d[held], interval="prediction")
+        seen = fit.predict(d[~held].head(200), interval="prediction")
+    assert (pred.level_used == "market").all()
+    covered = ((pred.lower <= d[held].y) & (d[held].y <= pred.upper)).mean()
+    assert 0.86 <= covered <= 0.95
+    sd = fit.variance_components().query("level == 'submarket'").sd_or_corr.item()
+    width_new, width_seen = (pred.upper - pred.lower).mean(), (seen.upper - seen.lower).mean()
+    half = 1.6449  # z for 90%
+    assert width_new > width_seen
+    assert np.sqrt((width_new / (2 * half)) ** 2 - (width_seen / (2 * half)) ** 2) == pytest.approx(sd, rel=0.35)

@@ -211,14 +211,39 @@ class LinearEngineFit(EngineFit):
             return self._gaussian_interval(design, kind, level)
         return None
 
+    def new_group_sd(self, design: Design) -> np.ndarray:
+        """Per row, the SD of the effects of its unseen groups: ``sqrt(Σ_t z_tᵀ Σ_t z_t)``.
+
+        A row whose submarket was not seen is predicted with its market's effects (the mean of
+        a new submarket's effect is 0), but the new submarket's own effect is unknown: its
+        variance, from the fitted variance components, widens the row's interval. Engines
+        without pooling have no such components and add nothing.
+        """
+        var = np.zeros(design.n)
+        table = self._variance_table
+        for td in design.terms:
+            unseen = design.group_index[td.level] < 0
+            if not unseen.any():
+                continue
+            cov = _term_covariance(table, td.level, td.coefficients)
+            if cov is None:
+                continue
+            z = td.Z[unseen]
+            var[unseen] += np.einsum("ij,jk,ik->i", z, cov, z)
+        return np.sqrt(var)
+
     def _draw_interval(self, design: Design, kind: str, alpha: float, family) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng(self.seed)
         lower = np.empty(design.n)
         upper = np.empty(design.n)
+        new_sd = self.new_group_sd(design)
         chunk = max(1, 2_000_000 // max(len(self.draws), 1))
         for start in range(0, design.n, chunk):
             rows = slice(start, min(start + chunk, design.n))
-            mu = family.inverse_link(self.layout.eta_draws(design, self.draws, rows))
+            eta = self.layout.eta_draws(design, self.draws, rows)
+            if new_sd[rows].any():
+                eta = eta + rng.standard_normal(eta.shape) * new_sd[rows]
+            mu = family.inverse_link(eta)
             if kind == "prediction":
                 mu = _sample_outcome(family.name, mu, self.sigma_draws, rng)
             lower[rows], upper[rows] = np.quantile(mu, [alpha, 1 - alpha], axis=0)
@@ -226,7 +251,7 @@ class LinearEngineFit(EngineFit):
 
     def _gaussian_interval(self, design: Design, kind: str, level: float) -> tuple[np.ndarray, np.ndarray]:
         R = self.layout_row_matrix(design)
-        se = self.gaussian.std_errors(R)
+        se = np.sqrt(self.gaussian.std_errors(R) ** 2 + self.new_group_sd(design) ** 2)
         if kind == "prediction" and self.sigma is not None:
             se = np.sqrt(se**2 + self.sigma**2)
         eta = np.asarray(R @ self.theta).ravel()
@@ -246,6 +271,25 @@ class LinearEngineFit(EngineFit):
             vals = td.Z[known].ravel()
             blocks.append(sparse.csr_matrix((vals, (rows, cols)), shape=(n, t.size)))
         return sparse.hstack(blocks, format="csr")
+
+
+def _term_covariance(table: pd.DataFrame, level: str, coefficients: tuple[str, ...]) -> np.ndarray | None:
+    """A term's covariance matrix from variance-component rows; ``None`` if the level has none."""
+    rows = table[table["level"] == level]
+    if rows.empty:
+        return None
+    k = len(coefficients)
+    cov = np.zeros((k, k))
+    for _, r in rows.iterrows():
+        if r["term1"] not in coefficients:
+            continue
+        i = coefficients.index(r["term1"])
+        if r["term2"] == "":
+            cov[i, i] = r["variance"]
+        elif r["term2"] in coefficients:
+            j = coefficients.index(r["term2"])
+            cov[i, j] = cov[j, i] = r["variance"]
+    return cov
 
 
 def _sample_outcome(family: str, mu: np.ndarray, sigma_draws: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:

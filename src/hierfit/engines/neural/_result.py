@@ -90,9 +90,12 @@ class NeuralFit(LinearEngineFit):
         q = [(1 - level) / 2, (1 + level) / 2]
         lower, upper = np.empty(design.n), np.empty(design.n)
         step = max(1, 2_000_000 // len(self.draws))
+        new_sd = self.new_group_sd(design)
         for start in range(0, design.n, step):
             rows = slice(start, min(start + step, design.n))
             eta = np.asarray(R[rows] @ self.draws.T).T + nl[owner][:, rows]
+            if new_sd[rows].any():  # unseen groups: their own effect is unknown
+                eta = eta + rng.standard_normal(eta.shape) * new_sd[rows]
             mu = family.inverse_link(eta)
             if kind == "prediction":
                 mu = _sample(family.name, mu, None if self.sigma_draws is None else self.sigma_draws[owner], rng)
