@@ -56,6 +56,10 @@ def finish(design: Design, spec: ModelSpec, model: HierEnsemble, data, scaling: 
     )
     fit.attach(model, scaling, settings, options)
     g = nonlinear_raw(fit, design)  # members × rows, data units
+    if spec.family == "gaussian" and options.reml_variances and design.terms:
+        covs, sigma = _reml_variances(design, g)
+        fit._variance_table = _variance_table(design, covs, sigma)
+        fit.sigma = float(np.sqrt(np.mean(sigma**2)))
     R = fit.layout_row_matrix(design)
     noise2 = sigma**2 if sigma is not None else np.full(M, 1.0 / _mean_glm_weight(design.y, spec.family))
     delta = np.stack([_project(R, g[m], covs, design, fit, noise2[m]) for m in range(M)])
@@ -90,6 +94,17 @@ def finish(design: Design, spec: ModelSpec, model: HierEnsemble, data, scaling: 
     fit.statistics = _statistics(design, spec, eta_m, histories, settings, sigma)
     fit.diagnostics += _singular(design, covs, scaling)
     return fit
+
+
+def _reml_variances(design: Design, g: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per member, REML variance components and residual SD with its network as an offset."""
+    from hierfit.engines.mixed._lmm import fit_lmm
+    from hierfit.engines.mixed.engine import random_blocks
+
+    blocks = random_blocks(design)
+    sols = [fit_lmm(design.X, design.y - g[m], blocks, reml=True) for m in range(len(g))]
+    covs = [np.stack([sol.covariances[t] for sol in sols]) for t in range(len(design.terms))]
+    return covs, np.array([sol.sigma for sol in sols])
 
 
 def _project(R: sparse.csr_matrix, g: np.ndarray, covs: list[np.ndarray], design: Design, fit: NeuralFit, noise2: float) -> np.ndarray:

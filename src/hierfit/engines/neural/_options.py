@@ -60,6 +60,12 @@ class OPTIONS:
         sampling only: upper-level totals and varying population slopes come out too narrow).
     variance
         ``"laplace"`` (marginal-likelihood SDs, default) or ``"joint"`` (plain joint MAP).
+    reml_variances
+        Gaussian family: after training, re-estimate each member's variance components and
+        residual SD by exact REML with the network's output as an offset (the ``mixed``
+        engine's core; well under a second at 500k rows), then solve the linear part with them.
+        The training-time Laplace SDs split variance between nested levels less well (with
+        10 markets the market SD came out ~35% low, hurting predictions for new submarkets).
     device
         ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
     threads
@@ -86,6 +92,7 @@ class OPTIONS:
     refit: bool | None = None
     bootstrap: bool = False
     variance: str = "laplace"
+    reml_variances: bool = True
     device: str = "auto"
     threads: int | None = None
     progress: bool | None = None
