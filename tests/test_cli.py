@@ -69,3 +69,13 @@ def test_errors_are_one_line_with_exit_code_2(runner, tmp_path, args, message) -
 def test_missing_data_file(runner, tmp_path) -> None:
     res = runner.invoke(main, ["fit", str(tmp_path / "nope.csv"), "--formula", FORMULA, "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_stancode_prints_the_program_and_its_data(runner, tmp_path) -> None:
+    pytest.importorskip("stan", reason="the stan engine needs: pip install 'hierfit[stan]'")
+    data = tmp_path / "d.csv"
+    runner.invoke(main, ["simulate", "--out", str(data), "--n-markets", "5", "--n-submarkets", "2", "--rows", "5"])
+    res = runner.invoke(main, ["stancode", str(data), "--formula", FORMULA, "--data-out", str(tmp_path / "data.json")])
+    assert res.exit_code == 0, res.output
+    assert "parameters {" in res.output and "model {" in res.output
+    assert (tmp_path / "data.json").read_text().startswith("{")

@@ -30,6 +30,7 @@ PUBLIC = [
     "UnseenGroupsWarning",
     "build_design",
     "compare",
+    "compare_loo",
     "fit",
     "fit_design",
     "get_engine",
@@ -37,8 +38,10 @@ PUBLIC = [
     "lrt",
     "make_spec",
     "parse_formula",
+    "ppc",
     "priors",
     "simulate",
+    "stan_code",
 ]
 
 

@@ -14,6 +14,7 @@ from hierfit import priors
 from hierfit.api import fit, fit_design
 from hierfit.design import Design, build_design
 from hierfit.engines import ENGINES, get_engine
+from hierfit.engines.bayes import compare_loo, ppc, stan_code
 from hierfit.engines.mixed.engine import likelihood_ratio as lrt
 from hierfit.evaluate import Comparison, compare
 from hierfit.exceptions import (
@@ -55,6 +56,7 @@ __all__ = [
     "UnseenGroupsWarning",
     "build_design",
     "compare",
+    "compare_loo",
     "fit",
     "fit_design",
     "get_engine",
@@ -62,6 +64,8 @@ __all__ = [
     "lrt",
     "make_spec",
     "parse_formula",
+    "ppc",
     "priors",
     "simulate",
+    "stan_code",
 ]

@@ -155,6 +155,31 @@ def predict(fit_dir, data, out, interval, level) -> None:
 
 
 @main.command()
+@click.argument("data", type=click.Path(dir_okay=False))
+@click.option("--formula", "-f", required=True, help="lme4/brms formula.")
+@click.option("--family", default="gaussian", show_default=True)
+@click.option("--national", default="national", show_default=True)
+@click.option("--data-out", "data_out", type=click.Path(dir_okay=False), help="Also write the Stan data dict as JSON.")
+def stancode(data, formula, family, national, data_out) -> None:
+    """Print the Stan program hierfit generates for FORMULA on DATA (as brms's make_stancode)."""
+    import json
+
+    import numpy as np
+
+    from hierfit.design import build_design
+    from hierfit.engines.bayes import stan_code, stan_data
+    from hierfit.io import read_table
+    from hierfit.spec import make_spec
+
+    design = build_design(make_spec(formula, family=family, national=national), read_table(data))
+    click.echo(stan_code(design))
+    if data_out:
+        payload = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in stan_data(design).items()}
+        Path(data_out).write_text(json.dumps(payload))
+        click.echo(f"// data written to {data_out}", err=True)
+
+
+@main.command()
 def engines() -> None:
     """List engines with their capabilities and whether they are installed."""
     from rich.console import Console

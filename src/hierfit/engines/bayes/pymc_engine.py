@@ -1,0 +1,358 @@
+"""Engine ``pymc``: the hierarchical model in PyMC, sampled with NUTS.
+
+Group effects are non-centred at every level (``b_t[g] = diag(sd_t) L_t z_t[g]``, LKJ prior on
+``L_t`` where a term is correlated, independent for ``||``). The likelihood is chosen by the
+``likelihood`` option:
+
+* ``"marginal"`` (gaussian default): group effects and normal-prior population coefficients
+  are integrated out analytically from per-group sufficient statistics
+  (:mod:`hierfit.engines.bayes.marginal`); NUTS samples only the SDs, correlations, sigma
+  (and any non-normal-prior coefficient), and the effects are drawn afterwards from their
+  exact conditional posterior. One gradient costs O((p+q)³), independent of the rows.
+* ``"suffstats"``: every coefficient sampled, gaussian likelihood from ``W'W, W'y, y'y``.
+* ``"rows"``: the plain per-row model (the only choice for bernoulli/poisson).
+
+Examples
+--------
+>>> import hierfit
+>>> sim = hierfit.simulate(n_markets=4, n_submarkets=3, rows_per_submarket=20, seed=1)
+>>> fit = hierfit.fit(sim.formula, sim.data, engine="pymc", draws=200, tune=200, chains=2,
+...                   progressbar=False, checks={"few_groups": "ignore", "ess": "ignore"})
+>>> fit.native().posterior["sigma"].shape
+(2, 200)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from hierfit.design import Design
+from hierfit.engines.bayes.marginal import MarginalData, marginal_data
+from hierfit.engines.bayes.pt_marginal import marginal_loglik_op
+from hierfit.engines.bayes.result import BayesFit, assemble_fit
+from hierfit.engines.bayes.structure import BayesStructure, canonical_rows, make_structure, sufficient_stats
+from hierfit.exceptions import EngineError, SpecError
+from hierfit.spec import ModelSpec
+from hierfit.spec.priors import Prior
+
+LIKELIHOODS = ("auto", "marginal", "rows", "suffstats")
+SAMPLERS = ("auto", "nutpie", "numpyro", "pymc")
+#: above this many integrated coefficients the O(d³) marginal likelihood loses to sampling them
+MAX_MARGINAL_SIZE = 1500
+
+
+@dataclass(frozen=True)
+class OPTIONS:
+    """Options of the ``pymc`` engine.
+
+    Attributes
+    ----------
+    draws, tune, chains
+        Posterior draws and warm-up iterations per chain, number of chains.
+    cores
+        Chains run in parallel on this many processes (default: min(chains, CPUs)).
+    target_accept
+        NUTS target acceptance; raise toward 0.99 if divergences are reported.
+    max_treedepth
+        NUTS maximum tree depth (pymc and numpyro samplers).
+    seed
+        Seeds sampling and the conditional draws: same seed, same draws.
+    likelihood
+        ``"auto"`` (gaussian: ``"marginal"`` up to 1,500 group coefficients, else
+        ``"suffstats"``; other families: ``"rows"``), or one of those names.
+    sampler
+        ``"auto"``: PyMC's own NUTS for the marginal model, numpyro (JAX, vectorised chains)
+        for the others; or ``"pymc"``, ``"nutpie"``, ``"numpyro"`` (see
+        ``benchmarks/bayes_speed.py`` for measurements).
+    progressbar
+        Show sampling progress.
+    new_groups
+        Intervals of rows in unseen groups (their point prediction is always the parent's):
+        ``"sample"`` (default) draws the new group's effect from the fitted group distribution
+        of each posterior draw; ``"parent"`` reports the parent's interval alone.
+    log_likelihood
+        Store pointwise log-likelihood (for LOO/WAIC): ``None`` = when draws × rows ≤ 5e7.
+    posterior_predictive
+        Add a ``posterior_predictive`` group of replicated outcomes to the InferenceData.
+    """
+
+    draws: int = 1000
+    tune: int = 1000
+    chains: int = 4
+    cores: int | None = None
+    target_accept: float = 0.9
+    max_treedepth: int = 10
+    seed: int = 0
+    likelihood: Literal["auto", "marginal", "rows", "suffstats"] = "auto"
+    sampler: Literal["auto", "nutpie", "numpyro", "pymc"] = "auto"
+    progressbar: bool = True
+    new_groups: Literal["parent", "sample"] = "sample"
+    log_likelihood: bool | None = None
+    posterior_predictive: bool = False
+
+
+FAST_OPTIONS: dict = {"draws": 300, "tune": 300, "chains": 2, "progressbar": False}
+
+
+def choose_likelihood(structure: BayesStructure, requested: str) -> str:
+    """Resolve ``likelihood="auto"`` and reject impossible combinations."""
+    if requested not in LIKELIHOODS:
+        raise EngineError(f"Option 'likelihood' must be one of: {', '.join(LIKELIHOODS)}. Got {requested!r}.")
+    if structure.family != "gaussian":
+        if requested in ("marginal", "suffstats"):
+            raise SpecError(
+                f"likelihood={requested!r} is exact only for the gaussian family; family {structure.family!r} "
+                "uses likelihood='rows' (the default)."
+            )
+        return "rows"
+    if requested == "auto":
+        return "marginal" if structure.size - structure.p <= MAX_MARGINAL_SIZE else "suffstats"
+    return requested
+
+
+def choose_sampler(requested: str, likelihood: str) -> str:
+    """``auto``: PyMC's NUTS for the marginal model (its likelihood is a Python Op with an
+    analytic gradient, which only PyMC's own sampler runs); numpyro (JAX) for the others."""
+    import importlib.util
+
+    if requested not in SAMPLERS:
+        raise EngineError(f"Option 'sampler' must be one of: {', '.join(SAMPLERS)}. Got {requested!r}.")
+    if likelihood == "marginal":
+        if requested not in ("auto", "pymc"):
+            raise EngineError(
+                f"sampler={requested!r} cannot run the marginal likelihood (a Python Op with an analytic gradient); "
+                "use sampler='pymc' (the default), or likelihood='suffstats' or 'rows' with nutpie/numpyro."
+            )
+        return "pymc"
+    if requested != "auto":
+        return requested
+    return "numpyro" if importlib.util.find_spec("numpyro") is not None else "pymc"
+
+
+# -- priors in PyMC ---------------------------------------------------------------------------
+def _pm_prior(prior: Prior, positive: bool):
+    """PyMC distribution class and keyword arguments of one prior."""
+    import pymc as pm
+
+    p = dict(prior.params)
+    table = {
+        ("normal", False): (pm.Normal, {"mu": p.get("mu"), "sigma": p.get("sigma")}),
+        ("student_t", False): (pm.StudentT, {"nu": p.get("nu"), "mu": p.get("mu"), "sigma": p.get("sigma")}),
+        ("student_t", True): (pm.HalfStudentT, {"nu": p.get("nu"), "sigma": p.get("sigma")}),
+        ("half_normal", True): (pm.HalfNormal, {"sigma": p.get("sigma")}),
+        ("exponential", True): (pm.Exponential, {"lam": p.get("lam")}),
+    }
+    try:
+        return table[(prior.distribution, positive)]
+    except KeyError:
+        raise SpecError(f"The pymc engine cannot use prior {prior} here.") from None
+
+
+def _named(name: str, prior: Prior, positive: bool):
+    cls, kwargs = _pm_prior(prior, positive)
+    return cls(name, **kwargs)
+
+
+def _vector_dist(priors: tuple[Prior, ...]):
+    """One unnamed vector distribution for SD priors of one family (parameters stacked)."""
+    fams = {p.distribution for p in priors}
+    if len(fams) != 1:
+        raise SpecError(
+            f"Priors {', '.join(map(str, priors))} on one correlated term mix families; the pymc engine needs one "
+            "family per correlated term (set them with priors={'sd:<level>': ...})."
+        )
+    cls, _ = _pm_prior(priors[0], True)
+    stacked = {k: np.array([_pm_prior(p, True)[1][k] for p in priors]) for k in _pm_prior(priors[0], True)[1]}
+    return cls.dist(**stacked, shape=len(priors))
+
+
+def _vector_rv(name: str, priors: tuple[Prior, ...], positive: bool):
+    """A vector of parameters ``name_0, name_1, ...`` with per-element priors, stacked."""
+    import pytensor.tensor as pt
+
+    if not priors:
+        return pt.zeros(0)
+    return pt.stack([_named(f"{name}_{i}", prior, positive) for i, prior in enumerate(priors)])
+
+
+# -- the model --------------------------------------------------------------------------------
+def build_model(design: Design, structure: BayesStructure, likelihood: str, md: MarginalData | None = None):
+    """The PyMC model of the spec; free variables ``sigma``, ``sd_<t>``, ``chol_<t>``, ``z_<t>``, ``beta``."""
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    pri = structure.priors
+    with pm.Model() as model:
+        lambdas = []
+        for t, sd_priors, cor in zip(structure.terms, pri.sd, pri.cor):
+            if t.correlated:
+                chol, _, _ = pm.LKJCholeskyCov(
+                    f"chol_{t.name}", n=t.k, eta=cor.param("eta"), sd_dist=_vector_dist(sd_priors), compute_corr=True
+                )
+                lambdas.append(chol)
+            else:
+                lambdas.append(pt.diag(_vector_rv(f"sd_{t.name}", sd_priors, True)))
+        sigma = _named("sigma", pri.sigma, True) if structure.family == "gaussian" else None
+        if likelihood == "marginal":
+            beta_S = _vector_rv("beta", tuple(pri.beta[j] for j in structure.sampled_beta), False)
+            loglik = marginal_loglik_op(md, structure)
+            pm.Potential("marginal_loglik", loglik(sigma, lambdas, beta_S) - 0.5 * md.n * np.log(2 * np.pi))
+            return model
+        beta = _vector_rv("beta", pri.beta, False)
+        bs = []
+        for t, lam in zip(structure.terms, lambdas):
+            z = pm.Normal(f"z_{t.name}", 0.0, 1.0, shape=(t.n_groups, t.k))
+            bs.append(pt.dot(z, lam.T))
+        if likelihood == "suffstats":
+            u = pt.concatenate([beta] + [b.reshape((-1,)) for b in bs])
+            quad = md.yty - 2 * pt.dot(u, md.Wty) + pt.dot(u, pt.dot(md.M, u))
+            pm.Potential("loglik", -0.5 * md.n * pt.log(2 * np.pi * sigma**2) - quad / (2 * sigma**2))
+            return model
+        eta = pt.dot(design.X, beta)
+        for td, b in zip(design.terms, bs):
+            idx = design.group_index[td.level]
+            eta = eta + (pt.as_tensor(td.Z) * b[idx]).sum(axis=1)
+        if structure.family == "gaussian":
+            pm.Normal("y", eta, sigma, observed=design.y)
+        elif structure.family == "bernoulli":
+            pm.Bernoulli("y", logit_p=eta, observed=design.y)
+        else:
+            pm.Poisson("y", pt.exp(eta), observed=design.y)
+    return model
+
+
+# -- sampling -----------------------------------------------------------------------------------
+def initial_values(structure: BayesStructure, md: MarginalData | None, likelihood: str, chains: int, seed: int) -> list[dict]:
+    """Per-chain starting points near the no-pooling fit (dummy least squares), jittered.
+
+    NUTS warm-up from PyMC's default start (the prior's centre, jittered) can begin where the
+    gaussian likelihood's gradient is ~1e5 (thousands of rows, sigma far off): early trees then
+    hit the maximum depth and warm-up dominates the run. Starting near the data avoids that.
+    """
+    if md is None:
+        return [{} for _ in range(chains)]
+    d = structure.size
+    u = np.linalg.lstsq(md.M + 1e-8 * np.trace(md.M) / d * np.eye(d), md.Wty, rcond=None)[0]
+    rss = md.yty - 2 * u @ md.Wty + u @ md.M @ u
+    rank = np.linalg.matrix_rank(md.M)
+    sigma0 = float(np.sqrt(max(rss, 1e-12) / max(md.n - rank, 1)))
+    rng = np.random.default_rng([seed, 7])
+    out = []
+    for _ in range(chains):
+        jit = lambda v: float(v * np.exp(rng.uniform(-0.2, 0.2)))  # noqa: E731
+        # sigma's posterior SD on the log scale is ~1/sqrt(2n): jitter it by about two of those, not 20%
+        start: dict = {"sigma": float(sigma0 * np.exp(rng.uniform(-2, 2) / np.sqrt(2 * md.n)))}
+        for t in structure.terms:
+            block = u[t.offset : t.offset + t.size].reshape(t.n_groups, t.k)
+            sd0 = np.maximum(block.std(axis=0) if t.n_groups > 1 else np.abs(block[0]), 0.05 * sigma0)
+            if t.correlated:
+                chol = np.diag([jit(v) for v in sd0])
+                start[f"chol_{t.name}"] = chol[np.tril_indices(t.k)]
+            else:
+                for j, v in enumerate(sd0):
+                    start[f"sd_{t.name}_{j}"] = jit(v)
+        names = structure.sampled_beta if likelihood == "marginal" else np.arange(structure.p)
+        for i, j in enumerate(names):
+            start[f"beta_{i}"] = float(u[j])
+        out.append(start)
+    return out
+
+
+def _sample(model, options: OPTIONS, sampler: str, initvals: list[dict]):
+    import pymc as pm
+
+    cores = options.cores or min(options.chains, os.cpu_count() or 1)
+    kwargs: dict = {}
+    if sampler == "numpyro":
+        # vectorised chains: parallel chains each hold a copy of the data (memory blew up at 50k)
+        kwargs["nuts_sampler_kwargs"] = {"chain_method": "vectorized", "nuts_kwargs": {"max_tree_depth": options.max_treedepth}}
+    elif sampler == "pymc":
+        kwargs["nuts"] = {"max_treedepth": options.max_treedepth}
+        kwargs["blas_cores"] = cores  # one BLAS thread per chain process
+    if sampler == "pymc" and initvals and initvals[0]:
+        kwargs["initvals"] = initvals
+        kwargs["init"] = "adapt_diag"  # jitter is in the initial values already
+    with model:
+        return pm.sample(
+            draws=options.draws,
+            tune=options.tune,
+            chains=options.chains,
+            cores=cores,
+            target_accept=options.target_accept,
+            random_seed=options.seed,
+            progressbar=options.progressbar,
+            nuts_sampler=sampler,
+            compute_convergence_checks=False,
+            **kwargs,
+        )
+
+
+def _posterior_arrays(idata, structure: BayesStructure, likelihood: str) -> dict[str, np.ndarray]:
+    """Flatten chains: sigma, Λ_t per term, sampled betas, and (non-marginal) b draws."""
+    post = idata.posterior
+    flat = lambda name: np.asarray(post[name]).reshape(-1, *post[name].shape[2:])  # noqa: E731
+    out: dict[str, np.ndarray] = {}
+    out["sigma"] = flat("sigma") if structure.family == "gaussian" else None
+    lambdas = []
+    for t in structure.terms:
+        if t.correlated:
+            packed = flat(f"chol_{t.name}")
+            L = np.zeros((packed.shape[0], t.k, t.k))
+            L[:, *np.tril_indices(t.k)] = packed
+            lambdas.append(L)
+        else:
+            sds = np.stack([flat(f"sd_{t.name}_{j}") for j in range(t.k)], axis=1)
+            lambdas.append(np.einsum("sj,jk->sjk", sds, np.eye(t.k)))
+    out["lambdas"] = lambdas
+    if likelihood == "marginal":
+        out["beta_S"] = np.stack([flat(f"beta_{i}") for i in range(len(structure.sampled_beta))], axis=1) if len(structure.sampled_beta) else np.zeros((len(out["sigma"]), 0))
+    else:
+        beta = np.stack([flat(f"beta_{i}") for i in range(structure.p)], axis=1) if structure.p else None
+        bs = [np.einsum("sgk,sjk->sgj", flat(f"z_{t.name}"), lam) for t, lam in zip(structure.terms, lambdas)]
+        out["beta"], out["b"] = beta, bs
+    return out
+
+
+def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BayesFit:
+    """Sample the posterior with NUTS and wrap it in the result contract."""
+    structure0 = make_structure(design, marginal=True)
+    likelihood = choose_likelihood(structure0, options.likelihood)
+    structure = structure0 if likelihood == "marginal" else make_structure(design, marginal=False)
+    sampler = choose_sampler(options.sampler, likelihood)
+    if options.new_groups not in ("parent", "sample"):
+        raise EngineError(f"Option 'new_groups' must be 'parent' or 'sample'; got {options.new_groups!r}.")
+    ordered = canonical_rows(design)  # the same draws whatever the input row order
+    md = marginal_data(structure, sufficient_stats(ordered)) if likelihood in ("marginal", "suffstats") else None
+    from threadpoolctl import threadpool_limits
+
+    # Small dense algebra: BLAS threads only contend (37x slower per gradient measured on 2 busy cores).
+    with threadpool_limits(1):
+        t0 = time.perf_counter()
+        model = build_model(ordered, structure, likelihood, md)
+        inits = initial_values(structure, md, likelihood, options.chains, options.seed)
+        idata = _sample(model, options, sampler, inits)
+        sampling_seconds = time.perf_counter() - t0
+        arrays = _posterior_arrays(idata, structure, likelihood)
+        return _assemble(design, structure, md, arrays, idata, options, likelihood, sampler, sampling_seconds)
+
+
+def _assemble(design, structure, md, arrays, idata, options, likelihood, sampler, sampling_seconds) -> BayesFit:
+    return assemble_fit(
+        engine="pymc",
+        design=design,
+        structure=structure,
+        md=md,
+        arrays=arrays,
+        sample_stats=idata.sample_stats,
+        shape=(options.chains, options.draws),
+        seed=options.seed,
+        new_groups=options.new_groups,
+        log_likelihood=options.log_likelihood,
+        posterior_predictive=options.posterior_predictive,
+        info={"likelihood": likelihood, "sampler": sampler, "sampling_seconds": sampling_seconds},
+    )

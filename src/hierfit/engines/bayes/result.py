@@ -1,0 +1,252 @@
+"""Posterior draws -> InferenceData and the result contract, shared by ``pymc`` and ``stan``.
+
+Both engines hand over the same arrays (sigma, ``Λ_t`` per term, and either sampled
+coefficients or what the marginal model needs to draw them), so the two produce identical
+variable names: ``beta[coef]``, ``r_<term>[group, coef]``, ``sd_<term>[coef]``,
+``cor_<term>[coef, coef_]`` (correlated terms), ``sigma``.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hierfit.design import Design
+from hierfit.engines.base import VARIANCE_COLUMNS, LinearEngineFit
+from hierfit.engines.bayes.diagnostics import sampler_diagnostics
+from hierfit.engines.bayes.marginal import MarginalData, conditional_draws
+from hierfit.engines.bayes.structure import BayesStructure
+from hierfit.results.layout import ParameterLayout
+from hierfit.spec import get_family
+
+#: above this many draws × rows the pointwise log-likelihood is skipped unless asked for
+LOG_LIK_LIMIT = 50_000_000
+
+
+class BayesFit(LinearEngineFit):
+    """Posterior of a Bayesian engine: contract tables from the draws, InferenceData as ``native()``."""
+
+    idata = None
+    info: dict
+    prior_lines: list[str]
+    new_groups: str = "sample"
+    lambda_draws: list[np.ndarray]
+
+    def native(self):
+        """The ArviZ InferenceData (posterior, sample_stats, observed_data, log_likelihood, ...)."""
+        return self.idata
+
+    def summary_lines(self) -> list[str]:
+        info = self.info
+        lines = [
+            f"sampling: {info.get('sampler')} NUTS, likelihood '{info.get('likelihood')}', "
+            f"{info.get('chains')} chains x {info.get('draws')} draws, {info.get('sampling_seconds', float('nan')):.1f} s",
+        ]
+        if not info.get("log_likelihood"):
+            lines.append("pointwise log-likelihood not stored (refit with log_likelihood=True for LOO/WAIC)")
+        return lines + self.prior_lines
+
+    # persistence: InferenceData as netCDF beside a pickle of the rest
+    def save(self, directory: Path) -> None:
+        idata, self.idata = self.idata, None
+        try:
+            with open(directory / "engine.pkl", "wb") as fh:
+                pickle.dump(self, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        finally:
+            self.idata = idata
+        if idata is not None:
+            idata.to_netcdf(str(directory / "posterior.nc"), engine="h5netcdf")
+
+    @classmethod
+    def load(cls, directory: Path) -> BayesFit:
+        import arviz as az
+
+        with open(directory / "engine.pkl", "rb") as fh:
+            fit = pickle.load(fh)
+        nc = directory / "posterior.nc"
+        if nc.exists():
+            idata = az.from_netcdf(str(nc), engine="h5netcdf")
+            for group in idata.groups():
+                getattr(idata, group).load()  # read into memory: the file can then be moved or deleted
+            fit.idata = idata
+        return fit
+
+    # unseen groups: "sample" draws each one's effect from the group distribution of every
+    # posterior draw (the Bayesian predictive); "parent" gives the parent's interval alone.
+    def new_group_sd(self, design: Design) -> np.ndarray:
+        if self.new_groups == "parent":
+            return np.zeros(design.n)
+        return super().new_group_sd(design)
+
+    def _draw_interval(self, design: Design, kind: str, alpha: float, family) -> tuple[np.ndarray, np.ndarray]:
+        unseen = any((design.group_index[t.level] < 0).any() for t in design.terms)
+        if self.new_groups != "sample" or not unseen:
+            return super()._draw_interval(design, kind, alpha, family)
+        from hierfit.engines.base import _sample_outcome
+
+        rng = np.random.default_rng(self.seed + 1)
+        lower, upper = np.empty(design.n), np.empty(design.n)
+        chunk = max(1, 2_000_000 // max(len(self.draws), 1))
+        for start in range(0, design.n, chunk):
+            rows = slice(start, min(start + chunk, design.n))
+            eta = self.layout.eta_draws(design, self.draws, rows)
+            for td, lam in zip(design.terms, self.lambda_draws):
+                new = np.flatnonzero(design.group_index[td.level][rows] < 0)
+                if new.size:
+                    # one fresh effect per posterior draw and row: b = Λ_s ε (rows' intervals are marginal)
+                    eps = rng.standard_normal((len(lam), new.size, lam.shape[1]))
+                    b_new = np.einsum("sjk,snk->snj", lam, eps)
+                    eta[:, new] += np.einsum("snj,nj->sn", b_new, td.Z[rows][new])
+            mu = family.inverse_link(eta)
+            if kind == "prediction":
+                mu = _sample_outcome(family.name, mu, self.sigma_draws, rng)
+            lower[rows], upper[rows] = np.quantile(mu, [alpha, 1 - alpha], axis=0)
+        return lower, upper
+
+
+def sd_cor(lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SDs (S, k) and correlation matrices (S, k, k) from ``Λ = diag(sd) L`` draws."""
+    cov = lam @ np.swapaxes(lam, 1, 2)
+    sd = np.sqrt(np.einsum("sjj->sj", cov))
+    cor = cov / (sd[:, :, None] * sd[:, None, :])
+    return sd, cor
+
+
+def _posterior_dataset(design: Design, structure: BayesStructure, flat: np.ndarray, arrays: dict, shape: tuple[int, int]):
+    import xarray as xr
+
+    chains, draws = shape
+    layout = ParameterLayout.from_design(design)
+    beta, bs = layout.unflatten(flat)
+    coords: dict = {"chain": np.arange(chains), "draw": np.arange(draws), "coef": list(structure.x_names)}
+    data = {"beta": (("chain", "draw", "coef"), beta.reshape(chains, draws, -1))}
+    for t, b, lam in zip(structure.terms, bs, arrays["lambdas"]):
+        coords[f"{t.name}_group"] = list(design.hierarchy.level(t.level).groups)
+        coords[f"{t.name}_coef"] = list(t.coefficients)
+        data[f"r_{t.name}"] = (("chain", "draw", f"{t.name}_group", f"{t.name}_coef"), b.reshape(chains, draws, t.n_groups, t.k))
+        sd, cor = sd_cor(lam)
+        data[f"sd_{t.name}"] = (("chain", "draw", f"{t.name}_coef"), sd.reshape(chains, draws, t.k))
+        if t.correlated:
+            coords[f"{t.name}_coef_"] = list(t.coefficients)
+            data[f"cor_{t.name}"] = (("chain", "draw", f"{t.name}_coef", f"{t.name}_coef_"), cor.reshape(chains, draws, t.k, t.k))
+    if arrays.get("sigma") is not None:
+        data["sigma"] = (("chain", "draw"), arrays["sigma"].reshape(chains, draws))
+    return xr.Dataset(data, coords=coords)
+
+
+def _pointwise(design: Design, layout: ParameterLayout, flat: np.ndarray, sigma, family: str, shape, rng=None):
+    """Pointwise log-likelihood draws, or replicated outcomes when ``rng`` is given."""
+    from scipy import stats
+
+    from hierfit.engines.base import _sample_outcome
+
+    out = np.empty((len(flat), design.n))
+    fam = get_family(family)
+    chunk = max(1, 5_000_000 // max(len(flat), 1))
+    for start in range(0, design.n, chunk):
+        rows = slice(start, min(start + chunk, design.n))
+        eta = layout.eta_draws(design, flat, rows)
+        if rng is not None:
+            out[:, rows] = _sample_outcome(family, fam.inverse_link(eta), sigma, rng)
+        elif family == "gaussian":
+            out[:, rows] = stats.norm.logpdf(design.y[rows], eta, sigma[:, None])
+        elif family == "bernoulli":
+            # log-sigmoid on the link scale: no log(0) for confident predictions
+            out[:, rows] = -np.logaddexp(0.0, np.where(design.y[rows] > 0.5, -eta, eta))
+        else:
+            out[:, rows] = stats.poisson.logpmf(design.y[rows], np.exp(eta))
+    return out.reshape(*shape, design.n)
+
+
+def variance_table(structure: BayesStructure, lambdas: list[np.ndarray], sigma: np.ndarray | None) -> pd.DataFrame:
+    """Posterior means of SDs, correlations and covariances (lme4's VarCorr schema)."""
+    rows = []
+    for t, lam in zip(structure.terms, lambdas):
+        sd, cor = sd_cor(lam)
+        for j, c in enumerate(t.coefficients):
+            rows.append({"level": t.level, "term1": c, "term2": "", "variance": float((sd[:, j] ** 2).mean()), "sd_or_corr": float(sd[:, j].mean())})
+        if t.correlated:
+            for i in range(t.k):
+                for j in range(i + 1, t.k):
+                    cov = sd[:, i] * sd[:, j] * cor[:, i, j]
+                    rows.append({"level": t.level, "term1": t.coefficients[i], "term2": t.coefficients[j], "variance": float(cov.mean()), "sd_or_corr": float(cor[:, i, j].mean())})
+    if sigma is not None:
+        rows.append({"level": "residual", "term1": "", "term2": "", "variance": float((sigma**2).mean()), "sd_or_corr": float(sigma.mean())})
+    return pd.DataFrame(rows, columns=VARIANCE_COLUMNS)
+
+
+def assemble_fit(
+    *,
+    engine: str,
+    design: Design,
+    structure: BayesStructure,
+    md: MarginalData | None,
+    arrays: dict,
+    sample_stats,
+    shape: tuple[int, int],
+    seed: int,
+    new_groups: str,
+    log_likelihood: bool | None,
+    posterior_predictive: bool,
+    info: dict,
+    max_treedepth: int = 10,
+) -> BayesFit:
+    """Turn an engine's posterior arrays into a :class:`BayesFit` with its InferenceData.
+
+    ``arrays`` holds ``sigma`` (S,) or None, ``lambdas`` (list of (S, k, k)), and either
+    ``beta_S`` (marginal model: effects are drawn here from their exact conditional posterior)
+    or ``beta`` (S, p) and ``b`` (list of (S, g, k)).
+    """
+    import arviz as az
+    import xarray as xr
+
+    rng = np.random.default_rng([seed, 20260511])
+    layout = ParameterLayout.from_design(design)
+    sigma = arrays.get("sigma")
+    if "beta_S" in arrays:
+        flat = conditional_draws(md, structure, sigma, arrays["lambdas"], arrays["beta_S"], rng)
+    else:
+        flat = layout.flatten(arrays["beta"], arrays["b"])
+    posterior = _posterior_dataset(design, structure, flat, arrays, shape)
+    groups = {"posterior": posterior, "sample_stats": sample_stats}
+    groups["observed_data"] = xr.Dataset({"y": (("obs",), design.y)})
+    store_ll = log_likelihood if log_likelihood is not None else len(flat) * design.n <= LOG_LIK_LIMIT
+    if store_ll:
+        ll = _pointwise(design, layout, flat, sigma, structure.family, shape)
+        groups["log_likelihood"] = xr.Dataset({"y": (("chain", "draw", "obs"), ll)})
+    if posterior_predictive:
+        yrep = _pointwise(design, layout, flat, sigma, structure.family, shape, rng=rng)
+        groups["posterior_predictive"] = xr.Dataset({"y": (("chain", "draw", "obs"), yrep)})
+    idata = az.InferenceData(**groups)
+    diagnostics = sampler_diagnostics(idata, structure, max_treedepth=max_treedepth)
+    mean = flat.mean(axis=0)
+    beta, b = layout.unflatten(mean)
+    table = variance_table(structure, arrays["lambdas"], sigma)
+    n_draws = len(flat)
+    stats_out = {"n_obs": float(design.n), "n_draws": float(n_draws), "sampling_seconds": float(info.get("sampling_seconds", np.nan))}
+    if "compile_seconds" in info:
+        stats_out["compile_seconds"] = float(info["compile_seconds"])
+    if sigma is not None:
+        stats_out["sigma"] = float(sigma.mean())
+    fit = BayesFit(
+        engine=engine,
+        design=design,
+        beta=beta,
+        b=b,
+        sigma=float(sigma.mean()) if sigma is not None else None,
+        variance_table=table,
+        draws=flat,
+        sigma_draws=sigma,
+        statistics=stats_out,
+        diagnostics=diagnostics,
+        seed=seed,
+    )
+    fit.idata = idata
+    fit.info = {**info, "chains": shape[0], "draws": shape[1], "log_likelihood": bool(store_ll)}
+    fit.prior_lines = structure.priors.lines(structure.x_names, structure.term_labels())
+    fit.new_groups = new_groups
+    fit.lambda_draws = [np.asarray(l) for l in arrays["lambdas"]]
+    return fit

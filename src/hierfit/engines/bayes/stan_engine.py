@@ -1,0 +1,255 @@
+"""Engine ``stan``: the ``pymc`` engine's model as generated Stan code, compiled and sampled by PyStan.
+
+PyStan (httpstan wheels) compiles offline; compiled models are cached on disk by httpstan
+under a hash of the program text, so a second fit of the same spec -- even on other data,
+since priors are passed as data -- does not recompile (``info["compiled"]`` says whether
+this fit compiled). PyStan runs its own asyncio event loop; inside a running loop (Jupyter)
+this engine runs it on a worker thread, so no ``nest_asyncio`` is needed.
+
+Examples
+--------
+>>> import hierfit
+>>> sim = hierfit.simulate(n_markets=4, n_submarkets=3, rows_per_submarket=20, seed=1)
+>>> fit = hierfit.fit(sim.formula, sim.data, engine="stan", draws=200, tune=200, chains=2,
+...                   progressbar=False, checks={"few_groups": "ignore", "ess": "ignore"})
+>>> sorted(fit.native().posterior.data_vars)[:3]
+['beta', 'cor_market', 'r_market']
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import importlib.metadata
+import sys
+import tempfile
+import time
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from hierfit.design import Design
+from hierfit.engines.bayes.result import BayesFit, assemble_fit
+from hierfit.engines.bayes.stancode import stan_code, stan_data
+from hierfit.engines.bayes.structure import canonical_rows, make_structure
+from hierfit.exceptions import ConvergenceError, EngineError
+from hierfit.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class OPTIONS:
+    """Options of the ``stan`` engine (names as the ``pymc`` engine's).
+
+    Attributes
+    ----------
+    draws, tune, chains
+        Post-warm-up draws and warm-up iterations per chain, number of chains.
+    target_accept
+        Stan's ``adapt_delta``; raise toward 0.99 if divergences are reported.
+    max_treedepth
+        NUTS maximum tree depth.
+    seed
+        Stan's random seed: same seed, same draws.
+    likelihood
+        ``"auto"``/``"marginal"`` (gaussian: effects integrated out) or ``"rows"``.
+    progressbar
+        Show Stan's progress messages.
+    new_groups, log_likelihood, posterior_predictive
+        As for the ``pymc`` engine.
+    """
+
+    draws: int = 1000
+    tune: int = 1000
+    chains: int = 4
+    target_accept: float = 0.9
+    max_treedepth: int = 10
+    seed: int = 0
+    likelihood: Literal["auto", "marginal", "rows"] = "auto"
+    progressbar: bool = True
+    new_groups: Literal["parent", "sample"] = "sample"
+    log_likelihood: bool | None = None
+    posterior_predictive: bool = False
+
+
+FAST_OPTIONS: dict = {"draws": 300, "tune": 300, "chains": 2, "progressbar": False}
+
+
+def _import_stan():
+    """Import pystan; it still imports ``pkg_resources`` (gone from setuptools >= 81): shim it."""
+    try:
+        import pkg_resources  # noqa: F401
+    except ImportError:
+        shim = types.ModuleType("pkg_resources")
+        shim.EntryPoint = importlib.metadata.EntryPoint  # type: ignore[attr-defined]
+        shim.iter_entry_points = lambda group: iter(importlib.metadata.entry_points(group=group))  # type: ignore[attr-defined]
+        sys.modules["pkg_resources"] = shim
+    import stan
+
+    return stan
+
+
+def _run(fn, *args, **kwargs):
+    """Call a pystan function, on a worker thread when an event loop already runs here (Jupyter)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn(*args, **kwargs)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
+
+
+def is_compiled(code: str) -> bool:
+    """Whether httpstan's cache holds this program completely (the next build will not compile)."""
+    _import_stan()
+    import httpstan.cache
+    import httpstan.models
+
+    name = httpstan.models.calculate_model_name(code)
+    if name not in set(httpstan.cache.list_model_names()):
+        return False
+    # an interrupted compilation leaves the module without its compiler log, which httpstan then fails to read
+    return (httpstan.cache.model_directory(name) / "stderr.log").exists()
+
+
+def compile_program(code: str) -> bool:
+    """Compile ``code`` into httpstan's cache unless it is there; return whether it compiled.
+
+    Done here rather than through ``stan.build``: pystan's HTTP client gives up after 5
+    minutes (easily reached on a busy machine) and leaves a half-written cache entry.
+    """
+    if is_compiled(code):
+        return False
+    import fcntl
+
+    import httpstan.cache
+    import httpstan.models
+
+    name = httpstan.models.calculate_model_name(code)
+    lock = httpstan.cache.cache_directory() / f"hierfit-{name.split('/')[-1]}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as fh:
+        # one compilation per program at a time (parallel test workers, several sessions)
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        if is_compiled(code):
+            return False
+        _compile_locked(code, name)
+    return True
+
+
+def _compile_locked(code: str, name: str) -> None:
+    import importlib.resources
+    import subprocess
+
+    import httpstan.cache
+    import httpstan.models
+
+    httpstan.cache.delete_model_directory(name)
+    with importlib.resources.path("httpstan", "stanc") as stanc, tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.stan"
+        path.write_text(code)
+        done = subprocess.run([stanc, "--name", f"model_{name.split('/')[1]}", "--o", str(Path(tmp) / "m.hpp"), str(path)],
+                              capture_output=True, timeout=600)
+    if done.returncode != 0:
+        raise EngineError(f"stanc rejected the generated program: {done.stderr.decode().strip()}. Print it with stan_code(spec) and report it.")
+    httpstan.cache.dump_stanc_warnings(done.stderr.decode(), name)
+    output = _run(lambda: asyncio.run(httpstan.models.build_services_extension_module(code)))
+    httpstan.cache.dump_services_extension_module_compiler_output(output, name)
+
+
+def build(code: str, data: dict, seed: int):
+    """Compile (or fetch from the cache) and bind data; returns ``(model, compiled, seconds)``."""
+    stan = _import_stan()
+    t0 = time.perf_counter()
+    compiled = compile_program(code)
+    try:
+        model = _run(stan.build, code, data=data, random_seed=int(seed) + 1)
+    except (ValueError, RuntimeError) as exc:
+        raise EngineError(f"Stan could not build the generated program: {exc}. Print it with stan_code(spec) and report it.") from None
+    return model, compiled, time.perf_counter() - t0
+
+
+def _draws(fit, name: str, chains: int, draws: int) -> np.ndarray:
+    """pystan's (dims..., draws*chains) with draw-major interleaving -> (chains*draws, dims...)."""
+    x = np.asarray(fit[name])
+    dims = x.shape[:-1]
+    x = x.reshape(*dims, draws, chains)
+    x = np.moveaxis(x, (-1, -2), (0, 1))
+    return x.reshape(chains * draws, *dims)
+
+
+def _sample_stats(fit, chains: int, draws: int):
+    import xarray as xr
+
+    names = {"divergent__": "diverging", "treedepth__": "tree_depth", "lp__": "lp", "accept_stat__": "acceptance_rate",
+             "stepsize__": "step_size", "n_leapfrog__": "n_steps"}
+    data = {}
+    for raw, nice in names.items():
+        v = _draws(fit, raw, chains, draws).reshape(chains, draws)
+        data[nice] = (("chain", "draw"), v.astype(bool) if nice == "diverging" else v)
+    return xr.Dataset(data, coords={"chain": np.arange(chains), "draw": np.arange(draws)})
+
+
+def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BayesFit:
+    """Generate, compile (cached), sample, and wrap the posterior in the result contract."""
+    if options.likelihood not in ("auto", "marginal", "rows"):
+        raise EngineError(f"Option 'likelihood' must be one of: auto, marginal, rows. Got {options.likelihood!r}.")
+    if options.new_groups not in ("parent", "sample"):
+        raise EngineError(f"Option 'new_groups' must be 'parent' or 'sample'; got {options.new_groups!r}.")
+    marginal = spec.family == "gaussian" and options.likelihood != "rows"
+    code = stan_code(spec, likelihood=options.likelihood)
+    data = stan_data(canonical_rows(design), likelihood=options.likelihood)  # same draws whatever the row order
+    structure = make_structure(design, marginal=marginal)
+    model, compiled, build_seconds = build(code, data, options.seed)
+    iters = options.tune + options.draws
+    t0 = time.perf_counter()
+    try:
+        fit_ = _run(
+            model.sample,
+            num_chains=options.chains,
+            num_samples=options.draws,
+            num_warmup=options.tune,
+            delta=options.target_accept,
+            max_depth=options.max_treedepth,
+            refresh=max(1, iters // 10) if options.progressbar else iters + 1,
+        )
+    except RuntimeError as exc:
+        raise ConvergenceError(f"Stan sampling failed: {exc}. Check the data for extreme values or set tighter priors.") from None
+    sampling_seconds = time.perf_counter() - t0
+    C, S = options.chains, options.draws
+    lambdas = []
+    for t in structure.terms:
+        sd = _draws(fit_, f"sd_{t.name}", C, S)
+        L = _draws(fit_, f"L_{t.name}", C, S) if t.correlated else np.broadcast_to(np.eye(t.k), (C * S, t.k, t.k))
+        lambdas.append(sd[:, :, None] * L)
+    arrays = {
+        "sigma": _draws(fit_, "sigma", C, S).reshape(-1) if spec.family == "gaussian" else None,
+        "lambdas": lambdas,
+        "beta": _draws(fit_, "beta", C, S),
+        "b": [_draws(fit_, f"r_{t.name}", C, S) for t in structure.terms],
+    }
+    result = assemble_fit(
+        engine="stan",
+        design=design,
+        structure=structure,
+        md=None,
+        arrays=arrays,
+        sample_stats=_sample_stats(fit_, C, S),
+        shape=(C, S),
+        seed=options.seed,
+        new_groups=options.new_groups,
+        log_likelihood=options.log_likelihood,
+        posterior_predictive=options.posterior_predictive,
+        info={
+            "likelihood": "marginal" if marginal else "rows",
+            "sampler": "stan",
+            "sampling_seconds": sampling_seconds,
+            "compile_seconds": build_seconds,
+            "compiled": compiled,
+        },
+        max_treedepth=options.max_treedepth,
+    )
+    result.stan_code = code
+    return result
