@@ -72,7 +72,10 @@ def test_missing_data_file(runner, tmp_path) -> None:
 
 
 def test_stancode_prints_the_program_and_its_data(runner, tmp_path) -> None:
-    pytest.importorskip("stan", reason="the stan engine needs: pip install 'hierfit[stan]'")
+    import hierfit
+
+    if not hierfit.ENGINES["stan"].available:
+        pytest.skip("the stan engine needs: pip install 'hierfit[stan]'")
     data = tmp_path / "d.csv"
     runner.invoke(main, ["simulate", "--out", str(data), "--n-markets", "5", "--n-submarkets", "2", "--rows", "5"])
     res = runner.invoke(main, ["stancode", str(data), "--formula", FORMULA, "--data-out", str(tmp_path / "data.json")])
