@@ -232,6 +232,10 @@ def _response(spec: ModelSpec, data: pd.DataFrame) -> np.ndarray:
 
 
 def _term_columns(term: GroupTerm, data: pd.DataFrame) -> np.ndarray:
+    if term.intercept and not term.slopes:
+        # a read-only view of one 1.0: intercept-only terms (most levels of a deep tree) cost
+        # no memory per row
+        return np.broadcast_to(np.ones((1, 1)), (len(data), 1))
     cols = []
     if term.intercept:
         cols.append(np.ones(len(data)))
