@@ -11,6 +11,9 @@ import hierfit  # noqa: E402
 
 REFERENCE_FORMULA = "y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)"
 
+#: fast engines with no optional dependencies, for tests of comparison and reports
+QUICK_ENGINES = ["ols", "mixed"]
+
 
 @pytest.fixture(scope="session")
 def reference_sim() -> hierfit.Simulation:

@@ -9,18 +9,7 @@ import pytest
 import hierfit
 from hierfit.engines import ENGINES
 
-
-def engines_for_tests() -> list[str]:
-    """``ols`` plus ``mixed`` when it is registered and imports (it is fast)."""
-    names = ["ols"]
-    entry = ENGINES.get("mixed")
-    if entry is not None and entry.available:
-        try:
-            entry.load()
-            names.append("mixed")
-        except Exception:
-            pass
-    return names
+from ..conftest import QUICK_ENGINES
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +21,7 @@ def small_sim():
 def submarket_comparison(small_sim):
     from hierfit.evaluate import compare
 
-    names = engines_for_tests()
+    names = QUICK_ENGINES
     options = {n: dict(getattr(ENGINES[n].load(), "FAST_OPTIONS", {})) for n in names}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

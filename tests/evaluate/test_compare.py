@@ -11,7 +11,6 @@ from hierfit.evaluate import Comparison, compare
 from hierfit.evaluate.comparison import SUMMARY_COLUMNS
 from hierfit.exceptions import EngineError
 
-from .conftest import engines_for_tests
 
 
 def test_every_row_is_predicted_once_per_engine_out_of_fold(submarket_comparison, small_sim):
@@ -88,8 +87,6 @@ def test_time_budget_skips_cross_validation_but_keeps_the_fit(small_sim):
 
 
 def test_time_budget_stops_further_full_fits_after_the_first(small_sim):
-    if "mixed" not in engines_for_tests():
-        pytest.skip("needs a second engine ('mixed')")
     two = compare(small_sim.formula, small_sim.data, engines=["ols", "mixed"], cv="kfold:3", time_budget=0.0, progress=False)
     assert list(two.fits) == ["ols"]  # the first engine is always fitted
     assert any(n.startswith("mixed: not fitted: 0 s of the 0 s budget were left at its turn") for n in two.notes)

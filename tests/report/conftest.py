@@ -13,17 +13,7 @@ import pytest  # noqa: E402
 import hierfit  # noqa: E402
 from hierfit.engines import ENGINES  # noqa: E402
 
-
-def _engines() -> list[str]:
-    names = ["ols"]
-    entry = ENGINES.get("mixed")
-    if entry is not None and entry.available:
-        try:
-            entry.load()
-            names.append("mixed")
-        except Exception:
-            pass
-    return names
+from ..conftest import QUICK_ENGINES  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +25,7 @@ def report_sim():
 def report_comparison(report_sim):
     from hierfit.evaluate import compare
 
-    names = _engines()
+    names = QUICK_ENGINES
     options = {n: dict(getattr(ENGINES[n].load(), "FAST_OPTIONS", {})) for n in names}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
