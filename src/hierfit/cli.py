@@ -227,7 +227,7 @@ def compare(data, formula, engines, cv, folds, out, family, national, options, f
     per_engine: dict[str, dict[str, object]] = {}
     if fast:
         for name in names or available_engines():
-            per_engine[name] = dict(getattr(get_engine(name).load(), "FAST_OPTIONS", {}) or {})
+            per_engine[name] = get_engine(name).fast_options()
     for pair in options:
         target, dot, rest = pair.partition(".")
         if not dot:

@@ -51,7 +51,7 @@ def demo_options(name: str) -> dict[str, Any]:
     {}
     """
     module = ENGINES[name].load()
-    options = dict(getattr(module, "FAST_OPTIONS", {}) or {})
+    options = ENGINES[name].fast_options()
     options.update(DEMO_OPTIONS.get(name, {}))
     known = {f.name for f in dataclasses.fields(module.OPTIONS)} if dataclasses.is_dataclass(module.OPTIONS) else set(options)
     return {k: v for k, v in options.items() if k in known}

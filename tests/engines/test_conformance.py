@@ -26,7 +26,7 @@ def _engine_fit(name: str, data: pd.DataFrame):
     entry = ENGINES[name]
     if not entry.available:
         pytest.skip(f"engine {name!r} not installed: pip install 'hierfit[{entry.extra or name}]'")
-    options = dict(getattr(entry.load(), "FAST_OPTIONS", {}))
+    options = entry.fast_options()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HierfitWarning)
         return hierfit.fit(FORMULA, data, engine=name, national="United_state", **options)

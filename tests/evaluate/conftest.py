@@ -22,7 +22,7 @@ def submarket_comparison(small_sim):
     from hierfit.evaluate import compare
 
     names = QUICK_ENGINES
-    options = {n: dict(getattr(ENGINES[n].load(), "FAST_OPTIONS", {})) for n in names}
+    options = {n: ENGINES[n].fast_options() for n in names}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return compare(

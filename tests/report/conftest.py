@@ -26,7 +26,7 @@ def report_comparison(report_sim):
     from hierfit.evaluate import compare
 
     names = QUICK_ENGINES
-    options = {n: dict(getattr(ENGINES[n].load(), "FAST_OPTIONS", {})) for n in names}
+    options = {n: ENGINES[n].fast_options() for n in names}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return compare(report_sim.formula, report_sim.data, engines=names, cv="submarket:3", national="United_state", truth=report_sim.truth, options=options, progress=False)

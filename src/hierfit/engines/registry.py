@@ -75,6 +75,10 @@ class EngineEntry:
             )
         return importlib.import_module(self.module)
 
+    def fast_options(self) -> dict[str, object]:
+        """A copy of the engine module's ``FAST_OPTIONS`` (quick-fit settings; empty if none)."""
+        return dict(getattr(self.load(), "FAST_OPTIONS", None) or {})
+
 
 ENGINES: dict[str, EngineEntry] = {
     "ols": EngineEntry(

@@ -230,7 +230,7 @@ def _fit_engine(frame: pd.DataFrame, name: str, variant: str, seed: int, echo, l
         echo(f"[{label}] {name}: skipped (pip install 'hierfit[{entry.extra or name}]')")
         return None
     module = entry.load()
-    options = dict(getattr(module, "FAST_OPTIONS", {}))
+    options = entry.fast_options()
     if "seed" in {f for f in getattr(module.OPTIONS, "__dataclass_fields__", {})}:
         options["seed"] = seed
     t0 = time.perf_counter()
