@@ -260,17 +260,7 @@ class LinearEngineFit(EngineFit):
 
     def layout_row_matrix(self, design: Design) -> sparse.csr_matrix:
         """Sparse ``R`` with ``eta = R @ theta`` for the rows of ``design``."""
-        n = design.n
-        blocks = [sparse.csr_matrix(design.X)]
-        for td, t in zip(design.terms, self.layout.terms):
-            idx = design.group_index[td.level]
-            known = idx >= 0
-            k = len(t.coefficients)
-            rows = np.repeat(np.arange(n)[known], k)
-            cols = (idx[known][:, None] * k + np.arange(k)).ravel()
-            vals = td.Z[known].ravel()
-            blocks.append(sparse.csr_matrix((vals, (rows, cols)), shape=(n, t.size)))
-        return sparse.hstack(blocks, format="csr")
+        return self.layout.row_matrix(design)
 
 
 def _term_covariance(table: pd.DataFrame, level: str, coefficients: tuple[str, ...]) -> np.ndarray | None:

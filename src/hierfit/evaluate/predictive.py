@@ -70,10 +70,10 @@ class Predictive:
         if self.method == "none":
             return np.full(len(y), np.nan)
         if self.method == "draws":
-            lp = _outcome_logpdf(self.family, y[None, :], self.mu_draws, self.sigma_draws)
+            lp = outcome_logpdf(self.family, y[None, :], self.mu_draws, self.sigma_draws)
             return special.logsumexp(lp, axis=0) - np.log(lp.shape[0])
         if self.method == "plugin":
-            return _outcome_logpdf(self.family, y[None, :], self.mean[None, :], None)[0]
+            return outcome_logpdf(self.family, y[None, :], self.mean[None, :], None)[0]
         return stats.t.logpdf(y, self.df, loc=self.mean, scale=self.scale)
 
     def cdf(self, y: np.ndarray) -> np.ndarray | None:
@@ -167,7 +167,15 @@ def _thin(n: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, MAX_DRAWS)).round().astype(int))
 
 
-def _outcome_logpdf(family: str, y: np.ndarray, mu: np.ndarray, sigma: np.ndarray | None) -> np.ndarray:
+def outcome_logpdf(family: str, y: np.ndarray, mu: np.ndarray, sigma: np.ndarray | None) -> np.ndarray:
+    """Log density of outcomes ``y`` at means ``mu`` (draws × rows); ``sigma`` one per draw (gaussian).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> outcome_logpdf("bernoulli", np.array([[1.0, 0.0]]), np.array([[0.5, 0.5]]), None).round(4)
+    array([[-0.6931, -0.6931]])
+    """
     if family == "gaussian":
         sd = np.ones(mu.shape[0]) if sigma is None else np.asarray(sigma)
         return stats.norm.logpdf(y, loc=mu, scale=sd[:, None])

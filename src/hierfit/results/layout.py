@@ -74,7 +74,30 @@ class ParameterLayout:
         b = [theta[..., t.offset : t.offset + t.size].reshape(*lead, t.n_groups, len(t.coefficients)) for t in self.terms]
         return theta[..., :p], b
 
-    # -- the two linear maps ------------------------------------------------------------
+    # -- the linear maps -------------------------------------------------------------------
+    def row_matrix(self, design: Design) -> sparse.csr_matrix:
+        """Sparse ``R`` with ``eta = R @ theta`` for the rows of ``design`` (unseen groups: 0).
+
+        Examples
+        --------
+        >>> import hierfit
+        >>> sim = hierfit.simulate(n_markets=3, n_submarkets=2, rows_per_submarket=5, seed=0)
+        >>> d = hierfit.build_design(hierfit.make_spec("y ~ x1 + (1 | market)"), sim.data)
+        >>> ParameterLayout.from_design(d).row_matrix(d).shape  # 2 population + 3 market columns
+        (30, 5)
+        """
+        n = design.n
+        blocks = [sparse.csr_matrix(design.X)]
+        for td, t in zip(design.terms, self.terms):
+            idx = design.group_index[td.level]
+            known = idx >= 0
+            k = len(t.coefficients)
+            rows = np.repeat(np.arange(n)[known], k)
+            cols = (idx[known][:, None] * k + np.arange(k)).ravel()
+            vals = td.Z[known].ravel()
+            blocks.append(sparse.csr_matrix((vals, (rows, cols)), shape=(n, t.size)))
+        return sparse.hstack(blocks, format="csr")
+
     def effect_map(self, hierarchy: Hierarchy) -> tuple[pd.DataFrame, sparse.csr_matrix]:
         """Rows describing every group effect, and ``M`` with ``effects = M @ theta``.
 
