@@ -66,8 +66,11 @@ def main() -> None:
         f"neural: {int(st['n_members'])} members, batch {int(st['batch_size'])}, "
         f"{st['seconds_per_epoch']:.2f} s/epoch wall (all members), {int(st['epochs_run'])} epochs run, "
         f"best epoch (mean) {st['epochs']:.1f}, training {st['train_seconds']:.1f} s wall, "
-        f"everything else (design, projection) {seconds - st['train_seconds']:.1f} s wall"
+        f"everything else (design, MLP gate, projection) {seconds - st['train_seconds']:.1f} s wall"
     )
+    if "nonlinear_kept" in st:
+        print(f"MLP {'kept' if st['nonlinear_kept'] else 'dropped'}: held-out gain {st['nonlinear_gain']:+.4f} "
+              f"± {st['nonlinear_gain_se']:.4f} log-density per row")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"load average at the end {load:.1f} (above the core count, wall times are inflated)")
     print(f"neural / {reference} fit time: {seconds / results[reference][0]:.1f}x wall")

@@ -205,11 +205,29 @@ def small_fit(small_sim):
     return _fit(small_sim.data, **FAST_OPTIONS)
 
 
-def test_deterministic_given_seed(small_sim, small_fit) -> None:
-    again = _fit(small_sim.data, **FAST_OPTIONS)
-    pd.testing.assert_frame_equal(again.predict(small_sim.data), small_fit.predict(small_sim.data))
-    other = _fit(small_sim.data, **{**FAST_OPTIONS, "seed": 1})
-    assert not np.allclose(other.predict(small_sim.data).prediction, small_fit.predict(small_sim.data).prediction)
+def test_deterministic_given_seed(small_sim) -> None:
+    """Same seed, same fit; another seed, another network (the MLP kept so the seed matters)."""
+    options = {**FAST_OPTIONS, "nonlinear": "always"}
+    first, again = _fit(small_sim.data, **options), _fit(small_sim.data, **options)
+    pd.testing.assert_frame_equal(again.predict(small_sim.data), first.predict(small_sim.data))
+    other = _fit(small_sim.data, **{**options, "seed": 1})
+    assert not np.allclose(other.predict(small_sim.data).prediction, first.predict(small_sim.data).prediction)
+    assert first.decompose(small_sim.data)["nonlinear"].abs().max() > 0
+
+
+def test_mlp_is_kept_only_where_it_predicts_held_out_rows_better(linear_case, nonlinear_case) -> None:
+    """Linear DGP: the MLP's held-out gain is noise, so it is dropped and the fit is the mixed
+    model (REML variances, exact conditional modes). Nonlinear DGP: the gain is many SEs."""
+    linear, nonlinear = linear_case["fits"]["neural"].statistics, nonlinear_case["fits"]["neural"].statistics
+    print(f"held-out gain per row: linear DGP {linear['nonlinear_gain']:+.4f} ± {linear['nonlinear_gain_se']:.4f}, "
+          f"nonlinear DGP {nonlinear['nonlinear_gain']:+.4f} ± {nonlinear['nonlinear_gain_se']:.4f}")
+    assert linear["nonlinear_kept"] == 0 and linear["nonlinear_gain"] < 2 * linear["nonlinear_gain_se"]
+    assert nonlinear["nonlinear_kept"] == 1 and nonlinear["nonlinear_gain"] > 5 * nonlinear["nonlinear_gain_se"]
+    test = linear_case["sim"].data[linear_case["holdout"]]
+    neural = linear_case["fits"]["neural"]
+    assert (neural.decompose(test)["nonlinear"] == 0).all()
+    if "mixed" in linear_case["fits"]:
+        np.testing.assert_allclose(neural.predict(test).prediction, linear_case["fits"]["mixed"].predict(test).prediction, atol=1e-6)
 
 
 def test_native_and_weights_only_persistence(small_sim, small_fit, tmp_path) -> None:
@@ -261,6 +279,7 @@ def test_glm_families(family) -> None:
         ("n_members", 0, "positive integer"),
         ("variance", "reml", "one of: joint, laplace"),
         ("hidden", "64", "tuple of positive layer widths"),
+        ("nonlinear", "never", "one of: auto, always"),
     ],
 )
 def test_bad_options_are_explained(small_sim, option, value, match) -> None:

@@ -32,6 +32,14 @@ from the nonlinear part. Predictions are unchanged, and the nonlinear part is wh
 hierarchical model cannot express -- so ``beta``, the group effects and the decomposition keep
 their mixed-model meaning.
 
+**The MLP must earn its place.** After the early-stopping run, the validation rows compare
+the network with its linear part alone (both solved exactly given the same variance
+components); the MLP is kept only when its held-out log-density gain exceeds two standard
+errors (``nonlinear="auto"``, see :mod:`hierfit.engines.neural._gate`). Otherwise the fit
+continues as the linear hierarchical model -- on linear data, exactly the mixed model's
+estimates -- instead of adding the small variance of a network fitted to noise.
+``statistics`` report ``nonlinear_gain``, ``nonlinear_gain_se`` and ``nonlinear_kept``.
+
 **Unseen groups** use their parent's values: their deviation is 0 (the base-class fallback)
 and their level's embedding is the prior mean 0, i.e. the MLP sees the parent's embeddings and
 a "typical child" at the unseen level.

@@ -13,6 +13,8 @@ part, for the fitting rows and for any new rows alike, so predictions are unchan
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 import torch
@@ -23,6 +25,9 @@ from hierfit.checks import Diagnostic
 from hierfit.design import Design
 from hierfit.engines.base import VARIANCE_COLUMNS
 from hierfit.engines.neural._model import HierEnsemble
+
+if TYPE_CHECKING:
+    from hierfit.engines.neural._gate import NonlinearGain
 from hierfit.engines.neural._options import OPTIONS, Settings
 from hierfit.engines.neural._posterior import likelihood_weights, polish, posterior_draws
 from hierfit.engines.neural._prep import Scaling, spread_factor
@@ -36,20 +41,11 @@ POSTERIOR_DRAWS = 200  # Gaussian draws of the linear part, shared out over the 
 
 
 def finish(design: Design, spec: ModelSpec, model: HierEnsemble, data, scaling: Scaling, settings: Settings,
-           options: OPTIONS, histories: list, diagnostics: list[Diagnostic]) -> NeuralFit:
+           options: OPTIONS, histories: list, diagnostics: list[Diagnostic], gain: NonlinearGain | None = None) -> NeuralFit:
     model = model.cpu().eval()
     M = model.n_members
-    s = scaling.y_scale
-    with torch.no_grad():
-        beta = model.beta.double().numpy() * s / scaling.x_scale
-        if INTERCEPT in design.x_names:
-            beta[:, design.x_names.index(INTERCEPT)] += scaling.y_center
-        b = [model.b[t].double().numpy() * s / zs for t, zs in enumerate(scaling.z_scale)]
-        covs = []
-        for t, zs in enumerate(scaling.z_scale):
-            L = model.cholesky(t).double().numpy() * s / zs[None, :, None]
-            covs.append(L @ L.transpose(0, 2, 1))  # members × k × k, data units
-        sigma = np.exp(model.log_sigma.double().numpy()) * s if spec.family == "gaussian" else None
+    beta, b = member_linear(model, scaling, design)
+    covs, sigma = member_variances(model, scaling, spec.family)
     fit = NeuralFit(
         engine="neural", design=design, beta=beta.mean(0), b=[bt.mean(0) for bt in b], sigma=None if sigma is None else float(np.sqrt(np.mean(sigma**2))),
         variance_table=_variance_table(design, covs, sigma), statistics={}, diagnostics=diagnostics, seed=options.seed,
@@ -57,7 +53,7 @@ def finish(design: Design, spec: ModelSpec, model: HierEnsemble, data, scaling: 
     fit.attach(model, scaling, settings, options)
     g = nonlinear_raw(fit, design)  # members × rows, data units
     if spec.family == "gaussian" and options.reml_variances and design.terms:
-        covs, sigma = _reml_variances(design, g)
+        covs, sigma = reml_variances(design, g)
         fit._variance_table = _variance_table(design, covs, sigma)
         fit.sigma = float(np.sqrt(np.mean(sigma**2)))
     R = fit.layout_row_matrix(design)
@@ -92,17 +88,51 @@ def finish(design: Design, spec: ModelSpec, model: HierEnsemble, data, scaling: 
         ])
         fit.member_of_draw = np.repeat(np.arange(M), per)
     fit.statistics = _statistics(design, spec, eta_m, histories, settings, sigma)
+    if gain is not None:
+        fit.statistics.update(nonlinear_gain=gain.gain, nonlinear_gain_se=gain.std_error, nonlinear_kept=float(gain.keep))
     fit.diagnostics += _singular(design, covs, scaling)
     return fit
 
 
-def _reml_variances(design: Design, g: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    """Per member, REML variance components and residual SD with its network as an offset."""
+def member_linear(model: HierEnsemble, scaling: Scaling, design: Design) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The members' trained ``beta`` (members × p) and ``b`` (members × groups × k), in data units."""
+    s = scaling.y_scale
+    with torch.no_grad():
+        beta = model.beta.detach().cpu().double().numpy() * s / scaling.x_scale
+        if INTERCEPT in design.x_names:
+            beta[:, design.x_names.index(INTERCEPT)] += scaling.y_center
+        b = [model.b[t].detach().cpu().double().numpy() * s / zs for t, zs in enumerate(scaling.z_scale)]
+    return beta, b
+
+
+def member_variances(model: HierEnsemble, scaling: Scaling, family: str) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """The members' learned ``Sigma_t`` (members × k × k per term) and sigma, in data units."""
+    s = scaling.y_scale
+    with torch.no_grad():
+        covs = []
+        for t, zs in enumerate(scaling.z_scale):
+            L = model.cholesky(t).detach().cpu().double().numpy() * s / zs[None, :, None]
+            covs.append(L @ L.transpose(0, 2, 1))
+        sigma = np.exp(model.log_sigma.detach().cpu().double().numpy()) * s if family == "gaussian" else None
+    return covs, sigma
+
+
+def reml_variances(design: Design, g: np.ndarray, rows: np.ndarray | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per member, REML variance components and residual SD with its network as an offset.
+
+    ``rows`` (a boolean mask) restricts the fit to those rows; groups without rows there
+    simply get no data (their deviations stay at the prior).
+    """
+    from hierfit.engines.mixed._blocks import RandomBlock
     from hierfit.engines.mixed._lmm import fit_lmm
     from hierfit.engines.mixed.engine import random_blocks
 
     blocks = random_blocks(design)
-    sols = [fit_lmm(design.X, design.y - g[m], blocks, reml=True) for m in range(len(g))]
+    X, y = design.X, design.y
+    if rows is not None:
+        blocks = [RandomBlock(b.group_index[rows], b.n_groups, b.Z[rows], b.correlated, b.parent) for b in blocks]
+        X, y, g = X[rows], y[rows], g[:, rows]
+    sols = [fit_lmm(X, y - g[m], blocks, reml=True) for m in range(len(g))]
     covs = [np.stack([sol.covariances[t] for sol in sols]) for t in range(len(design.terms))]
     return covs, np.array([sol.sigma for sol in sols])
 

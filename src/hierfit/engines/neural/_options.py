@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from hierfit.exceptions import EngineError
 
 VALIDATIONS = ("group", "random")
+NONLINEAR = ("auto", "always")
 VARIANCES = ("joint", "laplace")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -25,6 +26,11 @@ class OPTIONS:
     hidden
         MLP hidden widths; ``()`` gives a linear hierarchical model (no nonlinear part).
         ``None``: two layers of 32 (< 2k rows) or 64.
+    nonlinear
+        ``"auto"`` (default): keep the MLP only if it predicts the validation rows better than
+        the linear part alone, by more than two standard errors of the per-row log-density
+        gain (see ``_gate``); otherwise the fit is the linear hierarchical model, as
+        boosting keeps zero trees when they do not help. ``"always"``: keep it regardless.
     embedding_dim
         Embedding size per level. ``None``: ``clip(ceil(log2(n_groups)), 2, 8)``; 0 disables.
     embedding_sd
@@ -80,6 +86,7 @@ class OPTIONS:
 
     n_members: int | None = None
     hidden: tuple[int, ...] | None = None
+    nonlinear: str = "auto"
     embedding_dim: int | None = None
     embedding_sd: float = 0.01
     weight_decay: float = 1.0
@@ -161,6 +168,8 @@ def _validate(o: OPTIONS) -> None:
 
     if o.validation not in VALIDATIONS:
         raise bad("validation", o.validation, "one of: " + ", ".join(VALIDATIONS))
+    if o.nonlinear not in NONLINEAR:
+        raise bad("nonlinear", o.nonlinear, "one of: " + ", ".join(NONLINEAR))
     if o.variance not in VARIANCES:
         raise bad("variance", o.variance, "one of: " + ", ".join(VARIANCES))
     if o.device not in DEVICES:

@@ -27,6 +27,8 @@ from scipy.sparse import linalg as splinalg
 
 from hierfit.results.layout import ParameterLayout
 
+MAX_ETA_STEP = 3.0  # largest change of any row's linear predictor in one Newton step
+
 
 def likelihood_weights(eta: np.ndarray, sigma: float | None, family: str) -> np.ndarray:
     """Per-row Fisher weights on the link scale at the member's fitted predictor."""
@@ -75,6 +77,8 @@ def polish(
             return np.asarray(splinalg.spsolve(A, R.T @ (w * (y - offset)))).ravel()
         mu = 1.0 / (1.0 + np.exp(-eta)) if family == "bernoulli" else np.exp(eta)
         step = np.asarray(splinalg.spsolve(A, R.T @ (y - mu) - D @ theta)).ravel()
+        # damped Newton: from a poor start a full step can overshoot exp() on the log link
+        step *= min(1.0, MAX_ETA_STEP / max(float(np.abs(R @ step).max()), 1e-300))
         theta = theta + step
         if np.max(np.abs(step)) < 1e-8:
             break
@@ -97,11 +101,10 @@ def posterior_draws(
     Examples
     --------
     >>> import numpy as np, hierfit
-    >>> from hierfit.engines.base import LinearEngineFit
     >>> sim = hierfit.simulate(n_markets=3, n_submarkets=2, rows_per_submarket=20, seed=0)
     >>> d = hierfit.build_design(hierfit.make_spec("y ~ x1 + (1 | market)"), sim.data)
     >>> lay = ParameterLayout.from_design(d)
-    >>> R = LinearEngineFit.layout_row_matrix(type("F", (), {"layout": lay})(), d)
+    >>> R = lay.row_matrix(d)
     >>> draws = posterior_draws(R, lay, np.zeros(lay.size), np.ones(d.n), [np.eye(1)], 4, np.random.default_rng(0))
     >>> draws.shape
     (4, 5)

@@ -143,12 +143,19 @@ class NeuralFit(LinearEngineFit):
 
     def summary_lines(self) -> list[str]:
         dims = [lv["dim"] for lv in self.config["levels"]]
-        return [
+        lines = [
             f"network: MLP hidden {tuple(self.config['hidden'])}, embedding dims per level {dims}, "
             f"{self.config['n_members']} ensemble members",
             f"training: {self.statistics.get('epochs', float('nan')):.0f} epochs (mean best), batch size "
             f"{self.settings['batch_size']}, {self.statistics.get('train_seconds', float('nan')):.1f} s",
         ]
+        if "nonlinear_kept" in self.statistics:
+            verdict = "kept" if self.statistics["nonlinear_kept"] else "dropped (the fit is the linear hierarchical model)"
+            lines.append(
+                f"MLP {verdict}: held-out log-density gain {self.statistics['nonlinear_gain']:+.4f} "
+                f"± {self.statistics['nonlinear_gain_se']:.4f} per row (nonlinear='always' keeps it regardless)"
+            )
+        return lines
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -181,22 +188,28 @@ class NeuralFit(LinearEngineFit):
 
 def nonlinear_raw(fit: NeuralFit, design: Design) -> np.ndarray:
     """The members' MLP output in data units (members × rows), before the projection."""
-    import torch
-
-    from hierfit.engines.neural._prep import scaled_arrays
-
     # float64 inference: a row's value must not depend on its position in the batch
     # (float32 kernels can round differently at tile edges), so row order never matters
     module = fit.__dict__.get("_module_f64")
     if module is None:
         module = copy.deepcopy(fit._module).double().eval()
         fit._module_f64 = module
-    arrays = scaled_arrays(design, fit.scaling)
+    return network_output(module, fit.scaling, design)
+
+
+def network_output(module: Any, scaling: Any, design: Design) -> np.ndarray:
+    """``module``'s MLP output for the rows of ``design``, in data units (members × rows)."""
+    import torch
+
+    from hierfit.engines.neural._prep import scaled_arrays
+
+    dtype = next(module.parameters()).dtype
+    arrays = scaled_arrays(design, scaling)
     out = np.empty((module.n_members, design.n))
-    feats = torch.as_tensor(arrays["F"], dtype=torch.float64)
+    feats = torch.as_tensor(arrays["F"], dtype=dtype)
     levels = [torch.as_tensor(i, dtype=torch.long) for i in arrays["level_index"]]
     with torch.no_grad():
         for start in range(0, design.n, CHUNK):
             rows = slice(start, start + CHUNK)
             out[:, rows] = module.nonlinear(feats[rows], [i[rows] for i in levels]).double().numpy()
-    return out * fit.scaling.y_scale
+    return out * scaling.y_scale

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from hierfit.checks import Diagnostic
 from hierfit.design import Design
+from hierfit.engines.neural._gate import nonlinear_gain
 from hierfit.engines.neural._model import HierEnsemble, negative_loglik
 from hierfit.engines.neural._options import OPTIONS, Settings, resolve
 from hierfit.engines.neural._prep import (
@@ -295,6 +296,13 @@ def train(design: Design, spec: ModelSpec, options: OPTIONS):
         first = run(model, data, weights=w_t, info=info, train_idx=np.flatnonzero(~val_mask), val_idx=np.flatnonzero(val_mask),
                     settings=settings, options=options, label="early stopping")
         histories = [first]
+        gain = None
+        if options.nonlinear == "auto" and config["hidden"]:
+            gain = nonlinear_gain(design, model, scaling, family, options.reml_variances, val_mask)
+            if not gain.keep:  # continue as the linear hierarchical model, with its trained linear part
+                settings = replace(settings, hidden=(), embedding_dims=tuple(0 for _ in settings.embedding_dims))
+                config = model_config(design, settings, len(scaling.feature_names), family)
+                model = _linear_part(model, new_model(config, design, family, options.seed, device))
         if settings.refit:
             w_all, info_all = tensors(bootstrap_weights(settings.n_members, np.ones(design.n, dtype=bool), options.bootstrap, rng))
             model = new_model(config, design, family, options.seed, device)
@@ -302,7 +310,14 @@ def train(design: Design, spec: ModelSpec, options: OPTIONS):
                                  settings=settings, options=options, stop_at=np.maximum(first.best_epoch, 0),
                                  lr_schedule=first.lr_per_epoch, label="refit on all rows"))
         diagnostics = _diagnostics(first, settings)
-        return finish(design, spec, model, data, scaling, settings, options, histories, diagnostics)
+        return finish(design, spec, model, data, scaling, settings, options, histories, diagnostics, gain)
+
+
+def _linear_part(trained: HierEnsemble, linear: HierEnsemble) -> HierEnsemble:
+    """``linear`` (a network without MLP) loaded with ``trained``'s linear parameters."""
+    keep = linear.state_dict().keys()
+    linear.load_state_dict({k: v for k, v in trained.state_dict().items() if k in keep})
+    return linear
 
 
 def _diagnostics(hist: History, settings: Settings) -> list[Diagnostic]:
