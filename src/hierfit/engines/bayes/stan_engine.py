@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import io
 import importlib.metadata
 import sys
 import tempfile
@@ -56,7 +58,10 @@ class OPTIONS:
     likelihood
         ``"auto"``/``"marginal"`` (gaussian: effects integrated out) or ``"rows"``.
     progressbar
-        Show Stan's progress messages.
+        Show Stan's progress and console messages (build notices, stanc's warnings -- false
+        alarms about priors, which are passed as data -- and the sampler's informational
+        messages). ``False`` holds them back; hierfit's own checks (divergences, R-hat, ESS)
+        report what matters either way.
     new_groups, log_likelihood, posterior_predictive
         As for the ``pymc`` engine.
     """
@@ -89,6 +94,24 @@ def _import_stan():
     import stan
 
     return stan
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool):
+    """Hold back pystan's console chatter (build notices, stanc's prior warnings, sampler
+    messages: ~90 lines per fit) when no progress display was asked for; the captured text
+    is returned so that an error can quote it."""
+    sink = io.StringIO()
+    if not enabled:
+        yield sink
+        return
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        yield sink
+
+
+def _tail(text: str, lines: int = 8) -> str:
+    kept = [ln for ln in text.strip().splitlines() if ln.strip()][-lines:]
+    return (" Stan's last messages: " + " | ".join(kept)) if kept else ""
 
 
 def _run(fn, *args, **kwargs):
@@ -159,15 +182,17 @@ def _compile_locked(code: str, name: str) -> None:
     httpstan.cache.dump_services_extension_module_compiler_output(output, name)
 
 
-def build(code: str, data: dict, seed: int):
+def build(code: str, data: dict, seed: int, quiet: bool = False):
     """Compile (or fetch from the cache) and bind data; returns ``(model, compiled, seconds)``."""
     stan = _import_stan()
     t0 = time.perf_counter()
     compiled = compile_program(code)
-    try:
-        model = _run(stan.build, code, data=data, random_seed=int(seed) + 1)
-    except (ValueError, RuntimeError) as exc:
-        raise EngineError(f"Stan could not build the generated program: {exc}. Print it with stan_code(spec) and report it.") from None
+    with _quiet(quiet) as log:
+        try:
+            model = _run(stan.build, code, data=data, random_seed=int(seed) + 1)
+        except (ValueError, RuntimeError) as exc:
+            raise EngineError(f"Stan could not build the generated program: {exc}. Print it with stan_code(spec) and report it."
+                              + _tail(log.getvalue())) from None
     return model, compiled, time.perf_counter() - t0
 
 
@@ -202,21 +227,24 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BayesFit:
     code = stan_code(spec, likelihood=options.likelihood)
     data = stan_data(canonical_rows(design), likelihood=options.likelihood)  # same draws whatever the row order
     structure = make_structure(design, marginal=marginal)
-    model, compiled, build_seconds = build(code, data, options.seed)
+    quiet = not options.progressbar
+    model, compiled, build_seconds = build(code, data, options.seed, quiet=quiet)
     iters = options.tune + options.draws
     t0 = time.perf_counter()
-    try:
-        fit_ = _run(
-            model.sample,
-            num_chains=options.chains,
-            num_samples=options.draws,
-            num_warmup=options.tune,
-            delta=options.target_accept,
-            max_depth=options.max_treedepth,
-            refresh=max(1, iters // 10) if options.progressbar else iters + 1,
-        )
-    except RuntimeError as exc:
-        raise ConvergenceError(f"Stan sampling failed: {exc}. Check the data for extreme values or set tighter priors.") from None
+    with _quiet(quiet) as log:
+        try:
+            fit_ = _run(
+                model.sample,
+                num_chains=options.chains,
+                num_samples=options.draws,
+                num_warmup=options.tune,
+                delta=options.target_accept,
+                max_depth=options.max_treedepth,
+                refresh=max(1, iters // 10) if options.progressbar else iters + 1,
+            )
+        except RuntimeError as exc:
+            raise ConvergenceError(f"Stan sampling failed: {exc}. Check the data for extreme values or set tighter priors."
+                                   + _tail(log.getvalue())) from None
     sampling_seconds = time.perf_counter() - t0
     C, S = options.chains, options.draws
     lambdas = []

@@ -360,7 +360,7 @@ def stan_data(design: Design, *, likelihood: str = "auto") -> dict:
     >>> d = build_design(hierfit.make_spec(sim.formula), sim.data)
     >>> data = stan_data(d)
     >>> data["N"], data["G_market"], data["WtW"].shape
-    (30, 3, (18, 18))
+    (30, 3, (15, 15))
     """
     spec = design.spec
     marginal = _marginal(spec, likelihood)
