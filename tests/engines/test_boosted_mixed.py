@@ -104,6 +104,21 @@ def test_group_effects_match_the_mixed_model_on_a_linear_dgp(reference_sim) -> N
         assert np.corrcoef(g.bm, g.base)[0, 1] > 0.98
 
 
+def test_trees_are_kept_only_when_they_beat_the_mixed_model_beyond_noise(nonlinear) -> None:
+    """Sparse linear data (10 rows per submarket, 45 validation rows): the best round's edge
+    is noise, so no trees are kept and the fit is the effects engine's. Nonlinear DGP: the
+    trees' validation gain is many standard errors."""
+    sim = hierfit.simulate(seed=3, rows_per_submarket=10, national_name="United_state")
+    bm = _fit(sim.formula, sim.data, "boosted-mixed", effects_engine=EFFECTS_ENGINE, **BOOSTED)
+    base = _fit(sim.formula, sim.data, EFFECTS_ENGINE)
+    st = bm.statistics
+    print(f"sparse linear: gain {st['trees_gain']:.4f} ± {st['trees_gain_se']:.4f}, trees kept {st['n_trees']:.0f}")
+    assert st["n_trees"] == 0 and not st["trees_gain"] > 2 * st["trees_gain_se"]
+    np.testing.assert_allclose(bm.predict(sim.data).prediction, base.predict(sim.data).prediction, atol=1e-8)
+    kept = nonlinear[-1]["boosted-mixed"].statistics
+    assert kept["n_trees"] > 0 and kept["trees_gain"] > 5 * kept["trees_gain_se"]
+
+
 def test_exact_decomposition_with_centred_nonlinear_part(nonlinear) -> None:
     sim, train, _, _, _, fits = nonlinear
     fit = fits["boosted-mixed"]

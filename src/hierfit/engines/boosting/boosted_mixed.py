@@ -19,6 +19,13 @@ group-effect intervals are the mixed model's (conditional on ``f``).
 
 During the alternation both steps see only the training rows, so the validation loss that
 picks the number of rounds is honest; the final effects step uses every row.
+
+**Trees must earn their place.** The lowest validation loss over many rounds is an optimistic
+pick: on small data, trees fitted to noise win it by chance. So the best round's trees are kept
+only if they lower the validation rows' squared error, compared with zero trees (the mixed
+model alone, round 0), by more than :data:`KEEP_Z` standard errors of the per-row difference;
+otherwise the fit is the mixed model (``statistics["n_trees"] == 0``). The gain and its
+standard error are in ``statistics`` (``trees_gain``, ``trees_gain_se``).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from hierfit.exceptions import EngineError, SpecError
 from hierfit.spec import ModelSpec
 
 EFFECTS_DIR = "effects"
+KEEP_Z = 2.0  # the trees' validation gain must exceed this many standard errors
 
 
 @dataclass(frozen=True)
@@ -241,7 +249,7 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BoostedMixedFit:
         return fitted, fitted.contributions(design).to_numpy().sum(axis=1), c
 
     with single_threaded_blas():
-        booster, best_trees, rounds, stale = _alternate(booster, X, y, train, valid, target, squared_error, effects_fit, options)
+        booster, best_trees, rounds, stale, gain = _alternate(booster, X, y, train, valid, target, squared_error, effects_fit, options)
     diagnostics: list[Diagnostic] = []
     if stale < options.patience:
         diagnostics.append(Diagnostic("early_stopping", f"boosted-mixed used all {options.max_rounds} rounds and the validation loss "
@@ -253,7 +261,7 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BoostedMixedFit:
     statistics.update({
         "n_obs": float(design.n), "rounds": float(rounds), "n_trees": float(best_trees),
         "rmse_train": float(np.sqrt(np.mean(resid[train] ** 2))), "rmse_valid": float(np.sqrt(np.mean(resid[valid] ** 2))),
-        "nonlinear_sd": float(np.std(f)),
+        "nonlinear_sd": float(np.std(f)), "trees_gain": gain[0], "trees_gain_se": gain[1],
     })
     return BoostedMixedFit(
         booster=booster, features=features, num_iteration=best_trees, centre=c, effects=effects,
@@ -262,17 +270,21 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BoostedMixedFit:
 
 
 def _alternate(booster: Any, X: np.ndarray, y: np.ndarray, train: np.ndarray, valid: np.ndarray, target: np.ndarray,
-               fobj: Any, effects_fit: Any, options: OPTIONS) -> tuple[Any, int, int, int]:
-    """The alternation; returns the booster, the best number of trees, rounds run, stale rounds."""
+               fobj: Any, effects_fit: Any, options: OPTIONS) -> tuple[Any, int, int, int, tuple[float, float]]:
+    """The alternation; returns the booster, the number of trees kept, rounds run, stale rounds,
+    and the kept trees' validation gain (mean per-row squared-error drop vs zero trees, its SE)."""
     f = np.zeros(len(y))
     best_loss, best_trees, stale, rounds = np.inf, 0, 0, 0
     for rounds in range(options.max_rounds + 1):
         effects, eta, c = effects_fit(f, train)
-        loss = float(np.mean((y[valid] - eta[valid] - (f[valid] - c)) ** 2))
+        sq_err = (y[valid] - eta[valid] - (f[valid] - c)) ** 2
+        loss = float(np.mean(sq_err))
+        if rounds == 0:
+            sq_err_no_trees = sq_err
         if options.verbose:
             print(f"[boosted-mixed] round {rounds}: {booster.current_iteration()} trees, validation RMSE {np.sqrt(loss):.5f}", flush=True)
         if loss < best_loss * (1 - options.tol):
-            best_loss, best_trees, stale = loss, booster.current_iteration(), 0
+            best_loss, best_trees, stale, best_sq_err = loss, booster.current_iteration(), 0, sq_err
         else:
             stale += 1
             if stale >= options.patience:
@@ -284,4 +296,8 @@ def _alternate(booster: Any, X: np.ndarray, y: np.ndarray, train: np.ndarray, va
         for _ in range(options.trees_per_round):
             booster.update(fobj=fobj)
         f = f + tree_scores(booster, X, booster.current_iteration(), start)
-    return booster, best_trees, rounds, stale
+    drop = sq_err_no_trees - best_sq_err
+    gain = (float(drop.mean()), float(drop.std(ddof=1) / np.sqrt(len(drop))) if len(drop) > 1 else float("inf"))
+    if best_trees and not gain[0] > KEEP_Z * gain[1]:
+        best_trees = 0  # the best round's edge over the mixed model alone is within noise
+    return booster, best_trees, rounds, stale, gain
