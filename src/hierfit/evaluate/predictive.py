@@ -130,9 +130,14 @@ def predictive(result, data: pd.DataFrame) -> Predictive:
         # Engines with a nonlinear part add columns beyond the linear predictor; carry them
         # as a fixed offset so draws of the linear part still centre on the prediction.
         offset = eta - np.asarray(R @ ef.theta).ravel()
+        new_sd = ef.new_group_sd(design)
         if _plain_draws(ef, offset):
             keep = _thin(len(ef.draws))
             eta_d = ef.layout.eta_draws(design, ef.draws[keep], slice(None)) + offset
+            if new_sd.any():
+                # rows of unseen groups: each draw also draws the new group's own effect, as the
+                # intervals do (its mean is 0, its variance the fitted variance components)
+                eta_d = eta_d + np.random.default_rng(ef.seed).standard_normal(eta_d.shape) * new_sd
             sigma_d = None
             if family.name == "gaussian":
                 sigma_d = ef.sigma_draws[keep] if ef.sigma_draws is not None else np.full(len(keep), ef.sigma or 1.0)
@@ -140,7 +145,8 @@ def predictive(result, data: pd.DataFrame) -> Predictive:
         if ef.gaussian is not None and family.name == "gaussian" and ef.sigma is not None:
             se = ef.gaussian.std_errors(R)
             df = float(ef.gaussian.df)
-            return Predictive("t" if np.isfinite(df) else "normal", family.name, mean, scale=np.sqrt(se**2 + ef.sigma**2), df=df)
+            scale = np.sqrt(se**2 + new_sd**2 + ef.sigma**2)
+            return Predictive("t" if np.isfinite(df) else "normal", family.name, mean, scale=scale, df=df)
     if family.name == "gaussian":
         bounds = ef.interval(design, "prediction", 0.9)
         if bounds is not None and np.all(np.isfinite(bounds[0])) and np.all(np.isfinite(bounds[1])):
