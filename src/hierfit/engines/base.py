@@ -88,6 +88,9 @@ class EngineFit(ABC):
             return pickle.load(fh)
 
 
+SE_BLOCK_ENTRIES = 4_000_000  # dense rows × coefficients entries formed at once (32 MB)
+
+
 @dataclass(frozen=True, eq=False)
 class GaussianCoefficients:
     """Exact sampling distribution ``theta = K @ gamma``, ``gamma ~ t_df(gamma_hat, cov)``."""
@@ -97,9 +100,17 @@ class GaussianCoefficients:
     df: float  # np.inf for normal quantiles
 
     def std_errors(self, M: sparse.spmatrix) -> np.ndarray:
-        """Standard errors of ``M @ theta``: ``sqrt(diag(M K cov Kᵀ Mᵀ))``."""
+        """Standard errors of ``M @ theta``: ``sqrt(diag(M K cov Kᵀ Mᵀ))``.
+
+        ``M K cov`` is dense (rows × coefficients), so it is formed a block of rows at a time:
+        memory stays bounded for prediction intervals on many rows.
+        """
         MK = sparse.csr_matrix(M @ self.K)
-        var = np.asarray(MK.multiply(MK @ self.cov).sum(axis=1)).ravel()
+        var = np.empty(MK.shape[0])
+        step = max(1, SE_BLOCK_ENTRIES // max(self.cov.shape[0], 1))
+        for start in range(0, MK.shape[0], step):
+            block = MK[start : start + step]
+            var[start : start + step] = np.asarray(block.multiply(block @ self.cov).sum(axis=1)).ravel()
         return np.sqrt(np.maximum(var, 0.0))
 
     def quantile(self, level: float) -> float:
