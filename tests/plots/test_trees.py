@@ -20,7 +20,8 @@ from hierfit.plots.trees import TreeDisplay, kind_colours, plot_tree, tree_text 
 
 @pytest.fixture(scope="module")
 def tree_fits():
-    sim = hierfit.simulate(n_markets=6, n_submarkets=4, rows_per_submarket=60, seed=11, national_name="United_state")
+    # a nonlinear f(x), so that boosted-mixed keeps trees (on linear data it keeps none)
+    sim = hierfit.simulate(n_markets=6, n_submarkets=4, rows_per_submarket=60, seed=11, nonlinear="all", national_name="United_state")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lgb_fit = hierfit.fit(sim.formula, sim.data, engine="lightgbm", num_threads=1, num_boost_round=40, num_leaves=8)
@@ -111,3 +112,14 @@ def test_bare_booster_and_bad_index(tree_fits) -> None:
         plot_tree(fit, tree_index=10_000)
     with pytest.raises(SpecError, match="LightGBM Booster"):
         tree_text(np.zeros(3))
+
+
+def test_a_fit_without_trees_says_why() -> None:
+    """Linear data: boosted-mixed keeps no trees, and asking for one explains that."""
+    sim = hierfit.simulate(n_markets=6, n_submarkets=3, rows_per_submarket=10, seed=3, national_name="United_state")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bm = hierfit.fit(sim.formula, sim.data, engine="boosted-mixed", num_threads=1, max_rounds=5)
+    assert bm.statistics["n_trees"] == 0
+    with pytest.raises(SpecError, match="uses no trees"):
+        plot_tree(bm)

@@ -111,3 +111,21 @@ def test_a_failing_plot_becomes_a_visible_note(report_sim, monkeypatch):
 def test_bad_source_directory_says_what_it_needs(tmp_path):
     with pytest.raises(DataError, match="neither a saved fit .* nor a saved comparison"):
         build_report(tmp_path)
+
+
+def test_boosting_fits_show_their_first_tree_or_say_they_kept_none(report_sim):
+    pytest.importorskip("lightgbm")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lgb = hierfit.fit(report_sim.formula, report_sim.data, engine="lightgbm", num_threads=1, num_boost_round=20)
+        bm = hierfit.fit(report_sim.formula, report_sim.data, engine="boosted-mixed", num_threads=1, max_rounds=5)
+    html = build_report(lgb)
+    page = _parse(html)
+    assert "Boosted trees" in page.h2
+    assert any(img.get("alt") == "lightgbm tree 0" for img in page.images)
+    assert "could not be drawn" not in html
+    assert bm.statistics["n_trees"] == 0  # linear data: the mixed model alone
+    assert "boosted-mixed kept no trees" in build_report(bm)
+    assert "Boosted trees" not in _parse(build_report(hierfit.fit(report_sim.formula, report_sim.data, engine="ols"))).h2

@@ -125,6 +125,12 @@ class TreeDisplay:
         dump = booster.dump_model()
         names = dump["feature_names"]
         n_trees = used if used is not None else len(dump["tree_info"])
+        if n_trees == 0:
+            raise SpecError(
+                "This fit uses no trees: its validation rows showed no gain from them over the mixed model "
+                "alone (statistics 'trees_gain' and 'trees_gain_se'), so the model is the mixed model. "
+                "Plot the hierarchy (HierarchyTreeDisplay) instead, or refit on data with a nonlinear signal."
+            )
         if not isinstance(tree_index, int) or not 0 <= tree_index < n_trees:
             raise SpecError(f"'tree_index' must be an integer from 0 to {n_trees - 1} (the fit uses {n_trees} trees); got {tree_index!r}.")
         nodes: list[TreeNode] = []

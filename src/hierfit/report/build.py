@@ -182,6 +182,7 @@ def _effects_sections(page: Page, fits: dict, main: str, data: pd.DataFrame | No
         s = page.section("Decomposition")
         s.append(text(f"Additive parts of {main}'s prediction for 8 rows drawn at random: national + market + submarket + slopes (+ population predictors)."))
         s.append(_plot(lambda: DecompositionDisplay.from_result(fit, data).plot(), "decomposition"))
+    _trees_section(page, fits)
     s = page.section("Effects tables")
     for name, r in fits.items():
         s.append(h3(name))
@@ -190,6 +191,28 @@ def _effects_sections(page: Page, fits: dict, main: str, data: pd.DataFrame | No
         if len(vc):
             s.append(table_html(vc))
         s.append(details(f"{name}: group effects (deviation and total)", table_html(r.group_effects(), max_rows=MAX_EFFECT_ROWS)))
+
+
+def _trees_section(page: Page, fits: dict) -> None:
+    """The first tree of each boosting fit, nodes coloured by kind (group level, slope, predictor)."""
+    from hierfit.plots.trees import plot_tree, tree_text
+
+    boosted = {n: r for n, r in fits.items() if hasattr(r.engine_fit, "booster") and hasattr(r.engine_fit, "num_iteration")}
+    if not boosted:
+        return
+    s = page.section("Boosted trees")
+    s.append(text("The first tree of each boosting engine; nodes are coloured by what they split on: a group level, a "
+                  "varying-slope column, or a population predictor. boosted-mixed's trees never split on a group."))
+    for name, r in boosted.items():
+        s.append(h3(name))
+        n_trees = int(r.engine_fit.num_iteration)
+        if n_trees == 0:
+            s.append(text(f"{name} kept no trees: on the validation rows they did not beat the mixed model alone beyond "
+                          "noise, so this fit is the mixed model.", "note"))
+            continue
+        s.append(text(f"Tree 1 of {n_trees}."))
+        s.append(_plot(lambda r=r: plot_tree(r, 0), f"{name} tree 0"))
+        s.append(details(f"{name}: tree 0 as text", pre(tree_text(r, 0))))
 
 
 def _diagnostics_section(page: Page, fits: dict, fold_diagnostics: list[dict]) -> None:
