@@ -35,6 +35,37 @@ GROUP_COLUMNS = EFFECT_KEYS + ["estimate", "std_error", "lower", "upper", "n_row
 INTERVAL_KINDS = ("confidence", "prediction")
 
 
+def variance_table(design: Design, covariances: list[np.ndarray], sigma: float | None) -> pd.DataFrame:
+    """The variance-components table from each term's ``k × k`` covariance and the residual SD.
+
+    One row per coefficient (variance and SD), one per pair of a correlated term (covariance
+    and correlation; NaN where an SD is 0), and a ``residual`` row unless ``sigma`` is None.
+
+    Examples
+    --------
+    >>> import numpy as np, hierfit
+    >>> sim = hierfit.simulate(n_markets=3, n_submarkets=2, rows_per_submarket=5, seed=0)
+    >>> d = hierfit.build_design(hierfit.make_spec("y ~ x1 + (1 + x1 | market)"), sim.data)
+    >>> variance_table(d, [np.array([[4.0, 1.0], [1.0, 1.0]])], 2.0)["sd_or_corr"].tolist()
+    [2.0, 1.0, 0.5, 2.0]
+    """
+    rows = []
+    for td, cov in zip(design.terms, covariances):
+        names = td.coefficients
+        sd = np.sqrt(np.diag(cov))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cor = cov / np.outer(sd, sd)
+        for i, a in enumerate(names):
+            rows.append({"level": td.level, "term1": a, "term2": "", "variance": cov[i, i], "sd_or_corr": sd[i]})
+        if td.term.correlated:
+            for i in range(len(names)):
+                for j in range(i + 1, len(names)):
+                    rows.append({"level": td.level, "term1": names[i], "term2": names[j], "variance": cov[i, j], "sd_or_corr": cor[i, j]})
+    if sigma is not None:
+        rows.append({"level": "residual", "term1": "", "term2": "", "variance": sigma**2, "sd_or_corr": sigma})
+    return pd.DataFrame(rows, columns=VARIANCE_COLUMNS)
+
+
 def parse_options(options_type: type, options: dict[str, Any], engine: str) -> Any:
     """Build an engine's options dataclass, rejecting unknown names with the allowed list."""
     names = {f.name for f in dataclasses.fields(options_type)}

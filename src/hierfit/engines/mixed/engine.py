@@ -23,7 +23,7 @@ from scipy import stats
 
 from hierfit.checks import Diagnostic
 from hierfit.design import Design
-from hierfit.engines.base import FIXED_COLUMNS, GROUP_COLUMNS, VARIANCE_COLUMNS, LinearEngineFit
+from hierfit.engines.base import FIXED_COLUMNS, GROUP_COLUMNS, LinearEngineFit, variance_table
 from hierfit.engines.mixed._lmm import LmmSolution, RandomBlock, fit_lmm
 from hierfit.exceptions import SpecError
 from hierfit.spec import ModelSpec
@@ -82,7 +82,7 @@ class MixedFit(LinearEngineFit):
             beta=solution.beta,
             b=solution.ranef,
             sigma=solution.sigma,
-            variance_table=_variance_table(design, solution),
+            variance_table=variance_table(design, solution.covariances, solution.sigma),
             statistics=_statistics(solution),
             diagnostics=diagnostics,
             seed=options.seed,
@@ -142,20 +142,6 @@ class MixedFit(LinearEngineFit):
         state = dict(self.__dict__)
         state["_draws"] = None  # redrawn from the same seed after loading
         return state
-
-
-def _variance_table(design: Design, sol: LmmSolution) -> pd.DataFrame:
-    rows = []
-    for td, cov, sd, cor in zip(design.terms, sol.covariances, sol.sds, sol.correlations):
-        names = td.coefficients
-        for i, a in enumerate(names):
-            rows.append({"level": td.level, "term1": a, "term2": "", "variance": cov[i, i], "sd_or_corr": sd[i]})
-        if td.term.correlated:
-            for i in range(len(names)):
-                for j in range(i + 1, len(names)):
-                    rows.append({"level": td.level, "term1": names[i], "term2": names[j], "variance": cov[i, j], "sd_or_corr": cor[i, j]})
-    rows.append({"level": "residual", "term1": "", "term2": "", "variance": sol.sigma**2, "sd_or_corr": sol.sigma})
-    return pd.DataFrame(rows, columns=VARIANCE_COLUMNS)
 
 
 def _statistics(sol: LmmSolution) -> dict[str, float]:

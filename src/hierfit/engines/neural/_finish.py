@@ -23,7 +23,7 @@ from scipy.sparse import linalg as splinalg
 
 from hierfit.checks import Diagnostic
 from hierfit.design import Design
-from hierfit.engines.base import VARIANCE_COLUMNS
+from hierfit.engines.base import variance_table
 from hierfit.engines.neural._model import HierEnsemble
 
 if TYPE_CHECKING:
@@ -158,22 +158,8 @@ def _mean_glm_weight(y: np.ndarray, family: str) -> float:
 
 
 def _variance_table(design: Design, covs: list[np.ndarray], sigma: np.ndarray | None) -> pd.DataFrame:
-    rows = []
-    for td, C in zip(design.terms, covs):
-        C = C.mean(0)
-        sds = np.sqrt(np.diag(C))
-        names = td.coefficients
-        for i, a in enumerate(names):
-            rows.append({"level": td.level, "term1": a, "term2": "", "variance": C[i, i], "sd_or_corr": sds[i]})
-        if td.term.correlated:
-            for i in range(len(names)):
-                for j in range(i + 1, len(names)):
-                    corr = C[i, j] / (sds[i] * sds[j]) if sds[i] * sds[j] > 0 else np.nan
-                    rows.append({"level": td.level, "term1": names[i], "term2": names[j], "variance": C[i, j], "sd_or_corr": corr})
-    if sigma is not None:
-        var = float(np.mean(sigma**2))
-        rows.append({"level": "residual", "term1": "", "term2": "", "variance": var, "sd_or_corr": np.sqrt(var)})
-    return pd.DataFrame(rows, columns=VARIANCE_COLUMNS)
+    """The members' average covariances and root-mean-square sigma, as one table."""
+    return variance_table(design, [C.mean(0) for C in covs], None if sigma is None else float(np.sqrt(np.mean(sigma**2))))
 
 
 def _statistics(design, spec, eta_m, histories, settings, sigma) -> dict[str, float]:
