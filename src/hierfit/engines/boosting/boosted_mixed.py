@@ -23,7 +23,8 @@ picks the number of rounds is honest; the final effects step uses every row.
 **Trees must earn their place.** The lowest validation loss over many rounds is an optimistic
 pick: on small data, trees fitted to noise win it by chance. So the best round's trees are kept
 only if they lower the validation rows' squared error, compared with zero trees (the mixed
-model alone, round 0), by more than :data:`KEEP_Z` standard errors of the per-row difference;
+model alone, round 0), by more than two standard errors of the per-row difference (the rule
+shared with ``neural``'s MLP, :mod:`hierfit.engines.heldout_gain`);
 otherwise the fit is the mixed model (``statistics["n_trees"] == 0``). The gain and its
 standard error are in ``statistics`` (``trees_gain``, ``trees_gain_se``).
 """
@@ -44,12 +45,12 @@ from hierfit.design import Design
 from hierfit.design.build import TermDesign
 from hierfit.engines.base import EngineFit, parse_options
 from hierfit.engines.boosting._booster import check_options, lgb_params, load_booster, save_booster, single_threaded_blas
+from hierfit.engines.heldout_gain import HeldoutGain
 from hierfit.engines.boosting._features import VALIDATION, FeatureMap, validation_split
 from hierfit.exceptions import EngineError, SpecError
 from hierfit.spec import ModelSpec
 
 EFFECTS_DIR = "effects"
-KEEP_Z = 2.0  # the trees' validation gain must exceed this many standard errors
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,7 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BoostedMixedFit:
     statistics.update({
         "n_obs": float(design.n), "rounds": float(rounds), "n_trees": float(best_trees),
         "rmse_train": float(np.sqrt(np.mean(resid[train] ** 2))), "rmse_valid": float(np.sqrt(np.mean(resid[valid] ** 2))),
-        "nonlinear_sd": float(np.std(f)), "trees_gain": gain[0], "trees_gain_se": gain[1],
+        "nonlinear_sd": float(np.std(f)), "trees_gain": gain.gain, "trees_gain_se": gain.std_error,
     })
     return BoostedMixedFit(
         booster=booster, features=features, num_iteration=best_trees, centre=c, effects=effects,
@@ -270,7 +271,7 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BoostedMixedFit:
 
 
 def _alternate(booster: Any, X: np.ndarray, y: np.ndarray, train: np.ndarray, valid: np.ndarray, target: np.ndarray,
-               fobj: Any, effects_fit: Any, options: OPTIONS) -> tuple[Any, int, int, int, tuple[float, float]]:
+               fobj: Any, effects_fit: Any, options: OPTIONS) -> tuple[Any, int, int, int, HeldoutGain]:
     """The alternation; returns the booster, the number of trees kept, rounds run, stale rounds,
     and the kept trees' validation gain (mean per-row squared-error drop vs zero trees, its SE)."""
     f = np.zeros(len(y))
@@ -296,8 +297,7 @@ def _alternate(booster: Any, X: np.ndarray, y: np.ndarray, train: np.ndarray, va
         for _ in range(options.trees_per_round):
             booster.update(fobj=fobj)
         f = f + tree_scores(booster, X, booster.current_iteration(), start)
-    drop = sq_err_no_trees - best_sq_err
-    gain = (float(drop.mean()), float(drop.std(ddof=1) / np.sqrt(len(drop))) if len(drop) > 1 else float("inf"))
-    if best_trees and not gain[0] > KEEP_Z * gain[1]:
+    gain = HeldoutGain.from_rows(sq_err_no_trees - best_sq_err)
+    if best_trees and not gain.keep:
         best_trees = 0  # the best round's edge over the mixed model alone is within noise
     return booster, best_trees, rounds, stale, gain

@@ -27,7 +27,7 @@ from hierfit.engines.base import variance_table
 from hierfit.engines.neural._model import HierEnsemble
 
 if TYPE_CHECKING:
-    from hierfit.engines.neural._gate import NonlinearGain
+    from hierfit.engines.heldout_gain import HeldoutGain
 from hierfit.engines.neural._options import OPTIONS, Settings
 from hierfit.engines.neural._posterior import likelihood_weights, polish, posterior_draws
 from hierfit.engines.neural._prep import Scaling, spread_factor
@@ -41,7 +41,7 @@ POSTERIOR_DRAWS = 200  # Gaussian draws of the linear part, shared out over the 
 
 
 def finish(design: Design, spec: ModelSpec, model: HierEnsemble, data, scaling: Scaling, settings: Settings,
-           options: OPTIONS, histories: list, diagnostics: list[Diagnostic], gain: NonlinearGain | None = None) -> NeuralFit:
+           options: OPTIONS, histories: list, diagnostics: list[Diagnostic], gain: HeldoutGain | None = None) -> NeuralFit:
     model = model.cpu().eval()
     M = model.n_members
     beta, b = member_linear(model, scaling, design)

@@ -7,24 +7,23 @@ the validation rows decide (as early stopping at zero trees does for boosting):
 
 * for each member, its linear part is solved exactly on the training rows twice (the mixed
   model's conditional modes, see :func:`~hierfit.engines.neural._posterior.polish`): once
-  with the network's output as an offset and once without, with the same variance components
-  (gaussian: REML given the offset, else the member's learned SDs);
+  with the network's output as an offset and once without, with variance components found the
+  same way for both (gaussian: REML given each offset; else the member's learned SDs);
 * each version predicts the validation rows; the per-row log-density gain of the network,
   averaged over members, is compared to its standard error across rows.
 
-The MLP is kept when the gain exceeds :data:`KEEP_Z` standard errors: a one-sided test at
-about 2.5% that keeps noise out and lets any real nonlinearity through (on the nonlinear
-simulation the gain is dozens of standard errors).
+The MLP is kept when the gain exceeds two standard errors (the rule shared with
+``boosted-mixed``'s trees, :mod:`hierfit.engines.heldout_gain`); on the nonlinear simulation
+the gain is over ten standard errors.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-
 import numpy as np
 
 from hierfit.design import Design
+from hierfit.engines.heldout_gain import HeldoutGain
 from hierfit.engines.neural._finish import member_linear, member_variances, reml_variances
 from hierfit.engines.neural._posterior import polish
 from hierfit.engines.neural._prep import Scaling
@@ -33,30 +32,7 @@ from hierfit.evaluate.predictive import outcome_logpdf
 from hierfit.results.layout import ParameterLayout
 from hierfit.spec import get_family
 
-KEEP_Z = 2.0
-
-
-@dataclass(frozen=True)
-class NonlinearGain:
-    """Mean held-out log-density gain per row from the MLP, its standard error, and the verdict."""
-
-    gain: float
-    std_error: float
-    n_rows: int
-
-    @property
-    def keep(self) -> bool:
-        """Whether the gain is more than :data:`KEEP_Z` standard errors above zero.
-
-        Examples
-        --------
-        >>> NonlinearGain(0.05, 0.01, 1000).keep, NonlinearGain(0.001, 0.002, 1000).keep
-        (True, False)
-        """
-        return self.gain > KEEP_Z * self.std_error
-
-
-def nonlinear_gain(design: Design, model, scaling: Scaling, family: str, reml: bool, val_mask: np.ndarray) -> NonlinearGain:
+def nonlinear_gain(design: Design, model, scaling: Scaling, family: str, reml: bool, val_mask: np.ndarray) -> HeldoutGain:
     """Held-out gain of ``model``'s MLP over its linear part alone (see the module docstring)."""
     train = ~val_mask
     g = network_output(copy.deepcopy(model).cpu().double().eval(), scaling, design)
@@ -67,13 +43,6 @@ def nonlinear_gain(design: Design, model, scaling: Scaling, family: str, reml: b
     inverse_link = get_family(family).inverse_link
     zero = np.zeros((1, design.n))
     start = layout.flatten(*member_linear(model, scaling, design))  # Newton's start for bernoulli/poisson
-    covs, sigma = member_variances(model, scaling, family)
-    if family == "gaussian" and reml and design.terms:
-        covs, sigma = reml_variances(design, g, train)
-        covs0, sigma0 = reml_variances(design, zero, train)  # no offset: one fit serves all members
-        covs0, sigma0 = [np.repeat(c, M, axis=0) for c in covs0], np.repeat(sigma0, M)
-    else:
-        covs0, sigma0 = covs, sigma
 
     def heldout_logpdf(offset: np.ndarray, theta: np.ndarray, covs_m: list[np.ndarray], sigma_m: float | None) -> np.ndarray:
         theta = polish(R_train, layout, design.y[train], offset[train], theta, covs_m, sigma_m, family)
@@ -81,11 +50,16 @@ def nonlinear_gain(design: Design, model, scaling: Scaling, family: str, reml: b
         sd = None if sigma_m is None else np.array([sigma_m])
         return outcome_logpdf(family, design.y[val_mask][None, :], mu[None, :], sd)[0]
 
-    def member(m: int) -> np.ndarray:
-        s, s0 = (None, None) if sigma is None else (float(sigma[m]), float(sigma0[m]))
-        with_mlp = heldout_logpdf(g[m], start[m], [c[m] for c in covs], s)
-        return with_mlp - heldout_logpdf(zero[0], start[m], [c[m] for c in covs0], s0)
+    def member_sigma(sigma: np.ndarray | None, m: int) -> float | None:
+        return None if sigma is None else float(sigma[m])
 
-    per_row = np.mean([member(m) for m in range(M)], axis=0)
-    se = float(per_row.std(ddof=1) / np.sqrt(len(per_row))) if len(per_row) > 1 else float("inf")
-    return NonlinearGain(float(per_row.mean()), se, int(len(per_row)))
+    if family == "gaussian" and reml and design.terms:
+        covs, sigma = reml_variances(design, g, train)
+        covs0, sigma0 = reml_variances(design, zero, train)
+        # without an offset the members' linear models coincide: one baseline serves them all
+        baselines = [heldout_logpdf(zero[0], start[0], [c[0] for c in covs0], float(sigma0[0]))] * M
+    else:
+        covs, sigma = member_variances(model, scaling, family)
+        baselines = [heldout_logpdf(zero[0], start[m], [c[m] for c in covs], member_sigma(sigma, m)) for m in range(M)]
+    gains = [heldout_logpdf(g[m], start[m], [c[m] for c in covs], member_sigma(sigma, m)) - baselines[m] for m in range(M)]
+    return HeldoutGain.from_rows(np.mean(gains, axis=0))
