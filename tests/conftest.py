@@ -15,6 +15,20 @@ REFERENCE_FORMULA = "y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)"
 QUICK_ENGINES = ["ols", "mixed"]
 
 
+def quick_comparison(sim: hierfit.Simulation, cv: str = "submarket:3") -> hierfit.Comparison:
+    """``compare`` of the :data:`QUICK_ENGINES` (quick-fit options) on a simulation, with its truth."""
+    import warnings
+
+    from hierfit.engines import ENGINES
+    from hierfit.evaluate import compare
+
+    options = {n: ENGINES[n].fast_options() for n in QUICK_ENGINES}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return compare(sim.formula, sim.data, engines=QUICK_ENGINES, cv=cv, national="United_state", truth=sim.truth,
+                       options=options, progress=False)
+
+
 @pytest.fixture(scope="session")
 def reference_sim() -> hierfit.Simulation:
     """The reference DGP: 10 markets × 5 submarkets × 100 rows (5,000 rows)."""

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 
 import hierfit
-from hierfit.engines import ENGINES
 
-from ..conftest import QUICK_ENGINES
+from ..conftest import quick_comparison
 
 
 @pytest.fixture(scope="session")
@@ -19,13 +16,4 @@ def small_sim():
 
 @pytest.fixture(scope="session")
 def submarket_comparison(small_sim):
-    from hierfit.evaluate import compare
-
-    names = QUICK_ENGINES
-    options = {n: ENGINES[n].fast_options() for n in names}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return compare(
-            small_sim.formula, small_sim.data, engines=names, cv="submarket:3", national="United_state",
-            truth=small_sim.truth, options=options, progress=False,
-        )  # fmt: skip
+    return quick_comparison(small_sim)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -11,9 +9,8 @@ matplotlib.use("Agg")
 import pytest  # noqa: E402
 
 import hierfit  # noqa: E402
-from hierfit.engines import ENGINES  # noqa: E402
 
-from ..conftest import QUICK_ENGINES  # noqa: E402
+from ..conftest import quick_comparison  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -23,13 +20,7 @@ def report_sim():
 
 @pytest.fixture(scope="session")
 def report_comparison(report_sim):
-    from hierfit.evaluate import compare
-
-    names = QUICK_ENGINES
-    options = {n: ENGINES[n].fast_options() for n in names}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return compare(report_sim.formula, report_sim.data, engines=names, cv="submarket:3", national="United_state", truth=report_sim.truth, options=options, progress=False)
+    return quick_comparison(report_sim)
 
 
 @pytest.fixture(scope="session")
