@@ -203,3 +203,26 @@ def test_new_submarket_intervals_include_its_unknown_effect(reference_sim) -> No
     half = 1.6449  # z for 90%
     assert width_new > width_seen
     assert np.sqrt((width_new / (2 * half)) ** 2 - (width_seen / (2 * half)) ** 2) == pytest.approx(sd, rel=0.35)
+
+
+@pytest.mark.parametrize("shift", [1e6, 1e8, 1e12])
+def test_large_mean_outcome_keeps_the_variances(reference_sim: hierfit.Simulation, shift: float) -> None:
+    """Prices in the millions: the variance components must not move with the outcome's mean.
+
+    Before the core standardised its columns, ``y + 1e6`` gave a market variance of 2.55
+    instead of 1.77 and ``y + 1e8`` every variance as 1.986.  y is put on a binary grid so
+    that ``y + shift`` is exact and the comparison measures only the algorithm.
+    """
+    data = reference_sim.data.copy()
+    data["y"] = np.round(data["y"] * 1024) / 1024
+    formula = "y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)"
+    base = hierfit.fit(formula, data, national="United_state")
+    data["y"] = data["y"] + shift
+    moved = hierfit.fit(formula, data, national="United_state")
+    v0 = base.variance_components()["variance"].to_numpy()
+    v1 = moved.variance_components()["variance"].to_numpy()
+    assert np.max(np.abs(v1 - v0) / np.abs(v0)) <= 1e-8
+    f0, f1 = base.fixed_effects().set_index("term"), moved.fixed_effects().set_index("term")
+    assert abs(f1.loc["Intercept", "estimate"] - shift - f0.loc["Intercept", "estimate"]) <= 1e-8 * shift
+    assert np.allclose(f1.loc[["x1", "x2"], "estimate"], f0.loc[["x1", "x2"], "estimate"], rtol=1e-8)
+    assert np.allclose(f1["std_error"], f0["std_error"], rtol=1e-8)

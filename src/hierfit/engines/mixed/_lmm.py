@@ -30,6 +30,7 @@ from ._blocks import RandomBlock, make_plan
 from ._factor import Factorization, System
 from ._gradient import criterion_and_gradient
 from ._optim import minimize_theta
+from ._standardize import Standardization, standardize
 from ._suffstats import compute_rows, make_layout
 from ._theta import ThetaSpec, profiled_criterion
 
@@ -132,6 +133,9 @@ class LmmSolution:
     _u: list[np.ndarray] = field(repr=False, compare=False)
     _term_map: list[tuple[int, int, int, int]] = field(repr=False, compare=False)
     _factor_T: list[np.ndarray] = field(repr=False, compare=False)
+    _std: Standardization = field(repr=False, compare=False)
+    _beta_t: np.ndarray = field(repr=False, compare=False)
+    _sigma_t: float = field(repr=False, compare=False)
 
     def sample_effects(self, n_draws: int, rng: np.random.Generator
                        ) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -167,13 +171,15 @@ class LmmSolution:
             z = rng.standard_normal((m, K, d))
             rhs.append(z - fz.G[i][:, :, -(p + 1):-1] @ x_beta)
         x_u = sysm.back_solve(fz, rhs)
-        beta_draws = self.beta[None, :] + self.sigma * x_beta.T
-        u_draws = [self._u[i][..., None] + self.sigma * x_u[i] for i in range(sysm.n_random)]
+        # Draws in the standardised coordinates of the system, then mapped back.
+        sig_t = self._sigma_t
+        beta_draws = self._std.beta(self._beta_t[None, :] + sig_t * x_beta.T)
+        u_draws = [self._u[i][..., None] + sig_t * x_u[i] for i in range(sysm.n_random)]
         b_draws = []
-        for f_lvl, f_seg, c0, k, fac in self._iter_terms():
+        for t, (f_lvl, f_seg, c0, k, fac) in enumerate(self._iter_terms()):
             uf = _factor_u(sysm, u_draws, f_lvl, f_seg)  # (m, K, d)
-            bf = self._factor_T[fac] @ uf
-            b_draws.append(np.ascontiguousarray(np.transpose(bf[:, c0:c0 + k, :], (2, 0, 1))))
+            bf = np.transpose((self._factor_T[fac] @ uf)[:, c0:c0 + k, :], (2, 0, 1))
+            b_draws.append(np.ascontiguousarray(self._std.ranef(t, bf)))
         return beta_draws, b_draws
 
     def _iter_terms(self) -> list[tuple[int, int, int, int, int]]:
@@ -255,7 +261,13 @@ def fit_lmm(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *,
     t0 = time.perf_counter()
     plan, _ = make_plan(blocks, n)
     layout = make_layout(plan, p)
-    sysm = System(plan, layout, compute_rows(X, y, plan, layout))
+    # The statistics are those of centred and scaled columns (see _standardize): raw
+    # cross-products of a large-mean outcome lose every digit the variances depend on.
+    std = standardize(X, y, [[blk.column(a) for a in range(blk.k)] for blk in blocks],
+                      [blk.correlated for blk in blocks])
+    xy_map = (np.append(std.x.center, std.y_center), np.append(std.x.scale, std.y_scale))
+    factor_maps = [_factor_map(std, fac.blocks) for fac in plan.factors]
+    sysm = System(plan, layout, compute_rows(X, y, plan, layout, xy_map, factor_maps))
     timings = {"data_pass": time.perf_counter() - t0}
     _check_fixed_rank(sysm.raw_rows[-1][0], p)
     spec = ThetaSpec.from_blocks(blocks)
@@ -267,13 +279,17 @@ def fit_lmm(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *,
             return np.inf
         return profiled_criterion(fz, n, p, reml)
 
-    x0 = spec.start() if start_theta is None else np.asarray(start_theta, dtype=float)
-    if x0.shape != (spec.size,):
-        raise ValueError(f"start_theta must have {spec.size} elements")
+    if start_theta is None:
+        x0 = spec.start()
+    else:
+        x0 = np.asarray(start_theta, dtype=float)
+        if x0.shape != (spec.size,):
+            raise ValueError(f"start_theta must have {spec.size} elements")
+        x0 = _theta_standardized(spec, std, x0)
     if gradient not in ("analytic", "fd"):
         raise ValueError("gradient must be 'analytic' or 'fd'")
     if not optimize:
-        return _assemble(sysm, spec, blocks, np.maximum(x0, spec.lower), reml, n, p,
+        return _assemble(sysm, spec, std, blocks, np.maximum(x0, spec.lower), reml, n, p,
                          True, "evaluated at start_theta (not optimised)", 1, timings)
     # For each diagonal theta: the theta entries below it in the same column of its T.
     below = {d: [t for t, (bt, it, jt) in enumerate(spec.entries)
@@ -292,8 +308,20 @@ def fit_lmm(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *,
                              seed=seed, below=below,
                              grad=crit_grad if gradient == "analytic" else None)
         timings["optimize"] = time.perf_counter() - t0
-        return _assemble(sysm, spec, blocks, opt.theta, reml, n, p,
+        return _assemble(sysm, spec, std, blocks, opt.theta, reml, n, p,
                          opt.converged, opt.message, opt.n_evaluations, timings)
+
+
+def _factor_map(std: Standardization, block_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(center, scale)`` of a factor's columns: its terms' maps side by side."""
+    maps = [std.z[b] for b in block_ids]
+    return np.concatenate([m.center for m in maps]), np.concatenate([m.scale for m in maps])
+
+
+def _theta_standardized(spec: ThetaSpec, std: Standardization, theta: np.ndarray) -> np.ndarray:
+    """Theta in the standardised coordinates from theta in the caller's."""
+    Ts = [std.term_T_standardized(b, T) for b, T in enumerate(spec.block_T(theta))]
+    return np.array([Ts[b][i, j] for b, i, j in spec.entries])
 
 
 def _check_fixed_rank(xy_cross: np.ndarray, p: int) -> None:
@@ -307,29 +335,35 @@ def _check_fixed_rank(xy_cross: np.ndarray, p: int) -> None:
         raise ValueError("the fixed-effects matrix X is rank deficient (or has a zero column)")
 
 
-def _assemble(sysm: System, spec: ThetaSpec, blocks: list[RandomBlock], theta: np.ndarray,
-              reml: bool, n: int, p: int, converged: bool, message: str,
+def _assemble(sysm: System, spec: ThetaSpec, std: Standardization, blocks: list[RandomBlock],
+              theta_t: np.ndarray, reml: bool, n: int, p: int, converged: bool, message: str,
               n_eval: int, timings: dict[str, float]) -> LmmSolution:
-    """Compute every reported quantity at the optimum."""
+    """Compute every reported quantity at the optimum, in the caller's coordinates.
+
+    The system holds standardised columns: quantities are computed there (suffix ``_t``)
+    and mapped back by ``std``.
+    """
     t0 = time.perf_counter()
     plan = sysm.plan
-    fT = spec.factor_T(theta, plan)
+    fT = spec.factor_T(theta_t, plan)
     fz = sysm.factorize(fT, keep=True)
-    obj = profiled_criterion(fz, n, p, reml)
+    obj = std.criterion(profiled_criterion(fz, n, p, reml), n, reml)
     LM = fz.LM
     RXt = LM[:p, :p]
-    beta = sla.solve_triangular(RXt, LM[p, :p], lower=True, trans="T") if p else np.zeros(0)
+    beta_t = sla.solve_triangular(RXt, LM[p, :p], lower=True, trans="T") if p else np.zeros(0)
     r2 = float(LM[p, p]) ** 2
-    sigma = float(np.sqrt(r2 / (n - p if reml else n)))
+    sigma_t = float(np.sqrt(r2 / (n - p if reml else n)))
+    sigma = std.y_scale * sigma_t
     rx_inv = sla.solve_triangular(RXt, np.eye(p), lower=True) if p else np.zeros((0, 0))
-    vcov = sigma ** 2 * (rx_inv.T @ rx_inv)
-    c = np.concatenate([-beta, [1.0]])
+    vcov = std.vcov(sigma_t ** 2 * (rx_inv.T @ rx_inv))
+    c = np.concatenate([-beta_t, [1.0]])
     u = sysm.back_solve(fz, [G[:, :, -(p + 1):] @ c[:, None] for G in fz.G])
     diag = sysm.diag_inverse(fz)
     # Where each term lives: (level, root segment, first column in factor, k).
     term_map: list[tuple[int, int, int, int]] = []
-    bT = spec.block_T(theta)
+    bT = spec.block_T(theta_t)
     covs, sds, cors, modes, condsd, condcov = [], [], [], [], [], []
+    theta = np.empty_like(theta_t)
     for b, blk in enumerate(blocks):
         f = next(i for i, fac in enumerate(plan.factors) if b in fac.blocks)
         fac = plan.factors[f]
@@ -339,7 +373,11 @@ def _assemble(sysm: System, spec: ThetaSpec, blocks: list[RandomBlock], theta: n
         else:
             lvl, seg = sysm.n_chain, plan.root.index(f)
         term_map.append((lvl, seg, c0, blk.k))
-        cov = sigma ** 2 * (bT[b] @ bT[b].T)
+        T = std.term_T(b, bT[b])
+        for t, (bt, i, j) in enumerate(spec.entries):
+            if bt == b:
+                theta[t] = T[i, j]
+        cov = sigma ** 2 * (T @ T.T)
         sd = np.sqrt(np.diag(cov))
         with np.errstate(invalid="ignore", divide="ignore"):
             cor = cov / np.outer(sd, sd)
@@ -348,18 +386,20 @@ def _assemble(sysm: System, spec: ThetaSpec, blocks: list[RandomBlock], theta: n
         sds.append(sd)
         cors.append(cor)
         bf = (fT[f] @ _factor_u(sysm, u, lvl, seg))[:, c0:c0 + blk.k, 0]
-        cc = sigma ** 2 * (fT[f] @ _factor_condcov(sysm, diag, lvl, seg) @ fT[f].T)
-        cc = cc[:, c0:c0 + blk.k, c0:c0 + blk.k]
-        modes.append(bf)
+        cc = sigma_t ** 2 * (fT[f] @ _factor_condcov(sysm, diag, lvl, seg) @ fT[f].T)
+        cc = std.ranef_cov(b, cc[:, c0:c0 + blk.k, c0:c0 + blk.k])
+        modes.append(std.ranef(b, bf))
         condcov.append(cc)
         condsd.append(np.sqrt(np.diagonal(cc, axis1=1, axis2=2)))
     loglik = -0.5 * obj
     n_params = p + spec.size + 1
-    sing = [(b, i) for val, (b, i, j), lo in zip(theta, spec.entries, spec.lower)
+    # isSingular's rule, judged in the standardised coordinates so that the verdict does
+    # not depend on the units of the predictors.
+    sing = [(b, i) for val, (b, i, j), lo in zip(theta_t, spec.entries, spec.lower)
             if lo == 0.0 and val < SINGULAR_TOL]
     timings["finalize"] = time.perf_counter() - t0
     return LmmSolution(
-        beta=beta, vcov_beta=vcov, se_beta=np.sqrt(np.diag(vcov)), theta=np.array(theta),
+        beta=std.beta(beta_t), vcov_beta=vcov, se_beta=np.sqrt(np.diag(vcov)), theta=theta,
         theta_lower=spec.lower.copy(), theta_entries=spec.entries, sigma=sigma,
         covariances=covs, sds=sds, correlations=cors, ranef=modes, ranef_condsd=condsd,
         ranef_condcov=condcov, loglik=loglik, objective=obj,
@@ -368,7 +408,7 @@ def _assemble(sysm: System, spec: ThetaSpec, blocks: list[RandomBlock], theta: n
         n_params=n_params, reml=reml, converged=converged, message=message,
         n_evaluations=n_eval, singular=bool(sing), singular_terms=sing, timings=timings,
         _system=sysm, _fz=fz, _u=[ui[..., 0] for ui in u], _term_map=term_map,
-        _factor_T=fT)
+        _factor_T=fT, _std=std, _beta_t=beta_t, _sigma_t=sigma_t)
 
 
 def likelihood_ratio_test(sol_small: LmmSolution, sol_big: LmmSolution

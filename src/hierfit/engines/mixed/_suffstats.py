@@ -107,15 +107,31 @@ def make_layout(plan: Plan, p: int) -> Layout:
     return Layout(sizes, ms, offsets, off + p + 1, segments, bool(plan.root), p)
 
 
-def _sparse_z(fac: Factor, n: int) -> sp.csr_matrix:
-    """Sparse ``n x (m K)`` model matrix of a factor (only used for the crossed root)."""
-    rows = np.repeat(np.arange(n, dtype=np.int64), fac.K)
-    cols = (fac.group_index[:, None] * fac.K + np.arange(fac.K)[None, :]).ravel()
-    data = np.column_stack(fac.columns).ravel()
-    return sp.csr_matrix((data, (rows, cols)), shape=(n, fac.m * fac.K))
+#: ``column_t = (column - center) / scale`` for the columns of ``[X y]`` and of each factor.
+ColumnAffine = tuple[np.ndarray, np.ndarray]
 
 
-def compute_rows(X: np.ndarray, y: np.ndarray, plan: Plan, layout: Layout) -> list[np.ndarray]:
+def _affine(cols: list[np.ndarray], amap: ColumnAffine | None) -> list[np.ndarray]:
+    """Standardised copies of the columns that the map changes (others as they are)."""
+    if amap is None:
+        return cols
+    c, s = amap
+    return [col if (c[j] == 0.0 and s[j] == 1.0) else (col - c[j]) / s[j] for j, col in enumerate(cols)]
+
+
+def _sparse_z(fac: Factor, rows: slice, amap: ColumnAffine | None) -> sp.csr_matrix:
+    """Sparse ``(rows) x (m K)`` model matrix of a factor (only used for the crossed root)."""
+    g = fac.group_index[rows]
+    n = g.size
+    r = np.repeat(np.arange(n, dtype=np.int64), fac.K)
+    cols = (g[:, None] * fac.K + np.arange(fac.K)[None, :]).ravel()
+    data = np.column_stack(_affine([c[rows] for c in fac.columns], amap)).ravel()
+    return sp.csr_matrix((data, (r, cols)), shape=(n, fac.m * fac.K))
+
+
+def compute_rows(X: np.ndarray, y: np.ndarray, plan: Plan, layout: Layout,
+                 xy_map: ColumnAffine | None = None,
+                 factor_maps: list[ColumnAffine] | None = None) -> list[np.ndarray]:
     """Gather all sufficient statistics in one chunked pass over the rows.
 
     Parameters
@@ -128,6 +144,10 @@ def compute_rows(X: np.ndarray, y: np.ndarray, plan: Plan, layout: Layout) -> li
         Elimination plan.
     layout : Layout
         Column layout of ``plan``.
+    xy_map, factor_maps : optional
+        ``(center, scale)`` of the ``p + 1`` columns of ``[X y]`` and of each factor's ``K``
+        columns, applied chunk by chunk (no full-size copies): the statistics are those of
+        the standardised columns (see :mod:`._standardize`).
 
     Returns
     -------
@@ -135,6 +155,8 @@ def compute_rows(X: np.ndarray, y: np.ndarray, plan: Plan, layout: Layout) -> li
         The unscaled rows of every level (see module docstring).
     """
     n, p = X.shape
+    if factor_maps is None:
+        factor_maps = [None] * len(plan.factors)  # type: ignore[list-item]
     total = layout.total
     rows: list[np.ndarray] = [
         np.zeros((layout.m[i], layout.sizes[i], total - layout.offsets[i]))
@@ -150,18 +172,22 @@ def compute_rows(X: np.ndarray, y: np.ndarray, plan: Plan, layout: Layout) -> li
         xy = np.empty((p + 1, stop - start))
         xy[:p] = X[start:stop].T
         xy[p] = y[start:stop]
+        if xy_map is not None:
+            xy = (xy - xy_map[0][:, None]) / xy_map[1][:, None]
         fixed += xy @ xy.T
         xy_ones = x_ones + [False]
+        chunk_cols = [_affine([c[start:stop] for c in fac.columns], factor_maps[f])
+                      for f, fac in zip(plan.chain, chain)]
         for lvl, fac in enumerate(chain):
             g = fac.group_index[start:stop]
             cnt: np.ndarray | None = None
-            own = [c[start:stop] for c in fac.columns]
+            own = chunk_cols[lvl]
             # Targets: (global column, values, is_ones) for every column right of own col a.
             anc: list[tuple[int, np.ndarray, bool]] = []
             for a_lvl in range(lvl + 1, len(chain)):
                 afac = chain[a_lvl]
                 for c in range(afac.K):
-                    anc.append((layout.offsets[a_lvl] + c, afac.columns[c][start:stop],
+                    anc.append((layout.offsets[a_lvl] + c, chunk_cols[a_lvl][c],
                                 afac.is_ones[c]))
             fixed_t = [(fix_off + c, xy[c], xy_ones[c]) for c in range(p + 1)]
             base = layout.offsets[lvl]
@@ -183,7 +209,7 @@ def compute_rows(X: np.ndarray, y: np.ndarray, plan: Plan, layout: Layout) -> li
         iu = np.triu_indices(fac.K, 1)
         blk[:, iu[1], iu[0]] = blk[:, iu[0], iu[1]]
     if layout.has_root:
-        _root_rows(X, y, plan, layout, rows)
+        _root_rows(X, y, plan, layout, rows, xy_map, factor_maps)
     return rows
 
 
@@ -192,24 +218,30 @@ def _is_ones_col(col: np.ndarray) -> bool:
 
 
 def _root_rows(X: np.ndarray, y: np.ndarray, plan: Plan, layout: Layout,
-               rows: list[np.ndarray]) -> None:
-    """Fill the crossed (dense root) parts with sparse products.
+               rows: list[np.ndarray], xy_map: ColumnAffine | None,
+               factor_maps: list[ColumnAffine]) -> None:
+    """Fill the crossed (dense root) parts with sparse products, chunk by chunk.
 
     This is the fallback for crossed factors: the root is eliminated as one dense block,
     so its statistics are stored densely (``q_root`` columns in every chain row).
     """
-    n = X.shape[0]
+    n, p = X.shape
     r_lvl = len(plan.chain)
     r_off = layout.offsets[r_lvl]
-    zr = sp.hstack([_sparse_z(plan.factors[f], n) for f in plan.root]).tocsc()
-    q_root = zr.shape[1]
-    zrt = zr.T.tocsr()
-    rows[r_lvl][0, :, :q_root] = (zrt @ zr).toarray()
-    rows[r_lvl][0, :, q_root: q_root + layout.p] = zrt @ X
-    rows[r_lvl][0, :, q_root + layout.p] = zrt @ y
-    for lvl, f in enumerate(plan.chain):
-        fac = plan.factors[f]
-        zc = _sparse_z(fac, n).T.tocsr()
-        block = (zc @ zr).toarray().reshape(fac.m, fac.K, q_root)
-        c0 = r_off - layout.offsets[lvl]
-        rows[lvl][:, :, c0: c0 + q_root] = block
+    q_root = sum(plan.factors[f].m * plan.factors[f].K for f in plan.root)
+    root = rows[r_lvl][0]
+    for start in range(0, n, CHUNK_ROWS):
+        chunk = slice(start, min(n, start + CHUNK_ROWS))
+        xy = np.column_stack([X[chunk], y[chunk]])
+        if xy_map is not None:
+            xy = (xy - xy_map[0][None, :]) / xy_map[1][None, :]
+        zr = sp.hstack([_sparse_z(plan.factors[f], chunk, factor_maps[f]) for f in plan.root]).tocsc()
+        zrt = zr.T.tocsr()
+        root[:, :q_root] += (zrt @ zr).toarray()
+        root[:, q_root: q_root + p + 1] += zrt @ xy
+        for lvl, f in enumerate(plan.chain):
+            fac = plan.factors[f]
+            zc = _sparse_z(fac, chunk, factor_maps[f]).T.tocsr()
+            block = (zc @ zr).toarray().reshape(fac.m, fac.K, q_root)
+            c0 = r_off - layout.offsets[lvl]
+            rows[lvl][:, :, c0: c0 + q_root] += block
