@@ -13,6 +13,7 @@ One model spec (lme4/brms formula syntax), several engines, one kind of result::
 from hierfit import priors
 from hierfit.api import fit, fit_design
 from hierfit.design import Design, build_design
+from hierfit.design.hierarchy import Hierarchy
 from hierfit.engines import ENGINES, get_engine
 from hierfit.engines.bayes import compare_loo, ppc, stan_code
 from hierfit.engines.mixed.engine import likelihood_ratio as lrt
@@ -29,10 +30,10 @@ from hierfit.exceptions import (
     UnseenGroupsWarning,
 )
 from hierfit.formula import parse_formula
+from hierfit.model import ModelSpec, make_spec
 from hierfit.results import FitResult
 from hierfit.results import load_fit as load
 from hierfit.simulate import LevelSim, Simulation, simulate
-from hierfit.spec import Hierarchy, ModelSpec, make_spec
 
 __version__ = "0.1.0"
 

@@ -13,8 +13,8 @@ from hierfit.design import Design, build_design
 from hierfit.engines import default_engine, get_engine
 from hierfit.engines.base import parse_options
 from hierfit.exceptions import SpecError
+from hierfit.model import DEFAULT_NATIONAL, ModelSpec, Prior, make_spec
 from hierfit.results import FitResult
-from hierfit.spec import DEFAULT_NATIONAL, ModelSpec, Prior, make_spec
 
 
 def fit_design(design: Design, *, engine: str, checks: Mapping[str, str] | None = None, **engine_options: Any) -> FitResult:

@@ -14,7 +14,13 @@ from typing import Literal
 
 import numpy as np
 
-from hierfit.exceptions import DataCheckWarning, DataError, FitWarning, HierfitError, SpecError
+from hierfit.exceptions import (
+    DataCheckWarning,
+    DataError,
+    FitWarning,
+    HierfitError,
+    SpecError,
+)
 
 Severity = Literal["ignore", "warn", "error"]
 SEVERITIES: tuple[str, ...] = ("error", "ignore", "warn")

@@ -169,7 +169,7 @@ def stancode(data, formula, family, national, data_out) -> None:
     from hierfit.design import build_design
     from hierfit.engines.bayes import stan_code, stan_data
     from hierfit.io import read_table
-    from hierfit.spec import make_spec
+    from hierfit.model import make_spec
 
     design = build_design(make_spec(formula, family=family, national=national), read_table(data))
     click.echo(stan_code(design))

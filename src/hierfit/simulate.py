@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from hierfit.exceptions import SpecError
-from hierfit.spec import DEFAULT_NATIONAL, get_family
+from hierfit.model import DEFAULT_NATIONAL, get_family
 
 NONLINEAR_TERMS = ("interaction", "sin", "threshold")
 
@@ -256,8 +256,8 @@ def _true_formula(lv, slopes) -> str:
 
 def _truth(df, formula, lv, slopes, national, deviations, group_of_row, residual_sd, eta, mean, f, national_name, family) -> Truth:
     from hierfit.design import build_design
+    from hierfit.model import make_spec
     from hierfit.results.layout import ParameterLayout
-    from hierfit.spec import make_spec
 
     spec = make_spec(formula, national=national_name, family=family)
     design = build_design(spec, df)

@@ -9,7 +9,7 @@ import pytest
 import hierfit
 from hierfit.design import build_design
 from hierfit.exceptions import DataError
-from hierfit.spec import make_spec
+from hierfit.model import make_spec
 
 
 def test_design_arrays(small_sim) -> None:

@@ -17,9 +17,17 @@ pytest.importorskip("pymc")
 az = pytest.importorskip("arviz")
 
 from hierfit.engines.bayes import compare_loo, ppc  # noqa: E402
-from hierfit.engines.bayes.marginal import conditional_draws, marginal_data, marginal_loglik  # noqa: E402
+from hierfit.engines.bayes.marginal import (  # noqa: E402
+    conditional_draws,
+    marginal_data,
+    marginal_loglik,
+)
 from hierfit.engines.bayes.priors import resolve_priors  # noqa: E402
-from hierfit.engines.bayes.structure import expanded_columns, make_structure, sufficient_stats  # noqa: E402
+from hierfit.engines.bayes.structure import (  # noqa: E402
+    expanded_columns,
+    make_structure,
+    sufficient_stats,
+)
 
 QUIET = {"few_groups": "ignore", "ess": "ignore", "single_row_groups": "ignore"}
 SMALL = dict(n_markets=4, n_submarkets=3, rows_per_submarket=20)

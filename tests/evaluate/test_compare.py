@@ -12,7 +12,6 @@ from hierfit.evaluate.comparison import SUMMARY_COLUMNS
 from hierfit.exceptions import EngineError
 
 
-
 def test_every_row_is_predicted_once_per_engine_out_of_fold(submarket_comparison, small_sim):
     comp = submarket_comparison
     preds = comp.predictions

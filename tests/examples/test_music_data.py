@@ -6,8 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hierfit.examples.music import (
+    FEATURES,
+    REQUIRED_COLUMNS,
+    clean_catalogue,
+    load_spotify,
+    synthetic_catalogue,
+)
 from hierfit.exceptions import DataError
-from hierfit.examples.music import FEATURES, REQUIRED_COLUMNS, clean_catalogue, load_spotify, synthetic_catalogue
 
 HEADER = (
     "track_id,track_name,track_artist,track_popularity,track_album_name,playlist_name,playlist_genre,"

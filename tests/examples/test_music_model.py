@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 
 from hierfit.engines import ENGINES
-from hierfit.exceptions import EngineError, SpecError
 from hierfit.examples.music import clean_catalogue, synthetic_catalogue
 from hierfit.examples.music.analysis import (
     artist_ranking,
@@ -25,6 +24,7 @@ from hierfit.examples.music.analysis import (
     top_bottom,
 )
 from hierfit.examples.music.plots import plot_shrinkage
+from hierfit.exceptions import EngineError, SpecError
 
 pytestmark = pytest.mark.skipif("mixed" not in ENGINES, reason="the 'mixed' engine is not registered")
 

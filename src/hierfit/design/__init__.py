@@ -1,5 +1,12 @@
-"""build_design(): arrays, group indices, parent maps, stored encoding for new data."""
+"""From a spec and data to numbers: the tree of groups, arrays, and the encoding for new data."""
 
-from hierfit.design.build import NATIONAL_LEVEL, Design, DesignEncoding, TermDesign, build_design
+from hierfit.design.build import (
+    NATIONAL_LEVEL,
+    Design,
+    DesignEncoding,
+    TermDesign,
+    build_design,
+)
+from hierfit.design.hierarchy import Hierarchy, Level, build_hierarchy
 
-__all__ = ["NATIONAL_LEVEL", "Design", "DesignEncoding", "TermDesign", "build_design"]
+__all__ = ["NATIONAL_LEVEL", "Design", "DesignEncoding", "Hierarchy", "Level", "TermDesign", "build_design", "build_hierarchy"]

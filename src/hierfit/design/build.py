@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 from formulaic import Formula
 
+from hierfit.design.hierarchy import Hierarchy, build_hierarchy, factorize_factor
 from hierfit.exceptions import DataError, SpecError
 from hierfit.formula import INTERCEPT, GroupTerm
-from hierfit.spec import Hierarchy, ModelSpec, build_hierarchy, get_family
-from hierfit.spec.hierarchy import factorize_factor
+from hierfit.model import ModelSpec, get_family
 
 NATIONAL_LEVEL = "national"
 

@@ -25,9 +25,10 @@ from scipy import sparse, stats
 
 from hierfit.checks import Diagnostic
 from hierfit.design import Design
+from hierfit.design.hierarchy import Hierarchy
 from hierfit.exceptions import EngineError
+from hierfit.model import get_family
 from hierfit.results.layout import EFFECT_KEYS, ParameterLayout
-from hierfit.spec import Hierarchy, get_family
 
 FIXED_COLUMNS = ["term", "estimate", "std_error", "lower", "upper"]
 VARIANCE_COLUMNS = ["level", "term1", "term2", "variance", "sd_or_corr"]

@@ -27,7 +27,7 @@ from hierfit.checks import Diagnostic
 from hierfit.design import Design
 from hierfit.engines.base import VARIANCE_COLUMNS, GaussianCoefficients, LinearEngineFit
 from hierfit.exceptions import SpecError
-from hierfit.spec import ModelSpec
+from hierfit.model import ModelSpec
 
 
 @dataclass(frozen=True)

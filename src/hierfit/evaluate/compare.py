@@ -25,7 +25,7 @@ from hierfit.evaluate.metrics import recovery, score, truth_effects
 from hierfit.evaluate.predictive import predictive
 from hierfit.evaluate.splits import CVScheme, parse_cv
 from hierfit.exceptions import EngineError, HierfitError, HierfitWarning
-from hierfit.spec import DEFAULT_NATIONAL, ModelSpec, Prior, make_spec
+from hierfit.model import DEFAULT_NATIONAL, ModelSpec, Prior, make_spec
 
 
 def compare(
@@ -278,7 +278,13 @@ class _Progress:
     def __enter__(self) -> _Progress:
         if self.enabled:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self._progress = Progress(
                 TextColumn("[bold]compare[/bold] {task.description}"),

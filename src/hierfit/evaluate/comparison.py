@@ -25,7 +25,7 @@ import pandas as pd
 from hierfit.evaluate.metrics import METRICS, RECOVERY_COLUMNS, score
 from hierfit.evaluate.splits import CVScheme
 from hierfit.exceptions import HierfitError, PersistenceError
-from hierfit.spec import ModelSpec
+from hierfit.model import ModelSpec
 
 FORMAT_VERSION = 1
 FOLD_COLUMNS = [

@@ -27,7 +27,7 @@ import pandas as pd
 from scipy import special, stats
 
 from hierfit.engines.base import LinearEngineFit
-from hierfit.spec import get_family
+from hierfit.model import get_family
 
 MAX_DRAWS = 400
 MIN_DRAWS = 20  # fewer draws (a handful of ensemble members) make a lumpy mixture density

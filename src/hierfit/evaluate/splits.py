@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from hierfit.design.hierarchy import build_hierarchy
 from hierfit.exceptions import SpecError
-from hierfit.spec import ModelSpec
-from hierfit.spec.hierarchy import build_hierarchy
+from hierfit.model import ModelSpec
 
 KFOLD = "kfold"
 DEFAULT_FOLDS = 5

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hierfit.design.hierarchy import group_labels
 from hierfit.exceptions import SpecError
 from hierfit.plots._common import new_axes
-from hierfit.spec.hierarchy import group_labels
 
 MAX_ROWS = 40
 

@@ -9,7 +9,14 @@ import numpy as np
 import pandas as pd
 
 from hierfit.exceptions import SpecError
-from hierfit.plots._common import as_results, check_choice, engine_color, new_axes, new_figure, short_label
+from hierfit.plots._common import (
+    as_results,
+    check_choice,
+    engine_color,
+    new_axes,
+    new_figure,
+    short_label,
+)
 
 MAX_LABELLED = 80
 

@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hierfit.exceptions import SpecError
-from hierfit.plots._common import check_choice, effect_norm, fmt, new_axes, new_figure, short_label
+from hierfit.plots._common import (
+    check_choice,
+    effect_norm,
+    fmt,
+    new_axes,
+    new_figure,
+    short_label,
+)
 
 ROW_INCHES = 0.27
 COLUMN_INCHES = 2.3

@@ -15,7 +15,17 @@ from typing import Any
 import pandas as pd
 
 from hierfit.exceptions import DataError
-from hierfit.report.html import Page, data_summary, details, failed_plot, h3, img, pre, table_html, text
+from hierfit.report.html import (
+    Page,
+    data_summary,
+    details,
+    failed_plot,
+    h3,
+    img,
+    pre,
+    table_html,
+    text,
+)
 
 MAX_EFFECT_ROWS = 400
 
@@ -151,7 +161,13 @@ def _fit_page(fit, data: pd.DataFrame | None, truth: Any, title: str | None) -> 
 # -- shared sections ---------------------------------------------------------------------------
 def _effects_sections(page: Page, fits: dict, main: str, data: pd.DataFrame | None, truth: pd.DataFrame | None) -> None:
     from hierfit.engines import ENGINES
-    from hierfit.plots import CaterpillarDisplay, DecompositionDisplay, HierarchyTreeDisplay, PredictiveCheckDisplay, ShrinkageDisplay
+    from hierfit.plots import (
+        CaterpillarDisplay,
+        DecompositionDisplay,
+        HierarchyTreeDisplay,
+        PredictiveCheckDisplay,
+        ShrinkageDisplay,
+    )
 
     fit = fits[main]
     s = page.section("Hierarchy")

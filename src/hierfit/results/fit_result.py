@@ -13,7 +13,7 @@ import pandas as pd
 from hierfit.checks import Diagnostic
 from hierfit.design import Design, DesignEncoding
 from hierfit.exceptions import SpecError, UnseenGroupsWarning
-from hierfit.spec import ModelSpec, get_family
+from hierfit.model import ModelSpec, get_family
 
 DEFAULT_LEVEL = 0.9
 INTERVALS = ("confidence", "prediction")

@@ -21,8 +21,8 @@ import pandas as pd
 from scipy import sparse
 
 from hierfit.design import NATIONAL_LEVEL, Design
+from hierfit.design.hierarchy import Hierarchy
 from hierfit.formula import INTERCEPT
-from hierfit.spec import Hierarchy
 
 EFFECT_KEYS = ["level", "group", "parent", "term", "kind"]
 

@@ -86,7 +86,7 @@ def ppc(result, data: pd.DataFrame, *, n_draws: int = 100, seed: int = 0) -> PPC
     (20, 120)
     """
     from hierfit.engines.base import _sample_outcome
-    from hierfit.spec import get_family
+    from hierfit.model import get_family
 
     engine_fit = result.engine_fit
     draws = getattr(engine_fit, "draws", None)

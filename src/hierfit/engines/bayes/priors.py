@@ -29,7 +29,7 @@ import numpy as np
 from hierfit.design import Design
 from hierfit.exceptions import SpecError
 from hierfit.formula import INTERCEPT
-from hierfit.spec.priors import Prior, half_normal, lkj, normal
+from hierfit.model.priors import Prior, half_normal, lkj, normal
 
 #: distributions allowed per kind of parameter (location parameters vs positive scales)
 LOCATION_PRIORS = ("normal", "student_t")

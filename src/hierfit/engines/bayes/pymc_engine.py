@@ -35,10 +35,15 @@ from hierfit.design import Design
 from hierfit.engines.bayes.marginal import MarginalData, marginal_data
 from hierfit.engines.bayes.pt_marginal import marginal_loglik_op
 from hierfit.engines.bayes.result import BayesFit, assemble_fit
-from hierfit.engines.bayes.structure import BayesStructure, canonical_rows, make_structure, sufficient_stats
+from hierfit.engines.bayes.structure import (
+    BayesStructure,
+    canonical_rows,
+    make_structure,
+    sufficient_stats,
+)
 from hierfit.exceptions import EngineError, SpecError
-from hierfit.spec import ModelSpec
-from hierfit.spec.priors import Prior
+from hierfit.model import ModelSpec
+from hierfit.model.priors import Prior
 
 LIKELIHOODS = ("auto", "marginal", "rows", "suffstats")
 SAMPLERS = ("auto", "nutpie", "numpyro", "pymc")

@@ -19,8 +19,8 @@ from hierfit.engines.base import VARIANCE_COLUMNS, LinearEngineFit
 from hierfit.engines.bayes.diagnostics import sampler_diagnostics
 from hierfit.engines.bayes.marginal import MarginalData, conditional_draws
 from hierfit.engines.bayes.structure import BayesStructure
+from hierfit.model import get_family
 from hierfit.results.layout import ParameterLayout
-from hierfit.spec import get_family
 
 #: above this many draws × rows the pointwise log-likelihood is skipped unless asked for
 LOG_LIK_LIMIT = 50_000_000

@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import io
 import importlib.metadata
+import io
 import sys
 import tempfile
 import time
@@ -38,7 +38,7 @@ from hierfit.engines.bayes.result import BayesFit, assemble_fit
 from hierfit.engines.bayes.stancode import stan_code, stan_data
 from hierfit.engines.bayes.structure import canonical_rows, make_structure
 from hierfit.exceptions import ConvergenceError, EngineError
-from hierfit.spec import ModelSpec
+from hierfit.model import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,15 @@ import numpy as np
 
 from hierfit import __version__
 from hierfit.design import Design
-from hierfit.engines.bayes.structure import TermInfo, _safe, make_structure, sufficient_stats
+from hierfit.engines.bayes.structure import (
+    TermInfo,
+    _safe,
+    make_structure,
+    sufficient_stats,
+)
 from hierfit.exceptions import SpecError
 from hierfit.formula import INTERCEPT
-from hierfit.spec import ModelSpec
+from hierfit.model import ModelSpec
 
 #: Stan sampling statement and data parameters per engine-neutral scale-prior family
 _SCALE = {

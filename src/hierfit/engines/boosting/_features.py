@@ -20,10 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from hierfit.design import Design
+from hierfit.design.hierarchy import Hierarchy
 from hierfit.exceptions import SpecError
 from hierfit.formula import INTERCEPT
-from hierfit.spec import Hierarchy
 
 #: hierfit family -> LightGBM objective (raw scores are then on the family's link scale)
 OBJECTIVES: dict[str, str] = {"gaussian": "regression", "bernoulli": "binary", "poisson": "poisson"}

@@ -21,8 +21,8 @@ from collections.abc import Callable
 import numpy as np
 
 from hierfit.design import Design
+from hierfit.design.hierarchy import Hierarchy
 from hierfit.engines.boosting._features import FeatureMap
-from hierfit.spec import Hierarchy
 
 CHUNK_CELLS = 1_000_000  # rows x paths predicted per LightGBM call
 

@@ -44,11 +44,17 @@ from hierfit.checks import Diagnostic
 from hierfit.design import Design
 from hierfit.design.build import TermDesign
 from hierfit.engines.base import EngineFit, parse_options
-from hierfit.engines.boosting._booster import check_options, lgb_params, load_booster, save_booster, single_threaded_blas
-from hierfit.engines.heldout_gain import HeldoutGain
+from hierfit.engines.boosting._booster import (
+    check_options,
+    lgb_params,
+    load_booster,
+    save_booster,
+    single_threaded_blas,
+)
 from hierfit.engines.boosting._features import VALIDATION, FeatureMap, validation_split
+from hierfit.engines.heldout_gain import HeldoutGain
 from hierfit.exceptions import EngineError, SpecError
-from hierfit.spec import ModelSpec
+from hierfit.model import ModelSpec
 
 EFFECTS_DIR = "effects"
 

@@ -40,14 +40,32 @@ import pandas as pd
 
 from hierfit.checks import Diagnostic
 from hierfit.design import NATIONAL_LEVEL, Design
-from hierfit.engines.base import FIXED_COLUMNS, GROUP_COLUMNS, VARIANCE_COLUMNS, EngineFit
-from hierfit.engines.boosting._booster import check_options, lgb_params, load_booster, save_booster, train_early_stopping
-from hierfit.engines.boosting._features import OBJECTIVES, SLOPE_FEATURES, VALIDATION, FeatureMap, require_chain, validation_split
+from hierfit.engines.base import (
+    FIXED_COLUMNS,
+    GROUP_COLUMNS,
+    VARIANCE_COLUMNS,
+    EngineFit,
+)
+from hierfit.engines.boosting._booster import (
+    check_options,
+    lgb_params,
+    load_booster,
+    save_booster,
+    train_early_stopping,
+)
+from hierfit.engines.boosting._features import (
+    OBJECTIVES,
+    SLOPE_FEATURES,
+    VALIDATION,
+    FeatureMap,
+    require_chain,
+    validation_split,
+)
 from hierfit.engines.boosting._partial import PathAverager
 from hierfit.exceptions import SpecError
 from hierfit.formula import INTERCEPT
+from hierfit.model import ModelSpec
 from hierfit.results.layout import ParameterLayout
-from hierfit.spec import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,15 @@ from scipy import stats
 
 from hierfit.checks import Diagnostic
 from hierfit.design import Design
-from hierfit.engines.base import FIXED_COLUMNS, GROUP_COLUMNS, LinearEngineFit, variance_table
+from hierfit.engines.base import (
+    FIXED_COLUMNS,
+    GROUP_COLUMNS,
+    LinearEngineFit,
+    variance_table,
+)
 from hierfit.engines.mixed._lmm import LmmSolution, RandomBlock, fit_lmm
 from hierfit.exceptions import SpecError
-from hierfit.spec import ModelSpec
+from hierfit.model import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ from hierfit.engines.neural._options import FAST_OPTIONS, OPTIONS
 if TYPE_CHECKING:
     from hierfit.design import Design
     from hierfit.engines.neural._result import NeuralFit
-    from hierfit.spec import ModelSpec
+    from hierfit.model import ModelSpec
 
 __all__ = ["FAST_OPTIONS", "OPTIONS", "fit"]
 

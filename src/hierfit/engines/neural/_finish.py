@@ -29,11 +29,15 @@ from hierfit.engines.neural._model import HierEnsemble
 if TYPE_CHECKING:
     from hierfit.engines.heldout_gain import HeldoutGain
 from hierfit.engines.neural._options import OPTIONS, Settings
-from hierfit.engines.neural._posterior import likelihood_weights, polish, posterior_draws
+from hierfit.engines.neural._posterior import (
+    likelihood_weights,
+    polish,
+    posterior_draws,
+)
 from hierfit.engines.neural._prep import Scaling, spread_factor
 from hierfit.engines.neural._result import NeuralFit, nonlinear_raw
 from hierfit.formula import INTERCEPT
-from hierfit.spec import ModelSpec, get_family
+from hierfit.model import ModelSpec, get_family
 
 PROJECTION_RIDGE = 1e-6  # relative to the prior precision: only breaks ties between nested levels
 SINGULAR_SD = 1e-3

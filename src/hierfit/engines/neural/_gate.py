@@ -20,17 +20,23 @@ the gain is over ten standard errors.
 from __future__ import annotations
 
 import copy
+
 import numpy as np
 
 from hierfit.design import Design
 from hierfit.engines.heldout_gain import HeldoutGain
-from hierfit.engines.neural._finish import member_linear, member_variances, reml_variances
+from hierfit.engines.neural._finish import (
+    member_linear,
+    member_variances,
+    reml_variances,
+)
 from hierfit.engines.neural._posterior import polish
 from hierfit.engines.neural._prep import Scaling
 from hierfit.engines.neural._result import network_output
 from hierfit.evaluate.predictive import outcome_logpdf
+from hierfit.model import get_family
 from hierfit.results.layout import ParameterLayout
-from hierfit.spec import get_family
+
 
 def nonlinear_gain(design: Design, model, scaling: Scaling, family: str, reml: bool, val_mask: np.ndarray) -> HeldoutGain:
     """Held-out gain of ``model``'s MLP over its linear part alone (see the module docstring)."""

@@ -15,7 +15,7 @@ from scipy import sparse, stats
 
 from hierfit.design import Design
 from hierfit.engines.base import LinearEngineFit
-from hierfit.spec import get_family
+from hierfit.model import get_family
 
 CHUNK = 65536
 MIN_QUANTILE_DRAWS = 50  # below this (member draws only) intervals use a t approximation

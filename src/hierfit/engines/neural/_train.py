@@ -24,7 +24,7 @@ from hierfit.engines.neural._prep import (
 )
 from hierfit.exceptions import EngineError
 from hierfit.formula import INTERCEPT
-from hierfit.spec import ModelSpec
+from hierfit.model import ModelSpec
 
 VARIANCE_LR_MULT = 10.0
 MIN_DELTA = 1e-4  # validation improvement (mean NLL per row, scaled units) that counts
@@ -256,7 +256,13 @@ def _progress(enabled: bool, label: str, total: int) -> Iterator:
     if not enabled:
         yield lambda *a: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False) as bar:
         task = bar.add_task(f"neural {label}", total=total)

@@ -25,7 +25,11 @@ from hierfit.examples.music.catalogue import (
     load_spotify,
     standardise,
 )
-from hierfit.examples.music.synthetic import CatalogueTruth, SyntheticCatalogue, synthetic_catalogue
+from hierfit.examples.music.synthetic import (
+    CatalogueTruth,
+    SyntheticCatalogue,
+    synthetic_catalogue,
+)
 
 __all__ = [
     "FEATURES",

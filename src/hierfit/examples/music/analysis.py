@@ -31,10 +31,15 @@ import numpy as np
 import pandas as pd
 
 from hierfit.api import fit
+from hierfit.design.hierarchy import group_labels
+from hierfit.examples.music.catalogue import (
+    FEATURES,
+    Catalogue,
+    catalogue_attrs,
+    standardise,
+)
 from hierfit.exceptions import SpecError
-from hierfit.examples.music.catalogue import FEATURES, Catalogue, catalogue_attrs, standardise
 from hierfit.results import FitResult
-from hierfit.spec.hierarchy import group_labels
 
 ARTIST_LEVEL = "track_artist"
 #: group-level part of each model variant

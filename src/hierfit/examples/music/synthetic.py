@@ -30,7 +30,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from hierfit.examples.music.catalogue import FEATURES, SYNTHETIC_LABEL, Catalogue, clean_catalogue
+from hierfit.examples.music.catalogue import (
+    FEATURES,
+    SYNTHETIC_LABEL,
+    Catalogue,
+    clean_catalogue,
+)
 
 #: the public table's genres and subgenres
 GENRES: dict[str, tuple[str, ...]] = {

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from hierfit.exceptions import SpecError
 from hierfit.formula import ParsedFormula, parse_formula
-from hierfit.spec.family import get_family
-from hierfit.spec.priors import Prior, validate_priors
+from hierfit.model.family import get_family
+from hierfit.model.priors import Prior, validate_priors
 
 DEFAULT_NATIONAL = "national"
 
@@ -24,14 +24,14 @@ class ModelSpec:
     formula
         The parsed formula (response, population part, group-level terms).
     family
-        Outcome family name (a key of :data:`hierfit.spec.family.FAMILIES`).
+        Outcome family name (a key of :data:`hierfit.model.family.FAMILIES`).
     national
         Display name of the root of the tree (the population intercept), e.g. ``"United_state"``.
     hierarchy
         Optional explicit order of levels, top first (``("market", "submarket")``). When given,
         labels at each level are identifiers and every child must sit under exactly one parent.
     priors
-        Engine-neutral priors by target (see :mod:`hierfit.spec.priors`).
+        Engine-neutral priors by target (see :mod:`hierfit.model.priors`).
     """
 
     formula: ParsedFormula

@@ -20,7 +20,7 @@ import pandas as pd
 
 from hierfit.exceptions import DataCheckWarning, DataError, HierarchyError
 from hierfit.formula import GroupingFactor
-from hierfit.spec.model import ModelSpec
+from hierfit.model.spec import ModelSpec
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,7 +50,7 @@ class Hierarchy:
     Examples
     --------
     >>> import pandas as pd
-    >>> from hierfit.spec import make_spec
+    >>> from hierfit.model import make_spec
     >>> df = pd.DataFrame({"y": [1.0, 2, 3, 4], "m": ["A", "A", "B", "B"], "s": ["a", "b", "a", "a"]})
     >>> h, _ = build_hierarchy(make_spec("y ~ 1 + (1 | m/s)"), df)
     >>> h.level("s").groups, h.parent_label("s", "B:a")

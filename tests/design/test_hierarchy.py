@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hierfit.design.hierarchy import build_hierarchy
 from hierfit.exceptions import DataCheckWarning, DataError, HierarchyError, SpecError
-from hierfit.spec import build_hierarchy, make_spec
+from hierfit.model import make_spec
 
 
 def frame(markets: list[str], subs: list[str]) -> pd.DataFrame:
