@@ -26,7 +26,7 @@ import warnings
 
 import numpy as np
 
-from hierfit.engines.mixed._lmm import RandomBlock, fit_lmm
+from hierfit.engines.mixed.lmm import RandomBlock, fit_lmm
 
 #: (rows, markets, submarkets per market)
 DEFAULT_SIZES = {5_000: (10, 5), 50_000: (100, 10), 500_000: (500, 20), 5_000_000: (1000, 20)}

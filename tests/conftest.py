@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import matplotlib
 import pytest
 
 matplotlib.use("Agg")
 
 import hierfit  # noqa: E402
+
+#: Reference results from R (lme4, glmer, glmmTMB, performance) kept with the tests; see its README.
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+
+
+def reference_json(name: str) -> dict[str, Any]:
+    """A reference file from :data:`REFERENCE_DIR`; a missing file is an error, never a skip."""
+    path = REFERENCE_DIR / name
+    if not path.is_file():
+        raise FileNotFoundError(f"reference file {path} is missing: it belongs in the repository")
+    return json.loads(path.read_text())
+
 
 REFERENCE_FORMULA = "y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)"
 

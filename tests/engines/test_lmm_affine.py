@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hierfit.engines.mixed._lmm import LmmSolution, RandomBlock, fit_lmm
+from hierfit.engines.mixed.lmm import LmmSolution, RandomBlock, fit_lmm
 
 #: Relative tolerance of the invariance (the issue asks 1e-8; the optimum itself is found to
 #: ~1e-10 in theta, which moves the criterion by far less).

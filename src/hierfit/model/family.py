@@ -1,44 +1,291 @@
-"""Outcome families as a data table: name -> link, inverse link, outcome check.
+"""Outcome families and links as data tables: one row holds everything an engine needs.
 
-Engines read this table instead of branching on names; adding a family adds a row.
+A :class:`Family` row carries the outcome check, its link (and inverse link and derivative),
+the variance function, the unit deviance, the log-density, a sampler, a starting mean and
+whether it has a dispersion parameter -- the way bambi keeps families and R's ``family()``
+objects carry ``linkinv``, ``mu.eta``, ``variance`` and ``dev.resids``.  Engines call these
+functions and translate the row's ``name`` to their own objects through small dicts
+(``{"poisson": pm.Poisson, ...}``); nothing outside this module compares family names.
+
+Conventions shared by every function here:
+
+* ``y`` is the outcome as the user gives it: a real number (gaussian), 0/1 (bernoulli),
+  successes out of ``trials`` (binomial) or a count (poisson, negative binomial);
+* ``mu`` is the mean *per trial*: a probability for bernoulli/binomial, the expected
+  count otherwise, so ``E[y] = trials * mu``; ``trials`` is 1 where the family has none;
+* ``dispersion`` is the residual SD ``sigma`` (gaussian) or the negative-binomial size
+  ``theta`` (``Var = mu + mu^2 / theta``, glmer.nb's ``theta``, glmmTMB's ``sigma`` for
+  ``nbinom2``); ``None`` for families without one.  Arrays broadcast against ``mu``.
+
+Examples
+--------
+>>> import numpy as np
+>>> fam = get_family("binomial")
+>>> fam.link.name, float(fam.link.inverse(np.array([0.0]))[0])
+('logit', 0.5)
+>>> float(fam.logpdf(np.array([3.0]), np.array([0.5]), np.array([4.0]))[0].round(4))  # log(4/16)
+-1.3863
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy import special
+from scipy import special, stats
 
 from hierfit.exceptions import DataError, SpecError
+
+__all__ = ["FAMILIES", "LINKS", "Family", "Link", "get_family", "get_link"]
+
+Array = np.ndarray
+#: Probabilities are kept this far from 0 and 1 (R's binomial links clamp the same way).
+_EPS = float(np.finfo(float).eps)
+#: Largest linear predictor the log link exponentiates (beyond it the mean overflows).
+_MAX_LOG_ETA = 700.0
+
+
+# ----------------------------------------------------------------------------- links
+@dataclass(frozen=True)
+class Link:
+    """A link ``eta = g(mu)`` with its inverse and ``d mu / d eta`` (R's ``mu.eta``)."""
+
+    name: str
+    link: Callable[[Array], Array]
+    inverse: Callable[[Array], Array]
+    mu_eta: Callable[[Array], Array]
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (get_link, (self.name,))
+
+
+def _clip_p(p: Array) -> Array:
+    return np.clip(p, _EPS, 1.0 - _EPS)
+
+
+def _logit_mu_eta(eta: Array) -> Array:
+    # expit(eta) * expit(-eta) keeps full precision in both tails, unlike mu * (1 - mu)
+    return np.maximum(special.expit(eta) * special.expit(-eta), _EPS)
+
+
+def _probit_mu_eta(eta: Array) -> Array:
+    return np.maximum(stats.norm.pdf(eta), _EPS)
+
+
+def _cloglog_inverse(eta: Array) -> Array:
+    return _clip_p(-np.expm1(-np.exp(np.minimum(eta, _MAX_LOG_ETA))))
+
+
+def _cloglog_mu_eta(eta: Array) -> Array:
+    e = np.minimum(eta, _MAX_LOG_ETA)
+    return np.maximum(np.exp(e - np.exp(e)), _EPS)
+
+
+def _exp(eta: Array) -> Array:
+    return np.maximum(np.exp(np.minimum(eta, _MAX_LOG_ETA)), _EPS)
+
+
+LINKS: dict[str, Link] = {
+    "identity": Link("identity", lambda mu: np.asarray(mu, dtype=float), lambda eta: np.asarray(eta, dtype=float),
+                     lambda eta: np.ones_like(np.asarray(eta, dtype=float))),
+    "logit": Link("logit", lambda mu: special.logit(_clip_p(mu)), lambda eta: _clip_p(special.expit(eta)), _logit_mu_eta),
+    "probit": Link("probit", lambda mu: special.ndtri(_clip_p(mu)), lambda eta: _clip_p(special.ndtr(eta)), _probit_mu_eta),
+    "cloglog": Link("cloglog", lambda mu: np.log(-np.log1p(-_clip_p(mu))), _cloglog_inverse, _cloglog_mu_eta),
+    "log": Link("log", lambda mu: np.log(np.maximum(mu, _EPS)), _exp, _exp),
+}
+
+
+def get_link(name: str) -> Link:
+    """Look up a link by name, with an error listing the allowed names."""
+    try:
+        return LINKS[name]
+    except (KeyError, TypeError):
+        raise SpecError(f"The 'link' must be one of: {', '.join(sorted(LINKS))}. Got {name!r}.") from None
+
+
+# ----------------------------------------------------------------------------- families
+def _ones_like(mu: Array) -> Array:
+    return np.ones_like(np.asarray(mu, dtype=float))
+
+
+def _gauss_logpdf(y: Array, mu: Array, trials: Array, disp: Array | None) -> Array:
+    return stats.norm.logpdf(y, mu, 1.0 if disp is None else disp)
+
+
+def _gauss_sample(rng: np.random.Generator, mu: Array, trials: Array, disp: Array | None) -> Array:
+    sd = 1.0 if disp is None else disp
+    return mu + rng.standard_normal(np.shape(mu)) * sd
+
+
+def _binom_logpdf(y: Array, mu: Array, trials: Array, disp: Array | None) -> Array:
+    p = _clip_p(mu)
+    log_choose = special.gammaln(trials + 1) - special.gammaln(y + 1) - special.gammaln(trials - y + 1)
+    return log_choose + special.xlogy(y, p) + special.xlog1py(trials - y, -p)
+
+
+def _binom_deviance(y: Array, mu: Array, trials: Array, disp: Array | None) -> Array:
+    p = _clip_p(mu)
+    fit = trials * p
+    return 2.0 * (special.xlogy(y, y / np.where(fit > 0, fit, 1.0))
+                  + special.xlogy(trials - y, (trials - y) / np.where(trials - fit > 0, trials - fit, 1.0)))
+
+
+def _binom_sample(rng: np.random.Generator, mu: Array, trials: Array, disp: Array | None) -> Array:
+    n = np.broadcast_to(np.asarray(trials, dtype=np.int64), np.shape(mu))
+    return rng.binomial(n, _clip_p(mu)).astype(float)
+
+
+def _binom_start(y: Array, trials: Array) -> Array:
+    return (y + 0.5) / (trials + 1.0)  # R's binomial()$initialize
+
+
+def _pois_logpdf(y: Array, mu: Array, trials: Array, disp: Array | None) -> Array:
+    return special.xlogy(y, mu) - mu - special.gammaln(y + 1)
+
+
+def _pois_deviance(y: Array, mu: Array, trials: Array, disp: Array | None) -> Array:
+    return 2.0 * (special.xlogy(y, y / mu) - (y - mu))
+
+
+def _nb_theta(disp: Array | None) -> Array:
+    if disp is None:
+        raise SpecError("The negative-binomial family needs its size 'theta' (the dispersion); none was given.")
+    return np.asarray(disp, dtype=float)
+
+
+def _nb_logpdf(y: Array, mu: Array, trials: Array, disp: Array | None) -> Array:
+    th = _nb_theta(disp)
+    return (special.gammaln(y + th) - special.gammaln(th) - special.gammaln(y + 1)
+            + th * (np.log(th) - np.log(th + mu)) + special.xlogy(y, mu) - special.xlogy(y, th + mu))
+
+
+def _nb_deviance(y: Array, mu: Array, trials: Array, disp: Array | None) -> Array:
+    th = _nb_theta(disp)
+    return 2.0 * (special.xlogy(y, y / mu) - (y + th) * np.log((y + th) / (mu + th)))
+
+
+def _nb_sample(rng: np.random.Generator, mu: Array, trials: Array, disp: Array | None) -> Array:
+    th = np.broadcast_to(_nb_theta(disp), np.shape(mu))
+    return rng.negative_binomial(th, th / (th + mu)).astype(float)
+
+
+def _bad_real(y: Array, trials: Array) -> Array:
+    return ~np.isfinite(y)
+
+
+def _bad_binary(y: Array, trials: Array) -> Array:
+    return ~np.isin(y, (0.0, 1.0))
+
+
+def _bad_successes(y: Array, trials: Array) -> Array:
+    return ~np.isfinite(y) | (y < 0) | (y != np.round(y)) | (y > trials)
+
+
+def _bad_count(y: Array, trials: Array) -> Array:
+    return ~np.isfinite(y) | (y < 0) | (y != np.round(y))
 
 
 @dataclass(frozen=True)
 class Family:
-    """An outcome distribution with its link function.
+    """An outcome distribution with its link, as data (see the module docstring).
 
-    Examples
-    --------
-    >>> import numpy as np
-    >>> FAMILIES["bernoulli"].inverse_link(np.array([0.0]))
-    array([0.5])
+    Attributes
+    ----------
+    name : str
+        The family's name, the key of :data:`FAMILIES`.
+    link : Link
+        The link in use (the canonical one unless chosen with :meth:`with_link`).
+    links : tuple of str
+        Links this family allows.
+    outcome : str
+        The outcome's support in words, for error messages.
+    dispersion : str or None
+        Name of the dispersion parameter (``"sigma"``, ``"theta"``) or ``None``.
+    has_trials : bool
+        Whether the outcome counts successes out of a number of trials (binomial).
+    discrete : bool
+        Whether the outcome takes integer values (predictive checks show counts).
+    normal_errors : bool
+        Gaussian errors: group effects integrate out in closed form (a linear mixed model).
     """
 
     name: str
-    link: str
-    inverse_link: Callable[[np.ndarray], np.ndarray]
-    has_dispersion: bool
-    outcome: str  # words for error messages
+    link: Link
+    links: tuple[str, ...]
+    outcome: str
+    dispersion: str | None
+    has_trials: bool
+    discrete: bool
+    normal_errors: bool
+    _bad: Callable[[Array, Array], Array]
+    _variance: Callable[[Array, Array | None], Array]
+    _deviance: Callable[[Array, Array, Array, Array | None], Array]
+    _logpdf: Callable[[Array, Array, Array, Array | None], Array]
+    _sample: Callable[[np.random.Generator, Array, Array, Array | None], Array]
+    _start: Callable[[Array, Array], Array]
 
-    def check_outcome(self, y: np.ndarray, column: str) -> None:
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        # a row is identified by its names: pickled (and compared) by reference to the table
+        return (get_family, (self.name, self.link.name))
+
+    def __str__(self) -> str:
+        return self.name if self.canonical else f"{self.name}({self.link.name})"
+
+    @property
+    def has_dispersion(self) -> bool:
+        """Whether the family has a dispersion parameter (sigma, theta)."""
+        return self.dispersion is not None
+
+    @property
+    def canonical(self) -> bool:
+        """Whether the link in use is this family's default (canonical) one."""
+        return self.link.name == self.links[0]
+
+    def inverse_link(self, eta: Array) -> Array:
+        """The mean per trial from the linear predictor."""
+        return self.link.inverse(eta)
+
+    def with_link(self, name: str | None) -> Family:
+        """This family with another of its allowed links (``None``: the default)."""
+        if name is None or name == self.link.name:
+            return self
+        if name not in self.links:
+            raise SpecError(
+                f"Family {self.name!r} allows the links: {', '.join(sorted(self.links))}. Got link={name!r}."
+            )
+        return replace(self, link=get_link(name))
+
+    # -- numbers ----------------------------------------------------------------------
+    def variance(self, mu: Array, dispersion: Array | None = None) -> Array:
+        """Variance function ``V(mu)`` per trial (R's ``family$variance``; gaussian: 1)."""
+        return self._variance(np.asarray(mu, dtype=float), dispersion)
+
+    def unit_deviance(self, y: Array, mu: Array, trials: Array | None = None, dispersion: Array | None = None) -> Array:
+        """Per-row deviance ``2 (loglik_saturated - loglik)`` (gaussian: ``(y - mu)^2``)."""
+        y = np.asarray(y, dtype=float)
+        return self._deviance(y, np.asarray(mu, dtype=float), _trials(trials, y), dispersion)
+
+    def logpdf(self, y: Array, mu: Array, trials: Array | None = None, dispersion: Array | None = None) -> Array:
+        """Per-row log-density (the binomial coefficient included, as R's ``dbinom``)."""
+        y = np.asarray(y, dtype=float)
+        return self._logpdf(y, np.asarray(mu, dtype=float), _trials(trials, y), dispersion)
+
+    def sample(self, rng: np.random.Generator, mu: Array, trials: Array | None = None,
+               dispersion: Array | None = None) -> Array:
+        """Draw outcomes with mean ``trials * mu`` (shapes broadcast)."""
+        mu = np.asarray(mu, dtype=float)
+        return self._sample(rng, mu, _trials(trials, mu), dispersion)
+
+    def start(self, y: Array, trials: Array | None = None) -> Array:
+        """A starting mean per trial for iterative fits (R's ``mustart``)."""
+        y = np.asarray(y, dtype=float)
+        return self._start(y, _trials(trials, y))
+
+    def check_outcome(self, y: Array, column: str, trials: Array | None = None) -> None:
         """Raise :class:`DataError` when ``y`` is outside this family's support."""
-        if self.name == "bernoulli":
-            bad = ~np.isin(y, (0.0, 1.0))
-        elif self.name == "poisson":
-            bad = (y < 0) | (y != np.round(y))
-        else:
-            bad = ~np.isfinite(y)
+        y = np.asarray(y, dtype=float)
+        bad = self._bad(y, _trials(trials, y))
         if bad.any():
             examples = ", ".join(repr(float(v)) for v in np.unique(y[bad])[:5])
             raise DataError(
@@ -47,18 +294,52 @@ class Family:
             )
 
 
+def _trials(trials: Array | None, like: Array) -> Array:
+    return np.ones_like(like, dtype=float) if trials is None else np.asarray(trials, dtype=float)
+
+
+_BINARY_LINKS = ("logit", "probit", "cloglog")
+
 FAMILIES: dict[str, Family] = {
-    "gaussian": Family("gaussian", "identity", lambda eta: eta, True, "finite real numbers"),
-    "bernoulli": Family("bernoulli", "logit", special.expit, False, "0/1 outcomes"),
-    "poisson": Family("poisson", "log", np.exp, False, "non-negative integer counts"),
+    "gaussian": Family(
+        "gaussian", LINKS["identity"], ("identity",), "finite real numbers", "sigma", False, False, True,
+        _bad_real, lambda mu, d: _ones_like(mu), lambda y, mu, n, d: (y - mu) ** 2,
+        _gauss_logpdf, _gauss_sample, lambda y, n: y.copy(),
+    ),
+    "bernoulli": Family(
+        "bernoulli", LINKS["logit"], _BINARY_LINKS, "0/1 outcomes", None, False, True, False,
+        _bad_binary, lambda mu, d: mu * (1.0 - mu), _binom_deviance, _binom_logpdf, _binom_sample, _binom_start,
+    ),
+    "binomial": Family(
+        "binomial", LINKS["logit"], _BINARY_LINKS, "whole numbers of successes between 0 and the trials",
+        None, True, True, False,
+        _bad_successes, lambda mu, d: mu * (1.0 - mu), _binom_deviance, _binom_logpdf, _binom_sample, _binom_start,
+    ),
+    "poisson": Family(
+        "poisson", LINKS["log"], ("log",), "non-negative integer counts", None, False, True, False,
+        _bad_count, lambda mu, d: mu, _pois_deviance, _pois_logpdf,
+        lambda rng, mu, n, d: rng.poisson(mu).astype(float), lambda y, n: y + 0.1,
+    ),
+    "negative_binomial": Family(
+        "negative_binomial", LINKS["log"], ("log",), "non-negative integer counts", "theta", False, True, False,
+        _bad_count, lambda mu, d: mu + mu ** 2 / _nb_theta(d), _nb_deviance, _nb_logpdf, _nb_sample,
+        lambda y, n: y + (y == 0) / 6.0,  # R's negative.binomial()$initialize
+    ),
 }
 
 
-def get_family(name: str) -> Family:
-    """Look up a family by name, with an error listing the allowed names."""
+def get_family(name: str, link: str | None = None) -> Family:
+    """Look up a family by name (and optionally a non-default link), listing the allowed names.
+
+    Examples
+    --------
+    >>> get_family("bernoulli", "probit").link.name
+    'probit'
+    """
     try:
-        return FAMILIES[name]
+        fam = FAMILIES[name]
     except (KeyError, TypeError):
         raise SpecError(
             f"The 'family' argument must be one of: {', '.join(sorted(FAMILIES))}. Got {name!r}."
         ) from None
+    return fam.with_link(link)

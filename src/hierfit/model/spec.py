@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from hierfit.exceptions import SpecError
 from hierfit.formula import ParsedFormula, parse_formula
-from hierfit.model.family import get_family
+from hierfit.model.family import Family, get_family
 from hierfit.model.priors import Prior, validate_priors
 
 DEFAULT_NATIONAL = "national"
@@ -24,7 +24,7 @@ class ModelSpec:
     formula
         The parsed formula (response, population part, group-level terms).
     family
-        Outcome family name (a key of :data:`hierfit.model.family.FAMILIES`).
+        The outcome family row (:data:`hierfit.model.family.FAMILIES`), its link included.
     national
         Display name of the root of the tree (the population intercept), e.g. ``"United_state"``.
     hierarchy
@@ -35,7 +35,7 @@ class ModelSpec:
     """
 
     formula: ParsedFormula
-    family: str = "gaussian"
+    family: Family = field(default_factory=lambda: get_family("gaussian"))
     national: str = DEFAULT_NATIONAL
     hierarchy: tuple[str, ...] | None = None
     priors: Mapping[str, Prior] = field(default_factory=dict)
@@ -57,7 +57,8 @@ class ModelSpec:
 def make_spec(
     formula: str | ModelSpec,
     *,
-    family: str = "gaussian",
+    family: str | Family = "gaussian",
+    link: str | None = None,
     national: str = DEFAULT_NATIONAL,
     hierarchy: Sequence[str] | None = None,
     priors: Mapping[str, Prior] | None = None,
@@ -73,7 +74,7 @@ def make_spec(
     if isinstance(formula, ModelSpec):
         return formula
     parsed = parse_formula(formula)
-    get_family(family)
+    fam = family.with_link(link) if isinstance(family, Family) else get_family(family, link)
     if not isinstance(national, str) or not national.strip():
         raise SpecError(f"The 'national' name must be a non-empty string; got {national!r}.")
     levels = [f.level for f in parsed.factors]
@@ -95,4 +96,4 @@ def make_spec(
                 f"The 'hierarchy' argument lists levels {list(hier)!r}, but the formula's levels are "
                 f"{sorted(levels)!r}; list each of those at most once, top level first."
             )
-    return ModelSpec(parsed, family, national, hier, validate_priors(priors or {}))
+    return ModelSpec(parsed, fam, national, hier, validate_priors(priors or {}))

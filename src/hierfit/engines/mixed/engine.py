@@ -1,6 +1,6 @@
 """Engine ``mixed``: exact REML/ML linear mixed models with lme4's results, fast.
 
-The numerical core (:mod:`._lmm`) evaluates lme4's profiled criterion from per-group
+The numerical core (:mod:`.lmm`) evaluates lme4's profiled criterion from per-group
 sufficient statistics gathered in one pass over the data, so each likelihood evaluation costs
 the same at 5 thousand or 5 million rows. This module maps a hierfit ``Design`` onto that core
 and its solution onto the result contract:
@@ -29,7 +29,7 @@ from hierfit.engines.base import (
     LinearEngineFit,
     variance_table,
 )
-from hierfit.engines.mixed._lmm import LmmSolution, RandomBlock, fit_lmm
+from hierfit.engines.mixed.lmm import LmmSolution, RandomBlock, fit_lmm
 from hierfit.exceptions import SpecError
 from hierfit.model import ModelSpec
 
@@ -213,7 +213,7 @@ def likelihood_ratio(small, big) -> pd.DataFrame:
     -------
     DataFrame with rows for each model: ``npar, AIC, BIC, logLik, deviance, Chisq, Df, p_value``.
     """
-    from hierfit.engines.mixed._lmm import likelihood_ratio_test
+    from hierfit.engines.mixed.lmm import likelihood_ratio_test
 
     for f in (small, big):
         if getattr(f, "engine", None) != "mixed":

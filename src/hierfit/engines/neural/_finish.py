@@ -128,7 +128,7 @@ def reml_variances(design: Design, g: np.ndarray, rows: np.ndarray | None = None
     simply get no data (their deviations stay at the prior).
     """
     from hierfit.engines.mixed._blocks import RandomBlock
-    from hierfit.engines.mixed._lmm import fit_lmm
+    from hierfit.engines.mixed.lmm import fit_lmm
     from hierfit.engines.mixed.engine import random_blocks
 
     blocks = random_blocks(design)
