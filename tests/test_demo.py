@@ -54,6 +54,11 @@ def test_demo_skips_engines_that_are_not_installed(monkeypatch, tmp_path):
     assert comp.engines == ["ols"]
 
 
-def test_demo_options_keep_only_names_the_engine_knows(monkeypatch):
-    monkeypatch.setitem(demo.DEMO_OPTIONS, "ols", {"rcond": 1e-9, "draws": 10})
-    assert demo.demo_options("ols") == {"rcond": 1e-9}
+def test_demo_options_are_the_engines_fast_options_and_unknown_names_are_errors(monkeypatch):
+    from hierfit.engines import ENGINES
+
+    assert demo.demo_options("mixed") == ENGINES["mixed"].fast_options()
+    module = ENGINES["ols"].load()
+    monkeypatch.setattr(module, "FAST_OPTIONS", {"rcond": 1e-9, "draws": 10})
+    with pytest.raises(hierfit.EngineError, match="has no option 'draws'"):
+        demo.demo_options("ols")

@@ -93,7 +93,7 @@ def test_seeded_and_reproducible() -> None:
         ({"nonlinear": "cubic"}, "Unknown nonlinear term 'cubic'"),
         ({"rows_per_submarket": 0}, "rows_per_submarket must be >= 1"),
         ({"levels": [LevelSim("market", 3, 0.5, {"x9": 0.1})]}, "varies slope 'x9'"),
-        ({"family": "gamma"}, "must be one of: bernoulli, gaussian, poisson"),
+        ({"family": "gamma"}, "must be one of: bernoulli, binomial, gaussian, negative_binomial, poisson"),
     ],
 )
 def test_bad_arguments(kwargs, match) -> None:

@@ -11,7 +11,8 @@ One model spec (lme4/brms formula syntax), several engines, one kind of result::
 """
 
 from hierfit import priors
-from hierfit.api import fit, fit_design
+from hierfit._version import __version__  # noqa: E402
+from hierfit.api import fit
 from hierfit.design import Design, build_design
 from hierfit.design.hierarchy import Hierarchy
 from hierfit.engines import ENGINES, get_engine
@@ -29,13 +30,12 @@ from hierfit.exceptions import (
     SpecError,
     UnseenGroupsWarning,
 )
+from hierfit.fitting import fit_design
 from hierfit.formula import parse_formula
 from hierfit.model import ModelSpec, make_spec
 from hierfit.results import FitResult
 from hierfit.results import load_fit as load
 from hierfit.simulate import LevelSim, Simulation, simulate
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Comparison",

@@ -36,7 +36,11 @@ CHECKS: dict[str, tuple[Severity, str]] = {
     "ess": ("warn", "effective sample size below 400"),
     "treedepth": ("warn", "NUTS hit its maximum tree depth"),
     "early_stopping": ("warn", "training stopped at its epoch limit before early stopping"),
+    "rank_deficient": ("error", "population-level columns are collinear (warn/ignore: drop the dependent ones, as lme4)"),
 }
+
+#: checks about the data (DataError / DataCheckWarning); the others are about a fit
+DATA_CHECKS = frozenset({"few_groups", "single_row_groups", "rank_deficient"})
 
 FEW_GROUPS = 5
 
@@ -100,9 +104,9 @@ def apply_severities(found: list[Diagnostic], severities: Mapping[str, Severity]
         d = Diagnostic(d.check, d.message, sev)
         out.append(d)
         if sev == "error":
-            cls = DataError if d.check in {"few_groups", "single_row_groups"} else HierfitError
+            cls = DataError if d.check in DATA_CHECKS else HierfitError
             raise cls(f"{d} (this check is set to 'error'; set checks={{'{d.check}': 'warn'}} to continue).")
         if sev == "warn":
-            category = DataCheckWarning if d.check in {"few_groups", "single_row_groups"} else FitWarning
+            category = DataCheckWarning if d.check in DATA_CHECKS else FitWarning
             warnings.warn(str(d), category, stacklevel=stacklevel)
     return out

@@ -5,14 +5,13 @@ data-generating process; every registered engine whose dependencies are installe
 on all rows and cross-validated by leaving submarkets out (each submarket predicted from its
 market alone); the short table and ``demo-report.html`` show which engine recovers the truth.
 
-Engines are given settings that are quick *and* good on 5,000 rows (:data:`DEMO_OPTIONS`,
-over each engine module's ``FAST_OPTIONS``), and cross-validation runs within a time budget
-(engines that would not fit in it are fitted once, and the report says so).
+Engines run with their module's ``FAST_OPTIONS`` (quick *and* good on 5,000 rows), and
+cross-validation runs within a time budget (engines that would not fit in it are fitted once,
+and the report says so).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -23,38 +22,25 @@ import numpy as np
 import pandas as pd
 
 from hierfit.engines import ENGINES
+from hierfit.engines.base import parse_options
 from hierfit.simulate import Simulation, simulate
 
 NATIONAL = "United_state"
 DEFAULT_BUDGET = 200.0
 
-#: Per-engine demo settings, applied over the module's FAST_OPTIONS. Names an engine does
-#: not have are dropped (engines evolve; the demo must still run).
-DEMO_OPTIONS: dict[str, dict[str, Any]] = {
-    # 2 chains x 400 draws after 400 tuning steps: R-hat and ESS fine on this model, ~10-30 s.
-    "pymc": {"draws": 400, "tune": 400, "chains": 2, "progressbar": False},
-    "stan": {"draws": 400, "tune": 400, "warmup": 400, "chains": 2},
-    # 3 members give an ensemble spread worth calling an interval.
-    "neural": {"n_members": 3, "max_epochs": 60, "patience": 6, "progress": False},
-    "lightgbm": {"num_threads": 2},
-    "boosted-mixed": {"num_threads": 2},
-}
-
-
 def demo_options(name: str) -> dict[str, Any]:
-    """The demo's options for one engine: FAST_OPTIONS updated by :data:`DEMO_OPTIONS`,
-    keeping only names the engine's ``OPTIONS`` defines.
+    """The demo's options for one engine: its module's ``FAST_OPTIONS``, checked against the
+    engine's ``OPTIONS`` (an option the engine does not have is an error, never dropped).
 
     Examples
     --------
-    >>> demo_options("ols")
-    {}
+    >>> demo_options("mixed")
+    {'n_draws': 400}
     """
-    module = ENGINES[name].load()
-    options = ENGINES[name].fast_options()
-    options.update(DEMO_OPTIONS.get(name, {}))
-    known = {f.name for f in dataclasses.fields(module.OPTIONS)} if dataclasses.is_dataclass(module.OPTIONS) else set(options)
-    return {k: v for k, v in options.items() if k in known}
+    entry = ENGINES[name]
+    options = entry.fast_options()
+    parse_options(entry.load().OPTIONS, options, name)
+    return options
 
 
 def oracle_rmse(sim: Simulation, level: str = "submarket") -> float:

@@ -149,7 +149,9 @@ def simulate(
     [1.0, 0.5]
     """
     rng = np.random.default_rng(seed)
-    get_family(family)
+    fam = get_family(family)
+    if fam.has_trials or fam.dispersion not in (None, "sigma"):
+        raise SpecError(f"simulate() draws gaussian, bernoulli and poisson outcomes; got family={family!r}.")
     lv = tuple(levels) if levels is not None else reference_levels(n_markets, n_submarkets, market_sd, market_slope_sd, market_corr, submarket_sd)
     slopes = dict(slopes if slopes is not None else {"x1": 0.5, "x2": 0.6})
     _validate(lv, slopes, rows_per_submarket, nonlinear)
@@ -190,12 +192,7 @@ def simulate(
     eta += f
     fam = get_family(family)
     mean = fam.inverse_link(eta)
-    if family == "gaussian":
-        y = mean + rng.normal(0, residual_sd, n)
-    elif family == "bernoulli":
-        y = (rng.random(n) < mean).astype(float)
-    else:
-        y = rng.poisson(mean).astype(float)
+    y = fam.sample(rng, mean, None, residual_sd if fam.has_dispersion else None)
     frame = {"y": y, **data}
     for depth, level in enumerate(lv):
         idx = paths[depth][group_of_row[depth], depth]
@@ -205,7 +202,8 @@ def simulate(
         frame[level.name] = names[idx]
     df = pd.DataFrame(frame)
     formula = _true_formula(lv, slopes)
-    truth = _truth(df, formula, lv, slopes, national, deviations, group_of_row, residual_sd if family == "gaussian" else None, eta, mean, f, national_name, family)
+    truth = _truth(df, formula, lv, slopes, national, deviations, group_of_row, residual_sd if fam.has_dispersion else None, eta, mean, f,
+                   national_name, family)
     return Simulation(df, formula, truth, national_name, family)
 
 
@@ -256,8 +254,8 @@ def _true_formula(lv, slopes) -> str:
 
 def _truth(df, formula, lv, slopes, national, deviations, group_of_row, residual_sd, eta, mean, f, national_name, family) -> Truth:
     from hierfit.design import build_design
+    from hierfit.engines.layout import ParameterLayout
     from hierfit.model import make_spec
-    from hierfit.results.layout import ParameterLayout
 
     spec = make_spec(formula, national=national_name, family=family)
     design = build_design(spec, df)

@@ -166,7 +166,7 @@ def test_native_and_persistence(nonlinear, tmp_path) -> None:
 def test_bad_options(small_sim) -> None:
     with pytest.raises(EngineError, match="effects_engine.*registered linear engine.*ols.*'neural'"):
         _fit(small_sim.formula, small_sim.data, "boosted-mixed", effects_engine="neural", **BOOSTED)
-    with pytest.raises(SpecError, match="fits families gaussian"):
+    with pytest.raises(SpecError, match="fits the families: gaussian"):
         data = small_sim.data.assign(y=(small_sim.data.y > 0).astype(float))
         _fit(small_sim.formula, data, "boosted-mixed", family="bernoulli", **BOOSTED)
     with pytest.raises(SpecError, match="population-level predictors"):

@@ -81,13 +81,21 @@ def test_totals_are_national_plus_deviations(engine, fits) -> None:
 
 
 @pytest.mark.parametrize("engine", ENGINE_NAMES)
-def test_decomposition_sums_to_prediction(engine, fits, conformance_data) -> None:
+def test_prediction_and_decomposition_equal_the_engines_own_prediction(engine, fits, conformance_data) -> None:
+    """``predict`` and ``decompose`` against the engine's native computation of the linear
+    predictor (the booster's raw score, the network's forward pass, X beta + Z b from the
+    solver's solution, the posterior mean): a wrong map from estimates to rows fails here."""
     fit = fits(engine)
     parts = fit.decompose(conformance_data)
     assert parts.columns[0] == "national"
     assert {"market[Intercept]", "market[x1]", "submarket[Intercept]", "population"} <= set(parts.columns)
-    link = fit.predict(conformance_data, scale="link")["prediction"]
-    np.testing.assert_allclose(parts.sum(axis=1).to_numpy(), link.to_numpy(), rtol=1e-10, atol=1e-10)
+    native = fit.engine_fit.native_linear_predictor(fit.encoding.apply(conformance_data))
+    link = fit.predict(conformance_data, scale="link")["prediction"].to_numpy()
+    scale = max(1.0, float(np.abs(native).max()))
+    np.testing.assert_allclose(link, native, rtol=0, atol=1e-8 * scale)
+    np.testing.assert_allclose(parts.sum(axis=1).to_numpy(), native, rtol=0, atol=1e-8 * scale)
+    response = fit.predict(conformance_data)["prediction"].to_numpy()
+    np.testing.assert_allclose(response, fit.spec.family.inverse_link(native), rtol=1e-10, atol=1e-10)
     pd.testing.assert_index_equal(parts.index, conformance_data.index)
 
 

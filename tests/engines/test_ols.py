@@ -106,5 +106,5 @@ def test_fit_is_row_order_invariant(reference_sim, ols_fit) -> None:
 
 def test_ols_is_gaussian_only(reference_sim) -> None:
     sim = hierfit.simulate(n_markets=3, n_submarkets=2, rows_per_submarket=20, family="bernoulli", seed=1)
-    with pytest.raises(SpecError, match="Engine 'ols' fits families gaussian"):
+    with pytest.raises(SpecError, match="Engine 'ols' fits the families: gaussian"):
         hierfit.fit(sim.formula, sim.data, engine="ols", family="bernoulli")

@@ -9,8 +9,10 @@ import statsmodels.formula.api as smf
 from scipy import stats
 
 import hierfit
+from hierfit.engines.base import Draws, PosteriorDraws
 from hierfit.evaluate import Predictive, predictive, recovery, score
 from hierfit.exceptions import DataError
+from hierfit.model import get_family
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +54,14 @@ def test_pit_of_a_correct_model_is_uniform(small_sim):
 def test_draw_mixture_density_and_cdf():
     mu = np.array([[0.0, 1.0], [2.0, 1.0]])  # two draws, two rows
     sigma = np.array([1.0, 0.5])
-    pred = Predictive("draws", "gaussian", mu.mean(axis=0), mu_draws=mu, sigma_draws=sigma)
+    pred = Predictive("draws", get_family("gaussian"), mu.mean(axis=0), mu_draws=mu, sigma_draws=sigma)
     y = np.array([0.5, 1.0])
     expected = np.log(0.5 * stats.norm.pdf(y, mu[0], 1.0) + 0.5 * stats.norm.pdf(y, mu[1], 0.5))
     np.testing.assert_allclose(pred.logpdf(y), expected)
     np.testing.assert_allclose(pred.cdf(y), 0.5 * stats.norm.cdf(y, mu[0], 1.0) + 0.5 * stats.norm.cdf(y, mu[1], 0.5))
-    none = Predictive("none", "gaussian", np.zeros(2))
+    none = Predictive("none", get_family("gaussian"), np.zeros(2))
     assert np.isnan(none.logpdf(y)).all() and none.sample(3, np.random.default_rng(0)) is None
-    plug = Predictive("plugin", "bernoulli", np.array([0.2, 0.9]))
+    plug = Predictive("plugin", get_family("bernoulli"), np.array([0.2, 0.9]))
     np.testing.assert_allclose(plug.logpdf(np.array([0.0, 1.0])), np.log([0.8, 0.9]))
 
 
@@ -101,9 +103,7 @@ def test_a_handful_of_draws_falls_back_to_the_engines_interval(small_sim, ols_fi
     fit = copy.copy(ols_fit)
     ef = copy.copy(ols_fit.engine_fit)
     rng = np.random.default_rng(0)
-    ef.gaussian = None
-    ef.draws = ef.theta + 0.01 * rng.standard_normal((5, len(ef.theta)))
-    ef.sigma_draws = np.full(5, ef.sigma)
+    ef.uncertainty = PosteriorDraws(Draws(ef.theta + 0.01 * rng.standard_normal((5, len(ef.theta))), np.full(5, ef.sigma)))
     fit.engine_fit = ef
     new = small_sim.data.head(30)
     pred = predictive(fit, new)
@@ -111,8 +111,7 @@ def test_a_handful_of_draws_falls_back_to_the_engines_interval(small_sim, ols_fi
     lo, hi = ef.interval(fit.encoding.apply(new), "prediction", 0.9)
     # a normal centred on the prediction with the engine's interval width
     np.testing.assert_allclose(2 * stats.norm.ppf(0.95) * pred.scale, hi - lo, rtol=1e-9)
-    ef.draws = ef.theta + 0.01 * rng.standard_normal((50, len(ef.theta)))
-    ef.sigma_draws = np.full(50, ef.sigma)
+    ef.uncertainty = PosteriorDraws(Draws(ef.theta + 0.01 * rng.standard_normal((50, len(ef.theta))), np.full(50, ef.sigma)))
     assert predictive(fit, new).method == "draws"
 
 

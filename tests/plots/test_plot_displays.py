@@ -1,4 +1,4 @@
-"""Display objects: what from_result() computes, and that plot() draws it and returns the figure."""
+"""Display objects: what from_result() computes, and that plot() draws it, keeps ax_ and figure_, and returns the display."""
 
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ def test_tree_shows_every_node_with_effect_and_interval(plot_fits):
     fit = plot_fits["ols"]
     d = HierarchyTreeDisplay.from_result(fit)
     assert d.n_rows == 20 and d.n_pages == 1 and not any(r.collapsed for r in d.rows)
-    fig = d.plot()
-    assert isinstance(fig, Figure) and d.figure_ is fig
+    assert d.plot() is d  # scikit-learn's Display convention: plot() returns the display
+    fig = d.figure_
+    assert isinstance(fig, Figure) and d.ax_ in fig.axes
     text = _texts(fig)
     effects = fit.group_effects("total").query("term == 'Intercept'")
     m1 = effects.query("group == 'Market_01'").iloc[0]
@@ -60,12 +61,12 @@ def test_large_tree_collapses_expands_and_pages():
     d = HierarchyTreeDisplay.from_result(fit, max_rows=60)
     assert d.n_rows == 50 and all(r.collapsed for r in d.rows)
     assert all(len(r.descendants_at_leaves()) == 20 for r in d.rows)
-    assert "20 submarket groups, " in _texts(d.plot())
+    assert "20 submarket groups, " in _texts(d.figure_)
     opened = HierarchyTreeDisplay.from_result(fit, max_rows=80, expand=["Market_07"])
     assert opened.n_rows == 49 + 20
     paged = HierarchyTreeDisplay.from_result(fit, max_rows=20, page=2)
     assert paged.n_pages == 3 and paged.n_rows == 10
-    assert "page 3 of 3" in _texts(paged.plot())
+    assert "page 3 of 3" in _texts(paged.figure_)
     with pytest.raises(SpecError, match="'page' must be between 0 and 2"):
         HierarchyTreeDisplay.from_result(fit, max_rows=20, page=3)
 
@@ -82,11 +83,11 @@ def test_caterpillar_sorts_groups_and_draws_one_panel_per_engine(plot_fits, plot
     first = next(iter(d.tables.values()))
     assert list(first.loc[d.order, "estimate"]) == sorted(first["estimate"])
     assert d.truth is not None and d.truth.reindex(d.order).notna().all()
-    fig = d.plot()
+    fig = d.figure_
     assert len(fig.axes) == len(plot_fits)
     _, ax = plt.subplots()
     one = CaterpillarDisplay.from_result(plot_fits["ols"], level="market", kind="deviation")
-    assert one.plot(ax=ax) is ax.figure and one.reference == 0.0
+    assert one.plot(ax=ax).figure_ is ax.figure and one.reference == 0.0
     with pytest.raises(SpecError, match="'level' must be one of: market, submarket"):
         CaterpillarDisplay.from_result(plot_fits["ols"], level="store")
 
@@ -98,14 +99,14 @@ def test_shrinkage_of_partial_pooling_is_below_one(plot_fits):
     # 20 submarkets of unequal size with SD 0.4: partial pooling pulls deviations toward 0
     assert 0.0 < d.slope < 0.98
     assert len(d.table) == 20 and (d.table.n_rows > 0).all()
-    assert isinstance(d.plot(), Figure)
+    assert isinstance(d.figure_, Figure)
 
 
 def test_shrinkage_of_a_fit_against_itself_is_one(plot_fits):
     d = ShrinkageDisplay.from_results(plot_fits["ols"], plot_fits["ols"], level="market")
     assert d.slope == pytest.approx(1.0)
     _, ax = plt.subplots()
-    assert d.plot(ax=ax) is ax.figure
+    assert d.plot(ax=ax).figure_ is ax.figure
 
 
 def test_predictive_check_replicates_match_the_data_scale(plot_fits, plot_sim):
@@ -113,7 +114,7 @@ def test_predictive_check_replicates_match_the_data_scale(plot_fits, plot_sim):
     assert d.replicates.shape == (20, len(plot_sim.data))
     assert abs(d.replicates.std() / plot_sim.data["y"].std() - 1) < 0.1
     assert d.pit is not None and 0.35 < d.pit.mean() < 0.65
-    assert len(d.plot().axes) == 2
+    assert len(d.figure_.axes) == 2
 
 
 def test_decomposition_parts_sum_to_the_prediction(plot_fits, plot_sim):
@@ -124,7 +125,7 @@ def test_decomposition_parts_sum_to_the_prediction(plot_fits, plot_sim):
     np.testing.assert_allclose(d.total, pred)
     assert {"national", "market[Intercept]", "submarket[Intercept]"} <= set(d.parts.columns)
     assert d.labels[1].startswith("row 5  Market_")
-    assert isinstance(d.plot(), Figure)
+    assert isinstance(d.figure_, Figure)
     with pytest.raises(SpecError, match="'rows' are positions"):
         DecompositionDisplay.from_result(fit, plot_sim.data, rows=[10**6])
 
@@ -132,7 +133,7 @@ def test_decomposition_parts_sum_to_the_prediction(plot_fits, plot_sim):
 def test_comparison_chart_has_a_panel_per_metric(plot_sim):
     comp = compare(plot_sim.formula, plot_sim.data, engines=["ols"], cv="kfold:3", national="United_state", progress=False)
     d = ComparisonDisplay.from_comparison(comp, metrics=["rmse", "coverage", "mlpd"])
-    fig = d.plot()
+    fig = d.figure_
     visible = [a for a in fig.axes if a.get_visible()]
     assert len(visible) == 3
     with pytest.raises(SpecError, match="'metrics' must be one of"):

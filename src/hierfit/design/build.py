@@ -8,16 +8,19 @@ prediction falls back to their deepest known ancestor.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from formulaic import Formula
 
+from hierfit.checks import Diagnostic, apply_severities, resolve_severities
 from hierfit.design.hierarchy import Hierarchy, build_hierarchy, factorize_factor
+from hierfit.design.rank import rank_check
 from hierfit.exceptions import DataError, SpecError
 from hierfit.formula import INTERCEPT, GroupTerm
-from hierfit.model import ModelSpec, get_family
+from hierfit.model import ModelSpec
 
 NATIONAL_LEVEL = "national"
 
@@ -42,34 +45,36 @@ class TermDesign:
         return [f"{self.level}[{c}]" for c in self.coefficients]
 
 
-@dataclass(frozen=True, eq=False)
-class Design:
-    """Arrays for one data set.
+@dataclass(frozen=True, eq=False, kw_only=True)
+class RowDesign:
+    """The arrays of some rows, built with a fitted encoding: what prediction needs.
 
     Attributes
     ----------
-    y
-        Outcome (``None`` for new data without the response column).
     X, x_names
         Population-level model matrix and its column names (``Intercept`` first if present).
     group_index
         Per level, each row's group index in ``hierarchy.level(name).groups``; ``-1`` = unseen.
     terms
         Group-level terms with their ``Z`` columns, in formula order.
-    hierarchy
-        The tree as seen in the *fitting* data.
     encoding
-        How to rebuild all of this for new data.
+        How these arrays were built; it owns the tree of groups (:attr:`hierarchy`).
+    unseen
+        Per level, the labels not seen in fitting and their row counts.
+    trials
+        Binomial trials per row (``None``: one per row, or a family without trials).
+    offset
+        A known part of the linear predictor per row (``None``: zero).
     """
 
-    y: np.ndarray | None
     X: np.ndarray
     x_names: tuple[str, ...]
     group_index: dict[str, np.ndarray]
     terms: tuple[TermDesign, ...]
-    hierarchy: Hierarchy
     encoding: DesignEncoding
     unseen: dict[str, dict[str, int]] = field(default_factory=dict)
+    trials: np.ndarray | None = None
+    offset: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -78,6 +83,11 @@ class Design:
     @property
     def spec(self) -> ModelSpec:
         return self.encoding.spec
+
+    @property
+    def hierarchy(self) -> Hierarchy:
+        """The tree as seen in the *fitting* data (one object, shared by every design and fit)."""
+        return self.encoding.hierarchy
 
     def level_used(self) -> np.ndarray:
         """Per row, the deepest level(s) whose group is known (``"national"`` if none).
@@ -104,28 +114,60 @@ class Design:
         return cols
 
 
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Design(RowDesign):
+    """A fitting design: the rows' arrays with their outcome and prior weights.
+
+    Attributes
+    ----------
+    y
+        The outcome (successes for a binomial family).
+    weights
+        Prior weights per row (``None``: all one), as lme4's ``weights``.
+    diagnostics
+        Named checks found while building it (e.g. dropped collinear columns).
+    """
+
+    y: np.ndarray
+    weights: np.ndarray | None = None
+    diagnostics: tuple[Diagnostic, ...] = ()
+
+
 @dataclass(frozen=True, eq=False)
 class DesignEncoding:
-    """Everything needed to rebuild a design for new data (picklable)."""
+    """Everything needed to rebuild a design for new data.
+
+    ``dropped`` lists population columns left out of the fit (collinear, by the
+    ``rank_deficient`` check); new data leave them out the same way.
+    """
 
     spec: ModelSpec
     population_spec: object  # formulaic ModelSpec
     hierarchy: Hierarchy
+    dropped: tuple[str, ...] = ()
 
-    def apply(self, data: pd.DataFrame, *, require_response: bool = False) -> Design:
-        """Build the design of new data with the fitted encoding.
+    def apply(self, data: pd.DataFrame) -> RowDesign:
+        """Build the design of new rows with the fitted encoding (the outcome is not needed).
 
-        Groups not seen in fitting get index -1 (recorded in ``Design.unseen``).
+        Groups not seen in fitting get index -1 (recorded in ``RowDesign.unseen``).
         """
+        return self._build(data, observed=False)
+
+    def apply_observed(self, data: pd.DataFrame) -> Design:
+        """Like :meth:`apply` for rows with their outcome (scoring, predictive checks)."""
+        design = self._build(data, observed=True)
+        assert isinstance(design, Design)
+        return design
+
+    def _build(self, data: pd.DataFrame, *, observed: bool) -> RowDesign:
         _check_frame(data)
         spec = self.spec
-        has_y = spec.response in data.columns
-        if require_response and not has_y:
+        if observed and spec.response not in data.columns:
             raise DataError(_missing_column_message(spec.response, data, "response"))
-        used = _used_columns(spec, data, include_response=has_y)
+        used = _used_columns(spec, data, include_response=observed)
         _check_missing_values(data, used)
-        y = _response(spec, data) if has_y else None
         X, names = _population_matrix(self.population_spec, data)
+        X, names = _drop_columns(X, names, self.dropped)
         group_index: dict[str, np.ndarray] = {}
         unseen: dict[str, dict[str, int]] = {}
         for lv in self.hierarchy.levels:
@@ -142,11 +184,19 @@ class DesignEncoding:
                 counts = np.bincount(codes[idx < 0], minlength=len(labels))
                 unseen[lv.name] = {labels[g]: int(counts[g]) for g in np.argsort(-counts, kind="stable") if counts[g]}
         terms = tuple(TermDesign(t, _term_columns(t, data)) for t in spec.formula.group_terms)
-        return Design(y, X, names, group_index, terms, self.hierarchy, self, unseen)
+        if observed:
+            y = _response(spec, data)
+            spec.family.check_outcome(y, spec.response)
+            return Design(X=X, x_names=names, group_index=group_index, terms=terms, encoding=self, unseen=unseen, y=y)
+        return RowDesign(X=X, x_names=names, group_index=group_index, terms=terms, encoding=self, unseen=unseen)
 
 
-def build_design(spec: ModelSpec, data: pd.DataFrame) -> Design:
+def build_design(spec: ModelSpec, data: pd.DataFrame, *, checks: Mapping[str, str] | None = None) -> Design:
     """Build the fitting design: checks the data, builds the tree and all arrays.
+
+    ``checks`` sets the severity of the checks made here (see :mod:`hierfit.checks`):
+    ``rank_deficient`` (collinear population columns: ``"error"`` by default; ``"warn"`` or
+    ``"ignore"`` drop the later of the dependent columns, as lme4's ``check.rankX``).
 
     Examples
     --------
@@ -163,15 +213,27 @@ def build_design(spec: ModelSpec, data: pd.DataFrame) -> Design:
     used = _used_columns(spec, data, include_response=True)
     _check_missing_values(data, used)
     y = _response(spec, data)
-    get_family(spec.family).check_outcome(y, spec.response)
+    spec.family.check_outcome(y, spec.response)
     formula = Formula(spec.formula.population)
     # formulaic only needs the population columns; handing it the whole frame costs seconds at 5M rows
     population_columns = [c for c in data.columns if c in formula.required_variables]
     X, names, population_spec = _fit_population_matrix(formula, data[population_columns])
+    severities = resolve_severities(checks)
+    dropped, found = rank_check(X, names, severities["rank_deficient"])
+    found = apply_severities(found, severities, stacklevel=3)
+    X, names = _drop_columns(X, names, dropped)
     hierarchy, group_index = build_hierarchy(spec, data)
     terms = tuple(TermDesign(t, _term_columns(t, data)) for t in spec.formula.group_terms)
-    encoding = DesignEncoding(spec, population_spec, hierarchy)
-    return Design(y, X, names, group_index, terms, hierarchy, encoding)
+    encoding = DesignEncoding(spec, population_spec, hierarchy, dropped)
+    return Design(X=X, x_names=names, group_index=group_index, terms=terms, encoding=encoding, y=y,
+                  diagnostics=tuple(found))
+
+
+def _drop_columns(X: np.ndarray, names: tuple[str, ...], dropped: tuple[str, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
+    if not dropped:
+        return X, names
+    keep = [j for j, n in enumerate(names) if n not in dropped]
+    return np.ascontiguousarray(X[:, keep]), tuple(names[j] for j in keep)
 
 
 def _check_frame(data: object) -> None:

@@ -4,9 +4,10 @@ from hierfit.engines.registry import (
     ENGINES,
     Capabilities,
     EngineEntry,
+    check_capabilities,
     default_engine,
     get_engine,
     register,
 )
 
-__all__ = ["ENGINES", "Capabilities", "EngineEntry", "default_engine", "get_engine", "register"]
+__all__ = ["ENGINES", "Capabilities", "EngineEntry", "check_capabilities", "default_engine", "get_engine", "register"]

@@ -7,7 +7,7 @@ An engine module exposes ``OPTIONS`` (a dataclass type of its options with defau
 :class:`LinearEngineFit` implements the whole contract for any engine whose predictor is
 ``X beta + sum_t Z_t b_t`` (ols, mixed, pymc, stan, and the linear part of neural): the engine
 only supplies point estimates and either posterior/ensemble draws or an exact Gaussian
-covariance of the flat parameter vector (see :mod:`hierfit.results.layout`).
+covariance of the flat parameter vector (see :mod:`hierfit.engines.layout`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from __future__ import annotations
 import dataclasses
 import pickle
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -26,9 +28,8 @@ from scipy import sparse, stats
 from hierfit.checks import Diagnostic
 from hierfit.design import Design
 from hierfit.design.hierarchy import Hierarchy
+from hierfit.engines.layout import EFFECT_KEYS, ParameterLayout
 from hierfit.exceptions import EngineError
-from hierfit.model import get_family
-from hierfit.results.layout import EFFECT_KEYS, ParameterLayout
 
 FIXED_COLUMNS = ["term", "estimate", "std_error", "lower", "upper"]
 VARIANCE_COLUMNS = ["level", "term1", "term2", "variance", "sd_or_corr"]
@@ -78,36 +79,87 @@ def parse_options(options_type: type, options: dict[str, Any], engine: str) -> A
     return options_type(**options)
 
 
-class EngineFit(ABC):
-    """What an engine returns. Tables follow the result contract's column names."""
+@runtime_checkable
+class EngineFit(Protocol):
+    """What every engine's ``fit`` returns; :class:`hierfit.results.FitResult` wraps it.
+
+    Tables follow the result contract's column names. ``native_linear_predictor`` computes the
+    linear predictor with the engine's *own* machinery (the booster's raw score, the network's
+    forward pass, ``X beta + Z b`` from the solver's solution, the posterior mean), independently
+    of ``contributions``: the conformance suite checks that the two agree.
+    """
+
+    engine: str
+    statistics: dict[str, float]
+    diagnostics: list[Diagnostic]
+
+    def fixed_effects(self, level: float) -> pd.DataFrame:
+        """Columns ``term, estimate, std_error, lower, upper``."""
+        ...
+
+    def variance_components(self) -> pd.DataFrame:
+        """Columns ``level, term1, term2, variance, sd_or_corr`` (lme4's as.data.frame(VarCorr))."""
+        ...
+
+    def group_effects(self, level: float) -> pd.DataFrame:
+        """Columns :data:`GROUP_COLUMNS`; ``kind`` is ``deviation`` or ``total``."""
+        ...
+
+    def contributions(self, design: Design) -> pd.DataFrame:
+        """Per-row additive parts on the link scale; they sum to the linear predictor."""
+        ...
+
+    def interval(self, design: Design, kind: str, level: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """Lower and upper bounds on the response scale, or ``None`` without uncertainty."""
+        ...
+
+    def native(self) -> Any:
+        """The engine's own fitted object."""
+        ...
+
+    def native_linear_predictor(self, design: Design) -> np.ndarray:
+        """The linear predictor of ``design``'s rows computed by the engine's own object."""
+        ...
+
+    def summary_lines(self) -> list[str]:
+        """Engine-specific lines for ``FitResult.summary()``."""
+        ...
+
+    def save(self, directory: Path) -> None:
+        """Write the engine's part of a saved fit into ``directory``."""
+        ...
+
+
+class BaseEngineFit(ABC):
+    """Defaults shared by the engines' fits (no interval, no extra summary, pickle persistence)."""
 
     engine: str = ""
     statistics: dict[str, float]
     diagnostics: list[Diagnostic]
 
     @abstractmethod
-    def fixed_effects(self, level: float) -> pd.DataFrame:
-        """Columns ``term, estimate, std_error, lower, upper``."""
+    def fixed_effects(self, level: float) -> pd.DataFrame: ...
 
     @abstractmethod
-    def variance_components(self) -> pd.DataFrame:
-        """Columns ``level, term1, term2, variance, sd_or_corr`` (lme4's as.data.frame(VarCorr))."""
+    def variance_components(self) -> pd.DataFrame: ...
 
     @abstractmethod
-    def group_effects(self, level: float) -> pd.DataFrame:
-        """Columns :data:`GROUP_COLUMNS`; ``kind`` is ``deviation`` or ``total``."""
+    def group_effects(self, level: float) -> pd.DataFrame: ...
 
     @abstractmethod
-    def contributions(self, design: Design) -> pd.DataFrame:
-        """Per-row additive parts on the link scale; they sum to the linear predictor."""
+    def contributions(self, design: Design) -> pd.DataFrame: ...
+
+    @abstractmethod
+    def native_linear_predictor(self, design: Design) -> np.ndarray: ...
 
     def interval(self, design: Design, kind: str, level: float) -> tuple[np.ndarray, np.ndarray] | None:
-        """Lower and upper bounds on the response scale, or ``None`` without uncertainty."""
         return None
 
     def native(self) -> Any:
-        """The engine's own fitted object."""
         return self
+
+    def summary_lines(self) -> list[str]:
+        return []
 
     # persistence: pickle by default; engines with heavy native objects override both.
     def save(self, directory: Path) -> None:
@@ -115,9 +167,10 @@ class EngineFit(ABC):
             pickle.dump(self, fh, protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
-    def load(cls, directory: Path) -> EngineFit:
+    def load(cls, directory: Path) -> BaseEngineFit:
         with open(directory / "engine.pkl", "rb") as fh:
-            return pickle.load(fh)
+            fit: BaseEngineFit = pickle.load(fh)
+        return fit
 
 
 SE_BLOCK_ENTRIES = 4_000_000  # dense rows × coefficients entries formed at once (32 MB)
@@ -150,7 +203,72 @@ class GaussianCoefficients:
         return float(stats.t.ppf(q, self.df) if np.isfinite(self.df) else stats.norm.ppf(q))
 
 
-class LinearEngineFit(EngineFit):
+@dataclass(frozen=True, eq=False)
+class Draws:
+    """Draws of the flat parameter vector ``(n_draws, P)`` with one dispersion per draw."""
+
+    theta: np.ndarray
+    dispersion: np.ndarray | None = None
+
+
+class Uncertainty:
+    """How a linear engine knows its uncertainty: one strategy per fit.
+
+    :class:`NoUncertainty`, :class:`ExactGaussian` (a sampling distribution of the
+    coefficients, ``ols``), :class:`PosteriorDraws` (posterior or ensemble draws) or
+    :class:`LazyDraws` (draws made on first use, e.g. the mixed model's joint draws: a fit
+    that only reports estimates never pays for them).
+    """
+
+    def draws(self) -> Draws | None:
+        return None
+
+    def gaussian(self) -> GaussianCoefficients | None:
+        return None
+
+
+class NoUncertainty(Uncertainty):
+    """Point estimates only."""
+
+
+@dataclass(frozen=True, eq=False)
+class ExactGaussian(Uncertainty):
+    """Exact Gaussian (or Student-t) sampling distribution of the coefficients."""
+
+    coefficients: GaussianCoefficients
+
+    def gaussian(self) -> GaussianCoefficients:
+        return self.coefficients
+
+
+@dataclass(frozen=True, eq=False)
+class PosteriorDraws(Uncertainty):
+    """Draws computed during the fit."""
+
+    values: Draws
+
+    def draws(self) -> Draws:
+        return self.values
+
+
+class LazyDraws(Uncertainty):
+    """Draws made by ``make()`` the first time they are needed, then kept.
+
+    Not persisted: a saved fit stores the recipe's inputs and redraws with the same seed.
+    """
+
+    def __init__(self, make: Callable[[], Draws]) -> None:
+        self._make = make
+
+    @cached_property
+    def _values(self) -> Draws:
+        return self._make()
+
+    def draws(self) -> Draws:
+        return self._values
+
+
+class LinearEngineFit(BaseEngineFit):
     """The result contract for a linear predictor, from estimates plus one uncertainty source.
 
     Parameters
@@ -160,14 +278,11 @@ class LinearEngineFit(EngineFit):
     beta, b
         Point estimates.
     sigma
-        Residual SD point estimate (gaussian), else ``None``.
-    draws
-        Optional ``(n_draws, P)`` flat parameter draws (posterior or ensemble), with
-        ``sigma_draws`` for gaussian predictive intervals.
-    gaussian
-        Optional exact Gaussian covariance of the flat vector (used by ``ols``).
+        Dispersion point estimate (gaussian residual SD, negative-binomial theta), else ``None``.
     variance_table
         The engine's variance components (rows per :data:`VARIANCE_COLUMNS`).
+    uncertainty
+        The one source of intervals (:class:`Uncertainty`); default none.
     """
 
     def __init__(
@@ -179,9 +294,7 @@ class LinearEngineFit(EngineFit):
         b: list[np.ndarray],
         sigma: float | None,
         variance_table: pd.DataFrame,
-        draws: np.ndarray | None = None,
-        sigma_draws: np.ndarray | None = None,
-        gaussian: GaussianCoefficients | None = None,
+        uncertainty: Uncertainty | None = None,
         statistics: dict[str, float] | None = None,
         diagnostics: list[Diagnostic] | None = None,
         seed: int = 0,
@@ -189,16 +302,31 @@ class LinearEngineFit(EngineFit):
         self.engine = engine
         self.layout = ParameterLayout.from_design(design)
         self.hierarchy: Hierarchy = design.hierarchy
-        self.family = design.spec.family
+        self.family = design.spec.family  # the Family row
         self.theta = self.layout.flatten(beta, b)
         self.sigma = sigma
-        self.draws = draws
-        self.sigma_draws = sigma_draws
-        self.gaussian = gaussian
+        self.uncertainty = uncertainty if uncertainty is not None else NoUncertainty()
         self._variance_table = variance_table
         self.statistics = dict(statistics or {})
         self.diagnostics = list(diagnostics or [])
         self.seed = seed
+
+    @property
+    def draws(self) -> np.ndarray | None:
+        """``(n_draws, P)`` parameter draws, or ``None`` (see :attr:`uncertainty`)."""
+        d = self.uncertainty.draws()
+        return None if d is None else d.theta
+
+    @property
+    def sigma_draws(self) -> np.ndarray | None:
+        """One dispersion per draw (gaussian sigma), or ``None``."""
+        d = self.uncertainty.draws()
+        return None if d is None else d.dispersion
+
+    @property
+    def gaussian(self) -> GaussianCoefficients | None:
+        """The exact sampling distribution of the coefficients, or ``None``."""
+        return self.uncertainty.gaussian()
 
     @property
     def beta(self) -> np.ndarray:
@@ -245,11 +373,14 @@ class LinearEngineFit(EngineFit):
         beta, b = self.layout.unflatten(self.theta)
         return self.layout.contributions(design, beta, b)
 
+    def native_linear_predictor(self, design: Design) -> np.ndarray:
+        """``R theta``: the row map applied to the estimates (engines with their own solver override)."""
+        return np.asarray(self.layout.row_matrix(design) @ self.theta).ravel()
+
     def interval(self, design: Design, kind: str, level: float) -> tuple[np.ndarray, np.ndarray] | None:
-        family = get_family(self.family)
         alpha = (1 - level) / 2
         if self.draws is not None:
-            return self._draw_interval(design, kind, alpha, family)
+            return self._draw_interval(design, kind, alpha, self.family)
         if self.gaussian is not None:
             return self._gaussian_interval(design, kind, level)
         return None
@@ -288,7 +419,8 @@ class LinearEngineFit(EngineFit):
                 eta = eta + rng.standard_normal(eta.shape) * new_sd[rows]
             mu = family.inverse_link(eta)
             if kind == "prediction":
-                mu = _sample_outcome(family.name, mu, self.sigma_draws, rng)
+                sd = None if self.sigma_draws is None else self.sigma_draws[:, None]
+                mu = family.sample(rng, mu, None, sd if family.has_dispersion else None)
             lower[rows], upper[rows] = np.quantile(mu, [alpha, 1 - alpha], axis=0)
         return lower, upper
 
@@ -323,14 +455,3 @@ def _term_covariance(table: pd.DataFrame, level: str, coefficients: tuple[str, .
             j = coefficients.index(r["term2"])
             cov[i, j] = cov[j, i] = r["variance"]
     return cov
-
-
-def _sample_outcome(family: str, mu: np.ndarray, sigma_draws: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
-    if family == "gaussian":
-        sd = np.ones(mu.shape[0]) if sigma_draws is None else sigma_draws
-        return mu + rng.standard_normal(mu.shape) * sd[:, None]
-    if family == "bernoulli":
-        return (rng.random(mu.shape) < mu).astype(float)
-    if family == "poisson":
-        return rng.poisson(mu).astype(float)
-    raise EngineError(f"No predictive sampler for family {family!r}.")

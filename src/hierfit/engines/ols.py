@@ -18,6 +18,7 @@ pseudo-inverse that reports (rather than hides) rank deficiency.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,7 @@ from scipy import linalg, sparse
 
 from hierfit.checks import Diagnostic
 from hierfit.design import Design
-from hierfit.engines.base import VARIANCE_COLUMNS, GaussianCoefficients, LinearEngineFit
+from hierfit.engines.base import VARIANCE_COLUMNS, ExactGaussian, GaussianCoefficients, LinearEngineFit
 from hierfit.exceptions import SpecError
 from hierfit.model import ModelSpec
 
@@ -38,11 +39,30 @@ class OPTIONS:
 
 
 class OlsFit(LinearEngineFit):
-    """Result of the ``ols`` engine (see :class:`LinearEngineFit`)."""
+    """Result of the ``ols`` engine (see :class:`LinearEngineFit`).
+
+    ``coefficients`` are the least-squares estimates of the effects-coded columns (named
+    ``market[Intercept]:Market_1``, ...), the engine's own parametrisation.
+    """
+
+    def __init__(self, *, coefficients: pd.Series, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.coefficients = coefficients
 
     def native(self) -> dict[str, object]:
         """The effects-coded coefficients and their covariance."""
         return {"coefficients": self.coefficients, "cov": self.gaussian.cov if self.gaussian else None}
+
+    def native_linear_predictor(self, design: Design) -> np.ndarray:
+        """``C gamma``: the effects-coded columns times their least-squares coefficients.
+
+        Only for rows whose groups were all seen in fitting (the coding has no column for a
+        new group).
+        """
+        if any((design.group_index[td.level] < 0).any() for td in design.terms):
+            raise SpecError("The effects coding has no columns for groups not seen in fitting; use predict() for those rows.")
+        C, _, _ = effects_coding(design)
+        return np.asarray(C @ self.coefficients.to_numpy()).ravel()
 
 
 def effects_coding(design: Design) -> tuple[sparse.csr_matrix, sparse.csr_matrix, list[str]]:
@@ -124,8 +144,6 @@ def _ranges(lengths: np.ndarray) -> np.ndarray:
 
 def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> OlsFit:
     """Least squares on the effects-coded columns."""
-    if spec.family != "gaussian":
-        raise SpecError(f"Engine 'ols' fits the gaussian family only; got family={spec.family!r}. Use engine 'mixed' or 'pymc'.")
     C, K, names = effects_coding(design)
     y = design.y
     CtC = (C.T @ C).toarray()
@@ -168,14 +186,15 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> OlsFit:
     variance = pd.DataFrame(
         [{"level": "residual", "term1": "", "term2": "", "variance": sigma2, "sd_or_corr": sigma}], columns=VARIANCE_COLUMNS
     )
-    result = OlsFit(
+    return OlsFit(
+        coefficients=pd.Series(gamma, index=names),
         engine="ols",
         design=design,
         beta=beta,
         b=b,
         sigma=sigma,
         variance_table=variance,
-        gaussian=GaussianCoefficients(sparse.csr_matrix(K), cov, float(df) if df > 0 else np.inf),
+        uncertainty=ExactGaussian(GaussianCoefficients(sparse.csr_matrix(K), cov, float(df) if df > 0 else np.inf)),
         statistics={
             "n_obs": float(n),
             "rank": float(rank),
@@ -188,5 +207,3 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> OlsFit:
         },
         diagnostics=diagnostics,
     )
-    result.coefficients = pd.Series(gamma, index=names)
-    return result

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Literal
 
-from hierfit.exceptions import EngineError
+from hierfit.exceptions import EngineError, SpecError
+from hierfit.model import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class Capabilities:
         when derived (e.g. partial dependence for trees); parts always sum to the prediction.
     nonlinear
         Whether the engine adds a nonlinear part (its own decomposition column).
+    needs_group_terms
+        Whether the formula must have at least one group-level term such as ``(1 | market)``.
     """
 
     uncertainty: Literal["none", "frequentist", "posterior", "ensemble"]
@@ -45,6 +48,7 @@ class Capabilities:
     families: tuple[str, ...]
     decomposition: Literal["exact", "approximate"]
     nonlinear: bool = False
+    needs_group_terms: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,20 @@ ENGINES: dict[str, EngineEntry] = {
             correlated_slopes=False,
             families=("gaussian",),
             decomposition="exact",
+        ),
+    ),
+    "mixed": EngineEntry(
+        name="mixed",
+        module="hierfit.engines.mixed.engine",
+        summary="REML/ML linear mixed model with lme4's results, from per-group sufficient statistics (cost per evaluation independent of rows).",
+        capabilities=Capabilities(
+            uncertainty="frequentist",
+            pooling="partial",
+            varying_slopes=True,
+            correlated_slopes=True,
+            families=("gaussian",),
+            decomposition="exact",
+            needs_group_terms=True,
         ),
     ),
     "pymc": EngineEntry(
@@ -151,6 +169,7 @@ ENGINES: dict[str, EngineEntry] = {
             correlated_slopes=False,
             families=("gaussian", "bernoulli", "poisson"),
             decomposition="approximate",
+            needs_group_terms=True,
             nonlinear=True,
         ),
         requires=("lightgbm",),
@@ -167,23 +186,11 @@ ENGINES: dict[str, EngineEntry] = {
             correlated_slopes=True,
             families=("gaussian",),
             decomposition="exact",
+            needs_group_terms=True,
             nonlinear=True,
         ),
         requires=("lightgbm",),
         extra="lightgbm",
-    ),
-    "mixed": EngineEntry(
-        name="mixed",
-        module="hierfit.engines.mixed.engine",
-        summary="REML/ML linear mixed model with lme4's results, from per-group sufficient statistics (cost per evaluation independent of rows).",
-        capabilities=Capabilities(
-            uncertainty="frequentist",
-            pooling="partial",
-            varying_slopes=True,
-            correlated_slopes=True,
-            families=("gaussian",),
-            decomposition="exact",
-        ),
     ),
 }
 
@@ -209,6 +216,34 @@ def get_engine(name: str) -> EngineEntry:
         raise EngineError(
             f"The 'engine' argument of fit() must be one of: {', '.join(sorted(ENGINES))}. Got {name!r}."
         ) from None
+
+
+def check_capabilities(entry: EngineEntry, spec: ModelSpec) -> None:
+    """Refuse a spec the engine cannot fit (family, varying slopes, group terms), before any work.
+
+    Examples
+    --------
+    >>> from hierfit.model import make_spec
+    >>> check_capabilities(get_engine("ols"), make_spec("y ~ x + (1 | g)", family="poisson"))
+    Traceback (most recent call last):
+    ...
+    hierfit.exceptions.SpecError: Engine 'ols' fits the families: gaussian; got family='poisson'. Engines for 'poisson': lightgbm, neural, pymc, stan (see `hierfit engines`).
+    """
+    caps = entry.capabilities
+    family = spec.family.name
+    if family not in caps.families:
+        able = sorted(n for n, e in ENGINES.items() if family in e.capabilities.families)
+        raise SpecError(
+            f"Engine {entry.name!r} fits the families: {', '.join(caps.families)}; got family={family!r}. "
+            f"Engines for {family!r}: {', '.join(able) or 'none'} (see `hierfit engines`)."
+        )
+    group_terms = spec.formula.group_terms
+    if not caps.varying_slopes and any(t.slopes for t in group_terms):
+        raise SpecError(f"Engine {entry.name!r} does not fit varying slopes; drop them from the formula or choose another engine.")
+    if caps.needs_group_terms and not group_terms:
+        raise SpecError(
+            f"Engine {entry.name!r} needs at least one group-level term such as (1 | market); use engine 'ols' otherwise."
+        )
 
 
 def default_engine() -> str:

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hierfit.api import fit_design
 from hierfit.design import build_design
 from hierfit.engines import ENGINES, get_engine
 from hierfit.evaluate.comparison import Comparison
@@ -25,6 +24,7 @@ from hierfit.evaluate.metrics import recovery, score, truth_effects
 from hierfit.evaluate.predictive import predictive
 from hierfit.evaluate.splits import CVScheme, parse_cv
 from hierfit.exceptions import EngineError, HierfitError, HierfitWarning
+from hierfit.fitting import fit_design
 from hierfit.model import DEFAULT_NATIONAL, ModelSpec, Prior, make_spec
 
 

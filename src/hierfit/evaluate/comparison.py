@@ -152,7 +152,7 @@ class Comparison:
             "format_version": FORMAT_VERSION,
             "kind": "hierfit-comparison",
             "formula": self.spec.text,
-            "family": self.spec.family,
+            "family": str(self.spec.family),
             "national": self.spec.national,
             "cv": {"level": self.cv.level, "folds": int(self.cv.folds), "seed": int(self.cv.seed)},
             "level": self.level,

@@ -27,7 +27,7 @@ import pandas as pd
 from scipy import special, stats
 
 from hierfit.engines.base import LinearEngineFit
-from hierfit.model import get_family
+from hierfit.model import Family
 
 MAX_DRAWS = 400
 MIN_DRAWS = 20  # fewer draws (a handful of ensemble members) make a lumpy mixture density
@@ -43,22 +43,25 @@ class Predictive:
     method
         ``draws``, ``t``, ``normal``, ``interval``, ``plugin`` or ``none`` (see the module doc).
     family
-        Outcome family name.
+        The outcome family row.
     mean
         Point prediction on the response scale (as ``FitResult.predict``).
     scale, df
         Per-row scale and degrees of freedom (``t``/``normal``/``interval``).
     mu_draws, sigma_draws
-        ``(n_draws, n)`` response-scale means and ``(n_draws,)`` residual SDs (``draws``).
+        ``(n_draws, n)`` response-scale means and ``(n_draws,)`` dispersions (``draws``).
+    trials
+        ``(n,)`` trials per row for binomial outcomes (else ``None``: one).
     """
 
     method: str
-    family: str
+    family: Family
     mean: np.ndarray
     scale: np.ndarray | None = None
     df: float = np.inf
     mu_draws: np.ndarray | None = None
     sigma_draws: np.ndarray | None = None
+    trials: np.ndarray | None = None
 
     @property
     def available(self) -> bool:
@@ -70,16 +73,16 @@ class Predictive:
         if self.method == "none":
             return np.full(len(y), np.nan)
         if self.method == "draws":
-            lp = outcome_logpdf(self.family, y[None, :], self.mu_draws, self.sigma_draws)
+            lp = self.family.logpdf(y[None, :], self.mu_draws, self.trials, _per_draw(self.sigma_draws))
             return special.logsumexp(lp, axis=0) - np.log(lp.shape[0])
         if self.method == "plugin":
-            return outcome_logpdf(self.family, y[None, :], self.mean[None, :], None)[0]
+            return self.family.logpdf(y, self.mean, self.trials, None)
         return stats.t.logpdf(y, self.df, loc=self.mean, scale=self.scale)
 
     def cdf(self, y: np.ndarray) -> np.ndarray | None:
-        """Predictive CDF at ``y`` (probability integral transform); gaussian family only."""
+        """Predictive CDF at ``y`` (probability integral transform); continuous outcomes only."""
         y = np.asarray(y, dtype=float)
-        if self.family != "gaussian" or self.method in ("none", "plugin"):
+        if self.family.discrete or self.method in ("none", "plugin"):
             return None
         if self.method == "draws":
             sd = self.sigma_draws if self.sigma_draws is not None else np.ones(len(self.mu_draws))
@@ -94,10 +97,10 @@ class Predictive:
         if self.method == "draws":
             pick = rng.integers(0, len(self.mu_draws), n_rep)
             mu = self.mu_draws[pick]
-            sd = None if self.sigma_draws is None else self.sigma_draws[pick]
-            return _sample_outcome(self.family, mu, sd, rng)
+            disp = None if self.sigma_draws is None else self.sigma_draws[pick]
+            return self.family.sample(rng, mu, self.trials, _per_draw(disp))
         if self.method == "plugin":
-            return _sample_outcome(self.family, np.broadcast_to(self.mean, (n_rep, n)), None, rng)
+            return self.family.sample(rng, np.broadcast_to(self.mean, (n_rep, n)), self.trials, None)
         noise = rng.standard_t(self.df, (n_rep, n)) if np.isfinite(self.df) else rng.standard_normal((n_rep, n))
         return self.mean + noise * self.scale
 
@@ -117,14 +120,14 @@ def predictive(result, data: pd.DataFrame) -> Predictive:
     ('t', True)
     """
     ef = result.engine_fit
-    family = get_family(result.spec.family)
+    family = result.spec.family
     design = result.encoding.apply(data)
     eta = ef.contributions(design).to_numpy().sum(axis=1)
     mean = family.inverse_link(eta)
     hook = getattr(ef, "predictive_draws", None)
     if callable(hook):
         mu_draws, sigma_draws = hook(design, MAX_DRAWS)
-        return Predictive("draws", family.name, mean, mu_draws=np.asarray(mu_draws), sigma_draws=sigma_draws)
+        return Predictive("draws", family, mean, mu_draws=np.asarray(mu_draws), sigma_draws=sigma_draws, trials=design.trials)
     if isinstance(ef, LinearEngineFit):
         R = ef.layout_row_matrix(design)
         # Engines with a nonlinear part add columns beyond the linear predictor; carry them
@@ -139,21 +142,24 @@ def predictive(result, data: pd.DataFrame) -> Predictive:
                 # intervals do (its mean is 0, its variance the fitted variance components)
                 eta_d = eta_d + np.random.default_rng(ef.seed).standard_normal(eta_d.shape) * new_sd
             sigma_d = None
-            if family.name == "gaussian":
+            if family.has_dispersion:
                 sigma_d = ef.sigma_draws[keep] if ef.sigma_draws is not None else np.full(len(keep), ef.sigma or 1.0)
-            return Predictive("draws", family.name, mean, mu_draws=family.inverse_link(eta_d), sigma_draws=sigma_d)
-        if ef.gaussian is not None and family.name == "gaussian" and ef.sigma is not None:
+            return Predictive("draws", family, mean, mu_draws=family.inverse_link(eta_d), sigma_draws=sigma_d,
+                              trials=design.trials)
+        if ef.gaussian is not None and family.normal_errors and ef.sigma is not None:
             se = ef.gaussian.std_errors(R)
             df = float(ef.gaussian.df)
             scale = np.sqrt(se**2 + new_sd**2 + ef.sigma**2)
-            return Predictive("t" if np.isfinite(df) else "normal", family.name, mean, scale=scale, df=df)
-    if family.name == "gaussian":
+            return Predictive("t" if np.isfinite(df) else "normal", family, mean, scale=scale, df=df)
+    if family.normal_errors:
         bounds = ef.interval(design, "prediction", 0.9)
         if bounds is not None and np.all(np.isfinite(bounds[0])) and np.all(np.isfinite(bounds[1])):
             scale = np.maximum((bounds[1] - bounds[0]) / (2 * _Z90), 1e-12)
-            return Predictive("interval", family.name, mean, scale=scale, df=np.inf)
-        return Predictive("none", family.name, mean)
-    return Predictive("plugin", family.name, mean)
+            return Predictive("interval", family, mean, scale=scale, df=np.inf)
+        return Predictive("none", family, mean)
+    if family.has_dispersion:
+        return Predictive("none", family, mean)  # the plug-in needs a dispersion the engine did not give
+    return Predictive("plugin", family, mean, trials=design.trials)
 
 
 def _plain_draws(ef: LinearEngineFit, offset: np.ndarray) -> bool:
@@ -173,28 +179,6 @@ def _thin(n: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, MAX_DRAWS)).round().astype(int))
 
 
-def outcome_logpdf(family: str, y: np.ndarray, mu: np.ndarray, sigma: np.ndarray | None) -> np.ndarray:
-    """Log density of outcomes ``y`` at means ``mu`` (draws × rows); ``sigma`` one per draw (gaussian).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> outcome_logpdf("bernoulli", np.array([[1.0, 0.0]]), np.array([[0.5, 0.5]]), None).round(4)
-    array([[-0.6931, -0.6931]])
-    """
-    if family == "gaussian":
-        sd = np.ones(mu.shape[0]) if sigma is None else np.asarray(sigma)
-        return stats.norm.logpdf(y, loc=mu, scale=sd[:, None])
-    if family == "bernoulli":
-        p = np.clip(mu, 1e-12, 1 - 1e-12)
-        return np.where(y > 0.5, np.log(p), np.log1p(-p))
-    return stats.poisson.logpmf(y, np.maximum(mu, 1e-12))
-
-
-def _sample_outcome(family: str, mu: np.ndarray, sd: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
-    if family == "gaussian":
-        s = np.ones(mu.shape[0]) if sd is None else np.asarray(sd)
-        return mu + rng.standard_normal(mu.shape) * s[:, None]
-    if family == "bernoulli":
-        return (rng.random(mu.shape) < mu).astype(float)
-    return rng.poisson(np.maximum(mu, 0)).astype(float)
+def _per_draw(dispersion: np.ndarray | None) -> np.ndarray | None:
+    """One dispersion per draw as a column, to broadcast over ``(n_draws, n)`` means."""
+    return None if dispersion is None else np.asarray(dispersion, dtype=float)[:, None]

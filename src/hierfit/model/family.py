@@ -132,6 +132,9 @@ def _binom_deviance(y: Array, mu: Array, trials: Array, disp: Array | None) -> A
 
 
 def _binom_sample(rng: np.random.Generator, mu: Array, trials: Array, disp: Array | None) -> Array:
+    if np.all(trials == 1):
+        # one uniform per draw: the same stream whether or not the rows carry trials
+        return (rng.random(np.shape(mu)) < mu).astype(float)
     n = np.broadcast_to(np.asarray(trials, dtype=np.int64), np.shape(mu))
     return rng.binomial(n, _clip_p(mu)).astype(float)
 
@@ -224,6 +227,8 @@ class Family:
     _logpdf: Callable[[Array, Array, Array, Array | None], Array]
     _sample: Callable[[np.random.Generator, Array, Array, Array | None], Array]
     _start: Callable[[Array, Array], Array]
+    _phi: Callable[[Array | None], Array | float] = lambda d: 1.0
+    mean_range: tuple[float, float] = (-np.inf, np.inf)
 
     def __reduce__(self) -> tuple[object, tuple[str, str]]:
         # a row is identified by its names: pickled (and compared) by reference to the table
@@ -271,6 +276,29 @@ class Family:
         y = np.asarray(y, dtype=float)
         return self._logpdf(y, np.asarray(mu, dtype=float), _trials(trials, y), dispersion)
 
+    def clip_mean(self, mu: Array, margin: float = 1e-3) -> Array:
+        """``mu`` kept ``margin`` inside the range of the mean (probabilities off 0 and 1)."""
+        lo, hi = self.mean_range
+        return np.clip(mu, lo + margin if np.isfinite(lo) else -np.inf, hi - margin if np.isfinite(hi) else np.inf)
+
+    def scale_factor(self, dispersion: Array | None) -> Array | float:
+        """``phi`` with ``Var(y) = phi * trials * V(mu)``: ``sigma^2`` for gaussian, else 1."""
+        return self._phi(dispersion)
+
+    def fisher_weights(self, eta: Array, trials: Array | None = None, dispersion: Array | None = None) -> Array:
+        """Per-row Fisher information on the link scale: ``trials mu_eta^2 / (phi V(mu))``."""
+        eta = np.asarray(eta, dtype=float)
+        mu = self.link.inverse(eta)
+        d = self.link.mu_eta(eta)
+        return _trials(trials, eta) * d * d / (self.variance(mu, dispersion) * self._phi(dispersion))
+
+    def score(self, y: Array, eta: Array, trials: Array | None = None, dispersion: Array | None = None) -> Array:
+        """Per-row derivative of the log-likelihood with respect to the linear predictor."""
+        eta = np.asarray(eta, dtype=float)
+        mu = self.link.inverse(eta)
+        n = _trials(trials, eta)
+        return (np.asarray(y, dtype=float) - n * mu) * self.link.mu_eta(eta) / (self.variance(mu, dispersion) * self._phi(dispersion))
+
     def sample(self, rng: np.random.Generator, mu: Array, trials: Array | None = None,
                dispersion: Array | None = None) -> Array:
         """Draw outcomes with mean ``trials * mu`` (shapes broadcast)."""
@@ -305,25 +333,30 @@ FAMILIES: dict[str, Family] = {
         "gaussian", LINKS["identity"], ("identity",), "finite real numbers", "sigma", False, False, True,
         _bad_real, lambda mu, d: _ones_like(mu), lambda y, mu, n, d: (y - mu) ** 2,
         _gauss_logpdf, _gauss_sample, lambda y, n: y.copy(),
+        lambda d: 1.0 if d is None else np.asarray(d, dtype=float) ** 2,
     ),
     "bernoulli": Family(
         "bernoulli", LINKS["logit"], _BINARY_LINKS, "0/1 outcomes", None, False, True, False,
         _bad_binary, lambda mu, d: mu * (1.0 - mu), _binom_deviance, _binom_logpdf, _binom_sample, _binom_start,
+        mean_range=(0.0, 1.0),
     ),
     "binomial": Family(
         "binomial", LINKS["logit"], _BINARY_LINKS, "whole numbers of successes between 0 and the trials",
         None, True, True, False,
         _bad_successes, lambda mu, d: mu * (1.0 - mu), _binom_deviance, _binom_logpdf, _binom_sample, _binom_start,
+        mean_range=(0.0, 1.0),
     ),
     "poisson": Family(
         "poisson", LINKS["log"], ("log",), "non-negative integer counts", None, False, True, False,
         _bad_count, lambda mu, d: mu, _pois_deviance, _pois_logpdf,
         lambda rng, mu, n, d: rng.poisson(mu).astype(float), lambda y, n: y + 0.1,
+        mean_range=(0.0, np.inf),
     ),
     "negative_binomial": Family(
         "negative_binomial", LINKS["log"], ("log",), "non-negative integer counts", "theta", False, True, False,
         _bad_count, lambda mu, d: mu + mu ** 2 / _nb_theta(d), _nb_deviance, _nb_logpdf, _nb_sample,
         lambda y, n: y + (y == 0) / 6.0,  # R's negative.binomial()$initialize
+        mean_range=(0.0, np.inf),
     ),
 }
 

@@ -7,17 +7,18 @@ from typing import Any
 
 import numpy as np
 
+from hierfit.engines import ENGINES
 from hierfit.exceptions import SpecError
 
 # Colour-blind-safe (Okabe-Ito), one per engine, stable across plots and reports.
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#8C564B", "#F0E442"]
-KNOWN_ENGINES = ["ols", "mixed", "pymc", "stan", "neural", "lightgbm", "boosted-mixed"]
 
 
 def engine_color(name: str) -> str:
-    """A fixed colour for each engine name (known engines first, others hashed)."""
-    if name in KNOWN_ENGINES:
-        return PALETTE[KNOWN_ENGINES.index(name) % len(PALETTE)]
+    """A fixed colour for each engine: by its row in the registry, others hashed."""
+    names = list(ENGINES)
+    if name in names:
+        return PALETTE[names.index(name) % len(PALETTE)]
     return PALETTE[sum(map(ord, name)) % len(PALETTE)]
 
 

@@ -26,9 +26,8 @@ class ComparisonDisplay:
     >>> sim = hierfit.simulate(n_markets=6, n_submarkets=4, rows_per_submarket=20, seed=1)
     >>> comp = compare(sim.formula, sim.data, engines=["ols"], cv="kfold:3", progress=False)
     >>> d = ComparisonDisplay.from_comparison(comp)
-    >>> d.metrics
-    ['rmse', 'mae', 'mlpd', 'coverage', 'width', 'fit_seconds']
-    >>> fig = d.plot()
+    >>> d.metrics, len(d.ax_)
+    (['rmse', 'mae', 'mlpd', 'coverage', 'width', 'fit_seconds'], 6)
     """
 
     def __init__(self, summary: pd.DataFrame, folds: pd.DataFrame, metrics: list[str], *, cv: str, level: float) -> None:
@@ -39,15 +38,16 @@ class ComparisonDisplay:
         self.level = level
 
     @classmethod
-    def from_comparison(cls, comparison, metrics: Sequence[str] = DEFAULT_METRICS) -> ComparisonDisplay:
-        """Take the pooled and per-fold scores of a :class:`~hierfit.evaluate.Comparison`."""
+    def from_comparison(cls, comparison: Any, metrics: Sequence[str] = DEFAULT_METRICS, *, ax: Any = None) -> ComparisonDisplay:
+        """Take the pooled and per-fold scores of a :class:`~hierfit.evaluate.Comparison` and plot them."""
         metrics = list(metrics)
         for m in metrics:
             check_choice("metrics", m, list(METRICS))
-        return cls(comparison.summary(), comparison.folds, metrics, cv=comparison.cv.describe(), level=comparison.level)
+        return cls(comparison.summary(), comparison.folds, metrics, cv=comparison.cv.describe(), level=comparison.level).plot(ax=ax)
 
-    def plot(self, ax: Any = None):
-        """Draw one panel per metric; return the figure (``ax``: a sequence of Axes, one per metric)."""
+    def plot(self, ax: Any = None) -> ComparisonDisplay:
+        """Draw one panel per metric (``ax``: a sequence of Axes, one per metric); keep ``ax_`` and
+        ``figure_``; return the display."""
         k = len(self.metrics)
         engines = list(self.summary["engine"])
         ncols = min(k, 3)
@@ -103,4 +103,5 @@ class ComparisonDisplay:
             a.set_visible(False)
         fig.suptitle(f"cross-validation: {self.cv} (large dots: pooled over held-out rows; small: folds)", fontsize=11)
         self.figure_ = fig
-        return fig
+        self.ax_ = axes[:k]
+        return self

@@ -27,9 +27,8 @@ class DecompositionDisplay:
     >>> sim = hierfit.simulate(n_markets=4, n_submarkets=3, rows_per_submarket=20, seed=1)
     >>> fit = hierfit.fit(sim.formula, sim.data, engine="ols")
     >>> d = DecompositionDisplay.from_result(fit, sim.data, rows=[0, 100, 200])
-    >>> bool(np.allclose(d.parts.sum(axis=1), d.total))
-    True
-    >>> fig = d.plot()
+    >>> bool(np.allclose(d.parts.sum(axis=1), d.total)), d.ax_ is not None
+    (True, True)
     """
 
     def __init__(self, parts: pd.DataFrame, total: np.ndarray, observed: np.ndarray | None, labels: list[str], *, engine: str) -> None:
@@ -40,8 +39,9 @@ class DecompositionDisplay:
         self.engine = engine
 
     @classmethod
-    def from_result(cls, result, data: pd.DataFrame, rows: Sequence[int] | None = None, n: int = 8, seed: int = 0) -> DecompositionDisplay:
-        """Decompose ``data.iloc[rows]`` (default: ``n`` rows drawn at random, seeded).
+    def from_result(cls, result: Any, data: pd.DataFrame, rows: Sequence[int] | None = None, n: int = 8, seed: int = 0, *,
+                    ax: Any = None) -> DecompositionDisplay:
+        """Decompose ``data.iloc[rows]`` (default: ``n`` rows drawn at random, seeded) and plot it.
 
         Rows are positions in ``data``; labels show the row and its deepest group.
         """
@@ -66,10 +66,10 @@ class DecompositionDisplay:
         labels = [f"row {r}  {w}" for r, w in zip(rows, where)]
         response = result.spec.response
         observed = subset[response].to_numpy(dtype=float) if response in subset.columns else None
-        return cls(parts, parts.to_numpy().sum(axis=1), observed, labels, engine=result.engine)
+        return cls(parts, parts.to_numpy().sum(axis=1), observed, labels, engine=result.engine).plot(ax=ax)
 
-    def plot(self, ax: Any = None):
-        """Draw the stacked bars; return the figure."""
+    def plot(self, ax: Any = None) -> DecompositionDisplay:
+        """Draw the stacked bars; keep ``ax_`` and ``figure_``; return the display."""
         import matplotlib
 
         n = len(self.labels)
@@ -98,4 +98,4 @@ class DecompositionDisplay:
         ax.set_title(f"{self.engine}: additive parts of {n} rows' predictions (link scale)", fontsize=10)
         self.figure_ = fig
         self.ax_ = ax
-        return fig
+        return self

@@ -40,9 +40,8 @@ class CaterpillarDisplay:
     >>> sim = hierfit.simulate(n_markets=4, n_submarkets=3, rows_per_submarket=20, seed=1)
     >>> fit = hierfit.fit(sim.formula, sim.data, engine="ols")
     >>> d = CaterpillarDisplay.from_result(fit, level="submarket", truth=sim.truth)
-    >>> len(d.order)
-    12
-    >>> fig = d.plot()
+    >>> len(d.order), len(d.ax_)
+    (12, 1)
     """
 
     def __init__(self, tables: dict[str, pd.DataFrame], order: list[str], *, level: str, term: str, kind: str, interval: float, truth: pd.Series | None, reference: float) -> None:
@@ -64,8 +63,10 @@ class CaterpillarDisplay:
         kind: str = "total",
         interval: float = 0.9,
         truth: Any = None,
+        *,
+        ax: Any = None,
     ) -> CaterpillarDisplay:
-        """Effects of ``term`` at ``level`` for one fit or several (``{"mixed": fit, ...}``).
+        """Effects of ``term`` at ``level`` for one fit or several (``{"mixed": fit, ...}``), plotted.
 
         Groups are sorted by the first fit's estimate; ``truth`` (``sim.truth``) adds the true
         effects as crosses.
@@ -87,10 +88,10 @@ class CaterpillarDisplay:
             nat = next(iter(fits.values())).group_effects("total", level=interval)
             nat = nat[(nat["level"] == "national") & (nat["term"] == term)]
             reference = float(nat["estimate"].iloc[0]) if len(nat) else np.nan
-        return cls(tables, order, level=level, term=term, kind=kind, interval=interval, truth=true, reference=reference)
+        return cls(tables, order, level=level, term=term, kind=kind, interval=interval, truth=true, reference=reference).plot(ax=ax)
 
-    def plot(self, ax: Any = None):
-        """Draw one panel per engine (sharing the group axis); return the figure.
+    def plot(self, ax: Any = None) -> CaterpillarDisplay:
+        """Draw one panel per engine (sharing the group axis); keep ``ax_`` and ``figure_``; return the display.
 
         ``ax`` may be one Axes (one engine) or a sequence of Axes (one per engine).
         """
@@ -133,8 +134,8 @@ class CaterpillarDisplay:
             fig.legend(handles, labels, loc="outside upper right", ncols=2, fontsize=8, frameon=False)
         fig.suptitle(f"{self.level}: {self.kind} {self.term} effects with {int(self.interval * 100)}% intervals", fontsize=11)
         self.figure_ = fig
-        self.axes_ = axes
-        return fig
+        self.ax_ = axes
+        return self
 
 
 class ShrinkageDisplay:
@@ -151,8 +152,8 @@ class ShrinkageDisplay:
     >>> sim = hierfit.simulate(n_markets=4, n_submarkets=3, rows_per_submarket=20, seed=1)
     >>> ols = hierfit.fit(sim.formula, sim.data, engine="ols")
     >>> d = ShrinkageDisplay.from_results(ols, ols, level="submarket")
-    >>> round(d.slope, 6)
-    1.0
+    >>> round(d.slope, 6), len(d.ax_)
+    (1.0, 2)
     """
 
     def __init__(self, table: pd.DataFrame, *, level: str, term: str, no_pooling: str, partial: str, slope: float) -> None:
@@ -164,8 +165,8 @@ class ShrinkageDisplay:
         self.slope = slope
 
     @classmethod
-    def from_results(cls, no_pooling, partial, level: str, term: str = "Intercept") -> ShrinkageDisplay:
-        """Match groups of two fits (typically ``ols`` and ``mixed``) at ``level``."""
+    def from_results(cls, no_pooling: Any, partial: Any, level: str, term: str = "Intercept", *, ax: Any = None) -> ShrinkageDisplay:
+        """Match groups of two fits (typically ``ols`` and ``mixed``) at ``level`` and plot them."""
         a = _level_effects(no_pooling, level, term, "deviation", 0.9)
         b = _level_effects(partial, level, term, "deviation", 0.9)
         table = a[["group", "estimate", "n_rows"]].merge(b[["group", "estimate"]], on="group", suffixes=("_none", "_partial"))
@@ -174,10 +175,11 @@ class ShrinkageDisplay:
         x, y = table["estimate_none"].to_numpy(), table["estimate_partial"].to_numpy()
         # Least-squares slope through the origin: the average shrinkage factor.
         slope = float(x @ y / (x @ x)) if (x @ x) > 0 else np.nan
-        return cls(table, level=level, term=term, no_pooling=no_pooling.engine, partial=partial.engine, slope=slope)
+        return cls(table, level=level, term=term, no_pooling=no_pooling.engine, partial=partial.engine, slope=slope).plot(ax=ax)
 
-    def plot(self, ax: Any = None):
-        """Draw the two panels (or only the scatter on a given ``ax``); return the figure."""
+    def plot(self, ax: Any = None) -> ShrinkageDisplay:
+        """Draw the two panels (or only the scatter on a given ``ax``); keep ``ax_`` (the panels)
+        and ``figure_``; return the display."""
         if ax is None:
             fig = new_figure((11.0, 4.8))
             ax1, ax2 = fig.subplots(1, 2)
@@ -226,4 +228,5 @@ class ShrinkageDisplay:
             if a is not None:
                 a.tick_params(labelsize=8)
         self.figure_ = fig
-        return fig
+        self.ax_ = [a for a in (ax1, ax2) if a is not None]
+        return self

@@ -57,7 +57,7 @@ class _Node:
 
 
 class HierarchyTreeDisplay:
-    """Tree of group effects. Build with :meth:`from_result`, draw with :meth:`plot`.
+    """Tree of group effects: :meth:`from_result` computes the layout and draws it.
 
     Examples
     --------
@@ -66,9 +66,8 @@ class HierarchyTreeDisplay:
     >>> sim = hierfit.simulate(n_markets=4, n_submarkets=3, rows_per_submarket=20, seed=1)
     >>> fit = hierfit.fit(sim.formula, sim.data, engine="ols", national="United_state")
     >>> display = HierarchyTreeDisplay.from_result(fit)
-    >>> display.n_rows, display.n_pages
-    (12, 1)
-    >>> fig = display.plot()
+    >>> display.n_rows, display.n_pages, display.figure_ is not None
+    (12, 1, True)
     """
 
     def __init__(self, root: _Node, rows: list[_Node], *, term: str, kind: str, engine: str, interval: float, page: int, n_pages: int, center: float) -> None:
@@ -96,6 +95,8 @@ class HierarchyTreeDisplay:
         max_rows: int = 60,
         expand: Sequence[str] = (),
         page: int = 0,
+        *,
+        ax: Any = None,
     ) -> HierarchyTreeDisplay:
         """Compute the tree layout from a fit's group effects.
 
@@ -150,11 +151,13 @@ class HierarchyTreeDisplay:
         rows_out: list[_Node] = []
         _layout(shown, cut, expand_set, rows_out)
         center = root_est if kind == "total" and np.isfinite(root_est) else 0.0
-        return cls(shown, rows_out, term=term, kind=kind, engine=result.engine, interval=interval, page=page, n_pages=len(pages), center=center)
+        return cls(shown, rows_out, term=term, kind=kind, engine=result.engine, interval=interval, page=page,
+                   n_pages=len(pages), center=center).plot(ax=ax)
 
     # -- drawing ------------------------------------------------------------------------------
-    def plot(self, ax=None):
-        """Draw the tree (and, on a new figure, the leaves' forest panel); return the figure."""
+    def plot(self, ax: Any = None) -> HierarchyTreeDisplay:
+        """Draw the tree (and, on a new figure, the leaves' forest panel); keep ``ax_`` and
+        ``figure_``; return the display."""
         import matplotlib
 
         n = max(self.n_rows, 1)
@@ -190,7 +193,7 @@ class HierarchyTreeDisplay:
         bar.ax.tick_params(labelsize=7)
         self.figure_ = fig
         self.ax_ = tree_ax
-        return fig
+        return self
 
     def _draw_tree(self, ax, norm, cmap) -> None:
         from matplotlib.collections import LineCollection, PatchCollection

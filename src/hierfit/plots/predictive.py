@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hierfit.model import Family
 from hierfit.plots._common import engine_color, new_figure
 
 
@@ -27,12 +28,11 @@ class PredictiveCheckDisplay:
     >>> sim = hierfit.simulate(n_markets=4, n_submarkets=3, rows_per_submarket=20, seed=1)
     >>> fit = hierfit.fit(sim.formula, sim.data, engine="ols")
     >>> d = PredictiveCheckDisplay.from_result(fit, sim.data)
-    >>> d.method, d.replicates.shape
-    ('t', (30, 240))
-    >>> fig = d.plot()
+    >>> d.method, d.replicates.shape, d.figure_ is not None
+    ('t', (30, 240), True)
     """
 
-    def __init__(self, y: np.ndarray, mean: np.ndarray, replicates: np.ndarray | None, pit: np.ndarray | None, *, engine: str, method: str, family: str, title: str) -> None:
+    def __init__(self, y: np.ndarray, mean: np.ndarray, replicates: np.ndarray | None, pit: np.ndarray | None, *, engine: str, method: str, family: Family, title: str) -> None:
         self.y = y
         self.mean = mean
         self.replicates = replicates
@@ -43,8 +43,9 @@ class PredictiveCheckDisplay:
         self.title = title
 
     @classmethod
-    def from_result(cls, result, data: pd.DataFrame, n_rep: int = 30, seed: int = 0, title: str = "") -> PredictiveCheckDisplay:
-        """Draw ``n_rep`` replicated data sets for the rows of ``data`` (which need the response)."""
+    def from_result(cls, result: Any, data: pd.DataFrame, n_rep: int = 30, seed: int = 0, title: str = "", *,
+                    ax: Any = None) -> PredictiveCheckDisplay:
+        """Draw ``n_rep`` replicated data sets for the rows of ``data`` (which need the response), and plot them."""
         from hierfit.evaluate.predictive import predictive
         from hierfit.exceptions import DataError
 
@@ -55,17 +56,18 @@ class PredictiveCheckDisplay:
         y = data[response].to_numpy(dtype=float)
         reps = dist.sample(n_rep, np.random.default_rng(seed))
         pit = dist.cdf(y)
-        return cls(y, dist.mean, reps, pit, engine=result.engine, method=dist.method, family=dist.family, title=title)
+        return cls(y, dist.mean, reps, pit, engine=result.engine, method=dist.method, family=dist.family, title=title).plot(ax=ax)
 
-    def plot(self, ax: Any = None):
-        """Draw both panels (or only the replicated-vs-observed panel on ``ax``); return the figure."""
+    def plot(self, ax: Any = None) -> PredictiveCheckDisplay:
+        """Draw both panels (or only the replicated-vs-observed panel on ``ax``); keep ``ax_`` and
+        ``figure_``; return the display."""
         if ax is None:
             fig = new_figure((11.0, 4.2))
             ax1, ax2 = fig.subplots(1, 2)
         else:
             fig, ax1, ax2 = ax.figure, ax, None
         color = engine_color(self.engine)
-        discrete = self.family != "gaussian"
+        discrete = self.family.discrete
         if discrete:
             top = int(max(np.max(self.y), np.max(self.replicates) if self.replicates is not None else 0))
             bins = np.arange(-0.5, min(top, 60) + 1.5)
@@ -111,4 +113,5 @@ class PredictiveCheckDisplay:
         what = "no predictive distribution" if self.method == "none" else f"{self.method} predictive distribution"
         fig.suptitle(self.title or f"{self.engine}: predictive check ({what})", fontsize=11)
         self.figure_ = fig
-        return fig
+        self.ax_ = [a for a in (ax1, ax2) if a is not None]
+        return self

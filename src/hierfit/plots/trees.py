@@ -99,9 +99,8 @@ class TreeDisplay:
     >>> sim = hierfit.simulate(n_markets=4, n_submarkets=3, rows_per_submarket=30, seed=1)
     >>> fit = hierfit.fit(sim.formula, sim.data, engine="lightgbm", num_threads=1, num_boost_round=20)
     >>> d = TreeDisplay.from_model(fit, tree_index=0)
-    >>> d.nodes[0].id, d.nodes[0].kind.startswith(("level:", "slope", "predictor"))
-    ('s0', True)
-    >>> fig = d.plot()
+    >>> d.nodes[0].id, d.nodes[0].kind.startswith(("level:", "slope", "predictor")), d.figure_ is not None
+    ('s0', True, True)
     """
 
     def __init__(self, nodes: list[TreeNode], kinds: list[str], tree_index: int, n_trees: int, details: dict[str, str]) -> None:
@@ -111,11 +110,16 @@ class TreeDisplay:
         self.n_trees = n_trees
         self.details = details
         self.colours = kind_colours(kinds)
-        self.figure_ = None
 
     @classmethod
-    def from_model(cls, model: Any, tree_index: int = 0, feature_kinds: Mapping[str, str] | None = None) -> TreeDisplay:
-        """Read tree ``tree_index`` of a booster (or of a fit's booster) from its dump.
+    def from_model(cls, model: Any, tree_index: int = 0, feature_kinds: Mapping[str, str] | None = None, *,
+                   ax: Any = None) -> TreeDisplay:
+        """Read tree ``tree_index`` of a booster (or of a fit's booster) and draw it."""
+        return cls.read(model, tree_index, feature_kinds).plot(ax=ax)
+
+    @classmethod
+    def read(cls, model: Any, tree_index: int = 0, feature_kinds: Mapping[str, str] | None = None) -> TreeDisplay:
+        """Read tree ``tree_index`` of a booster (or of a fit's booster) from its dump, without drawing.
 
         ``feature_kinds`` maps feature names to kinds (``"level:<name>"``, ``"slope"``,
         ``"predictor"``) for a bare booster; for hierfit fits it is known. Without it a
@@ -173,12 +177,12 @@ class TreeDisplay:
         return cls(nodes, ordered, tree_index, n_trees, details)
 
     @classmethod
-    def from_result(cls, result: Any, tree_index: int = 0) -> TreeDisplay:
+    def from_result(cls, result: Any, tree_index: int = 0, *, ax: Any = None) -> TreeDisplay:
         """Same as :meth:`from_model` for a fitted ``lightgbm`` / ``boosted-mixed`` result."""
-        return cls.from_model(result, tree_index)
+        return cls.from_model(result, tree_index, ax=ax)
 
-    def plot(self, ax: Any = None) -> Any:
-        """Draw the tree; returns the figure (also kept as ``figure_``)."""
+    def plot(self, ax: Any = None) -> TreeDisplay:
+        """Draw the tree; keep ``ax_`` and ``figure_``; return the display."""
         from matplotlib.patches import Patch
 
         n_leaves = sum(n.kind == "leaf" for n in self.nodes)
@@ -201,7 +205,8 @@ class TreeDisplay:
         ax.legend(handles=handles, loc="upper right", fontsize=7, frameon=False)
         ax.set_title(f"tree {self.tree_index} of {self.n_trees}", fontsize=9)
         self.figure_ = fig
-        return fig
+        self.ax_ = ax
+        return self
 
     def text(self) -> str:
         """An indented dump naming each split's kind."""
@@ -223,7 +228,7 @@ def plot_tree(model: Any, tree_index: int = 0, ax: Any = None, feature_kinds: Ma
     >>> fit = hierfit.fit(sim.formula, sim.data, engine="lightgbm", num_threads=1, num_boost_round=20)
     >>> fig = plot_tree(fit, tree_index=0)
     """
-    return TreeDisplay.from_model(model, tree_index, feature_kinds).plot(ax)
+    return TreeDisplay.from_model(model, tree_index, feature_kinds, ax=ax).figure_
 
 
 def tree_text(model: Any, tree_index: int = 0, feature_kinds: Mapping[str, str] | None = None) -> str:
@@ -238,4 +243,4 @@ def tree_text(model: Any, tree_index: int = 0, feature_kinds: Mapping[str, str] 
     >>> tree_text(fit).splitlines()[1].startswith("[")
     True
     """
-    return TreeDisplay.from_model(model, tree_index, feature_kinds).text()
+    return TreeDisplay.read(model, tree_index, feature_kinds).text()

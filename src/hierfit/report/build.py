@@ -116,7 +116,7 @@ def _comparison_page(comp, title: str | None) -> Page:
     s.append(_verdict(summary))
     s.append(table_html(summary))
     if len(comp.folds):
-        s.append(_plot(lambda: _comparison_display().from_comparison(comp).plot(), "engine comparison chart"))
+        s.append(_plot(lambda: _comparison_display().from_comparison(comp).figure_, "engine comparison chart"))
         s.append(details("scores per fold", table_html(comp.folds)))
     for note in comp.notes:
         s.append(text(note, "warn"))
@@ -172,16 +172,16 @@ def _effects_sections(page: Page, fits: dict, main: str, data: pd.DataFrame | No
     fit = fits[main]
     s = page.section("Hierarchy")
     s.append(text(f"Estimated total effects of {main} (national → each level), coloured by effect; the right panel repeats the deepest rows with their intervals."))
-    s.append(_plot(lambda: HierarchyTreeDisplay.from_result(fit).plot(), "hierarchy tree"))
+    s.append(_plot(lambda: HierarchyTreeDisplay.from_result(fit).figure_, "hierarchy tree"))
     slopes = sorted({t for t in fit.group_effects("total")["term"].unique() if t != "Intercept"})
     for term in slopes:
-        s.append(_plot(lambda term=term: HierarchyTreeDisplay.from_result(fit, term=term).plot(), f"hierarchy tree of {term}"))
+        s.append(_plot(lambda term=term: HierarchyTreeDisplay.from_result(fit, term=term).figure_, f"hierarchy tree of {term}"))
     s = page.section("Group effects by level")
     for lv in fit.hierarchy.levels:
         terms = fit.group_effects("total").query("level == @lv.name")["term"].unique()
         for term in terms:
             s.append(h3(f"{lv.name}: {term}"))
-            s.append(_plot(lambda lv=lv, term=term: CaterpillarDisplay.from_result(fits, level=lv.name, term=term, truth=truth).plot(), f"caterpillar {lv.name} {term}"))
+            s.append(_plot(lambda lv=lv, term=term: CaterpillarDisplay.from_result(fits, level=lv.name, term=term, truth=truth).figure_, f"caterpillar {lv.name} {term}"))
     no_pool = [n for n in fits if ENGINES.get(n) and ENGINES[n].capabilities.pooling == "none"]
     partial = [n for n in fits if ENGINES.get(n) and ENGINES[n].capabilities.pooling == "partial"]
     if no_pool and partial:
@@ -189,15 +189,15 @@ def _effects_sections(page: Page, fits: dict, main: str, data: pd.DataFrame | No
         p = main if main in partial else partial[0]
         s.append(text(f"Deviations of each group from its parent: no pooling ({no_pool[0]}) against partial pooling ({p})."))
         for lv in fit.hierarchy.levels:
-            s.append(_plot(lambda lv=lv: ShrinkageDisplay.from_results(fits[no_pool[0]], fits[p], level=lv.name).plot(), f"shrinkage {lv.name}"))
+            s.append(_plot(lambda lv=lv: ShrinkageDisplay.from_results(fits[no_pool[0]], fits[p], level=lv.name).figure_, f"shrinkage {lv.name}"))
     if data is not None and fit.spec.response in data.columns:
         s = page.section("Predictive checks")
         s.append(text("Observed outcomes against data replicated from each fit, on the fitted rows; the PIT histogram is flat when the predictive distribution is calibrated."))
         for name, r in fits.items():
-            s.append(_plot(lambda r=r: PredictiveCheckDisplay.from_result(r, data).plot(), f"predictive check {name}"))
+            s.append(_plot(lambda r=r: PredictiveCheckDisplay.from_result(r, data).figure_, f"predictive check {name}"))
         s = page.section("Decomposition")
         s.append(text(f"Additive parts of {main}'s prediction for 8 rows drawn at random: national + market + submarket + slopes (+ population predictors)."))
-        s.append(_plot(lambda: DecompositionDisplay.from_result(fit, data).plot(), "decomposition"))
+        s.append(_plot(lambda: DecompositionDisplay.from_result(fit, data).figure_, "decomposition"))
     _trees_section(page, fits)
     s = page.section("Effects tables")
     for name, r in fits.items():
@@ -251,7 +251,7 @@ def _diagnostics_section(page: Page, fits: dict, fold_diagnostics: list[dict]) -
 
 
 def _spec_html(spec, extra: dict[str, str]) -> str:
-    rows = {"formula": spec.text, "family": spec.family, "national root": spec.national, "levels": ", ".join(spec.levels)}
+    rows = {"formula": spec.text, "family": str(spec.family), "national root": spec.national, "levels": ", ".join(spec.levels)}
     if spec.priors:
         rows["priors"] = ", ".join(f"{k}: {v}" for k, v in spec.priors.items())
     rows.update(extra)

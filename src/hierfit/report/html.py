@@ -76,7 +76,7 @@ class Page:
         return parts
 
     def render(self) -> str:
-        from hierfit import __version__
+        from hierfit._version import __version__
 
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         nav = "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t, _ in self.sections)

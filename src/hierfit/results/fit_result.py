@@ -11,9 +11,11 @@ import numpy as np
 import pandas as pd
 
 from hierfit.checks import Diagnostic
-from hierfit.design import Design, DesignEncoding
+from hierfit.design import DesignEncoding, RowDesign
+from hierfit.design.hierarchy import Hierarchy
+from hierfit.engines.base import EngineFit
 from hierfit.exceptions import SpecError, UnseenGroupsWarning
-from hierfit.model import ModelSpec, get_family
+from hierfit.model import ModelSpec
 
 DEFAULT_LEVEL = 0.9
 INTERVALS = ("confidence", "prediction")
@@ -45,7 +47,7 @@ class FitResult:
 
     spec: ModelSpec
     engine: str
-    engine_fit: Any  # hierfit.engines.base.EngineFit
+    engine_fit: EngineFit
     encoding: DesignEncoding
     n_obs: int
     diagnostics: list[Diagnostic] = field(default_factory=list)
@@ -54,7 +56,8 @@ class FitResult:
 
     # -- tables -------------------------------------------------------------------------------
     @property
-    def hierarchy(self):
+    def hierarchy(self) -> Hierarchy:
+        """The tree of groups seen in fitting."""
         return self.encoding.hierarchy
 
     @property
@@ -90,7 +93,7 @@ class FitResult:
         return table
 
     # -- rows ---------------------------------------------------------------------------------
-    def _design(self, data: pd.DataFrame) -> Design:
+    def _design(self, data: pd.DataFrame) -> RowDesign:
         design = self.encoding.apply(data)
         if design.unseen:
             parts = []
@@ -149,7 +152,7 @@ class FitResult:
         level = _check_level(level)
         design = self._design(data)
         eta = self.engine_fit.contributions(design).to_numpy().sum(axis=1)
-        family = get_family(self.spec.family)
+        family = self.spec.family
         pred = eta if scale == "link" else family.inverse_link(eta)
         out = pd.DataFrame({"prediction": pred}, index=data.index)
         if interval is not None:
@@ -159,7 +162,7 @@ class FitResult:
                 out["upper"] = np.nan
             else:
                 lower, upper = bounds
-                if scale == "link" and family.link != "identity":
+                if scale == "link" and family.link.name != "identity":
                     raise SpecError("Intervals are given on the response scale; ask with scale='response'.")
                 out["lower"], out["upper"] = lower, upper
         out["level_used"] = design.level_used()

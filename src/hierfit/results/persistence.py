@@ -29,7 +29,7 @@ def save_fit(result: FitResult, path: Path) -> Path:
         "engine": result.engine,
         "engine_class": f"{type(result.engine_fit).__module__}:{type(result.engine_fit).__qualname__}",
         "formula": result.spec.text,
-        "family": result.spec.family,
+        "family": str(result.spec.family),
         "national": result.spec.national,
         "n_obs": result.n_obs,
     }

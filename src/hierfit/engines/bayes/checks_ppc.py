@@ -85,19 +85,16 @@ def ppc(result, data: pd.DataFrame, *, n_draws: int = 100, seed: int = 0) -> PPC
     >>> check.draws.shape
     (20, 120)
     """
-    from hierfit.engines.base import _sample_outcome
-    from hierfit.model import get_family
-
     engine_fit = result.engine_fit
     draws = getattr(engine_fit, "draws", None)
     if draws is None:
         raise EngineError(f"ppc() needs posterior draws; engine {result.engine!r} has none. Fit with engine='pymc' or 'stan'.")
-    design = result.encoding.apply(data, require_response=True)
+    design = result.encoding.apply_observed(data)
     pick = np.linspace(0, len(draws) - 1, min(n_draws, len(draws))).round().astype(int)
-    fam = get_family(result.spec.family)
+    fam = result.spec.family
     eta = engine_fit.layout.eta_draws(design, draws[pick], slice(0, design.n))
-    sigma = engine_fit.sigma_draws[pick] if engine_fit.sigma_draws is not None else None
-    reps = _sample_outcome(fam.name, fam.inverse_link(eta), sigma, np.random.default_rng(seed))
+    sigma = engine_fit.sigma_draws[pick][:, None] if engine_fit.sigma_draws is not None else None
+    reps = fam.sample(np.random.default_rng(seed), fam.inverse_link(eta), design.trials, sigma)
     return PPC(observed=np.asarray(design.y, dtype=float), draws=reps)
 
 

@@ -22,6 +22,7 @@ User priors (``hierfit.priors``) replace defaults: ``"b"`` sets every population
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,6 +84,17 @@ def _round(v: float) -> float:
     return float(f"{v:.3g}")
 
 
+#: Centre of the intercept's default prior, by link: the mean outcome on the link scale where
+#: that is a sensible location (identity, log), 0 (even odds) for the binary links.
+_INTERCEPT_CENTRE: dict[str, Callable[[np.ndarray], float]] = {
+    "identity": lambda y: float(np.mean(y)),
+    "log": lambda y: float(np.log(max(np.mean(y), 1e-3))),
+    "logit": lambda y: 0.0,
+    "probit": lambda y: 0.0,
+    "cloglog": lambda y: 0.0,
+}
+
+
 def resolve_priors(design: Design) -> ResolvedPriors:
     """Defaults scaled to ``design``'s data, overridden by ``design.spec.priors``.
 
@@ -99,7 +111,7 @@ def resolve_priors(design: Design) -> ResolvedPriors:
     user = dict(spec.priors)
     family = spec.family
     y = design.y
-    gaussian = family == "gaussian"
+    gaussian = family.normal_errors
     s_y = float(np.std(y)) if gaussian else 1.0
     if not s_y > 0:
         s_y = 1.0
@@ -123,12 +135,7 @@ def resolve_priors(design: Design) -> ResolvedPriors:
     for j, name in enumerate(design.x_names):
         col = design.X[:, j]
         if name == INTERCEPT:
-            if gaussian:
-                centre = float(np.mean(y))
-            elif family == "poisson":
-                centre = float(np.log(max(np.mean(y), 1e-3)))
-            else:
-                centre = 0.0
+            centre = _INTERCEPT_CENTRE[family.link.name](y)
             beta.append(pick(INTERCEPT, [INTERCEPT], normal(_round(centre), _round(2.5 * s_y)), LOCATION_PRIORS))
         else:
             sx = float(np.std(col))
@@ -154,7 +161,7 @@ def resolve_priors(design: Design) -> ResolvedPriors:
         raise SpecError(
             f"Prior target {unused[0]!r} matches no parameter of this model. Population columns: "
             f"{', '.join(design.x_names)}; levels: {', '.join(t.level for t in design.terms) or 'none'}"
-            f"{'' if gaussian else '; no sigma for family ' + repr(family)}."
+            f"{'' if gaussian else '; no sigma for family ' + repr(family.name)}."
         )
     return ResolvedPriors(tuple(beta), tuple(sds), tuple(cors), sigma, source)
 
@@ -173,5 +180,5 @@ def _target_used(key: str, design: Design) -> bool:
     if key == "cor":
         return any(t.term.correlated and len(t.coefficients) > 1 for t in design.terms)
     if key == "sigma":
-        return design.spec.family == "gaussian"
+        return design.spec.family.normal_errors
     return False

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -108,10 +109,10 @@ def choose_likelihood(structure: BayesStructure, requested: str) -> str:
     """Resolve ``likelihood="auto"`` and reject impossible combinations."""
     if requested not in LIKELIHOODS:
         raise EngineError(f"Option 'likelihood' must be one of: {', '.join(LIKELIHOODS)}. Got {requested!r}.")
-    if structure.family != "gaussian":
+    if not structure.family.normal_errors:
         if requested in ("marginal", "suffstats"):
             raise SpecError(
-                f"likelihood={requested!r} is exact only for the gaussian family; family {structure.family!r} "
+                f"likelihood={requested!r} is exact only for the gaussian family; family {structure.family.name!r} "
                 "uses likelihood='rows' (the default)."
             )
         return "rows"
@@ -202,7 +203,7 @@ def build_model(design: Design, structure: BayesStructure, likelihood: str, md: 
                 lambdas.append(chol)
             else:
                 lambdas.append(pt.diag(_vector_rv(f"sd_{t.name}", sd_priors, True)))
-        sigma = _named("sigma", pri.sigma, True) if structure.family == "gaussian" else None
+        sigma = _named("sigma", pri.sigma, True) if pri.sigma is not None else None
         if likelihood == "marginal":
             beta_S = _vector_rv("beta", tuple(pri.beta[j] for j in structure.sampled_beta), False)
             loglik = marginal_loglik_op(md, structure)
@@ -222,13 +223,17 @@ def build_model(design: Design, structure: BayesStructure, likelihood: str, md: 
         for td, b in zip(design.terms, bs):
             idx = design.group_index[td.level]
             eta = eta + (pt.as_tensor(td.Z) * b[idx]).sum(axis=1)
-        if structure.family == "gaussian":
-            pm.Normal("y", eta, sigma, observed=design.y)
-        elif structure.family == "bernoulli":
-            pm.Bernoulli("y", logit_p=eta, observed=design.y)
-        else:
-            pm.Poisson("y", pt.exp(eta), observed=design.y)
+        _LIKELIHOODS[structure.family.name](pm, pt, eta, sigma, design.y)
     return model
+
+
+#: family name -> the PyMC observed variable given the linear predictor (the engine's
+#: translation of the family table; pymc and pytensor are passed in, being imported lazily).
+_LIKELIHOODS: dict[str, Callable[..., Any]] = {
+    "gaussian": lambda pm, pt, eta, sigma, y: pm.Normal("y", eta, sigma, observed=y),
+    "bernoulli": lambda pm, pt, eta, sigma, y: pm.Bernoulli("y", logit_p=eta, observed=y),
+    "poisson": lambda pm, pt, eta, sigma, y: pm.Poisson("y", pt.exp(eta), observed=y),
+}
 
 
 # -- sampling -----------------------------------------------------------------------------------
@@ -302,7 +307,7 @@ def _posterior_arrays(idata, structure: BayesStructure, likelihood: str) -> dict
     post = idata.posterior
     flat = lambda name: np.asarray(post[name]).reshape(-1, *post[name].shape[2:])  # noqa: E731
     out: dict[str, np.ndarray] = {}
-    out["sigma"] = flat("sigma") if structure.family == "gaussian" else None
+    out["sigma"] = flat("sigma") if structure.priors.sigma is not None else None
     lambdas = []
     for t in structure.terms:
         if t.correlated:

@@ -10,32 +10,45 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from hierfit.design import Design
-from hierfit.engines.base import VARIANCE_COLUMNS, LinearEngineFit
+from hierfit.engines.base import VARIANCE_COLUMNS, Draws, LinearEngineFit, PosteriorDraws
 from hierfit.engines.bayes.diagnostics import sampler_diagnostics
 from hierfit.engines.bayes.marginal import MarginalData, conditional_draws
 from hierfit.engines.bayes.structure import BayesStructure
-from hierfit.model import get_family
-from hierfit.results.layout import ParameterLayout
+from hierfit.engines.layout import ParameterLayout
+from hierfit.model import Family
 
 #: above this many draws × rows the pointwise log-likelihood is skipped unless asked for
 LOG_LIK_LIMIT = 50_000_000
 
 
 class BayesFit(LinearEngineFit):
-    """Posterior of a Bayesian engine: contract tables from the draws, InferenceData as ``native()``."""
+    """Posterior of a Bayesian engine: contract tables from the draws, InferenceData as ``native()``.
 
-    idata = None
-    info: dict
-    prior_lines: list[str]
-    new_groups: str = "sample"
-    lambda_draws: list[np.ndarray]
+    ``lambda_draws`` are each term's ``Λ = diag(sd) L`` per draw (new groups' effects are drawn
+    from them); ``new_groups`` is ``"sample"`` or ``"parent"`` (see :meth:`new_group_sd`).
+    """
 
-    def native(self):
+    def __init__(self, *, idata: Any, info: dict, prior_lines: list[str], new_groups: str,
+                 lambda_draws: list[np.ndarray], **linear: Any) -> None:
+        super().__init__(**linear)
+        self.idata = idata
+        self.info = info
+        self.prior_lines = prior_lines
+        self.new_groups = new_groups
+        self.lambda_draws = lambda_draws
+
+    def native_linear_predictor(self, design: Design) -> np.ndarray:
+        """The posterior mean of the linear predictor, averaged over the draws row by row."""
+        assert self.draws is not None
+        return self.layout.eta_draws(design, self.draws, slice(None)).mean(axis=0)
+
+    def native(self) -> Any:
         """The ArviZ InferenceData (posterior, sample_stats, observed_data, log_likelihood, ...)."""
         return self.idata
 
@@ -85,8 +98,6 @@ class BayesFit(LinearEngineFit):
         unseen = any((design.group_index[t.level] < 0).any() for t in design.terms)
         if self.new_groups != "sample" or not unseen:
             return super()._draw_interval(design, kind, alpha, family)
-        from hierfit.engines.base import _sample_outcome
-
         rng = np.random.default_rng(self.seed + 1)
         lower, upper = np.empty(design.n), np.empty(design.n)
         chunk = max(1, 2_000_000 // max(len(self.draws), 1))
@@ -102,7 +113,8 @@ class BayesFit(LinearEngineFit):
                     eta[:, new] += np.einsum("snj,nj->sn", b_new, td.Z[rows][new])
             mu = family.inverse_link(eta)
             if kind == "prediction":
-                mu = _sample_outcome(family.name, mu, self.sigma_draws, rng)
+                disp = None if self.sigma_draws is None else self.sigma_draws[:, None]
+                mu = family.sample(rng, mu, None if design.trials is None else design.trials[rows], disp)
             lower[rows], upper[rows] = np.quantile(mu, [alpha, 1 - alpha], axis=0)
         return lower, upper
 
@@ -137,27 +149,20 @@ def _posterior_dataset(design: Design, structure: BayesStructure, flat: np.ndarr
     return xr.Dataset(data, coords=coords)
 
 
-def _pointwise(design: Design, layout: ParameterLayout, flat: np.ndarray, sigma, family: str, shape, rng=None):
+def _pointwise(design: Design, layout: ParameterLayout, flat: np.ndarray, sigma: np.ndarray | None, family: Family,
+               shape: tuple[int, int], rng: np.random.Generator | None = None) -> np.ndarray:
     """Pointwise log-likelihood draws, or replicated outcomes when ``rng`` is given."""
-    from scipy import stats
-
-    from hierfit.engines.base import _sample_outcome
-
     out = np.empty((len(flat), design.n))
-    fam = get_family(family)
+    disp = None if sigma is None else np.asarray(sigma)[:, None]
     chunk = max(1, 5_000_000 // max(len(flat), 1))
     for start in range(0, design.n, chunk):
         rows = slice(start, min(start + chunk, design.n))
-        eta = layout.eta_draws(design, flat, rows)
+        mu = family.inverse_link(layout.eta_draws(design, flat, rows))
+        trials = None if design.trials is None else design.trials[rows]
         if rng is not None:
-            out[:, rows] = _sample_outcome(family, fam.inverse_link(eta), sigma, rng)
-        elif family == "gaussian":
-            out[:, rows] = stats.norm.logpdf(design.y[rows], eta, sigma[:, None])
-        elif family == "bernoulli":
-            # log-sigmoid on the link scale: no log(0) for confident predictions
-            out[:, rows] = -np.logaddexp(0.0, np.where(design.y[rows] > 0.5, -eta, eta))
+            out[:, rows] = family.sample(rng, mu, trials, disp)
         else:
-            out[:, rows] = stats.poisson.logpmf(design.y[rows], np.exp(eta))
+            out[:, rows] = family.logpdf(design.y[rows], mu, trials, disp)
     return out.reshape(*shape, design.n)
 
 
@@ -231,22 +236,20 @@ def assemble_fit(
         stats_out["compile_seconds"] = float(info["compile_seconds"])
     if sigma is not None:
         stats_out["sigma"] = float(sigma.mean())
-    fit = BayesFit(
+    return BayesFit(
+        idata=idata,
+        info={**info, "chains": shape[0], "draws": shape[1], "log_likelihood": bool(store_ll)},
+        prior_lines=structure.priors.lines(structure.x_names, structure.term_labels()),
+        new_groups=new_groups,
+        lambda_draws=[np.asarray(lam) for lam in arrays["lambdas"]],
         engine=engine,
         design=design,
         beta=beta,
         b=b,
         sigma=float(sigma.mean()) if sigma is not None else None,
         variance_table=table,
-        draws=flat,
-        sigma_draws=sigma,
+        uncertainty=PosteriorDraws(Draws(flat, sigma)),
         statistics=stats_out,
         diagnostics=diagnostics,
         seed=seed,
     )
-    fit.idata = idata
-    fit.info = {**info, "chains": shape[0], "draws": shape[1], "log_likelihood": bool(store_ll)}
-    fit.prior_lines = structure.priors.lines(structure.x_names, structure.term_labels())
-    fit.new_groups = new_groups
-    fit.lambda_draws = [np.asarray(l) for l in arrays["lambdas"]]
-    return fit

@@ -223,7 +223,7 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BayesFit:
         raise EngineError(f"Option 'likelihood' must be one of: auto, marginal, rows. Got {options.likelihood!r}.")
     if options.new_groups not in ("parent", "sample"):
         raise EngineError(f"Option 'new_groups' must be 'parent' or 'sample'; got {options.new_groups!r}.")
-    marginal = spec.family == "gaussian" and options.likelihood != "rows"
+    marginal = spec.family.normal_errors and options.likelihood != "rows"
     code = stan_code(spec, likelihood=options.likelihood)
     data = stan_data(canonical_rows(design), likelihood=options.likelihood)  # same draws whatever the row order
     structure = make_structure(design, marginal=marginal)
@@ -253,7 +253,7 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BayesFit:
         L = _draws(fit_, f"L_{t.name}", C, S) if t.correlated else np.broadcast_to(np.eye(t.k), (C * S, t.k, t.k))
         lambdas.append(sd[:, :, None] * L)
     arrays = {
-        "sigma": _draws(fit_, "sigma", C, S).reshape(-1) if spec.family == "gaussian" else None,
+        "sigma": _draws(fit_, "sigma", C, S).reshape(-1) if spec.family.normal_errors else None,
         "lambdas": lambdas,
         "beta": _draws(fit_, "beta", C, S),
         "b": [_draws(fit_, f"r_{t.name}", C, S) for t in structure.terms],

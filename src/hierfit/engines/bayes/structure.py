@@ -23,6 +23,7 @@ from scipy import sparse
 
 from hierfit.design import Design
 from hierfit.engines.bayes.priors import ResolvedPriors, resolve_priors
+from hierfit.model import Family
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class BayesStructure:
         normal prior) rather than sampled.
     """
 
-    family: str
+    family: Family
     x_names: tuple[str, ...]
     terms: tuple[TermInfo, ...]
     priors: ResolvedPriors
@@ -103,7 +104,7 @@ def make_structure(design: Design, *, marginal: bool) -> BayesStructure:
         terms.append(TermInfo(_safe(name), td.level, td.coefficients, n_groups, offset, correlated))
         offset += n_groups * len(td.coefficients)
     integrated = np.array(
-        [marginal and design.spec.family == "gaussian" and p.distribution == "normal" for p in priors.beta], dtype=bool
+        [marginal and design.spec.family.normal_errors and p.distribution == "normal" for p in priors.beta], dtype=bool
     )
     return BayesStructure(design.spec.family, tuple(design.x_names), tuple(terms), priors, integrated)
 

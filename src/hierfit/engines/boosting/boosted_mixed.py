@@ -43,7 +43,7 @@ import pandas as pd
 from hierfit.checks import Diagnostic
 from hierfit.design import Design
 from hierfit.design.build import TermDesign
-from hierfit.engines.base import EngineFit, parse_options
+from hierfit.engines.base import BaseEngineFit, EngineFit, parse_options
 from hierfit.engines.boosting._booster import (
     check_options,
     lgb_params,
@@ -100,7 +100,7 @@ class OPTIONS:
 FAST_OPTIONS: dict[str, Any] = {"trees_per_round": 10, "learning_rate": 0.1, "max_rounds": 20, "patience": 2, "num_threads": 1}
 
 
-class BoostedMixedFit(EngineFit):
+class BoostedMixedFit(BaseEngineFit):
     """Fitted ``boosted-mixed`` engine: the booster ``f`` and the effects step's fit."""
 
     engine = "boosted-mixed"
@@ -146,6 +146,10 @@ class BoostedMixedFit(EngineFit):
     def native(self) -> dict[str, Any]:
         """``{"booster": LightGBM Booster of f, "effects": the effects engine's own object}``."""
         return {"booster": self.booster, "effects": self.effects.native()}
+
+    def native_linear_predictor(self, design: Design) -> np.ndarray:
+        """The effects engine's own predictor plus the booster's centred raw score."""
+        return self.effects.native_linear_predictor(design) + self.nonlinear(design)
 
     def summary_lines(self) -> list[str]:
         return [
@@ -195,9 +199,9 @@ def tree_scores(booster: Any, X: np.ndarray, num_iteration: int, start: int = 0)
 
 def effects_step(spec: ModelSpec, engine: str, options: OPTIONS) -> tuple[Any, Any]:
     """The effects engine's module and parsed options, checked to be a linear gaussian engine."""
-    from hierfit.engines.registry import ENGINES
+    from hierfit.engines.registry import ENGINES, check_capabilities
 
-    allowed = sorted(n for n, e in ENGINES.items() if not e.capabilities.nonlinear and "gaussian" in e.capabilities.families)
+    allowed = sorted(n for n, e in ENGINES.items() if not e.capabilities.nonlinear and spec.family.name in e.capabilities.families)
     if engine not in allowed:
         hint = " (it is not registered in this installation)" if engine not in ENGINES else ""
         raise EngineError(
@@ -205,8 +209,7 @@ def effects_step(spec: ModelSpec, engine: str, options: OPTIONS) -> tuple[Any, A
             f"Got {engine!r}{hint}."
         )
     entry = ENGINES[engine]
-    if not entry.capabilities.varying_slopes and any(t.slopes for t in spec.formula.group_terms):
-        raise SpecError(f"effects_engine {engine!r} does not fit varying slopes; choose another or drop them.")
+    check_capabilities(entry, spec)
     module = entry.load()
     return module, parse_options(module.OPTIONS, dict(options.effects_options), engine)
 
@@ -228,8 +231,6 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BoostedMixedFit:
     import lightgbm as lgb
 
     check_options(options, "boosted-mixed", {"validation": VALIDATION})
-    if spec.family != "gaussian":
-        raise SpecError(f"Engine 'boosted-mixed' fits the gaussian family only; got family={spec.family!r}. Use engine 'lightgbm'.")
     for name in ("trees_per_round", "max_rounds", "patience"):
         if int(getattr(options, name)) < 1:
             raise EngineError(f"Engine 'boosted-mixed': {name!r} must be a positive integer; got {getattr(options, name)!r}.")

@@ -44,7 +44,7 @@ from hierfit.engines.base import (
     FIXED_COLUMNS,
     GROUP_COLUMNS,
     VARIANCE_COLUMNS,
-    EngineFit,
+    BaseEngineFit,
 )
 from hierfit.engines.boosting._booster import (
     check_options,
@@ -62,10 +62,10 @@ from hierfit.engines.boosting._features import (
     validation_split,
 )
 from hierfit.engines.boosting._partial import PathAverager
+from hierfit.engines.layout import ParameterLayout
 from hierfit.exceptions import SpecError
 from hierfit.formula import INTERCEPT
 from hierfit.model import ModelSpec
-from hierfit.results.layout import ParameterLayout
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ class OPTIONS:
 FAST_OPTIONS: dict[str, Any] = {"num_boost_round": 300, "learning_rate": 0.1, "early_stopping_rounds": 20, "pd_rows_per_group": 20, "num_threads": 1}
 
 
-class LightGBMFit(EngineFit):
+class LightGBMFit(BaseEngineFit):
     """Fitted ``lightgbm`` engine: the booster plus the derived (partial-dependence) effects."""
 
     engine = "lightgbm"
@@ -186,6 +186,10 @@ class LightGBMFit(EngineFit):
     def native(self) -> Any:
         """The LightGBM ``Booster``."""
         return self.booster
+
+    def native_linear_predictor(self, design: Design) -> np.ndarray:
+        """The booster's raw score (link scale) on the design's feature matrix."""
+        return self.predict_raw(self.features.matrix(design))
 
     def summary_lines(self) -> list[str]:
         return [
@@ -282,13 +286,9 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> LightGBMFit:
     True
     """
     check_options(options, "lightgbm", {"slope_features": SLOPE_FEATURES, "validation": VALIDATION})
-    if spec.family not in OBJECTIVES:
-        raise SpecError(f"Engine 'lightgbm' fits families {', '.join(sorted(OBJECTIVES))}; got {spec.family!r}.")
-    if not design.hierarchy.levels:
-        raise SpecError("Engine 'lightgbm' needs at least one group-level term, e.g. (1 | market); for plain boosting use LightGBM directly.")
     require_chain(design.hierarchy, "lightgbm")
     features = FeatureMap.from_design(design, groups=True, slope_features=options.slope_features)
-    params = lgb_params(options, OBJECTIVES[spec.family])
+    params = lgb_params(options, OBJECTIVES[spec.family.name])
     params.update({"min_data_per_group": options.min_data_per_group, "cat_smooth": options.cat_smooth})
     params.update(dict(options.params))
     train, valid = validation_split(design, options.validation_fraction, options.validation, options.seed)
@@ -318,7 +318,7 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> LightGBMFit:
     national, beta, b = derive_effects(design, rows, root, parts)
     statistics = {"n_obs": float(design.n), "n_trees": float(best), "n_train": float(train.sum()), "n_valid": float(valid.sum())}
     residual_sd = None
-    if spec.family == "gaussian":
+    if spec.family.normal_errors:
         resid = design.y - raw
         statistics["rmse_train"] = float(np.sqrt(np.mean(resid[train] ** 2)))
         statistics["rmse_valid"] = float(np.sqrt(np.mean(resid[valid] ** 2)))

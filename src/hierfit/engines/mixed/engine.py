@@ -23,12 +23,7 @@ from scipy import stats
 
 from hierfit.checks import Diagnostic
 from hierfit.design import Design
-from hierfit.engines.base import (
-    FIXED_COLUMNS,
-    GROUP_COLUMNS,
-    LinearEngineFit,
-    variance_table,
-)
+from hierfit.engines.base import FIXED_COLUMNS, GROUP_COLUMNS, Draws, LazyDraws, LinearEngineFit, variance_table
 from hierfit.engines.mixed.lmm import LmmSolution, RandomBlock, fit_lmm
 from hierfit.exceptions import SpecError
 from hierfit.model import ModelSpec
@@ -81,6 +76,8 @@ class MixedFit(LinearEngineFit):
     """Result of the ``mixed`` engine; ``native()`` is the core's :class:`LmmSolution`."""
 
     def __init__(self, design: Design, solution: LmmSolution, options: OPTIONS, diagnostics: list[Diagnostic]) -> None:
+        self.solution = solution
+        self.n_draws = options.n_draws
         super().__init__(
             engine="mixed",
             design=design,
@@ -88,30 +85,29 @@ class MixedFit(LinearEngineFit):
             b=solution.ranef,
             sigma=solution.sigma,
             variance_table=variance_table(design, solution.covariances, solution.sigma),
+            # joint draws of (beta, b) are made on first use: a fit that only needs estimates
+            # never pays for them
+            uncertainty=LazyDraws(self._joint_draws),
             statistics=_statistics(solution),
             diagnostics=diagnostics,
             seed=options.seed,
         )
-        self.solution = solution
-        self.n_draws = options.n_draws
-        self._draws: np.ndarray | None = None
 
-    # Draws are made on first use: a fit that only needs estimates never pays for them.
-    @property
-    def draws(self) -> np.ndarray | None:
-        if self._draws is None and getattr(self, "solution", None) is not None:
-            rng = np.random.default_rng(self.seed)
-            beta, b = self.solution.sample_effects(self.n_draws, rng)
-            self._draws = self.layout.flatten(beta, b)
-            self.sigma_draws = np.full(self.n_draws, self.solution.sigma)
-        return self._draws
-
-    @draws.setter
-    def draws(self, value: np.ndarray | None) -> None:
-        self._draws = value
+    def _joint_draws(self) -> Draws:
+        beta, b = self.solution.sample_effects(self.n_draws, np.random.default_rng(self.seed))
+        return Draws(self.layout.flatten(beta, b), np.full(self.n_draws, self.solution.sigma))
 
     def native(self) -> LmmSolution:
         return self.solution
+
+    def native_linear_predictor(self, design: Design) -> np.ndarray:
+        """``X beta + Z b`` from the solver's solution (conditional modes; unseen groups add 0)."""
+        eta = design.X @ self.solution.beta
+        for td, b in zip(design.terms, self.solution.ranef):
+            idx = design.group_index[td.level]
+            known = idx >= 0
+            eta = eta + np.where(known, np.einsum("ij,ij->i", td.Z, b[np.where(known, idx, 0)]), 0.0)
+        return eta
 
     def fixed_effects(self, level: float) -> pd.DataFrame:
         """lme4's estimates and standard errors; Wald intervals (``confint(method="Wald")``)."""
@@ -145,8 +141,12 @@ class MixedFit(LinearEngineFit):
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_draws"] = None  # redrawn from the same seed after loading
+        state["uncertainty"] = None  # redrawn from the same seed after loading
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.uncertainty = LazyDraws(self._joint_draws)
 
 
 def _statistics(sol: LmmSolution) -> dict[str, float]:
@@ -194,10 +194,6 @@ def _diagnostics(design: Design, sol: LmmSolution) -> list[Diagnostic]:
 
 def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> MixedFit:
     """Fit by REML or ML with the sufficient-statistic core."""
-    if spec.family != "gaussian":
-        raise SpecError(f"Engine 'mixed' fits the gaussian family; got {spec.family!r}. Use engine='pymc' for bernoulli/poisson.")
-    if not design.terms:
-        raise SpecError("Engine 'mixed' needs at least one group-level term such as (1 | market); use engine='ols' otherwise.")
     if options.n_draws < 10:
         raise SpecError(f"Option n_draws must be at least 10; got {options.n_draws}.")
     sol = fit_lmm(design.X, design.y, random_blocks(design), reml=options.reml, maxiter=options.maxiter, n_starts=options.n_starts, seed=options.seed)

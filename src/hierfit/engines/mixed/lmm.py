@@ -34,7 +34,18 @@ from ._standardize import Standardization, standardize
 from ._suffstats import compute_rows, make_layout
 from ._theta import ThetaSpec, profiled_criterion
 
-__all__ = ["RandomBlock", "LmmSolution", "fit_lmm", "likelihood_ratio_test"]
+__all__ = [
+    "LmmDevfun",
+    "LmmSolution",
+    "OptSummary",
+    "RandomBlock",
+    "evaluated_at",
+    "fit_lmm",
+    "likelihood_ratio_test",
+    "lmm_devfun",
+    "lmm_solution",
+    "optimize_lmm",
+]
 
 #: lme4's isSingular tolerance on bounded (diagonal) theta elements.
 SINGULAR_TOL = 1e-4
@@ -98,6 +109,8 @@ class LmmSolution:
     n_evaluations : int
     timings : dict of str -> float
         Wall seconds of the phases: ``data_pass``, ``optimize``, ``finalize``.
+    optsum : OptSummary
+        The optimisation's record (standardised coordinates).
     """
 
     beta: np.ndarray
@@ -128,6 +141,7 @@ class LmmSolution:
     singular: bool
     singular_terms: list[tuple[int, int]]
     timings: dict[str, float]
+    optsum: OptSummary
     _system: System = field(repr=False, compare=False)
     _fz: Factorization = field(repr=False, compare=False)
     _u: list[np.ndarray] = field(repr=False, compare=False)
@@ -215,11 +229,104 @@ def _factor_condcov(sysm: System, diag: list[np.ndarray], lvl: int, seg: int) ->
     return sub[g, :, g, :]
 
 
-def fit_lmm(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *,
-            reml: bool = True, start_theta: np.ndarray | None = None,
-            maxiter: int = 1000, n_starts: int = 1, seed: int = 0,
-            optimize: bool = True, gradient: str = "analytic") -> LmmSolution:
-    """Fit a linear mixed model by REML or ML (lme4's profiled PLS formulation).
+@dataclass(frozen=True, eq=False)
+class LmmDevfun:
+    """lme4's ``mkLmerDevfun``: the profiled criterion of one data set as a function of theta.
+
+    Built by :func:`lmm_devfun` after the one pass over the rows; each call costs O(random
+    effects).  It works in the *standardised* coordinates of :mod:`._standardize` (``theta_t``);
+    :meth:`standardized_theta` and the solution map to and from the caller's.
+
+    Attributes
+    ----------
+    system : System
+        Sufficient statistics and elimination plan.
+    spec : ThetaSpec
+        Where theta sits in each term's relative covariance factor.
+    std : Standardization
+        The column maps the statistics were gathered under.
+    blocks : tuple of RandomBlock
+        The random-effects terms.
+    n, p : int
+        Rows and population columns.
+    reml : bool
+        REML criterion (else ML deviance).
+    data_seconds : float
+        Wall time of the data pass.
+    """
+
+    system: System
+    spec: ThetaSpec
+    std: Standardization
+    blocks: tuple[RandomBlock, ...]
+    n: int
+    p: int
+    reml: bool
+    data_seconds: float
+
+    def __call__(self, theta_t: np.ndarray) -> float:
+        """The criterion at standardised ``theta_t`` (``inf`` where the system is not positive definite)."""
+        try:
+            fz = self.system.factorize(self.spec.factor_T(theta_t, self.system.plan))
+        except np.linalg.LinAlgError:
+            return np.inf
+        return profiled_criterion(fz, self.n, self.p, self.reml)
+
+    def value_and_gradient(self, theta_t: np.ndarray) -> tuple[float, np.ndarray]:
+        """The criterion and its exact gradient at standardised ``theta_t``."""
+        try:
+            return criterion_and_gradient(self.system, self.spec, theta_t, self.n, self.p, self.reml)
+        except np.linalg.LinAlgError:
+            return np.inf, np.zeros(self.spec.size)
+
+    @property
+    def lower(self) -> np.ndarray:
+        """Bounds of theta (0 on diagonals of the factors, free elsewhere)."""
+        return self.spec.lower
+
+    def standardized_theta(self, theta: np.ndarray) -> np.ndarray:
+        """Theta in the standardised coordinates from theta in the caller's."""
+        theta = np.asarray(theta, dtype=float)
+        if theta.shape != (self.spec.size,):
+            raise ValueError(f"theta must have {self.spec.size} elements; got shape {theta.shape}")
+        return _theta_standardized(self.spec, self.std, theta)
+
+
+@dataclass(frozen=True)
+class OptSummary:
+    """The record of one optimisation of the criterion (MixedModels.jl's ``optsum``).
+
+    Attributes
+    ----------
+    initial, final : numpy.ndarray
+        Starting and final theta in the standardised coordinates of the devfun.
+    fmin : float
+        Criterion at ``final``.
+    converged : bool
+        Whether the optimiser's checks passed (see :mod:`._optim`).
+    message : str
+        What the optimiser said (or why it was not run).
+    n_evaluations : int
+        Criterion evaluations.
+    optimizer : str
+        ``"L-BFGS-B (analytic gradient)"``, ``"L-BFGS-B (finite differences)"`` or
+        ``"none"`` (evaluated at the start).
+    seconds : float
+        Wall time of the optimisation.
+    """
+
+    initial: np.ndarray
+    final: np.ndarray
+    fmin: float
+    converged: bool
+    message: str
+    n_evaluations: int
+    optimizer: str
+    seconds: float
+
+
+def lmm_devfun(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *, reml: bool = True) -> LmmDevfun:
+    """Gather the sufficient statistics in one pass and return the criterion (``mkLmerDevfun``).
 
     Parameters
     ----------
@@ -228,27 +335,23 @@ def fit_lmm(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *,
     y : numpy.ndarray
         ``(n,)`` response.
     blocks : sequence of RandomBlock
-        Random-effects terms.  Their order defines the order of ``theta`` and results;
-        lme4 orders terms by decreasing number of groups.
+        Random-effects terms.  Their order defines the order of ``theta`` and results.
     reml : bool, default True
-        REML (True) or maximum likelihood.
-    start_theta : numpy.ndarray, optional
-        Starting theta (default: lme4's identity start).
-    maxiter : int, default 1000
-        Iteration cap of the optimiser.
-    n_starts : int, default 1
-        Extra random restarts (seeded by ``seed``) used when > 1; the best optimum wins.
-    seed : int, default 0
-        Seed of the restarts.
-    optimize : bool, default True
-        False evaluates everything at ``start_theta`` (e.g. to profile or to reuse a fit).
-    gradient : {"analytic", "fd"}, default "analytic"
-        Exact gradient of the profiled criterion, or central finite differences.
+        REML criterion (True) or ML deviance.
 
     Returns
     -------
-    LmmSolution
-        The fit; ``converged`` is False (with ``message``) when the optimiser failed.
+    LmmDevfun
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> g = np.repeat(np.arange(10), 8)
+    >>> y = rng.normal(size=10)[g] + rng.normal(size=80)
+    >>> devfun = lmm_devfun(np.ones((80, 1)), y, [RandomBlock(g, 10, np.ones((80, 1)))])
+    >>> bool(devfun(np.array([0.5])) < devfun(np.array([0.01])))
+    True
     """
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64).ravel()
@@ -257,7 +360,7 @@ def fit_lmm(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *,
     if not (np.all(np.isfinite(y)) and np.all(np.isfinite(X))):
         raise ValueError("X and y must be finite (drop missing rows first)")
     n, p = X.shape
-    blocks = list(blocks)
+    blocks = tuple(blocks)
     t0 = time.perf_counter()
     plan, _ = make_plan(blocks, n)
     layout = make_layout(plan, p)
@@ -268,48 +371,86 @@ def fit_lmm(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *,
     xy_map = (np.append(std.x.center, std.y_center), np.append(std.x.scale, std.y_scale))
     factor_maps = [_factor_map(std, fac.blocks) for fac in plan.factors]
     sysm = System(plan, layout, compute_rows(X, y, plan, layout, xy_map, factor_maps))
-    timings = {"data_pass": time.perf_counter() - t0}
     _check_fixed_rank(sysm.raw_rows[-1][0], p)
-    spec = ThetaSpec.from_blocks(blocks)
+    return LmmDevfun(sysm, ThetaSpec.from_blocks(blocks), std, blocks, n, p, reml, time.perf_counter() - t0)
 
-    def crit(theta: np.ndarray) -> float:
-        try:
-            fz = sysm.factorize(spec.factor_T(theta, plan))
-        except np.linalg.LinAlgError:
-            return np.inf
-        return profiled_criterion(fz, n, p, reml)
 
-    if start_theta is None:
-        x0 = spec.start()
-    else:
-        x0 = np.asarray(start_theta, dtype=float)
-        if x0.shape != (spec.size,):
-            raise ValueError(f"start_theta must have {spec.size} elements")
-        x0 = _theta_standardized(spec, std, x0)
+def optimize_lmm(devfun: LmmDevfun, *, start_theta: np.ndarray | None = None, maxiter: int = 1000,
+                 n_starts: int = 1, seed: int = 0, gradient: str = "analytic") -> OptSummary:
+    """Minimise the criterion over theta within lme4's bounds (``optimizeLmer``).
+
+    Parameters
+    ----------
+    devfun : LmmDevfun
+        From :func:`lmm_devfun`.
+    start_theta : numpy.ndarray, optional
+        Start in the caller's coordinates (default: lme4's identity start, standardised).
+    maxiter : int, default 1000
+        Iteration cap of the optimiser.
+    n_starts : int, default 1
+        Extra random restarts (seeded by ``seed``) used when > 1; the best optimum wins.
+    seed : int, default 0
+        Seed of the restarts.
+    gradient : {"analytic", "fd"}, default "analytic"
+        Exact gradient of the profiled criterion, or central finite differences.
+    """
     if gradient not in ("analytic", "fd"):
         raise ValueError("gradient must be 'analytic' or 'fd'")
-    if not optimize:
-        return _assemble(sysm, spec, std, blocks, np.maximum(x0, spec.lower), reml, n, p,
-                         True, "evaluated at start_theta (not optimised)", 1, timings)
+    spec = devfun.spec
+    x0 = spec.start() if start_theta is None else devfun.standardized_theta(start_theta)
     # For each diagonal theta: the theta entries below it in the same column of its T.
-    below = {d: [t for t, (bt, it, jt) in enumerate(spec.entries)
-                 if bt == b and jt == j and it > j]
+    below = {d: [t for t, (bt, it, jt) in enumerate(spec.entries) if bt == b and jt == j and it > j]
              for d, (b, i, j) in enumerate(spec.entries) if i == j}
-
-    def crit_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        try:
-            return criterion_and_gradient(sysm, spec, theta, n, p, reml)
-        except np.linalg.LinAlgError:
-            return np.inf, np.zeros(spec.size)
-
     t0 = time.perf_counter()
     with _single_thread_blas():
-        opt = minimize_theta(crit, x0, spec.lower, maxiter=maxiter, n_starts=n_starts,
-                             seed=seed, below=below,
-                             grad=crit_grad if gradient == "analytic" else None)
-        timings["optimize"] = time.perf_counter() - t0
-        return _assemble(sysm, spec, std, blocks, opt.theta, reml, n, p,
-                         opt.converged, opt.message, opt.n_evaluations, timings)
+        opt = minimize_theta(devfun, x0, spec.lower, maxiter=maxiter, n_starts=n_starts, seed=seed, below=below,
+                             grad=devfun.value_and_gradient if gradient == "analytic" else None)
+    optimizer = "L-BFGS-B (analytic gradient)" if gradient == "analytic" else "L-BFGS-B (finite differences)"
+    return OptSummary(np.maximum(x0, spec.lower), opt.theta, opt.fun, opt.converged, opt.message,
+                      opt.n_evaluations, optimizer, time.perf_counter() - t0)
+
+
+def evaluated_at(devfun: LmmDevfun, theta: np.ndarray | None = None) -> OptSummary:
+    """An :class:`OptSummary` for the criterion evaluated, not optimised, at ``theta`` (caller's
+    coordinates; default lme4's identity start in the standardised coordinates)."""
+    x = devfun.spec.start() if theta is None else devfun.standardized_theta(theta)
+    x = np.maximum(x, devfun.lower)
+    return OptSummary(x, x, devfun(x), True, "evaluated at start_theta (not optimised)", 1, "none", 0.0)
+
+
+def lmm_solution(devfun: LmmDevfun, optsum: OptSummary) -> LmmSolution:
+    """Every reported quantity at the optimum (``mkMerMod``), in the caller's coordinates."""
+    with _single_thread_blas():
+        return _assemble(devfun, optsum)
+
+
+def fit_lmm(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *,
+            reml: bool = True, start_theta: np.ndarray | None = None,
+            maxiter: int = 1000, n_starts: int = 1, seed: int = 0,
+            optimize: bool = True, gradient: str = "analytic") -> LmmSolution:
+    """Fit a linear mixed model by REML or ML: :func:`lmm_devfun` → :func:`optimize_lmm` → :func:`lmm_solution`.
+
+    Parameters
+    ----------
+    X, y, blocks, reml
+        As :func:`lmm_devfun`.
+    start_theta, maxiter, n_starts, seed, gradient
+        As :func:`optimize_lmm`.
+    optimize : bool, default True
+        False evaluates everything at ``start_theta`` (e.g. to profile or to reuse a fit).
+
+    Returns
+    -------
+    LmmSolution
+        The fit; ``converged`` is False (with ``message``) when the optimiser failed.
+    """
+    devfun = lmm_devfun(X, y, blocks, reml=reml)
+    if optimize:
+        optsum = optimize_lmm(devfun, start_theta=start_theta, maxiter=maxiter, n_starts=n_starts, seed=seed,
+                              gradient=gradient)
+    else:
+        optsum = evaluated_at(devfun, start_theta)
+    return lmm_solution(devfun, optsum)
 
 
 def _factor_map(std: Standardization, block_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -335,14 +476,15 @@ def _check_fixed_rank(xy_cross: np.ndarray, p: int) -> None:
         raise ValueError("the fixed-effects matrix X is rank deficient (or has a zero column)")
 
 
-def _assemble(sysm: System, spec: ThetaSpec, std: Standardization, blocks: list[RandomBlock],
-              theta_t: np.ndarray, reml: bool, n: int, p: int, converged: bool, message: str,
-              n_eval: int, timings: dict[str, float]) -> LmmSolution:
+def _assemble(devfun: LmmDevfun, optsum: OptSummary) -> LmmSolution:
     """Compute every reported quantity at the optimum, in the caller's coordinates.
 
     The system holds standardised columns: quantities are computed there (suffix ``_t``)
     and mapped back by ``std``.
     """
+    sysm, spec, std, blocks = devfun.system, devfun.spec, devfun.std, list(devfun.blocks)
+    n, p, reml = devfun.n, devfun.p, devfun.reml
+    theta_t = optsum.final
     t0 = time.perf_counter()
     plan = sysm.plan
     fT = spec.factor_T(theta_t, plan)
@@ -397,7 +539,7 @@ def _assemble(sysm: System, spec: ThetaSpec, std: Standardization, blocks: list[
     # not depend on the units of the predictors.
     sing = [(b, i) for val, (b, i, j), lo in zip(theta_t, spec.entries, spec.lower)
             if lo == 0.0 and val < SINGULAR_TOL]
-    timings["finalize"] = time.perf_counter() - t0
+    timings = {"data_pass": devfun.data_seconds, "optimize": optsum.seconds, "finalize": time.perf_counter() - t0}
     return LmmSolution(
         beta=std.beta(beta_t), vcov_beta=vcov, se_beta=np.sqrt(np.diag(vcov)), theta=theta,
         theta_lower=spec.lower.copy(), theta_entries=spec.entries, sigma=sigma,
@@ -405,8 +547,8 @@ def _assemble(sysm: System, spec: ThetaSpec, std: Standardization, blocks: list[
         ranef_condcov=condcov, loglik=loglik, objective=obj,
         reml_criterion=obj if reml else None, deviance=None if reml else obj,
         aic=obj + 2.0 * n_params, bic=obj + np.log(n) * n_params, n_obs=n,
-        n_params=n_params, reml=reml, converged=converged, message=message,
-        n_evaluations=n_eval, singular=bool(sing), singular_terms=sing, timings=timings,
+        n_params=n_params, reml=reml, converged=optsum.converged, message=optsum.message,
+        n_evaluations=optsum.n_evaluations, singular=bool(sing), singular_terms=sing, timings=timings, optsum=optsum,
         _system=sysm, _fz=fz, _u=[ui[..., 0] for ui in u], _term_map=term_map,
         _factor_T=fT, _std=std, _beta_t=beta_t, _sigma_t=sigma_t)
 

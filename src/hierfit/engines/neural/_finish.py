@@ -13,6 +13,7 @@ part, for the fitting rows and for any new rows alike, so predictions are unchan
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,7 +24,8 @@ from scipy.sparse import linalg as splinalg
 
 from hierfit.checks import Diagnostic
 from hierfit.design import Design
-from hierfit.engines.base import variance_table
+from hierfit.engines.base import Draws, NoUncertainty, PosteriorDraws, variance_table
+from hierfit.engines.layout import ParameterLayout
 from hierfit.engines.neural._model import HierEnsemble
 
 if TYPE_CHECKING:
@@ -35,9 +37,9 @@ from hierfit.engines.neural._posterior import (
     posterior_draws,
 )
 from hierfit.engines.neural._prep import Scaling, spread_factor
-from hierfit.engines.neural._result import NeuralFit, nonlinear_raw
+from hierfit.engines.neural._result import NeuralFit, network_output
 from hierfit.formula import INTERCEPT
-from hierfit.model import ModelSpec, get_family
+from hierfit.model import Family, ModelSpec
 
 PROJECTION_RIDGE = 1e-6  # relative to the prior precision: only breaks ties between nested levels
 SINGULAR_SD = 1e-3
@@ -48,53 +50,56 @@ def finish(design: Design, spec: ModelSpec, model: HierEnsemble, data, scaling: 
            options: OPTIONS, histories: list, diagnostics: list[Diagnostic], gain: HeldoutGain | None = None) -> NeuralFit:
     model = model.cpu().eval()
     M = model.n_members
+    family = spec.family
     beta, b = member_linear(model, scaling, design)
-    covs, sigma = member_variances(model, scaling, spec.family)
-    fit = NeuralFit(
-        engine="neural", design=design, beta=beta.mean(0), b=[bt.mean(0) for bt in b], sigma=None if sigma is None else float(np.sqrt(np.mean(sigma**2))),
-        variance_table=_variance_table(design, covs, sigma), statistics={}, diagnostics=diagnostics, seed=options.seed,
-    )
-    fit.attach(model, scaling, settings, options)
-    g = nonlinear_raw(fit, design)  # members × rows, data units
-    if spec.family == "gaussian" and options.reml_variances and design.terms:
+    covs, sigma = member_variances(model, scaling, family)
+    # float64 inference: a row's value must not depend on its position in the batch
+    module_f64 = copy.deepcopy(model).double().eval()
+    g = network_output(module_f64, scaling, design)  # members × rows, data units
+    if family.normal_errors and options.reml_variances and design.terms:
         covs, sigma = reml_variances(design, g)
-        fit._variance_table = _variance_table(design, covs, sigma)
-        fit.sigma = float(np.sqrt(np.mean(sigma**2)))
-    R = fit.layout_row_matrix(design)
-    noise2 = sigma**2 if sigma is not None else np.full(M, 1.0 / _mean_glm_weight(design.y, spec.family))
-    delta = np.stack([_project(R, g[m], covs, design, fit, noise2[m]) for m in range(M)])
-    theta_m = fit.layout.flatten(beta, b)
+    layout = ParameterLayout.from_design(design)
+    R = layout.row_matrix(design)
+    noise2 = sigma**2 if sigma is not None else np.full(M, 1.0 / _mean_glm_weight(design.y, family))
+    delta = np.stack([_project(R, g[m], covs, design, layout, noise2[m]) for m in range(M)])
+    theta_m = layout.flatten(beta, b)
     if not options.bootstrap:
         # exact conditional MAP of the linear part given each network (removes SGD jitter);
         # the bootstrap members keep their own (weighted) solutions, whose spread is the point
         theta_m = np.stack([
-            polish(R, fit.layout, design.y, g[m], theta_m[m], [c[m] for c in covs], None if sigma is None else float(sigma[m]), spec.family)
+            polish(R, layout, design.y, g[m], theta_m[m], [c[m] for c in covs], None if sigma is None else float(sigma[m]), family)
             for m in range(M)
         ])
     theta_m = theta_m + delta
-    fit.theta = theta_m.mean(0)
-    fit.member_theta = theta_m
-    fit.delta = delta
-    fit.sigma_draws = sigma
-    fit.spread = spread_factor(M, options.bootstrap)
     eta_m = np.asarray(R @ theta_m.T).T + (g - np.asarray(R @ delta.T).T)
+    draws: np.ndarray | None
     if options.bootstrap:
         # the members themselves are the draws (their spread includes the linear part's)
-        fit.draws = theta_m if M > 1 else None
-        fit.member_of_draw = np.arange(M)
+        draws = theta_m if M > 1 else None
+        member_of_draw = np.arange(M)
     else:
         rng = np.random.default_rng(options.seed)
         per = int(np.ceil(POSTERIOR_DRAWS / M))
-        fit.draws = np.concatenate([
-            posterior_draws(R, fit.layout, theta_m[m], likelihood_weights(eta_m[m], None if sigma is None else sigma[m], spec.family),
+        draws = np.concatenate([
+            posterior_draws(R, layout, theta_m[m], likelihood_weights(eta_m[m], None if sigma is None else sigma[m], family),
                             [c[m] for c in covs], per, rng)
             for m in range(M)
         ])
-        fit.member_of_draw = np.repeat(np.arange(M), per)
-    fit.statistics = _statistics(design, spec, eta_m, histories, settings, sigma)
+        member_of_draw = np.repeat(np.arange(M), per)
+    statistics = _statistics(design, spec, eta_m, histories, settings, sigma)
     if gain is not None:
-        fit.statistics.update(nonlinear_gain=gain.gain, nonlinear_gain_se=gain.std_error, nonlinear_kept=float(gain.keep))
-    fit.diagnostics += _singular(design, covs, scaling)
+        statistics.update(nonlinear_gain=gain.gain, nonlinear_gain_se=gain.std_error, nonlinear_kept=float(gain.keep))
+    theta = theta_m.mean(0)
+    fit = NeuralFit(
+        module=model, scaling=scaling, settings=settings, options=options, member_theta=theta_m,
+        member_of_draw=member_of_draw, delta=delta, spread=spread_factor(M, options.bootstrap),
+        engine="neural", design=design, beta=theta[: len(design.x_names)], b=layout.unflatten(theta)[1],
+        sigma=None if sigma is None else float(np.sqrt(np.mean(sigma**2))),
+        variance_table=_variance_table(design, covs, sigma),
+        uncertainty=NoUncertainty() if draws is None else PosteriorDraws(Draws(draws, sigma)),
+        statistics=statistics, diagnostics=diagnostics + _singular(design, covs, scaling), seed=options.seed,
+    )
+    fit._module_f64 = module_f64
     return fit
 
 
@@ -109,7 +114,7 @@ def member_linear(model: HierEnsemble, scaling: Scaling, design: Design) -> tupl
     return beta, b
 
 
-def member_variances(model: HierEnsemble, scaling: Scaling, family: str) -> tuple[list[np.ndarray], np.ndarray | None]:
+def member_variances(model: HierEnsemble, scaling: Scaling, family: Family) -> tuple[list[np.ndarray], np.ndarray | None]:
     """The members' learned ``Sigma_t`` (members × k × k per term) and sigma, in data units."""
     s = scaling.y_scale
     with torch.no_grad():
@@ -117,7 +122,7 @@ def member_variances(model: HierEnsemble, scaling: Scaling, family: str) -> tupl
         for t, zs in enumerate(scaling.z_scale):
             L = model.cholesky(t).detach().cpu().double().numpy() * s / zs[None, :, None]
             covs.append(L @ L.transpose(0, 2, 1))
-        sigma = np.exp(model.log_sigma.detach().cpu().double().numpy()) * s if family == "gaussian" else None
+        sigma = np.exp(model.log_sigma.detach().cpu().double().numpy()) * s if family.normal_errors else None
     return covs, sigma
 
 
@@ -127,9 +132,9 @@ def reml_variances(design: Design, g: np.ndarray, rows: np.ndarray | None = None
     ``rows`` (a boolean mask) restricts the fit to those rows; groups without rows there
     simply get no data (their deviations stay at the prior).
     """
-    from hierfit.engines.mixed._blocks import RandomBlock
-    from hierfit.engines.mixed.lmm import fit_lmm
+    from hierfit.engines.mixed.lmm import RandomBlock
     from hierfit.engines.mixed.engine import random_blocks
+    from hierfit.engines.mixed.lmm import fit_lmm
 
     blocks = random_blocks(design)
     X, y = design.X, design.y
@@ -141,11 +146,12 @@ def reml_variances(design: Design, g: np.ndarray, rows: np.ndarray | None = None
     return covs, np.array([sol.sigma for sol in sols])
 
 
-def _project(R: sparse.csr_matrix, g: np.ndarray, covs: list[np.ndarray], design: Design, fit: NeuralFit, noise2: float) -> np.ndarray:
+def _project(R: sparse.csr_matrix, g: np.ndarray, covs: list[np.ndarray], design: Design, layout: ParameterLayout,
+             noise2: float) -> np.ndarray:
     p = len(design.x_names)
     RtR = sparse.csc_matrix(R.T @ R)
     blocks = [sparse.identity(p) * 1e-9 * max(float(RtR.diagonal()[:p].mean()) if p else 1.0, 1e-12)]
-    for t, term in enumerate(fit.layout.terms):
+    for t, term in enumerate(layout.terms):
         Sigma = covs[t].mean(0)
         prec = np.linalg.inv(Sigma + 1e-12 * np.eye(len(Sigma))) * noise2 * PROJECTION_RIDGE
         blocks.append(sparse.kron(sparse.identity(term.n_groups), sparse.csr_matrix(prec)))
@@ -153,12 +159,10 @@ def _project(R: sparse.csr_matrix, g: np.ndarray, covs: list[np.ndarray], design
     return np.asarray(splinalg.spsolve(A, R.T @ g)).ravel()
 
 
-def _mean_glm_weight(y: np.ndarray, family: str) -> float:
-    m = float(np.mean(y))
-    if family == "bernoulli":
-        m = float(np.clip(m, 1e-3, 1 - 1e-3))
-        return m * (1 - m)
-    return max(m, 1e-3)
+def _mean_glm_weight(y: np.ndarray, family: Family) -> float:
+    """The Fisher weight of a row at the overall mean outcome."""
+    m = family.clip_mean(np.array([float(np.mean(y))]))
+    return float(family.fisher_weights(family.link.link(m))[0])
 
 
 def _variance_table(design: Design, covs: list[np.ndarray], sigma: np.ndarray | None) -> pd.DataFrame:
@@ -168,7 +172,7 @@ def _variance_table(design: Design, covs: list[np.ndarray], sigma: np.ndarray | 
 
 def _statistics(design, spec, eta_m, histories, settings, sigma) -> dict[str, float]:
     first = histories[0]
-    mu = get_family(spec.family).inverse_link(eta_m.mean(0))
+    mu = spec.family.inverse_link(eta_m.mean(0))
     stats = {
         "n_obs": float(design.n),
         "n_members": float(eta_m.shape[0]),

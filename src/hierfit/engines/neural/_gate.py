@@ -25,6 +25,7 @@ import numpy as np
 
 from hierfit.design import Design
 from hierfit.engines.heldout_gain import HeldoutGain
+from hierfit.engines.layout import ParameterLayout
 from hierfit.engines.neural._finish import (
     member_linear,
     member_variances,
@@ -33,12 +34,10 @@ from hierfit.engines.neural._finish import (
 from hierfit.engines.neural._posterior import polish
 from hierfit.engines.neural._prep import Scaling
 from hierfit.engines.neural._result import network_output
-from hierfit.evaluate.predictive import outcome_logpdf
-from hierfit.model import get_family
-from hierfit.results.layout import ParameterLayout
+from hierfit.model import Family
 
 
-def nonlinear_gain(design: Design, model, scaling: Scaling, family: str, reml: bool, val_mask: np.ndarray) -> HeldoutGain:
+def nonlinear_gain(design: Design, model, scaling: Scaling, family: Family, reml: bool, val_mask: np.ndarray) -> HeldoutGain:
     """Held-out gain of ``model``'s MLP over its linear part alone (see the module docstring)."""
     train = ~val_mask
     g = network_output(copy.deepcopy(model).cpu().double().eval(), scaling, design)
@@ -46,20 +45,18 @@ def nonlinear_gain(design: Design, model, scaling: Scaling, family: str, reml: b
     layout = ParameterLayout.from_design(design)
     R = layout.row_matrix(design)
     R_train, R_val = R[train], R[val_mask]
-    inverse_link = get_family(family).inverse_link
     zero = np.zeros((1, design.n))
     start = layout.flatten(*member_linear(model, scaling, design))  # Newton's start for bernoulli/poisson
 
     def heldout_logpdf(offset: np.ndarray, theta: np.ndarray, covs_m: list[np.ndarray], sigma_m: float | None) -> np.ndarray:
         theta = polish(R_train, layout, design.y[train], offset[train], theta, covs_m, sigma_m, family)
-        mu = inverse_link(np.asarray(R_val @ theta).ravel() + offset[val_mask])
-        sd = None if sigma_m is None else np.array([sigma_m])
-        return outcome_logpdf(family, design.y[val_mask][None, :], mu[None, :], sd)[0]
+        mu = family.inverse_link(np.asarray(R_val @ theta).ravel() + offset[val_mask])
+        return family.logpdf(design.y[val_mask], mu, None, sigma_m)
 
     def member_sigma(sigma: np.ndarray | None, m: int) -> float | None:
         return None if sigma is None else float(sigma[m])
 
-    if family == "gaussian" and reml and design.terms:
+    if family.normal_errors and reml and design.terms:
         covs, sigma = reml_variances(design, g, train)
         covs0, sigma0 = reml_variances(design, zero, train)
         # without an offset the members' linear models coincide: one baseline serves them all

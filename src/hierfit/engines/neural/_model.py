@@ -130,9 +130,9 @@ class HierEnsemble(nn.Module):
         by the ratio on the diagonal. Without it (rows counted at every level) the upper
         levels' SDs would be biased low.
         """
-        gaussian = self.config["family"] == "gaussian"
         inv_var = torch.exp(-2 * self.log_sigma)
-        H = [s * inv_var[:, None, None, None] if gaussian else s for s in info]
+        # gaussian information is per unit of the (learned) residual variance
+        H = [s * inv_var[:, None, None, None] if learns_sigma(self.config["family"]) else s for s in info]
         h_eff = [torch.diagonal(h, dim1=-2, dim2=-1) for h in H]  # members × groups × k
         terms = self.config["terms"]
         for t in reversed(range(len(terms))):  # levels are ordered parents first
@@ -201,12 +201,36 @@ class HierEnsemble(nn.Module):
         return total
 
 
+def _gaussian_nll(eta: torch.Tensor, y: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    return 0.5 * ((y - eta) * torch.exp(-log_sigma)[:, None]) ** 2 + log_sigma[:, None]
+
+
+def _bernoulli_nll(eta: torch.Tensor, y: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    return F.softplus(eta) - y * eta
+
+
+def _poisson_nll(eta: torch.Tensor, y: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    return torch.exp(eta) - y * eta
+
+
+#: family name -> (per-row negative log-likelihood up to constants, whether it learns sigma):
+#: the engine's translation of the family table into torch.
+TORCH_FAMILIES: dict[str, tuple[Any, bool]] = {
+    "gaussian": (_gaussian_nll, True),
+    "bernoulli": (_bernoulli_nll, False),
+    "poisson": (_poisson_nll, False),
+}
+
+
+def learns_sigma(family: str) -> bool:
+    """Whether the family's torch likelihood has a residual SD (``log_sigma``) to learn."""
+    return TORCH_FAMILIES[family][1]
+
+
 def negative_loglik(eta: torch.Tensor, y: torch.Tensor, log_sigma: torch.Tensor, family: str) -> torch.Tensor:
     """Per-row negative log-likelihood up to constants (members × rows)."""
-    if family == "gaussian":
-        return 0.5 * ((y - eta) * torch.exp(-log_sigma)[:, None]) ** 2 + log_sigma[:, None]
-    if family == "bernoulli":
-        return F.softplus(eta) - y * eta
-    if family == "poisson":
-        return torch.exp(eta) - y * eta
-    raise ValueError(f"Engine 'neural' has no likelihood for family {family!r}.")
+    try:
+        nll = TORCH_FAMILIES[family][0]
+    except KeyError:
+        raise ValueError(f"Engine 'neural' has no likelihood for family {family!r}.") from None
+    return nll(eta, y, log_sigma)

@@ -25,19 +25,17 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse import linalg as splinalg
 
-from hierfit.results.layout import ParameterLayout
+from hierfit.engines.layout import ParameterLayout
+from hierfit.model import Family
 
 MAX_ETA_STEP = 3.0  # largest change of any row's linear predictor in one Newton step
 
 
-def likelihood_weights(eta: np.ndarray, sigma: float | None, family: str) -> np.ndarray:
+def likelihood_weights(eta: np.ndarray, sigma: float | None, family: Family) -> np.ndarray:
     """Per-row Fisher weights on the link scale at the member's fitted predictor."""
-    if family == "gaussian":
-        return np.full(eta.shape, 1.0 / sigma**2)
-    if family == "bernoulli":
-        mu = 1.0 / (1.0 + np.exp(-eta))
-        return np.clip(mu * (1 - mu), 1e-6, None)
-    return np.clip(np.exp(eta), 1e-6, None)  # poisson, log link
+    w = family.fisher_weights(eta, None, sigma)
+    # a floor keeps the posterior precision positive where a mean is pinned at 0 or 1
+    return w if family.normal_errors else np.clip(w, 1e-6, None)
 
 
 def _prior_blocks(layout: ParameterLayout, covs: list[np.ndarray], scale: float) -> tuple[sparse.csc_matrix, sparse.csr_matrix]:
@@ -62,21 +60,24 @@ def polish(
     theta: np.ndarray,
     covs: list[np.ndarray],
     sigma: float | None,
-    family: str,
+    family: Family,
     max_iter: int = 20,
 ) -> np.ndarray:
-    """The conditional MAP of ``theta`` given the network output ``offset`` and the SDs."""
+    """The conditional MAP of ``theta`` given the network output ``offset`` and the SDs.
+
+    Gaussian: one penalised least-squares solve. Otherwise damped Newton steps on the
+    penalised log-likelihood (the family's score and Fisher weights).
+    """
     p = len(layout.x_names)
-    for _ in range(1 if family == "gaussian" else max_iter):
+    for _ in range(1 if family.normal_errors else max_iter):
         eta = np.asarray(R @ theta).ravel() + offset
         w = likelihood_weights(eta, sigma, family)
         RtWR = sparse.csc_matrix(R.T @ sparse.diags(w) @ R)
         D, _ = _prior_blocks(layout, covs, float(RtWR.diagonal()[:p].mean()) if p else 1.0)
         A = (RtWR + D).tocsc()
-        if family == "gaussian":
+        if family.normal_errors:
             return np.asarray(splinalg.spsolve(A, R.T @ (w * (y - offset)))).ravel()
-        mu = 1.0 / (1.0 + np.exp(-eta)) if family == "bernoulli" else np.exp(eta)
-        step = np.asarray(splinalg.spsolve(A, R.T @ (y - mu) - D @ theta)).ravel()
+        step = np.asarray(splinalg.spsolve(A, R.T @ family.score(y, eta, None, sigma) - D @ theta)).ravel()
         # damped Newton: from a poor start a full step can overshoot exp() on the log link
         step *= min(1.0, MAX_ETA_STEP / max(float(np.abs(R @ step).max()), 1e-300))
         theta = theta + step

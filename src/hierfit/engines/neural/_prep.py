@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hierfit.design import Design
+from hierfit.design import Design, RowDesign
 from hierfit.exceptions import DataError
 from hierfit.formula import INTERCEPT
+from hierfit.model import Family
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,9 +54,9 @@ def feature_matrix(design: Design, names: tuple[str, ...] | None = None) -> tupl
     return F, names
 
 
-def make_scaling(design: Design, family: str) -> Scaling:
+def make_scaling(design: Design, family: Family) -> Scaling:
     y = design.y
-    if family == "gaussian":
+    if family.normal_errors:
         center = float(y.mean()) if INTERCEPT in design.x_names else 0.0
         scale = float(np.sqrt(np.mean((y - center) ** 2)))
         scale = scale if scale > 0 else 1.0
@@ -75,7 +76,7 @@ def make_scaling(design: Design, family: str) -> Scaling:
     )
 
 
-def scaled_arrays(design: Design, scaling: Scaling) -> dict[str, object]:
+def scaled_arrays(design: RowDesign, scaling: Scaling) -> dict[str, object]:
     """Float32-ready arrays for one design (new data too): X, Z per term, features, indices."""
     F, _ = feature_matrix(design, scaling.feature_names)
     out: dict[str, object] = {
@@ -85,7 +86,7 @@ def scaled_arrays(design: Design, scaling: Scaling) -> dict[str, object]:
         "term_index": [design.group_index[td.level] for td in design.terms],
         "level_index": [design.group_index[lv.name] for lv in design.hierarchy.levels],
     }
-    if design.y is not None:
+    if isinstance(design, Design):
         out["y"] = (design.y - scaling.y_center) / scaling.y_scale
     return out
 
@@ -146,7 +147,7 @@ def spread_factor(n_members: int, bootstrap: bool) -> float:
     return float(np.sqrt((n_members + 1) / n_members)) if bootstrap and n_members > 1 else 1.0
 
 
-def information(design: Design, arrays: dict, weights: np.ndarray, family: str) -> list[np.ndarray]:
+def information(design: Design, arrays: dict, weights: np.ndarray, family: Family) -> list[np.ndarray]:
     """Per term: ``S[m, g] = sum_i w_mi v_i z_i z_iᵀ`` (members × groups × k × k), scaled units.
 
     ``v_i`` is the GLM weight (1 for gaussian, whose ``1/sigma²`` is applied in the penalty),
@@ -159,14 +160,11 @@ def information(design: Design, arrays: dict, weights: np.ndarray, family: str) 
         Z = arrays["Z"][t]
         G = design.hierarchy.level(td.level).n_groups
         k = Z.shape[1]
-        if family == "gaussian":
+        if family.normal_errors:
             v = np.ones(design.n)
         else:
-            sums = np.bincount(idx, weights=y, minlength=G)
-            counts = np.bincount(idx, minlength=G)
-            mu = (sums + 2 * y.mean()) / (counts + 2)
-            mu = np.clip(mu, 1e-3, 1 - 1e-3) if family == "bernoulli" else np.maximum(mu, 1e-3)
-            v = (mu * (1 - mu) if family == "bernoulli" else mu)[idx]
+            mu = family.clip_mean(_smoothed_group_mean(y, idx, G))[idx]
+            v = family.fisher_weights(family.link.link(mu))
         S = np.zeros((weights.shape[0], G, k, k))
         for m in range(weights.shape[0]):
             wv = weights[m] * v
@@ -175,3 +173,10 @@ def information(design: Design, arrays: dict, weights: np.ndarray, family: str) 
                     S[m, :, a, c] = S[m, :, c, a] = np.bincount(idx, weights=wv * Z[:, a] * Z[:, c], minlength=G)
         out.append(S)
     return out
+
+
+def _smoothed_group_mean(y: np.ndarray, idx: np.ndarray, n_groups: int) -> np.ndarray:
+    """Each group's mean outcome shrunk by two pseudo-rows at the overall mean."""
+    sums = np.bincount(idx, weights=y, minlength=n_groups)
+    counts = np.bincount(idx, minlength=n_groups)
+    return (sums + 2 * y.mean()) / (counts + 2)

@@ -15,19 +15,10 @@ from scipy import sparse, stats
 
 from hierfit.design import Design
 from hierfit.engines.base import LinearEngineFit
-from hierfit.model import get_family
+from hierfit.model import Family
 
 CHUNK = 65536
 MIN_QUANTILE_DRAWS = 50  # below this (member draws only) intervals use a t approximation
-
-
-def _sample(family: str, mu: np.ndarray, sigma: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
-    """Outcome draws at the means ``mu`` (draws × rows)."""
-    if family == "gaussian":
-        return mu + rng.standard_normal(mu.shape) * sigma[:, None]
-    if family == "bernoulli":
-        return (rng.random(mu.shape) < mu).astype(float)
-    return rng.poisson(mu).astype(float)
 
 
 class NeuralFit(LinearEngineFit):
@@ -49,18 +40,23 @@ class NeuralFit(LinearEngineFit):
     'HierEnsemble'
     """
 
-    member_theta: np.ndarray
-    member_of_draw: np.ndarray
-    delta: np.ndarray
-    spread: float = 1.0  # member SD -> standard error (balanced bootstrap correction)
+    def __init__(self, *, module: Any, scaling: Any, settings: Any, options: Any, member_theta: np.ndarray,
+                 member_of_draw: np.ndarray, delta: np.ndarray, spread: float, **linear: Any) -> None:
+        """``linear`` holds :class:`LinearEngineFit`'s arguments; the rest is the ensemble's own state.
 
-    def attach(self, module: Any, scaling: Any, settings: Any, options: Any) -> None:
+        ``spread`` turns the members' SD into a standard error (balanced bootstrap correction).
+        """
+        super().__init__(**linear)
         self._module = module
-        self._module_f64 = None
+        self._module_f64: Any = None
         self.config = dict(module.config)
         self.scaling = scaling
         self.settings = asdict(settings)
         self.options = asdict(options)
+        self.member_theta = member_theta
+        self.member_of_draw = member_of_draw
+        self.delta = delta
+        self.spread = spread
 
     # -- rows -------------------------------------------------------------------------------
     def nonlinear_members(self, design: Design, R: sparse.csr_matrix | None = None) -> np.ndarray:
@@ -73,6 +69,19 @@ class NeuralFit(LinearEngineFit):
         parts["nonlinear"] = self.nonlinear_members(design).mean(axis=0)
         return parts
 
+    def native_linear_predictor(self, design: Design) -> np.ndarray:
+        """The members' own predictors, averaged: each member's linear part gathered directly from
+        its parameters plus its network's forward pass, less its identifying projection."""
+        g = nonlinear_raw(self, design)
+        beta, b = self.layout.unflatten(self.member_theta - self.delta)
+        eta = beta @ design.X.T + g
+        for td, bt in zip(design.terms, b):
+            idx = design.group_index[td.level]
+            known = idx >= 0
+            picked = bt[:, np.where(known, idx, 0), :]  # members × rows × k
+            eta = eta + np.where(known, np.einsum("ij,mij->mi", td.Z, picked), 0.0)
+        return eta.mean(axis=0)
+
     def interval(self, design: Design, kind: str, level: float) -> tuple[np.ndarray, np.ndarray] | None:
         """Quantiles over the draws of ``R theta_d + nonlinear_{member(d)}`` (plus outcome noise).
 
@@ -80,11 +89,11 @@ class NeuralFit(LinearEngineFit):
         """
         if self.draws is None:
             return None
-        family = get_family(self.family)
+        family = self.family
         R = self.layout_row_matrix(design)
         nl = self.nonlinear_members(design, R)
         if len(self.draws) < MIN_QUANTILE_DRAWS:
-            return self._member_interval(np.asarray(R @ self.draws.T).T + nl, kind, level, family)
+            return self._member_interval(np.asarray(R @ self.draws.T).T + nl, kind, level, family, design.trials)
         rng = np.random.default_rng(self.seed)
         owner = self.member_of_draw
         q = [(1 - level) / 2, (1 + level) / 2]
@@ -98,11 +107,13 @@ class NeuralFit(LinearEngineFit):
                 eta = eta + rng.standard_normal(eta.shape) * new_sd[rows]
             mu = family.inverse_link(eta)
             if kind == "prediction":
-                mu = _sample(family.name, mu, None if self.sigma_draws is None else self.sigma_draws[owner], rng)
+                disp = None if self.sigma_draws is None else self.sigma_draws[owner][:, None]
+                mu = family.sample(rng, mu, design.trials, disp)
             lower[rows], upper[rows] = np.quantile(mu, q, axis=0)
         return lower, upper
 
-    def _member_interval(self, eta: np.ndarray, kind: str, level: float, family) -> tuple[np.ndarray, np.ndarray]:
+    def _member_interval(self, eta: np.ndarray, kind: str, level: float, family: Family,
+                         trials: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         M = eta.shape[0]
         center = eta.mean(axis=0)
         # t with M-1 df: the members' SD is itself estimated from M draws
@@ -110,7 +121,7 @@ class NeuralFit(LinearEngineFit):
         half = tq * eta.std(axis=0, ddof=1) * self.spread
         if kind == "confidence":
             return family.inverse_link(center - half), family.inverse_link(center + half)
-        if family.name == "gaussian":
+        if family.normal_errors:
             noise = stats.norm.ppf(0.5 + level / 2) * float(np.sqrt(np.mean(self.sigma_draws**2)))
             total = np.sqrt(half**2 + noise**2)
             return center - total, center + total
@@ -119,7 +130,7 @@ class NeuralFit(LinearEngineFit):
         for start in range(0, len(center), 2000):
             rows = slice(start, start + 2000)
             draws = center[rows] + half[rows] / tq * rng.standard_normal((1000, len(center[rows])))
-            y = _sample(family.name, family.inverse_link(draws), None, rng)
+            y = family.sample(rng, family.inverse_link(draws), None if trials is None else trials[rows])
             lower[rows], upper[rows] = np.quantile(y, [(1 - level) / 2, (1 + level) / 2], axis=0)
         return lower, upper
 

@@ -24,7 +24,7 @@ from hierfit.engines.neural._prep import (
 )
 from hierfit.exceptions import EngineError
 from hierfit.formula import INTERCEPT
-from hierfit.model import ModelSpec
+from hierfit.model import Family, ModelSpec
 
 VARIANCE_LR_MULT = 10.0
 MIN_DELTA = 1e-4  # validation improvement (mean NLL per row, scaled units) that counts
@@ -88,7 +88,7 @@ class Batches:
         )
 
 
-def model_config(design: Design, settings: Settings, n_features: int, family: str) -> dict:
+def model_config(design: Design, settings: Settings, n_features: int, family: Family) -> dict:
     terms = [
         {"n_groups": design.hierarchy.level(td.level).n_groups, "k": len(td.coefficients), "correlated": bool(td.term.correlated and len(td.coefficients) > 1)}
         for td in design.terms
@@ -100,7 +100,7 @@ def model_config(design: Design, settings: Settings, n_features: int, family: st
     if n_features + sum(settings.embedding_dims) == 0:
         hidden = []  # nothing for an MLP to read: it would only be a second intercept
     return {"n_members": settings.n_members, "n_x": len(design.x_names), "terms": terms, "levels": levels,
-            "n_features": n_features, "hidden": hidden, "family": family}
+            "n_features": n_features, "hidden": hidden, "family": family.name}
 
 
 def _child_terms(design: Design, t: int) -> list:
@@ -116,7 +116,7 @@ def _child_terms(design: Design, t: int) -> list:
     return [[c, pairs] for c, pairs in out.items()]
 
 
-def new_model(config: dict, design: Design, family: str, seed: int, device: torch.device) -> HierEnsemble:
+def new_model(config: dict, design: Design, family: Family, seed: int, device: torch.device) -> HierEnsemble:
     torch.manual_seed(seed)
     model = HierEnsemble(config)
     with torch.no_grad():
@@ -124,10 +124,10 @@ def new_model(config: dict, design: Design, family: str, seed: int, device: torc
             parent_index = design.hierarchy.level(td.level).parent_index
             if parent_index is not None:
                 getattr(model, f"up_{t}").copy_(torch.as_tensor(parent_index, dtype=torch.long))
-    if family != "gaussian" and INTERCEPT in design.x_names:
-        # start the intercept at the link of the mean outcome, as a GLM would
-        m = float(np.clip(design.y.mean(), 1e-3, 1 - 1e-3)) if family == "bernoulli" else max(float(design.y.mean()), 1e-3)
-        start = np.log(m / (1 - m)) if family == "bernoulli" else np.log(m)
+    if not family.normal_errors and INTERCEPT in design.x_names:
+        # start the intercept at the link of the mean outcome, as a GLM would (a gaussian
+        # outcome is centred by the scaling instead)
+        start = family.link.link(family.clip_mean(np.array([design.y.mean()])))[0]
         with torch.no_grad():
             model.beta[:, design.x_names.index(INTERCEPT)] = float(start)
     return model.to(device)

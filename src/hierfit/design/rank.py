@@ -1,0 +1,111 @@
+"""The rank check of the population-level columns (lme4's ``check.rankX``).
+
+A column that is a linear combination of earlier ones (``x1b = 2 * x1``, a constant beside the
+intercept, a dummy of every category beside the intercept) leaves its coefficient unidentified.
+lme4 drops such columns with a message (``chkRank.drop.cols``); hierfit names them and, by
+default, refuses (severity ``"error"``), because silently fitting a different model is worse
+than asking. With ``checks={"rank_deficient": "warn"}`` the later of the dependent columns are
+dropped, as lme4 does, and new data leave them out the same way.
+
+The test is sequential Gram-Schmidt on the centred (beside an intercept) and scaled columns,
+in formula order: a column is dependent when less than ``RANK_TOL`` of its norm is left after
+projecting out the columns kept before it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hierfit.checks import Diagnostic, Severity
+from hierfit.formula import INTERCEPT
+
+__all__ = ["RANK_TOL", "rank_check"]
+
+#: relative norm of a column's residual below which it counts as dependent (lme4: qr tol 1e-7)
+RANK_TOL = 1e-7
+_CHUNK = 1 << 18
+
+
+def _gram(X: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """``(X - center)'(X - center)`` in chunks (no full-size centred copy)."""
+    p = X.shape[1]
+    G = np.zeros((p, p))
+    for start in range(0, X.shape[0], _CHUNK):
+        block = X[start:start + _CHUNK] - center
+        G += block.T @ block
+    return G
+
+
+def _dependencies(G: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Columns dependent on earlier kept ones: ``(j, coefficients on the kept columns)``."""
+    p = G.shape[0]
+    kept: list[int] = []
+    out: list[tuple[int, np.ndarray]] = []
+    for j in range(p):
+        gjj = G[j, j]
+        if kept:
+            K = np.array(kept)
+            coef = np.linalg.lstsq(G[np.ix_(K, K)], G[K, j], rcond=None)[0]
+            resid = gjj - float(G[j, K] @ coef)
+        else:
+            coef, resid = np.zeros(0), gjj
+        if gjj <= 0.0 or resid <= (RANK_TOL ** 2) * gjj:
+            full = np.zeros(p)
+            if kept:
+                full[np.array(kept)] = coef
+            out.append((j, full))
+        else:
+            kept.append(j)
+    return out
+
+
+def _describe(name: str, coef: np.ndarray, names: tuple[str, ...], centred: bool) -> str:
+    parts = [f"{c:.4g}*{names[i]}" for i, c in enumerate(coef) if abs(c) > 1e-8 * max(1.0, np.abs(coef).max())]
+    if not parts:
+        return f"{name!r} is constant" + (" (the intercept already carries a constant)" if centred else " zero")
+    return f"{name!r} = {' + '.join(parts)}" + (" + a constant" if centred else "")
+
+
+def rank_check(X: np.ndarray, names: tuple[str, ...], severity: Severity) -> tuple[tuple[str, ...], list[Diagnostic]]:
+    """Find dependent population columns; return those to drop and the finding.
+
+    With severity ``"error"`` nothing is dropped (the finding raises when applied); otherwise
+    the dependent columns are dropped.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.arange(6.0)
+    >>> X = np.column_stack([np.ones(6), x, 2 * x + 1])
+    >>> dropped, found = rank_check(X, ("Intercept", "x1", "x1b"), "warn")
+    >>> dropped, found[0].check
+    (('x1b',), 'rank_deficient')
+    """
+    n, p = X.shape
+    if p == 0 or n == 0:
+        return (), []
+    centred = INTERCEPT in names
+    center = np.where(np.array([nm != INTERCEPT for nm in names]), X.mean(axis=0), 0.0) if centred else np.zeros(p)
+    G = _gram(X, center)
+    # scale to unit diagonal (constant and zero columns keep a zero diagonal)
+    d = np.sqrt(np.maximum(np.diag(G), 0.0))
+    scale = np.where(d > 0, d, 1.0)
+    deps = _dependencies(G / np.outer(scale, scale))
+    if centred:
+        # beside an intercept a centred constant column is zero: say "constant" for it
+        deps = [(j, c) for j, c in deps if names[j] != INTERCEPT]
+    if not deps:
+        return (), []
+    # coefficients back on the columns' own scale
+    described = [_describe(names[j], c * d[j] / scale, names, centred and names[j] != INTERCEPT) for j, c in deps]
+    dropped = tuple(names[j] for j, _ in deps)
+    listing = "; ".join(described)
+    if severity == "error":
+        message = (f"The population-level columns are collinear: {listing}, so {'their' if len(deps) > 1 else 'its'} "
+                   f"coefficient is not identified. Drop {', '.join(repr(c) for c in dropped)} from the formula "
+                   "(or let hierfit drop the dependent columns, as lme4 does).")
+    else:
+        message = (f"Dropped collinear population-level column{'s' if len(deps) > 1 else ''} "
+                   f"{', '.join(repr(c) for c in dropped)} ({listing}); the fit uses the remaining columns. "
+                   "Drop them from the formula to silence this.")
+    return (() if severity == "error" else dropped), [Diagnostic("rank_deficient", message)]

@@ -1,0 +1,113 @@
+"""The stages of a fit, each a public function with typed inputs and outputs.
+
+As lme4's ``lmer()`` is ``lFormula → mkLmerDevfun → optimizeLmer → mkMerMod``, a hierfit fit is::
+
+    make_spec(formula, family=..., ...)        -> ModelSpec     (hierfit.model: what to fit)
+    build_design(spec, data, checks=...)       -> Design        (hierfit.design: numbers from data)
+    check_capabilities(entry, spec)                             (hierfit.engines: can the engine?)
+    parse_engine_options(entry, options)       -> the engine's OPTIONS
+    run_data_checks(design, entry, severities) -> [Diagnostic]
+    fit_engine(design, entry, options)         -> EngineFit     (the engine's own work, timed)
+    assemble_result(design, entry, ...)        -> FitResult     (hierfit.results: the one result)
+
+:func:`hierfit.fit`, :func:`fit_design` and :func:`hierfit.evaluate.compare` only compose these;
+each can be called by hand and what it returns inspected.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from hierfit.checks import Diagnostic, Severity, apply_severities, data_checks, resolve_severities
+from hierfit.design import Design
+from hierfit.engines import EngineEntry, check_capabilities, get_engine
+from hierfit.engines.base import EngineFit, parse_options
+from hierfit.exceptions import EngineError, HierfitError
+from hierfit.results import FitResult
+
+__all__ = [
+    "assemble_result",
+    "check_capabilities",
+    "fit_design",
+    "fit_engine",
+    "parse_engine_options",
+    "run_data_checks",
+]
+
+#: warnings raised inside these stages point at the user's call of hierfit.fit / fit_design
+_STACKLEVEL = 5
+
+
+def parse_engine_options(entry: EngineEntry, options: Mapping[str, Any]) -> Any:
+    """The engine's ``OPTIONS`` dataclass from keyword options (unknown names are an error)."""
+    return parse_options(entry.load().OPTIONS, dict(options), entry.name)
+
+
+def run_data_checks(design: Design, entry: EngineEntry, severities: Mapping[str, Severity]) -> list[Diagnostic]:
+    """The named data checks that depend on the engine (few groups matter only when it pools).
+
+    The design's own findings (made, and warned about, when it was built) come first.
+    """
+    found = data_checks(design, pooling=entry.capabilities.pooling == "partial")
+    return list(design.diagnostics) + apply_severities(found, severities, stacklevel=_STACKLEVEL)
+
+
+def fit_engine(design: Design, entry: EngineEntry, options: Any) -> tuple[EngineFit, float]:
+    """Run the engine on the design; return its fit and the wall seconds it took.
+
+    Errors from inside an engine that are not already :class:`~hierfit.exceptions.HierfitError`
+    (a numerical library's ``ValueError`` or ``LinAlgError``) are translated here, at the
+    boundary, so users only ever see hierfit's error tree (the original stays chained).
+    """
+    module = entry.load()
+    t0 = time.perf_counter()
+    try:
+        engine_fit: EngineFit = module.fit(design, design.spec, options)
+    except HierfitError:
+        raise
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
+        raise EngineError(
+            f"Engine {entry.name!r} could not fit this model: {exc}. Check the data for constant or collinear "
+            "columns and tiny groups, or try another engine."
+        ) from exc
+    return engine_fit, time.perf_counter() - t0
+
+
+def assemble_result(design: Design, entry: EngineEntry, engine_fit: EngineFit, diagnostics: list[Diagnostic],
+                    seconds: float, options: Mapping[str, Any]) -> FitResult:
+    """Wrap an engine's fit into the one result type."""
+    return FitResult(
+        spec=design.spec,
+        engine=entry.name,
+        engine_fit=engine_fit,
+        encoding=design.encoding,
+        n_obs=design.n,
+        diagnostics=diagnostics,
+        timings={"fit_seconds": seconds},
+        options=dict(options),
+    )
+
+
+def fit_design(design: Design, *, engine: str, checks: Mapping[str, str] | None = None, **engine_options: Any) -> FitResult:
+    """Fit an already built design with one engine (every stage after :func:`build_design`).
+
+    Examples
+    --------
+    >>> import hierfit
+    >>> sim = hierfit.simulate(n_markets=5, n_submarkets=3, rows_per_submarket=10, seed=2)
+    >>> design = hierfit.build_design(hierfit.make_spec("y ~ x1 + (1 | market)"), sim.data)
+    >>> fit_design(design, engine="ols").engine
+    'ols'
+    """
+    entry = get_engine(engine)
+    check_capabilities(entry, design.spec)
+    options = parse_engine_options(entry, engine_options)
+    severities = resolve_severities(checks)
+    found = run_data_checks(design, entry, severities)
+    engine_fit, seconds = fit_engine(design, entry, options)
+    found += apply_severities(list(engine_fit.diagnostics), severities, stacklevel=_STACKLEVEL - 1)
+    return assemble_result(design, entry, engine_fit, found, seconds, engine_options)
