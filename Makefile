@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/hierfit demo
 
 test: $(STAMP) browser
+	$(PY) -m mypy src
 	$(PY) -m pytest
 
 # The report's browser test needs Chromium and its driver: install Debian's when missing and

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from hierfit.design import build_design
-from hierfit.engines import default_engine, get_engine
+from hierfit.engines import check_capabilities, default_engine, get_engine
 from hierfit.exceptions import SpecError
 from hierfit.fitting import fit_design
 from hierfit.model import DEFAULT_NATIONAL, ModelSpec, Prior, make_spec
@@ -73,6 +73,7 @@ def fit(
         raise SpecError("Pass family/link/national/hierarchy/priors either in the ModelSpec or to fit(), not both.")
     spec = make_spec(formula, family=family or "gaussian", link=link, national=national, hierarchy=hierarchy, priors=priors)
     name = engine if engine is not None else default_engine()
-    get_engine(name)  # fail on a bad engine name before the (possibly long) design pass
+    # fail on a bad engine name or a spec it cannot fit before the (possibly long) design pass
+    check_capabilities(get_engine(name), spec)
     design = build_design(spec, data, checks=checks)
     return fit_design(design, engine=name, checks=checks, **engine_options)

@@ -6,6 +6,7 @@ Errors hierfit raises on purpose print as one line ``error: ...`` and exit with 
 from __future__ import annotations
 
 import sys
+from typing import Any
 from pathlib import Path
 
 import click
@@ -13,9 +14,9 @@ import click
 from hierfit.exceptions import HierfitError
 
 
-def _parse_options(pairs: tuple[str, ...]) -> dict[str, object]:
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     """``key=value`` pairs; values read as int, float, bool or str."""
-    out: dict[str, object] = {}
+    out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:

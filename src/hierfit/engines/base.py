@@ -26,10 +26,11 @@ import pandas as pd
 from scipy import sparse, stats
 
 from hierfit.checks import Diagnostic
-from hierfit.design import Design
+from hierfit.design import Design, RowDesign
 from hierfit.design.hierarchy import Hierarchy
 from hierfit.engines.layout import EFFECT_KEYS, ParameterLayout
 from hierfit.exceptions import EngineError
+from hierfit.model import Family
 
 FIXED_COLUMNS = ["term", "estimate", "std_error", "lower", "upper"]
 VARIANCE_COLUMNS = ["level", "term1", "term2", "variance", "sd_or_corr"]
@@ -105,11 +106,11 @@ class EngineFit(Protocol):
         """Columns :data:`GROUP_COLUMNS`; ``kind`` is ``deviation`` or ``total``."""
         ...
 
-    def contributions(self, design: Design) -> pd.DataFrame:
+    def contributions(self, design: RowDesign) -> pd.DataFrame:
         """Per-row additive parts on the link scale; they sum to the linear predictor."""
         ...
 
-    def interval(self, design: Design, kind: str, level: float) -> tuple[np.ndarray, np.ndarray] | None:
+    def interval(self, design: RowDesign, kind: str, level: float) -> tuple[np.ndarray, np.ndarray] | None:
         """Lower and upper bounds on the response scale, or ``None`` without uncertainty."""
         ...
 
@@ -117,7 +118,7 @@ class EngineFit(Protocol):
         """The engine's own fitted object."""
         ...
 
-    def native_linear_predictor(self, design: Design) -> np.ndarray:
+    def native_linear_predictor(self, design: RowDesign) -> np.ndarray:
         """The linear predictor of ``design``'s rows computed by the engine's own object."""
         ...
 
@@ -147,12 +148,12 @@ class BaseEngineFit(ABC):
     def group_effects(self, level: float) -> pd.DataFrame: ...
 
     @abstractmethod
-    def contributions(self, design: Design) -> pd.DataFrame: ...
+    def contributions(self, design: RowDesign) -> pd.DataFrame: ...
 
     @abstractmethod
-    def native_linear_predictor(self, design: Design) -> np.ndarray: ...
+    def native_linear_predictor(self, design: RowDesign) -> np.ndarray: ...
 
-    def interval(self, design: Design, kind: str, level: float) -> tuple[np.ndarray, np.ndarray] | None:
+    def interval(self, design: RowDesign, kind: str, level: float) -> tuple[np.ndarray, np.ndarray] | None:
         return None
 
     def native(self) -> Any:
@@ -369,15 +370,15 @@ class LinearEngineFit(BaseEngineFit):
         return pd.concat([keys, values], axis=1)[GROUP_COLUMNS]
 
     # -- rows -------------------------------------------------------------------------------
-    def contributions(self, design: Design) -> pd.DataFrame:
+    def contributions(self, design: RowDesign) -> pd.DataFrame:
         beta, b = self.layout.unflatten(self.theta)
         return self.layout.contributions(design, beta, b)
 
-    def native_linear_predictor(self, design: Design) -> np.ndarray:
+    def native_linear_predictor(self, design: RowDesign) -> np.ndarray:
         """``R theta``: the row map applied to the estimates (engines with their own solver override)."""
         return np.asarray(self.layout.row_matrix(design) @ self.theta).ravel()
 
-    def interval(self, design: Design, kind: str, level: float) -> tuple[np.ndarray, np.ndarray] | None:
+    def interval(self, design: RowDesign, kind: str, level: float) -> tuple[np.ndarray, np.ndarray] | None:
         alpha = (1 - level) / 2
         if self.draws is not None:
             return self._draw_interval(design, kind, alpha, self.family)
@@ -385,7 +386,7 @@ class LinearEngineFit(BaseEngineFit):
             return self._gaussian_interval(design, kind, level)
         return None
 
-    def new_group_sd(self, design: Design) -> np.ndarray:
+    def new_group_sd(self, design: RowDesign) -> np.ndarray:
         """Per row, the SD of the effects of its unseen groups: ``sqrt(Σ_t z_tᵀ Σ_t z_t)``.
 
         A row whose submarket was not seen is predicted with its market's effects (the mean of
@@ -406,34 +407,38 @@ class LinearEngineFit(BaseEngineFit):
             var[unseen] += np.einsum("ij,jk,ik->i", z, cov, z)
         return np.sqrt(var)
 
-    def _draw_interval(self, design: Design, kind: str, alpha: float, family) -> tuple[np.ndarray, np.ndarray]:
+    def _draw_interval(self, design: RowDesign, kind: str, alpha: float, family: Family) -> tuple[np.ndarray, np.ndarray]:
+        draws = self.uncertainty.draws()
+        assert draws is not None
         rng = np.random.default_rng(self.seed)
         lower = np.empty(design.n)
         upper = np.empty(design.n)
         new_sd = self.new_group_sd(design)
-        chunk = max(1, 2_000_000 // max(len(self.draws), 1))
+        disp = None if draws.dispersion is None or not family.has_dispersion else draws.dispersion[:, None]
+        chunk = max(1, 2_000_000 // max(len(draws.theta), 1))
         for start in range(0, design.n, chunk):
             rows = slice(start, min(start + chunk, design.n))
-            eta = self.layout.eta_draws(design, self.draws, rows)
+            eta = self.layout.eta_draws(design, draws.theta, rows)
             if new_sd[rows].any():
                 eta = eta + rng.standard_normal(eta.shape) * new_sd[rows]
             mu = family.inverse_link(eta)
             if kind == "prediction":
-                sd = None if self.sigma_draws is None else self.sigma_draws[:, None]
-                mu = family.sample(rng, mu, None, sd if family.has_dispersion else None)
+                mu = family.sample(rng, mu, None if design.trials is None else design.trials[rows], disp)
             lower[rows], upper[rows] = np.quantile(mu, [alpha, 1 - alpha], axis=0)
         return lower, upper
 
-    def _gaussian_interval(self, design: Design, kind: str, level: float) -> tuple[np.ndarray, np.ndarray]:
+    def _gaussian_interval(self, design: RowDesign, kind: str, level: float) -> tuple[np.ndarray, np.ndarray]:
+        gaussian = self.uncertainty.gaussian()
+        assert gaussian is not None
         R = self.layout_row_matrix(design)
-        se = np.sqrt(self.gaussian.std_errors(R) ** 2 + self.new_group_sd(design) ** 2)
+        se = np.sqrt(gaussian.std_errors(R) ** 2 + self.new_group_sd(design) ** 2)
         if kind == "prediction" and self.sigma is not None:
             se = np.sqrt(se**2 + self.sigma**2)
         eta = np.asarray(R @ self.theta).ravel()
-        q = self.gaussian.quantile(level)
+        q = gaussian.quantile(level)
         return eta - q * se, eta + q * se
 
-    def layout_row_matrix(self, design: Design) -> sparse.csr_matrix:
+    def layout_row_matrix(self, design: RowDesign) -> sparse.csr_matrix:
         """Sparse ``R`` with ``eta = R @ theta`` for the rows of ``design``."""
         return self.layout.row_matrix(design)
 

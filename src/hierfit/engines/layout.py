@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from hierfit.design import NATIONAL_LEVEL, Design
+from hierfit.design import NATIONAL_LEVEL, Design, RowDesign
 from hierfit.design.hierarchy import Hierarchy
 from hierfit.formula import INTERCEPT
 
@@ -75,7 +75,7 @@ class ParameterLayout:
         return theta[..., :p], b
 
     # -- the linear maps -------------------------------------------------------------------
-    def row_matrix(self, design: Design) -> sparse.csr_matrix:
+    def row_matrix(self, design: RowDesign) -> sparse.csr_matrix:
         """Sparse ``R`` with ``eta = R @ theta`` for the rows of ``design`` (unseen groups: 0).
 
         Examples
@@ -149,7 +149,7 @@ class ParameterLayout:
         table = pd.DataFrame(rows)
         return table, M
 
-    def contributions(self, design: Design, beta: np.ndarray, b: list[np.ndarray]) -> pd.DataFrame:
+    def contributions(self, design: RowDesign, beta: np.ndarray, b: list[np.ndarray]) -> pd.DataFrame:
         """Per row: national, each term's coefficient parts, population (non-intercept) part."""
         out: dict[str, np.ndarray] = {}
         beta = np.asarray(beta, dtype=float)
@@ -169,7 +169,7 @@ class ParameterLayout:
         out["population"] = design.X[:, mask] @ beta[mask] if mask.any() else np.zeros(design.n)
         return pd.DataFrame(out)
 
-    def eta_draws(self, design: Design, theta_draws: np.ndarray, rows: slice) -> np.ndarray:
+    def eta_draws(self, design: RowDesign, theta_draws: np.ndarray, rows: slice) -> np.ndarray:
         """Linear predictor draws ``(n_draws, n_rows_in_slice)`` for a block of rows."""
         beta, b = self.unflatten(theta_draws)
         eta = beta @ design.X[rows].T

@@ -25,7 +25,7 @@ import pandas as pd
 from scipy import linalg, sparse
 
 from hierfit.checks import Diagnostic
-from hierfit.design import Design
+from hierfit.design import Design, RowDesign
 from hierfit.engines.base import VARIANCE_COLUMNS, ExactGaussian, GaussianCoefficients, LinearEngineFit
 from hierfit.exceptions import SpecError
 from hierfit.model import ModelSpec
@@ -53,7 +53,7 @@ class OlsFit(LinearEngineFit):
         """The effects-coded coefficients and their covariance."""
         return {"coefficients": self.coefficients, "cov": self.gaussian.cov if self.gaussian else None}
 
-    def native_linear_predictor(self, design: Design) -> np.ndarray:
+    def native_linear_predictor(self, design: RowDesign) -> np.ndarray:
         """``C gamma``: the effects-coded columns times their least-squares coefficients.
 
         Only for rows whose groups were all seen in fitting (the coding has no column for a
@@ -65,7 +65,7 @@ class OlsFit(LinearEngineFit):
         return np.asarray(C @ self.coefficients.to_numpy()).ravel()
 
 
-def effects_coding(design: Design) -> tuple[sparse.csr_matrix, sparse.csr_matrix, list[str]]:
+def effects_coding(design: RowDesign) -> tuple[sparse.csr_matrix, sparse.csr_matrix, list[str]]:
     """Columns ``C`` (n × m) and map ``K`` (flat parameter vector ← effects coefficients).
 
     ``K`` has one row per entry of the flat vector ``[beta, b_0, b_1, ...]``: beta entries map

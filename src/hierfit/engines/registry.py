@@ -11,7 +11,7 @@ import importlib
 import importlib.util
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Literal
+from typing import Any, Literal
 
 from hierfit.exceptions import EngineError, SpecError
 from hierfit.model import ModelSpec
@@ -79,7 +79,7 @@ class EngineEntry:
             )
         return importlib.import_module(self.module)
 
-    def fast_options(self) -> dict[str, object]:
+    def fast_options(self) -> dict[str, Any]:
         """A copy of the engine module's ``FAST_OPTIONS`` (quick-fit settings; empty if none)."""
         return dict(getattr(self.load(), "FAST_OPTIONS", None) or {})
 

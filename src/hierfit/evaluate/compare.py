@@ -220,6 +220,7 @@ def _quiet_fit(design, name: str, checks, opts: Mapping[str, Any]):
 
 
 def _run_fold(comp: Comparison, spec: ModelSpec, data: pd.DataFrame, name: str, k: int, checks, opts) -> None:
+    assert comp.fold_of_row is not None
     test = comp.fold_of_row == k
     train_data, test_data = data.iloc[~test], data.iloc[test]
     try:
@@ -306,7 +307,7 @@ class _Progress:
         if self.enabled:
             self._progress.advance(self._task, steps)
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         if self.enabled:
             self._progress.update(self._task, description="done")
             self._progress.__exit__(*exc)

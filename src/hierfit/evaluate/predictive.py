@@ -67,17 +67,27 @@ class Predictive:
     def available(self) -> bool:
         return self.method != "none"
 
+    @property
+    def _means(self) -> np.ndarray:
+        assert self.mu_draws is not None, "a 'draws' predictive carries its draws"
+        return self.mu_draws
+
+    @property
+    def _scale(self) -> np.ndarray:
+        assert self.scale is not None, "a 't'/'normal'/'interval' predictive carries its scale"
+        return self.scale
+
     def logpdf(self, y: np.ndarray) -> np.ndarray:
         """Log predictive density (mass for discrete families) of each observed ``y``."""
         y = np.asarray(y, dtype=float)
         if self.method == "none":
             return np.full(len(y), np.nan)
         if self.method == "draws":
-            lp = self.family.logpdf(y[None, :], self.mu_draws, self.trials, _per_draw(self.sigma_draws))
+            lp = self.family.logpdf(y[None, :], self._means, self.trials, _per_draw(self.sigma_draws))
             return special.logsumexp(lp, axis=0) - np.log(lp.shape[0])
         if self.method == "plugin":
             return self.family.logpdf(y, self.mean, self.trials, None)
-        return stats.t.logpdf(y, self.df, loc=self.mean, scale=self.scale)
+        return stats.t.logpdf(y, self.df, loc=self.mean, scale=self._scale)
 
     def cdf(self, y: np.ndarray) -> np.ndarray | None:
         """Predictive CDF at ``y`` (probability integral transform); continuous outcomes only."""
@@ -85,9 +95,9 @@ class Predictive:
         if self.family.discrete or self.method in ("none", "plugin"):
             return None
         if self.method == "draws":
-            sd = self.sigma_draws if self.sigma_draws is not None else np.ones(len(self.mu_draws))
-            return stats.norm.cdf((y[None, :] - self.mu_draws) / sd[:, None]).mean(axis=0)
-        return stats.t.cdf(y, self.df, loc=self.mean, scale=self.scale)
+            sd = self.sigma_draws if self.sigma_draws is not None else np.ones(len(self._means))
+            return stats.norm.cdf((y[None, :] - self._means) / sd[:, None]).mean(axis=0)
+        return stats.t.cdf(y, self.df, loc=self.mean, scale=self._scale)
 
     def sample(self, n_rep: int, rng: np.random.Generator) -> np.ndarray | None:
         """``(n_rep, n)`` replicated outcomes, or ``None`` without a distribution."""
@@ -95,14 +105,14 @@ class Predictive:
         if self.method == "none":
             return None
         if self.method == "draws":
-            pick = rng.integers(0, len(self.mu_draws), n_rep)
-            mu = self.mu_draws[pick]
+            pick = rng.integers(0, len(self._means), n_rep)
+            mu = self._means[pick]
             disp = None if self.sigma_draws is None else self.sigma_draws[pick]
             return self.family.sample(rng, mu, self.trials, _per_draw(disp))
         if self.method == "plugin":
             return self.family.sample(rng, np.broadcast_to(self.mean, (n_rep, n)), self.trials, None)
         noise = rng.standard_t(self.df, (n_rep, n)) if np.isfinite(self.df) else rng.standard_normal((n_rep, n))
-        return self.mean + noise * self.scale
+        return self.mean + noise * self._scale
 
 
 def predictive(result, data: pd.DataFrame) -> Predictive:
@@ -134,9 +144,10 @@ def predictive(result, data: pd.DataFrame) -> Predictive:
         # as a fixed offset so draws of the linear part still centre on the prediction.
         offset = eta - np.asarray(R @ ef.theta).ravel()
         new_sd = ef.new_group_sd(design)
-        if _plain_draws(ef, offset):
-            keep = _thin(len(ef.draws))
-            eta_d = ef.layout.eta_draws(design, ef.draws[keep], slice(None)) + offset
+        draws = ef.draws
+        if draws is not None and _plain_draws(ef, offset):
+            keep = _thin(len(draws))
+            eta_d = ef.layout.eta_draws(design, draws[keep], slice(None)) + offset
             if new_sd.any():
                 # rows of unseen groups: each draw also draws the new group's own effect, as the
                 # intervals do (its mean is 0, its variance the fitted variance components)

@@ -40,6 +40,8 @@ from hierfit.exceptions import DataError, SpecError
 __all__ = ["FAMILIES", "LINKS", "Family", "Link", "get_family", "get_link"]
 
 Array = np.ndarray
+#: a dispersion: one number, one per draw or row (broadcast against ``mu``), or none
+Dispersion = np.ndarray | float | None
 #: Probabilities are kept this far from 0 and 1 (R's binomial links clamp the same way).
 _EPS = float(np.finfo(float).eps)
 #: Largest linear predictor the log link exponentiates (beyond it the mean overflows).
@@ -109,29 +111,29 @@ def _ones_like(mu: Array) -> Array:
     return np.ones_like(np.asarray(mu, dtype=float))
 
 
-def _gauss_logpdf(y: Array, mu: Array, trials: Array, disp: Array | None) -> Array:
+def _gauss_logpdf(y: Array, mu: Array, trials: Array, disp: Dispersion) -> Array:
     return stats.norm.logpdf(y, mu, 1.0 if disp is None else disp)
 
 
-def _gauss_sample(rng: np.random.Generator, mu: Array, trials: Array, disp: Array | None) -> Array:
+def _gauss_sample(rng: np.random.Generator, mu: Array, trials: Array, disp: Dispersion) -> Array:
     sd = 1.0 if disp is None else disp
     return mu + rng.standard_normal(np.shape(mu)) * sd
 
 
-def _binom_logpdf(y: Array, mu: Array, trials: Array, disp: Array | None) -> Array:
+def _binom_logpdf(y: Array, mu: Array, trials: Array, disp: Dispersion) -> Array:
     p = _clip_p(mu)
     log_choose = special.gammaln(trials + 1) - special.gammaln(y + 1) - special.gammaln(trials - y + 1)
     return log_choose + special.xlogy(y, p) + special.xlog1py(trials - y, -p)
 
 
-def _binom_deviance(y: Array, mu: Array, trials: Array, disp: Array | None) -> Array:
+def _binom_deviance(y: Array, mu: Array, trials: Array, disp: Dispersion) -> Array:
     p = _clip_p(mu)
     fit = trials * p
     return 2.0 * (special.xlogy(y, y / np.where(fit > 0, fit, 1.0))
                   + special.xlogy(trials - y, (trials - y) / np.where(trials - fit > 0, trials - fit, 1.0)))
 
 
-def _binom_sample(rng: np.random.Generator, mu: Array, trials: Array, disp: Array | None) -> Array:
+def _binom_sample(rng: np.random.Generator, mu: Array, trials: Array, disp: Dispersion) -> Array:
     if np.all(trials == 1):
         # one uniform per draw: the same stream whether or not the rows carry trials
         return (rng.random(np.shape(mu)) < mu).astype(float)
@@ -143,32 +145,32 @@ def _binom_start(y: Array, trials: Array) -> Array:
     return (y + 0.5) / (trials + 1.0)  # R's binomial()$initialize
 
 
-def _pois_logpdf(y: Array, mu: Array, trials: Array, disp: Array | None) -> Array:
+def _pois_logpdf(y: Array, mu: Array, trials: Array, disp: Dispersion) -> Array:
     return special.xlogy(y, mu) - mu - special.gammaln(y + 1)
 
 
-def _pois_deviance(y: Array, mu: Array, trials: Array, disp: Array | None) -> Array:
+def _pois_deviance(y: Array, mu: Array, trials: Array, disp: Dispersion) -> Array:
     return 2.0 * (special.xlogy(y, y / mu) - (y - mu))
 
 
-def _nb_theta(disp: Array | None) -> Array:
+def _nb_theta(disp: Dispersion) -> Array:
     if disp is None:
         raise SpecError("The negative-binomial family needs its size 'theta' (the dispersion); none was given.")
     return np.asarray(disp, dtype=float)
 
 
-def _nb_logpdf(y: Array, mu: Array, trials: Array, disp: Array | None) -> Array:
+def _nb_logpdf(y: Array, mu: Array, trials: Array, disp: Dispersion) -> Array:
     th = _nb_theta(disp)
     return (special.gammaln(y + th) - special.gammaln(th) - special.gammaln(y + 1)
             + th * (np.log(th) - np.log(th + mu)) + special.xlogy(y, mu) - special.xlogy(y, th + mu))
 
 
-def _nb_deviance(y: Array, mu: Array, trials: Array, disp: Array | None) -> Array:
+def _nb_deviance(y: Array, mu: Array, trials: Array, disp: Dispersion) -> Array:
     th = _nb_theta(disp)
     return 2.0 * (special.xlogy(y, y / mu) - (y + th) * np.log((y + th) / (mu + th)))
 
 
-def _nb_sample(rng: np.random.Generator, mu: Array, trials: Array, disp: Array | None) -> Array:
+def _nb_sample(rng: np.random.Generator, mu: Array, trials: Array, disp: Dispersion) -> Array:
     th = np.broadcast_to(_nb_theta(disp), np.shape(mu))
     return rng.negative_binomial(th, th / (th + mu)).astype(float)
 
@@ -222,12 +224,12 @@ class Family:
     discrete: bool
     normal_errors: bool
     _bad: Callable[[Array, Array], Array]
-    _variance: Callable[[Array, Array | None], Array]
-    _deviance: Callable[[Array, Array, Array, Array | None], Array]
-    _logpdf: Callable[[Array, Array, Array, Array | None], Array]
-    _sample: Callable[[np.random.Generator, Array, Array, Array | None], Array]
+    _variance: Callable[[Array, Dispersion], Array]
+    _deviance: Callable[[Array, Array, Array, Dispersion], Array]
+    _logpdf: Callable[[Array, Array, Array, Dispersion], Array]
+    _sample: Callable[[np.random.Generator, Array, Array, Dispersion], Array]
     _start: Callable[[Array, Array], Array]
-    _phi: Callable[[Array | None], Array | float] = lambda d: 1.0
+    _phi: Callable[[Dispersion], Array | float] = lambda d: 1.0
     mean_range: tuple[float, float] = (-np.inf, np.inf)
 
     def __reduce__(self) -> tuple[object, tuple[str, str]]:
@@ -262,16 +264,16 @@ class Family:
         return replace(self, link=get_link(name))
 
     # -- numbers ----------------------------------------------------------------------
-    def variance(self, mu: Array, dispersion: Array | None = None) -> Array:
+    def variance(self, mu: Array, dispersion: Dispersion = None) -> Array:
         """Variance function ``V(mu)`` per trial (R's ``family$variance``; gaussian: 1)."""
         return self._variance(np.asarray(mu, dtype=float), dispersion)
 
-    def unit_deviance(self, y: Array, mu: Array, trials: Array | None = None, dispersion: Array | None = None) -> Array:
+    def unit_deviance(self, y: Array, mu: Array, trials: Array | None = None, dispersion: Dispersion = None) -> Array:
         """Per-row deviance ``2 (loglik_saturated - loglik)`` (gaussian: ``(y - mu)^2``)."""
         y = np.asarray(y, dtype=float)
         return self._deviance(y, np.asarray(mu, dtype=float), _trials(trials, y), dispersion)
 
-    def logpdf(self, y: Array, mu: Array, trials: Array | None = None, dispersion: Array | None = None) -> Array:
+    def logpdf(self, y: Array, mu: Array, trials: Array | None = None, dispersion: Dispersion = None) -> Array:
         """Per-row log-density (the binomial coefficient included, as R's ``dbinom``)."""
         y = np.asarray(y, dtype=float)
         return self._logpdf(y, np.asarray(mu, dtype=float), _trials(trials, y), dispersion)
@@ -281,18 +283,18 @@ class Family:
         lo, hi = self.mean_range
         return np.clip(mu, lo + margin if np.isfinite(lo) else -np.inf, hi - margin if np.isfinite(hi) else np.inf)
 
-    def scale_factor(self, dispersion: Array | None) -> Array | float:
+    def scale_factor(self, dispersion: Dispersion) -> Array | float:
         """``phi`` with ``Var(y) = phi * trials * V(mu)``: ``sigma^2`` for gaussian, else 1."""
         return self._phi(dispersion)
 
-    def fisher_weights(self, eta: Array, trials: Array | None = None, dispersion: Array | None = None) -> Array:
+    def fisher_weights(self, eta: Array, trials: Array | None = None, dispersion: Dispersion = None) -> Array:
         """Per-row Fisher information on the link scale: ``trials mu_eta^2 / (phi V(mu))``."""
         eta = np.asarray(eta, dtype=float)
         mu = self.link.inverse(eta)
         d = self.link.mu_eta(eta)
         return _trials(trials, eta) * d * d / (self.variance(mu, dispersion) * self._phi(dispersion))
 
-    def score(self, y: Array, eta: Array, trials: Array | None = None, dispersion: Array | None = None) -> Array:
+    def score(self, y: Array, eta: Array, trials: Array | None = None, dispersion: Dispersion = None) -> Array:
         """Per-row derivative of the log-likelihood with respect to the linear predictor."""
         eta = np.asarray(eta, dtype=float)
         mu = self.link.inverse(eta)
@@ -300,7 +302,7 @@ class Family:
         return (np.asarray(y, dtype=float) - n * mu) * self.link.mu_eta(eta) / (self.variance(mu, dispersion) * self._phi(dispersion))
 
     def sample(self, rng: np.random.Generator, mu: Array, trials: Array | None = None,
-               dispersion: Array | None = None) -> Array:
+               dispersion: Dispersion = None) -> Array:
         """Draw outcomes with mean ``trials * mu`` (shapes broadcast)."""
         mu = np.asarray(mu, dtype=float)
         return self._sample(rng, mu, _trials(trials, mu), dispersion)

@@ -18,6 +18,7 @@ Prior(distribution='normal', params=(('mu', 0.0), ('sigma', 2.5)))
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hierfit.exceptions import SpecError
@@ -65,7 +66,7 @@ def lkj(eta: float = 2.0) -> Prior:
     return Prior("lkj", (("eta", float(_positive(eta, "eta"))),))
 
 
-def validate_priors(priors: dict[str, Prior]) -> dict[str, Prior]:
+def validate_priors(priors: Mapping[str, Prior]) -> dict[str, Prior]:
     """Check target names and value types; return a plain dict."""
     out: dict[str, Prior] = {}
     for target, prior in dict(priors).items():

@@ -47,7 +47,7 @@ class DecompositionDisplay:
         """
         if rows is None:
             rng = np.random.default_rng(seed)
-            rows = np.sort(rng.choice(len(data), size=min(n, len(data)), replace=False))
+            rows = [int(r) for r in np.sort(rng.choice(len(data), size=min(n, len(data)), replace=False))]
         rows = list(rows)
         if not rows or len(rows) > MAX_ROWS:
             raise SpecError(f"Choose between 1 and {MAX_ROWS} rows to decompose; got {len(rows)}.")

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from typing import Any
+
 import numpy as np
 
 from hierfit.exceptions import SpecError

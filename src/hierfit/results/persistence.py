@@ -35,7 +35,7 @@ def save_fit(result: FitResult, path: Path) -> Path:
     }
     (path / "hierfit.json").write_text(json.dumps(meta, indent=2))
     with open(path / "result.pkl", "wb") as fh:
-        pickle.dump(replace(result, engine_fit=None), fh, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(replace(result, engine_fit=None), fh, protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[arg-type]
     return path
 
 

@@ -7,8 +7,9 @@ predictive density (PSIS-LOO or WAIC, through ArviZ).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,7 @@ class PPC:
 
     def summary(self) -> pd.DataFrame:
         """Mean, SD and quantiles of the data vs the replications, with posterior predictive p-values."""
-        stats = {
+        stats: dict[str, Callable[..., Any]] = {
             "mean": np.mean,
             "sd": np.std,
             "q05": lambda a, axis=None: np.quantile(a, 0.05, axis=axis),
@@ -141,4 +142,4 @@ def compare_loo(results: Mapping[str, object] | Sequence[object], *, ic: str = "
     sizes = {name: int(i.log_likelihood.sizes["obs"]) for name, i in idatas.items()}
     if len(set(sizes.values())) > 1:
         raise SpecError(f"compare_loo() compares fits of the same rows; the fits have {sizes} rows.")
-    return az.compare(idatas, ic=ic)
+    return az.compare(idatas, ic=ic)  # type: ignore[arg-type]  # 'ic' was checked above

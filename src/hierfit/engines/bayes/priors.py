@@ -141,7 +141,8 @@ def resolve_priors(design: Design) -> ResolvedPriors:
             sx = float(np.std(col))
             scale = 2.5 * s_y / sx if sx > 0 else 2.5 * s_y
             beta.append(pick(f"b:{name}", [f"b:{name}", "b"], normal(0.0, _round(scale)), LOCATION_PRIORS))
-    sds, cors = [], []
+    sds: list[tuple[Prior, ...]] = []
+    cors: list[Prior | None] = []
     for td in design.terms:
         term_sds = []
         for j, c in enumerate(td.coefficients):

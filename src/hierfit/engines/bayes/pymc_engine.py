@@ -197,6 +197,7 @@ def build_model(design: Design, structure: BayesStructure, likelihood: str, md: 
         lambdas = []
         for t, sd_priors, cor in zip(structure.terms, pri.sd, pri.cor):
             if t.correlated:
+                assert cor is not None, "a correlated term has its LKJ prior"
                 chol, _, _ = pm.LKJCholeskyCov(
                     f"chol_{t.name}", n=t.k, eta=cor.param("eta"), sd_dist=_vector_dist(sd_priors), compute_corr=True
                 )
@@ -205,6 +206,7 @@ def build_model(design: Design, structure: BayesStructure, likelihood: str, md: 
                 lambdas.append(pt.diag(_vector_rv(f"sd_{t.name}", sd_priors, True)))
         sigma = _named("sigma", pri.sigma, True) if pri.sigma is not None else None
         if likelihood == "marginal":
+            assert md is not None, "the marginal model needs its summaries"
             beta_S = _vector_rv("beta", tuple(pri.beta[j] for j in structure.sampled_beta), False)
             loglik = marginal_loglik_op(md, structure)
             pm.Potential("marginal_loglik", loglik(sigma, lambdas, beta_S) - 0.5 * md.n * np.log(2 * np.pi))
@@ -215,6 +217,7 @@ def build_model(design: Design, structure: BayesStructure, likelihood: str, md: 
             z = pm.Normal(f"z_{t.name}", 0.0, 1.0, shape=(t.n_groups, t.k))
             bs.append(pt.dot(z, lam.T))
         if likelihood == "suffstats":
+            assert md is not None and sigma is not None, "the sufficient-statistics model needs its summaries and sigma"
             u = pt.concatenate([beta] + [b.reshape((-1,)) for b in bs])
             quad = md.yty - 2 * pt.dot(u, md.Wty) + pt.dot(u, pt.dot(md.M, u))
             pm.Potential("loglik", -0.5 * md.n * pt.log(2 * np.pi * sigma**2) - quad / (2 * sigma**2))
@@ -302,11 +305,11 @@ def _sample(model, options: OPTIONS, sampler: str, initvals: list[dict]):
         )
 
 
-def _posterior_arrays(idata, structure: BayesStructure, likelihood: str) -> dict[str, np.ndarray]:
+def _posterior_arrays(idata: Any, structure: BayesStructure, likelihood: str) -> dict[str, Any]:
     """Flatten chains: sigma, Λ_t per term, sampled betas, and (non-marginal) b draws."""
     post = idata.posterior
     flat = lambda name: np.asarray(post[name]).reshape(-1, *post[name].shape[2:])  # noqa: E731
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, Any] = {}
     out["sigma"] = flat("sigma") if structure.priors.sigma is not None else None
     lambdas = []
     for t in structure.terms:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hierfit.design import Design
+from hierfit.design import Design, RowDesign
 from hierfit.engines.base import VARIANCE_COLUMNS, Draws, LinearEngineFit, PosteriorDraws
 from hierfit.engines.bayes.diagnostics import sampler_diagnostics
 from hierfit.engines.bayes.marginal import MarginalData, conditional_draws
@@ -43,7 +43,13 @@ class BayesFit(LinearEngineFit):
         self.new_groups = new_groups
         self.lambda_draws = lambda_draws
 
-    def native_linear_predictor(self, design: Design) -> np.ndarray:
+    @property
+    def stan_code(self) -> str | None:
+        """The generated Stan program (``stan`` engine), else ``None``."""
+        code = self.info.get("stan_code")
+        return None if code is None else str(code)
+
+    def native_linear_predictor(self, design: RowDesign) -> np.ndarray:
         """The posterior mean of the linear predictor, averaged over the draws row by row."""
         assert self.draws is not None
         return self.layout.eta_draws(design, self.draws, slice(None)).mean(axis=0)
@@ -89,21 +95,22 @@ class BayesFit(LinearEngineFit):
 
     # unseen groups: "sample" draws each one's effect from the group distribution of every
     # posterior draw (the Bayesian predictive); "parent" gives the parent's interval alone.
-    def new_group_sd(self, design: Design) -> np.ndarray:
+    def new_group_sd(self, design: RowDesign) -> np.ndarray:
         if self.new_groups == "parent":
             return np.zeros(design.n)
         return super().new_group_sd(design)
 
-    def _draw_interval(self, design: Design, kind: str, alpha: float, family) -> tuple[np.ndarray, np.ndarray]:
+    def _draw_interval(self, design: RowDesign, kind: str, alpha: float, family: Family) -> tuple[np.ndarray, np.ndarray]:
         unseen = any((design.group_index[t.level] < 0).any() for t in design.terms)
-        if self.new_groups != "sample" or not unseen:
+        draws = self.draws
+        if self.new_groups != "sample" or not unseen or draws is None:
             return super()._draw_interval(design, kind, alpha, family)
         rng = np.random.default_rng(self.seed + 1)
         lower, upper = np.empty(design.n), np.empty(design.n)
-        chunk = max(1, 2_000_000 // max(len(self.draws), 1))
+        chunk = max(1, 2_000_000 // max(len(draws), 1))
         for start in range(0, design.n, chunk):
             rows = slice(start, min(start + chunk, design.n))
-            eta = self.layout.eta_draws(design, self.draws, rows)
+            eta = self.layout.eta_draws(design, draws, rows)
             for td, lam in zip(design.terms, self.lambda_draws):
                 new = np.flatnonzero(design.group_index[td.level][rows] < 0)
                 if new.size:
@@ -134,7 +141,7 @@ def _posterior_dataset(design: Design, structure: BayesStructure, flat: np.ndarr
     layout = ParameterLayout.from_design(design)
     beta, bs = layout.unflatten(flat)
     coords: dict = {"chain": np.arange(chains), "draw": np.arange(draws), "coef": list(structure.x_names)}
-    data = {"beta": (("chain", "draw", "coef"), beta.reshape(chains, draws, -1))}
+    data: dict[str, tuple[tuple[str, ...], np.ndarray]] = {"beta": (("chain", "draw", "coef"), beta.reshape(chains, draws, -1))}
     for t, b, lam in zip(structure.terms, bs, arrays["lambdas"]):
         coords[f"{t.name}_group"] = list(design.hierarchy.level(t.level).groups)
         coords[f"{t.name}_coef"] = list(t.coefficients)
@@ -212,6 +219,7 @@ def assemble_fit(
     layout = ParameterLayout.from_design(design)
     sigma = arrays.get("sigma")
     if "beta_S" in arrays:
+        assert md is not None and sigma is not None, "the marginal model carries its data and sigma"
         flat = conditional_draws(md, structure, sigma, arrays["lambdas"], arrays["beta_S"], rng)
     else:
         flat = layout.flatten(arrays["beta"], arrays["b"])

@@ -276,8 +276,8 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BayesFit:
             "sampling_seconds": sampling_seconds,
             "compile_seconds": build_seconds,
             "compiled": compiled,
+            "stan_code": code,
         },
         max_treedepth=options.max_treedepth,
     )
-    result.stan_code = code
     return result

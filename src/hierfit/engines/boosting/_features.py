@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hierfit.design import Design
+from hierfit.design import Design, RowDesign
 from hierfit.design.hierarchy import Hierarchy
 from hierfit.exceptions import SpecError
 from hierfit.formula import INTERCEPT
@@ -129,7 +129,7 @@ class FeatureMap:
         start = len(self.x_columns)
         return list(range(start, start + len(self.levels)))
 
-    def matrix(self, design: Design, rows: np.ndarray | slice | None = None, codes: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    def matrix(self, design: RowDesign, rows: np.ndarray | slice | None = None, codes: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Feature matrix for ``rows`` of ``design``; ``codes`` overrides the group indices."""
         sel = slice(None) if rows is None else rows
         X = design.X[sel][:, list(self.x_columns)]

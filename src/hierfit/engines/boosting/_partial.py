@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from hierfit.design import Design
+from hierfit.design import Design, RowDesign
 from hierfit.design.hierarchy import Hierarchy
 from hierfit.engines.boosting._features import FeatureMap
 
@@ -78,7 +78,7 @@ class PathAverager:
         self.members.append([(np.array([g]), np.ones(1)) for g in range(n_paths)])
         self._ancestors = [[hierarchy.ancestor_index(lv.name, up.name) for up in levels[: i + 1]] for i, lv in enumerate(levels)]
 
-    def parts(self, design: Design, predict: Callable[[np.ndarray], np.ndarray], rows: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def parts(self, design: RowDesign, predict: Callable[[np.ndarray], np.ndarray], rows: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Per row: ``A_root`` and each level's change ``A_l(own) - A_{l-1}(own parent)``.
 
         A level whose group is unseen (index -1) -- and every level below it -- contributes 0,
@@ -126,7 +126,7 @@ class PathAverager:
             values[l + 1] = np.where(have, values[l + 1], values[l])
         return root, out
 
-    def _run(self, design: Design, predict: Callable[[np.ndarray], np.ndarray], rows: np.ndarray, batch: list, values: np.ndarray) -> None:
+    def _run(self, design: RowDesign, predict: Callable[[np.ndarray], np.ndarray], rows: np.ndarray, batch: list, values: np.ndarray) -> None:
         blocks = []
         for local, union, _ in batch:
             rep = np.repeat(rows[local], len(union))

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from hierfit.checks import Diagnostic
-from hierfit.design import Design
+from hierfit.design import Design, RowDesign
 from hierfit.design.build import TermDesign
 from hierfit.engines.base import BaseEngineFit, EngineFit, parse_options
 from hierfit.engines.boosting._booster import (
@@ -116,7 +116,7 @@ class BoostedMixedFit(BaseEngineFit):
         self.statistics = statistics
         self.diagnostics = diagnostics
 
-    def nonlinear(self, design: Design) -> np.ndarray:
+    def nonlinear(self, design: RowDesign) -> np.ndarray:
         """``f(x) - c`` for the rows of ``design``."""
         return tree_scores(self.booster, self.features.matrix(design), self.num_iteration) - self.centre
 
@@ -130,12 +130,12 @@ class BoostedMixedFit(BaseEngineFit):
     def group_effects(self, level: float) -> pd.DataFrame:
         return self.effects.group_effects(level)
 
-    def contributions(self, design: Design) -> pd.DataFrame:
+    def contributions(self, design: RowDesign) -> pd.DataFrame:
         parts = self.effects.contributions(design)
         parts["nonlinear"] = self.nonlinear(design)
         return parts
 
-    def interval(self, design: Design, kind: str, level: float) -> tuple[np.ndarray, np.ndarray] | None:
+    def interval(self, design: RowDesign, kind: str, level: float) -> tuple[np.ndarray, np.ndarray] | None:
         """The effects step's intervals shifted by ``f`` (identity link; ``f`` taken as known)."""
         bounds = self.effects.interval(design, kind, level)
         if bounds is None:
@@ -147,7 +147,7 @@ class BoostedMixedFit(BaseEngineFit):
         """``{"booster": LightGBM Booster of f, "effects": the effects engine's own object}``."""
         return {"booster": self.booster, "effects": self.effects.native()}
 
-    def native_linear_predictor(self, design: Design) -> np.ndarray:
+    def native_linear_predictor(self, design: RowDesign) -> np.ndarray:
         """The effects engine's own predictor plus the booster's centred raw score."""
         return self.effects.native_linear_predictor(design) + self.nonlinear(design)
 

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from hierfit.checks import Diagnostic
-from hierfit.design import NATIONAL_LEVEL, Design
+from hierfit.design import NATIONAL_LEVEL, Design, RowDesign
 from hierfit.engines.base import (
     FIXED_COLUMNS,
     GROUP_COLUMNS,
@@ -165,7 +165,7 @@ class LightGBMFit(BaseEngineFit):
         return table[GROUP_COLUMNS]
 
     # -- rows -------------------------------------------------------------------------------
-    def contributions(self, design: Design) -> pd.DataFrame:
+    def contributions(self, design: RowDesign) -> pd.DataFrame:
         root, parts = self.averager.parts(design, self.predict_raw, np.arange(design.n))
         eta = root + sum(parts.values())
         _, b = self.layout.unflatten(self.theta)
@@ -187,7 +187,7 @@ class LightGBMFit(BaseEngineFit):
         """The LightGBM ``Booster``."""
         return self.booster
 
-    def native_linear_predictor(self, design: Design) -> np.ndarray:
+    def native_linear_predictor(self, design: RowDesign) -> np.ndarray:
         """The booster's raw score (link scale) on the design's feature matrix."""
         return self.predict_raw(self.features.matrix(design))
 

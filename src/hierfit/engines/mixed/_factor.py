@@ -164,8 +164,8 @@ class System:
                     if seg.start < off:
                         continue
                     r0, w = seg.start - off, seg.m * seg.K
-                    blk = s[0, r0:r0 + w, :].reshape(seg.m, seg.K, W)
-                    s[0, r0:r0 + w, :] = (Ts[seg.factor].T @ blk).reshape(w, W)
+                    seg_rows = s[0, r0:r0 + w, :].reshape(seg.m, seg.K, W)
+                    s[0, r0:r0 + w, :] = (Ts[seg.factor].T @ seg_rows).reshape(w, W)
             if lvl < self.n_random:
                 idx = np.arange(K)
                 s[:, idx, idx] += 1.0

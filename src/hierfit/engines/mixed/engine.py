@@ -22,7 +22,7 @@ import pandas as pd
 from scipy import stats
 
 from hierfit.checks import Diagnostic
-from hierfit.design import Design
+from hierfit.design import Design, RowDesign
 from hierfit.engines.base import FIXED_COLUMNS, GROUP_COLUMNS, Draws, LazyDraws, LinearEngineFit, variance_table
 from hierfit.engines.mixed.lmm import LmmSolution, RandomBlock, fit_lmm
 from hierfit.exceptions import SpecError
@@ -100,7 +100,7 @@ class MixedFit(LinearEngineFit):
     def native(self) -> LmmSolution:
         return self.solution
 
-    def native_linear_predictor(self, design: Design) -> np.ndarray:
+    def native_linear_predictor(self, design: RowDesign) -> np.ndarray:
         """``X beta + Z b`` from the solver's solution (conditional modes; unseen groups add 0)."""
         eta = design.X @ self.solution.beta
         for td, b in zip(design.terms, self.solution.ranef):
@@ -159,9 +159,9 @@ def _statistics(sol: LmmSolution) -> dict[str, float]:
         "bic": sol.bic,
         "n_evaluations": float(sol.n_evaluations),
     }
-    if sol.reml:
+    if sol.reml_criterion is not None:
         out["reml_criterion"] = float(sol.reml_criterion)
-    else:
+    if sol.deviance is not None:
         out["deviance"] = float(sol.deviance)
     return out
 

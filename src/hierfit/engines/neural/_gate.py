@@ -56,6 +56,7 @@ def nonlinear_gain(design: Design, model, scaling: Scaling, family: Family, reml
     def member_sigma(sigma: np.ndarray | None, m: int) -> float | None:
         return None if sigma is None else float(sigma[m])
 
+    sigma: np.ndarray | None
     if family.normal_errors and reml and design.terms:
         covs, sigma = reml_variances(design, g, train)
         covs0, sigma0 = reml_variances(design, zero, train)

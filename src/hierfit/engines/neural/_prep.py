@@ -11,6 +11,7 @@ parameters are mapped back exactly. The MLP gets its own standardised (centred) 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ def _rms(a: np.ndarray) -> np.ndarray:
     return np.where(s > 0, s, 1.0)
 
 
-def feature_matrix(design: Design, names: tuple[str, ...] | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
+def feature_matrix(design: RowDesign, names: tuple[str, ...] | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
     """MLP inputs: population columns except the intercept, then slope columns not among them."""
     cols: dict[str, np.ndarray] = {}
     for j, name in enumerate(design.x_names):
@@ -76,7 +77,7 @@ def make_scaling(design: Design, family: Family) -> Scaling:
     )
 
 
-def scaled_arrays(design: RowDesign, scaling: Scaling) -> dict[str, object]:
+def scaled_arrays(design: RowDesign, scaling: Scaling) -> dict[str, Any]:
     """Float32-ready arrays for one design (new data too): X, Z per term, features, indices."""
     F, _ = feature_matrix(design, scaling.feature_names)
     out: dict[str, object] = {
@@ -119,7 +120,7 @@ def validation_split(design: Design, how: str, fraction: float, rng: np.random.G
     order = rng.permutation(lv.n_groups)
     cum = np.cumsum(lv.sizes[order])
     # at least one group, and never all but one
-    k = int(min(max(1, np.searchsorted(cum, fraction * n) + 1), lv.n_groups - 1))
+    k = min(max(1, int(np.searchsorted(cum, fraction * n)) + 1), lv.n_groups - 1)
     held = np.zeros(lv.n_groups, dtype=bool)
     held[order[:k]] = True
     return held[design.group_index[level]]

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse, stats
 
-from hierfit.design import Design
+from hierfit.design import Design, RowDesign
 from hierfit.engines.base import LinearEngineFit
 from hierfit.model import Family
 
@@ -59,17 +59,17 @@ class NeuralFit(LinearEngineFit):
         self.spread = spread
 
     # -- rows -------------------------------------------------------------------------------
-    def nonlinear_members(self, design: Design, R: sparse.csr_matrix | None = None) -> np.ndarray:
+    def nonlinear_members(self, design: RowDesign, R: sparse.csr_matrix | None = None) -> np.ndarray:
         """Each member's identified nonlinear part ``g - R delta`` (members × rows)."""
         R = self.layout_row_matrix(design) if R is None else R
         return nonlinear_raw(self, design) - np.asarray(R @ self.delta.T).T
 
-    def contributions(self, design: Design) -> pd.DataFrame:
+    def contributions(self, design: RowDesign) -> pd.DataFrame:
         parts = super().contributions(design)
         parts["nonlinear"] = self.nonlinear_members(design).mean(axis=0)
         return parts
 
-    def native_linear_predictor(self, design: Design) -> np.ndarray:
+    def native_linear_predictor(self, design: RowDesign) -> np.ndarray:
         """The members' own predictors, averaged: each member's linear part gathered directly from
         its parameters plus its network's forward pass, less its identifying projection."""
         g = nonlinear_raw(self, design)
@@ -82,7 +82,7 @@ class NeuralFit(LinearEngineFit):
             eta = eta + np.where(known, np.einsum("ij,mij->mi", td.Z, picked), 0.0)
         return eta.mean(axis=0)
 
-    def interval(self, design: Design, kind: str, level: float) -> tuple[np.ndarray, np.ndarray] | None:
+    def interval(self, design: RowDesign, kind: str, level: float) -> tuple[np.ndarray, np.ndarray] | None:
         """Quantiles over the draws of ``R theta_d + nonlinear_{member(d)}`` (plus outcome noise).
 
         With only member draws (``bootstrap=True``, a handful), mean ± t_{M-1} × SD instead.
@@ -121,7 +121,7 @@ class NeuralFit(LinearEngineFit):
         half = tq * eta.std(axis=0, ddof=1) * self.spread
         if kind == "confidence":
             return family.inverse_link(center - half), family.inverse_link(center + half)
-        if family.normal_errors:
+        if family.normal_errors and self.sigma_draws is not None:
             noise = stats.norm.ppf(0.5 + level / 2) * float(np.sqrt(np.mean(self.sigma_draws**2)))
             total = np.sqrt(half**2 + noise**2)
             return center - total, center + total
@@ -197,7 +197,7 @@ class NeuralFit(LinearEngineFit):
         return fit
 
 
-def nonlinear_raw(fit: NeuralFit, design: Design) -> np.ndarray:
+def nonlinear_raw(fit: NeuralFit, design: RowDesign) -> np.ndarray:
     """The members' MLP output in data units (members × rows), before the projection."""
     # float64 inference: a row's value must not depend on its position in the batch
     # (float32 kernels can round differently at tile edges), so row order never matters
@@ -208,7 +208,7 @@ def nonlinear_raw(fit: NeuralFit, design: Design) -> np.ndarray:
     return network_output(module, fit.scaling, design)
 
 
-def network_output(module: Any, scaling: Any, design: Design) -> np.ndarray:
+def network_output(module: Any, scaling: Any, design: RowDesign) -> np.ndarray:
     """``module``'s MLP output for the rows of ``design``, in data units (members × rows)."""
     import torch
 

@@ -7,6 +7,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -80,7 +82,7 @@ class Batches:
         self.F = t(arrays["F"])
         self.term_index = [t(i, torch.long) for i in arrays["term_index"]]
         self.level_index = [t(i, torch.long) for i in arrays["level_index"]]
-        self.y = t(arrays["y"]) if "y" in arrays else None
+        self.y = t(arrays["y"])  # training batches: the design is a fitting design
 
     def eta(self, model: HierEnsemble, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return model(
@@ -89,7 +91,7 @@ class Batches:
 
 
 def model_config(design: Design, settings: Settings, n_features: int, family: Family) -> dict:
-    terms = [
+    terms: list[dict[str, Any]] = [
         {"n_groups": design.hierarchy.level(td.level).n_groups, "k": len(td.coefficients), "correlated": bool(td.term.correlated and len(td.coefficients) > 1)}
         for td in design.terms
     ]

@@ -286,7 +286,7 @@ def recovery_table(ranking: pd.DataFrame, truth_artists: pd.DataFrame, adjusted:
         mask = np.ones(len(merged), bool) if name == "all" else (bins == name).to_numpy()
         if not mask.any():
             continue
-        row: dict[str, object] = {"tracks_per_artist": name, "artists": int(mask.sum())}
+        row: dict[str, Any] = {"tracks_per_artist": name, "artists": int(mask.sum())}
         for col, err in errors.items():
             row[col] = float(np.sqrt(np.mean(np.asarray(err)[mask] ** 2)))
         row["ratio"] = row["rmse_pooled"] / row["rmse_raw_mean"]
