@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hierfit.design import build_design
+from hierfit.design import Design, build_design
 from hierfit.engines import ENGINES, get_engine
 from hierfit.evaluate.comparison import Comparison
 from hierfit.evaluate.metrics import recovery, score, truth_effects
@@ -112,50 +112,68 @@ def compare(
     fold_of_row = scheme.assign(spec, data)
     comp = Comparison(spec=spec, cv=scheme, level=level, engines=list(names), data=data.reset_index(drop=True), truth=true_effects)
     comp.fold_of_row = fold_of_row
-    start = time.perf_counter()
+    budget = _Budget(time_budget)
     with _Progress(progress, total=len(names) * (scheme.folds + 1)) as bar:
         # Quick engines first, each fitted and then cross-validated before the next starts,
         # so a time budget is spent on finishing engines rather than on starting them.
         for name in sorted(names, key=_expected_cost):
-            elapsed = time.perf_counter() - start
-            if time_budget is not None and comp.fits and time_budget - elapsed < _START_SHARE[_expected_cost(name)] * time_budget:
-                comp.notes.append(
-                    f"{name}: not fitted: {max(time_budget - elapsed, 0):.0f} s of the {time_budget:.0f} s budget were left at its turn"
-                    + (" (samplers, which may compile first, start only with a quarter of it left)." if _expected_cost(name) == 2 else ".")
-                )
-                bar.advance(scheme.folds + 1)
-                continue
-            bar.describe(f"{name}: fit on all {len(data)} rows")
-            try:
-                comp.fits[name] = _quiet_fit(design, name, checks, options.get(name, {}))
-            except Exception as exc:  # one failing engine must not sink the comparison
-                comp.failures[name] = _first_lines(exc)
-                bar.advance(scheme.folds + 1)
-                continue
-            bar.advance(1)
-            if truth is not None:
-                comp.recovery_parts.append(recovery(comp.fits[name], truth, engine=name, level=level))
-            estimate = comp.fits[name].timings.get("fit_seconds", 0.0) * scheme.folds
-            left = None if time_budget is None else time_budget - (time.perf_counter() - start)
-            if left is not None and estimate > left:
-                comp.notes.append(
-                    f"{name}: not cross-validated: {scheme.folds} folds would take about {estimate:.0f} s "
-                    f"and {max(left, 0):.0f} s of the {time_budget:.0f} s budget were left."
-                )
-                bar.advance(scheme.folds)
-                continue
-            for k in range(scheme.folds):
-                bar.describe(f"{name}: fold {k + 1}/{scheme.folds}")
-                try:
-                    _run_fold(comp, spec, data, name, k, checks, options.get(name, {}))
-                except Exception as exc:
-                    comp.failures[name] = f"fold {k + 1}: {_first_lines(exc)}"
-                    bar.advance(scheme.folds - k)
-                    break
-                bar.advance(1)
+            _fit_and_cross_validate(comp, design, data, name, checks, options.get(name, {}), truth, budget, bar)
     for name, message in comp.failures.items():
         warnings.warn(f"Engine {name!r} failed in compare(): {message}", HierfitWarning, stacklevel=2)
     return comp
+
+
+class _Budget:
+    """Seconds left of an optional time budget, from its start."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.start = time.perf_counter()
+
+    def left(self) -> float | None:
+        return None if self.seconds is None else self.seconds - (time.perf_counter() - self.start)
+
+
+def _fit_and_cross_validate(comp: Comparison, design: Design, data: pd.DataFrame, name: str, checks: Any,
+                            opts: Mapping[str, Any], truth: Any, budget: _Budget, bar: _Progress) -> None:
+    """One engine: fit on all rows, score recovery, then every fold (each step as the budget allows)."""
+    folds = comp.cv.folds
+    left = budget.left()
+    if left is not None and budget.seconds is not None and comp.fits and left < _START_SHARE[_expected_cost(name)] * budget.seconds:
+        comp.notes.append(
+            f"{name}: not fitted: {max(left, 0):.0f} s of the {budget.seconds:.0f} s budget were left at its turn"
+            + (" (samplers, which may compile first, start only with a quarter of it left)." if _expected_cost(name) == 2 else ".")
+        )
+        bar.advance(folds + 1)
+        return
+    bar.describe(f"{name}: fit on all {len(data)} rows")
+    try:
+        comp.fits[name] = _quiet_fit(design, name, checks, opts)
+    except Exception as exc:  # one failing engine must not sink the comparison
+        comp.failures[name] = _first_lines(exc)
+        bar.advance(folds + 1)
+        return
+    bar.advance(1)
+    if truth is not None:
+        comp.recovery_parts.append(recovery(comp.fits[name], truth, engine=name, level=comp.level))
+    estimate = comp.fits[name].timings.get("fit_seconds", 0.0) * folds
+    left = budget.left()
+    if left is not None and estimate > left:
+        comp.notes.append(
+            f"{name}: not cross-validated: {folds} folds would take about {estimate:.0f} s "
+            f"and {max(left, 0):.0f} s of the {budget.seconds:.0f} s budget were left."
+        )
+        bar.advance(folds)
+        return
+    for k in range(folds):
+        bar.describe(f"{name}: fold {k + 1}/{folds}")
+        try:
+            _run_fold(comp, comp.spec, data, name, k, checks, opts)
+        except Exception as exc:
+            comp.failures[name] = f"fold {k + 1}: {_first_lines(exc)}"
+            bar.advance(folds - k)
+            return
+        bar.advance(1)
 
 
 def available_engines() -> list[str]:
