@@ -15,11 +15,12 @@ projecting out the columns kept before it.
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg as sla
 
 from hierfit.checks import Diagnostic, Severity
 from hierfit.formula import INTERCEPT
 
-__all__ = ["RANK_TOL", "rank_check"]
+__all__ = ["RANK_TOL", "dependent_columns", "rank_check"]
 
 #: relative norm of a column's residual below which it counts as dependent (lme4: qr tol 1e-7)
 RANK_TOL = 1e-7
@@ -36,25 +37,30 @@ def _gram(X: np.ndarray, center: np.ndarray) -> np.ndarray:
     return G
 
 
-def _dependencies(G: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """Columns dependent on earlier kept ones: ``(j, coefficients on the kept columns)``."""
+def dependent_columns(G: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Columns dependent on earlier kept ones, from a unit-diagonal Gram matrix ``G``:
+    ``(j, coefficients of column j on the kept columns)``, in column order.
+
+    Sequential Gram-Schmidt done as an incremental Cholesky factor of the kept columns' Gram
+    block: O(p^3) in all.
+    """
     p = G.shape[0]
     kept: list[int] = []
+    L = np.zeros((p, p))  # lower Cholesky factor of G[kept, kept], grown row by row
     out: list[tuple[int, np.ndarray]] = []
     for j in range(p):
+        k = len(kept)
         gjj = G[j, j]
-        if kept:
-            K = np.array(kept)
-            coef = np.linalg.lstsq(G[np.ix_(K, K)], G[K, j], rcond=None)[0]
-            resid = gjj - float(G[j, K] @ coef)
-        else:
-            coef, resid = np.zeros(0), gjj
+        w = sla.solve_triangular(L[:k, :k], G[kept, j], lower=True) if k else np.zeros(0)
+        resid = gjj - float(w @ w)
         if gjj <= 0.0 or resid <= (RANK_TOL ** 2) * gjj:
             full = np.zeros(p)
-            if kept:
-                full[np.array(kept)] = coef
+            if k:
+                full[np.array(kept)] = sla.solve_triangular(L[:k, :k], w, lower=True, trans="T")
             out.append((j, full))
         else:
+            L[k, :k] = w
+            L[k, k] = np.sqrt(resid)
             kept.append(j)
     return out
 
@@ -90,7 +96,7 @@ def rank_check(X: np.ndarray, names: tuple[str, ...], severity: Severity) -> tup
     # scale to unit diagonal (constant and zero columns keep a zero diagonal)
     d = np.sqrt(np.maximum(np.diag(G), 0.0))
     scale = np.where(d > 0, d, 1.0)
-    deps = _dependencies(G / np.outer(scale, scale))
+    deps = dependent_columns(G / np.outer(scale, scale))
     if centred:
         # beside an intercept a centred constant column is zero: say "constant" for it
         deps = [(j, c) for j, c in deps if names[j] != INTERCEPT]

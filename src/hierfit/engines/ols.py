@@ -11,12 +11,15 @@ each parent*, whose deviation is minus the sum of its siblings'. So
 
 The column space is exactly that of plain dummy coding (a group's total is free), so
 predictions equal a dummy-coded OLS on the same columns; only the labelling of coefficients
-changes. Estimation is least squares by the normal equations on sparse columns, with a
-pseudo-inverse that reports (rather than hides) rank deficiency.
+changes. Estimation is least squares by the normal equations on sparse, centred and scaled
+columns (mapped back exactly, so results do not depend on the location or scale of the outcome
+or the predictors). Columns that earlier ones already span (an unidentified coefficient) are
+named in a ``rank_deficient`` finding, an error by default.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +28,10 @@ import pandas as pd
 from scipy import linalg, sparse
 
 from hierfit.checks import Diagnostic
-from hierfit.design import Design, RowDesign
+from hierfit.design import Design, RowDesign, TermDesign
+from hierfit.design.rank import dependent_columns as _dependencies
 from hierfit.engines.base import VARIANCE_COLUMNS, ExactGaussian, GaussianCoefficients, LinearEngineFit
+from hierfit.engines.mixed import Standardization, standardize
 from hierfit.exceptions import SpecError
 from hierfit.model import ModelSpec
 
@@ -142,24 +147,89 @@ def _ranges(lengths: np.ndarray) -> np.ndarray:
     return np.arange(total) - np.repeat(ends - lengths, lengths)
 
 
+def _standardized(design: Design) -> tuple[Design, Standardization]:
+    """The design with centred and scaled columns (see :mod:`hierfit.engines.mixed.lmm`).
+
+    Least squares is invariant to the location and scale of the outcome and of each predictor
+    (beside an intercept), but the normal equations of raw columns are not: at ``y + 1e12`` or
+    ``x1 + 1e6`` they lose every digit. Slope columns of a term with an intercept are centred
+    (the term's intercept columns absorb the shift: the same column space).
+    """
+    term_cols = [[td.Z[:, j] for j in range(td.Z.shape[1])] for td in design.terms]
+    std = standardize(design.X, design.y, term_cols, [True] * len(design.terms))
+    X_t = std.x.apply(design.X.T).T if design.X.shape[1] else design.X
+    terms = tuple(TermDesign(td.term, td.Z if std.z[t].identity else std.z[t].apply(td.Z.T).T)
+                  for t, td in enumerate(design.terms))
+    y_t = (design.y - std.y_center) / std.y_scale
+    return dataclasses.replace(design, X=np.ascontiguousarray(X_t), y=y_t, terms=terms), std
+
+
+def _back_map(design: Design, std: Standardization) -> sparse.csr_matrix:
+    """``T`` with ``theta = T theta_t + shift``: the flat parameters from standardised ones."""
+    blocks = [sparse.csr_matrix(std.y_scale * std.x.matrix())]
+    for t, td in enumerate(design.terms):
+        g = design.hierarchy.level(td.level).n_groups
+        blocks.append(sparse.kron(sparse.identity(g), sparse.csr_matrix(std.y_scale * std.z[t].matrix())))
+    return sparse.block_diag(blocks, format="csr")
+
+
+def _unidentified(design: Design, names: list[str], dependent: list[int], rank: int, n_cols: int) -> Diagnostic:
+    """The ``rank_deficient`` finding naming the coefficients least squares cannot identify."""
+    p = design.X.shape[1]
+    population = [names[j] for j in dependent if j < p]
+    groups = [names[j] for j in dependent if j >= p]
+    parts = []
+    if population:
+        parts.append(
+            f"population column{'s' if len(population) > 1 else ''} {', '.join(repr(c) for c in population)} "
+            "(constant within every group of a level that has its own intercept, e.g. a market-level "
+            "predictor beside market effects: no pooling cannot separate them; the 'mixed' engine can)"
+        )
+    if groups:
+        shown = ", ".join(repr(c) for c in groups[:5]) + (f" and {len(groups) - 5} more" if len(groups) > 5 else "")
+        parts.append(f"group coefficient{'s' if len(groups) > 1 else ''} {shown} (a group whose slope predictor does not vary)")
+    return Diagnostic(
+        "rank_deficient",
+        f"Engine 'ols': the effects-coded design has rank {rank} < {n_cols} columns, so these are not identified: "
+        + "; ".join(parts) + ". Drop the term, or use the 'mixed' engine, which pools them; with "
+        "checks={'rank_deficient': 'warn'} they are left out (reported as their parent's value, standard error 0).",
+    )
+
+
 def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> OlsFit:
-    """Least squares on the effects-coded columns."""
-    C, K, names = effects_coding(design)
-    y = design.y
+    """Least squares on the effects-coded columns of the standardised design."""
+    design_t, std = _standardized(design)
+    C, K, names = effects_coding(design_t)
+    y = design_t.y
     CtC = (C.T @ C).toarray()
-    Cty = C.T @ y
-    # Symmetric eigen-decomposition: a stable pseudo-inverse that also tells the rank.
-    evals, evecs = linalg.eigh(CtC)
-    keep = evals > options.rcond * max(evals.max(), 1e-300)
-    inv = (evecs[:, keep] / evals[keep]) @ evecs[:, keep].T
-    gamma = inv @ Cty
-    resid = y - C @ gamma
-    n, rank = len(y), int(keep.sum())
+    d = np.sqrt(np.maximum(np.diag(CtC), 1e-300))
+    unit = CtC / np.outer(d, d)
+    dependent: list[int] = []
+    if unit.size and linalg.eigvalsh(unit)[0] <= options.rcond:
+        # columns not identified by those before them (in coding order): named and left out
+        # (the sequential search runs only when the eigenvalues show a deficiency)
+        dependent = [j for j, _ in _dependencies(unit)]
+    keep_cols = np.setdiff1d(np.arange(C.shape[1]), dependent)
+    Ck = C[:, keep_cols]
+    CtC_k = CtC[np.ix_(keep_cols, keep_cols)]
+    # Symmetric eigen-decomposition of the identified columns: a stable inverse.
+    evals, evecs = linalg.eigh(CtC_k)
+    ok = evals > options.rcond * max(evals.max(), 1e-300) if evals.size else np.zeros(0, dtype=bool)
+    inv_k = (evecs[:, ok] / evals[ok]) @ evecs[:, ok].T
+    gamma_k = inv_k @ (Ck.T @ y)
+    gamma_t = np.zeros(C.shape[1])
+    gamma_t[keep_cols] = gamma_k
+    resid = y - Ck @ gamma_k
+    n, rank = len(y), int(ok.sum())
     df = n - rank
-    rss = float(resid @ resid)
-    sigma2 = rss / df if df > 0 else np.nan
-    cov = inv * sigma2
-    theta = K @ gamma
+    rss_t = float(resid @ resid)
+    sigma2_t = rss_t / df if df > 0 else np.nan
+    inv = np.zeros((C.shape[1], C.shape[1]))
+    inv[np.ix_(keep_cols, keep_cols)] = inv_k
+    T = _back_map(design, std)
+    theta = T @ (K @ gamma_t)
+    shift = std.beta(np.zeros(design.X.shape[1])) if design.X.shape[1] else np.zeros(0)
+    theta[: shift.size] += shift
     layout_p = design.X.shape[1]
     beta = theta[:layout_p]
     b = []
@@ -169,23 +239,22 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> OlsFit:
         b.append(theta[off : off + g * k].reshape(g, k))
         off += g * k
     diagnostics = []
-    if rank < C.shape[1]:
-        diagnostics.append(
-            Diagnostic(
-                "convergence",
-                f"The fixed-effects design has rank {rank} < {C.shape[1]} columns: some group slopes are not "
-                "identified (a group whose slope predictor does not vary). Their estimates are minimum-norm; "
-                "drop the varying slope or use the 'mixed' engine, which pools them.",
-            )
-        )
+    if dependent or rank < len(keep_cols):
+        diagnostics.append(_unidentified(design, names, dependent, rank, C.shape[1]))
     if df <= 0:
         diagnostics.append(Diagnostic("convergence", f"No residual degrees of freedom ({n} rows, rank {rank}); standard errors are undefined."))
+    s = std.y_scale
+    sigma2 = sigma2_t * s**2
     sigma = float(np.sqrt(sigma2)) if np.isfinite(sigma2) else None
+    rss = rss_t * s**2
     loglik = -0.5 * n * (np.log(2 * np.pi * rss / n) + 1)
-    tss = float(((y - y.mean()) ** 2).sum())
+    tss_t = float(((y - y.mean()) ** 2).sum())
     variance = pd.DataFrame(
         [{"level": "residual", "term1": "", "term2": "", "variance": sigma2, "sd_or_corr": sigma}], columns=VARIANCE_COLUMNS
     )
+    TK = sparse.csr_matrix(T @ K)
+    # the effects-coded coefficients in the user's units: K gamma = theta (K has full column rank)
+    gamma = linalg.lstsq((K.T @ K).toarray(), K.T @ theta)[0] if K.shape[1] else np.zeros(0)
     return OlsFit(
         coefficients=pd.Series(gamma, index=names),
         engine="ols",
@@ -194,13 +263,13 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> OlsFit:
         b=b,
         sigma=sigma,
         variance_table=variance,
-        uncertainty=ExactGaussian(GaussianCoefficients(sparse.csr_matrix(K), cov, float(df) if df > 0 else np.inf)),
+        uncertainty=ExactGaussian(GaussianCoefficients(TK, inv * sigma2_t, float(df) if df > 0 else np.inf)),
         statistics={
             "n_obs": float(n),
             "rank": float(rank),
             "df_resid": float(df),
             "sigma": float(sigma) if sigma else np.nan,
-            "r_squared": 1 - rss / tss if tss > 0 else np.nan,
+            "r_squared": 1 - rss_t / tss_t if tss_t > 0 else np.nan,
             "loglik": float(loglik),
             "aic": float(-2 * loglik + 2 * (rank + 1)),
             "bic": float(-2 * loglik + np.log(n) * (rank + 1)),

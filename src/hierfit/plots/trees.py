@@ -55,8 +55,11 @@ def kind_colours(kinds: list[str]) -> dict[str, str]:
     return out
 
 
-def _resolve(model: Any, feature_kinds: Mapping[str, str] | None) -> tuple[Any, dict[str, str] | None, dict[str, tuple[str, ...]], int | None, list[str]]:
-    """``(booster, kind per feature name, category labels per feature, trees used, level kinds)``."""
+def _resolve(model: Any, feature_kinds: Mapping[str, str] | None) -> tuple[
+        Any, dict[str, str] | None, dict[str, tuple[str, ...]], int | None, list[str], dict[str, tuple[float, float]], float]:
+    """``(booster, kind per feature name, category labels per feature, trees used, level kinds,
+    (centre, scale) per feature for thresholds, the scale of leaf values)``: hierfit grows trees
+    on standardised predictors and outcomes, and the plot shows them in the data's units."""
     fit = getattr(model, "engine_fit", model)  # a FitResult or an engine fit
     booster = getattr(fit, "booster", model)
     if not hasattr(booster, "dump_model"):
@@ -68,7 +71,10 @@ def _resolve(model: Any, feature_kinds: Mapping[str, str] | None) -> tuple[Any, 
     used = None
     level_kinds: list[str] = []
     features = getattr(fit, "features", None)
+    units: dict[str, tuple[float, float]] = {}
+    leaf_scale = float(getattr(fit, "label", (0.0, getattr(fit, "scale", 1.0)))[1])
     if features is not None:
+        units = features.unit_map()
         kinds = dict(zip(features.names, features.kinds)) if kinds is None else kinds
         used = int(fit.num_iteration)
         hierarchy = getattr(fit, "hierarchy", None) or getattr(getattr(fit, "effects", None), "hierarchy", None)
@@ -77,16 +83,16 @@ def _resolve(model: Any, feature_kinds: Mapping[str, str] | None) -> tuple[Any, 
             for name, kind in zip(features.names, features.kinds):
                 if kind.startswith("level:"):
                     labels[name] = hierarchy.level(kind.split(":", 1)[1]).groups
-    return booster, kinds, labels, used, level_kinds
+    return booster, kinds, labels, used, level_kinds, units, leaf_scale
 
 
-def _split_text(node: dict, name: str, labels: tuple[str, ...] | None) -> str:
+def _split_text(node: dict, name: str, labels: tuple[str, ...] | None, unit: tuple[float, float] = (0.0, 1.0)) -> str:
     if node["decision_type"] == "==":
         cats = [int(c) for c in str(node["threshold"]).split("||")]
         shown = [labels[c] if labels is not None and c < len(labels) else str(c) for c in cats]
         more = f" +{len(shown) - MAX_CATEGORIES_SHOWN} more" if len(shown) > MAX_CATEGORIES_SHOWN else ""
         return f"{name} in {{{', '.join(shown[:MAX_CATEGORIES_SHOWN])}{more}}}"
-    return f"{name} {node['decision_type']} {float(node['threshold']):.4g}"
+    return f"{name} {node['decision_type']} {unit[0] + unit[1] * float(node['threshold']):.4g}"
 
 
 class TreeDisplay:
@@ -125,7 +131,7 @@ class TreeDisplay:
         ``"predictor"``) for a bare booster; for hierfit fits it is known. Without it a
         categorical split counts as a level named after its feature.
         """
-        booster, kinds, labels, used, level_kinds = _resolve(model, feature_kinds)
+        booster, kinds, labels, used, level_kinds, units, leaf_scale = _resolve(model, feature_kinds)
         dump = booster.dump_model()
         names = dump["feature_names"]
         n_trees = used if used is not None else len(dump["tree_info"])
@@ -153,14 +159,15 @@ class TreeDisplay:
                 nid = f"l{node['leaf_index']}"
                 x = float(leaf_x[0])
                 leaf_x[0] += 1
-                text = f"leaf {node['leaf_index']}\n{node['leaf_value']:+.3g}\nn={node.get('leaf_count', '?')}"
+                value = leaf_scale * float(node["leaf_value"])
+                text = f"leaf {node['leaf_index']}\n{value:+.3g}\nn={node.get('leaf_count', '?')}"
                 nodes.append(TreeNode(nid, "leaf", text, x, depth, parent, branch))
-                details[nid] = f"leaf {node['leaf_index']}: value {node['leaf_value']:+.4g} (rows {node.get('leaf_count', '?')})"
+                details[nid] = f"leaf {node['leaf_index']}: value {value:+.4g} (rows {node.get('leaf_count', '?')})"
                 return x
             nid = f"s{node['split_index']}"
             kind = kind_of(node)
             name = names[node["split_feature"]]
-            text = _split_text(node, name, labels.get(name))
+            text = _split_text(node, name, labels.get(name), units.get(name, (0.0, 1.0)))
             index = len(nodes)
             nodes.append(TreeNode(nid, kind, text, 0.0, depth, parent, branch))  # x filled below
             left = walk(node["left_child"], depth + 1, nid, "yes")

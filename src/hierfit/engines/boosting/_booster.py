@@ -107,3 +107,15 @@ def load_booster(directory: Path) -> Any:
     import lightgbm as lgb
 
     return lgb.Booster(model_str=(directory / BOOSTER_FILE).read_text())
+
+
+def outcome_standardisation(y: np.ndarray) -> tuple[float, float]:
+    """``(mean, spread)`` of a gaussian outcome (spread 1 for a constant).
+
+    LightGBM keeps labels and gradients in float32, so the trees are grown on
+    ``(y - mean) / spread`` (squared error is equivariant under that map with LightGBM's
+    default regularisation) and their scores mapped back.
+    """
+    centre = float(np.mean(y))
+    spread = float(np.sqrt(np.mean((y - centre) ** 2)))
+    return centre, spread if np.isfinite(spread) and spread > 0 else 1.0

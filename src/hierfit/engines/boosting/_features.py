@@ -77,6 +77,11 @@ class FeatureMap:
         Hierarchy levels fed as categorical columns (empty for ``boosted-mixed``'s trees).
     onehot
         ``(term index, coefficient index, level)`` of every varying slope expanded per group.
+    x_center, x_scale, slope_center, slope_scale
+        Population features and per-group slope values are centred and scaled with the fitting
+        rows' mean and spread before they reach LightGBM (which bins in float32): trees are then
+        the same whatever the predictors' location and units, and a slope column's zero (rows
+        of other groups) sits at the predictor's mean, not at an arbitrary origin.
     """
 
     names: tuple[str, ...]
@@ -86,6 +91,10 @@ class FeatureMap:
     onehot: tuple[tuple[int, int, str], ...]
     n_groups: tuple[int, ...]  # per level in ``levels``
     onehot_groups: tuple[int, ...]  # per entry of ``onehot``
+    x_center: tuple[float, ...] = ()
+    x_scale: tuple[float, ...] = ()
+    slope_center: tuple[float, ...] = ()
+    slope_scale: tuple[float, ...] = ()
 
     @classmethod
     def from_design(cls, design: Design, *, groups: bool, slope_features: str = "trees") -> FeatureMap:
@@ -121,7 +130,20 @@ class FeatureMap:
                 f"{design.n} rows ({cells:.2g} cells); use slope_features='trees' for levels with many groups."
             )
         n_groups = tuple(design.hierarchy.level(lv).n_groups for lv in levels)
-        return cls(tuple(names), tuple(kinds), x_columns, levels, tuple(onehot), n_groups, onehot_groups)
+        x_center, x_scale = _centre_scale([design.X[:, j] for j in x_columns])
+        slope_center, slope_scale = _centre_scale([design.terms[t].Z[:, j] for t, j, _ in onehot])
+        return cls(tuple(names), tuple(kinds), x_columns, levels, tuple(onehot), n_groups, onehot_groups,
+                   x_center, x_scale, slope_center, slope_scale)
+
+    def unit_map(self) -> dict[str, tuple[float, float]]:
+        """Per standardised feature name, ``(centre, scale)``: a value ``v`` on the trees' axis is
+        ``centre + scale * v`` in the predictor's units (thresholds shown to users)."""
+        out = {self.names[i]: (c, s) for i, (c, s) in enumerate(zip(self.x_center, self.x_scale))}
+        start = len(self.x_columns) + len(self.levels)
+        for (c, s), n_g in zip(zip(self.slope_center, self.slope_scale), self.onehot_groups):
+            out.update({self.names[start + g]: (c, s) for g in range(n_g)})
+            start += n_g
+        return out
 
     @property
     def categorical(self) -> list[int]:
@@ -133,6 +155,8 @@ class FeatureMap:
         """Feature matrix for ``rows`` of ``design``; ``codes`` overrides the group indices."""
         sel = slice(None) if rows is None else rows
         X = design.X[sel][:, list(self.x_columns)]
+        if self.x_center:
+            X = (X - np.array(self.x_center)) / np.array(self.x_scale)
         m = X.shape[0]
         if codes is None:
             codes = {lv: design.group_index[lv][sel] for lv in self.levels}
@@ -140,14 +164,27 @@ class FeatureMap:
         for lv in self.levels:
             c = np.asarray(codes[lv], dtype=np.float64)
             parts.append(np.where(c >= 0, c, np.nan)[:, None])
-        for (t, j, lv), n_g in zip(self.onehot, self.onehot_groups):
+        for e, ((t, j, lv), n_g) in enumerate(zip(self.onehot, self.onehot_groups)):
             z = design.terms[t].Z[sel, j]
+            if self.slope_center:
+                z = (z - self.slope_center[e]) / self.slope_scale[e]
             g = np.asarray(codes[lv])
             block = np.zeros((m, n_g))
             known = g >= 0
             block[np.flatnonzero(known), g[known]] = z[known]
             parts.append(block)
         return np.ascontiguousarray(np.hstack(parts)) if len(parts) > 1 else np.ascontiguousarray(X)
+
+
+def _centre_scale(columns: list[np.ndarray]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and spread (1 for a constant) of each column, computed by centring first."""
+    centers, scales = [], []
+    for col in columns:
+        c = float(np.mean(col)) if col.size else 0.0
+        s = float(np.sqrt(np.mean((col - c) ** 2))) if col.size else 1.0
+        centers.append(c)
+        scales.append(s if np.isfinite(s) and s > 0 else 1.0)
+    return tuple(centers), tuple(scales)
 
 
 def count_onehot(design: Design) -> int:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from hierfit.design import Design, RowDesign
+from hierfit.design import RowDesign
 from hierfit.design.hierarchy import Hierarchy
 from hierfit.engines.boosting._features import FeatureMap
 

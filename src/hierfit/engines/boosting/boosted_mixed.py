@@ -48,6 +48,7 @@ from hierfit.engines.boosting._booster import (
     check_options,
     lgb_params,
     load_booster,
+    outcome_standardisation,
     save_booster,
     single_threaded_blas,
 )
@@ -106,8 +107,9 @@ class BoostedMixedFit(BaseEngineFit):
     engine = "boosted-mixed"
 
     def __init__(self, *, booster: Any, features: FeatureMap, num_iteration: int, centre: float, effects: EngineFit,
-                 effects_engine: str, statistics: dict[str, float], diagnostics: list[Diagnostic]) -> None:
+                 effects_engine: str, statistics: dict[str, float], diagnostics: list[Diagnostic], scale: float = 1.0) -> None:
         self.booster = booster
+        self.scale = float(scale)  # the trees were grown on the outcome divided by this
         self.features = features
         self.num_iteration = num_iteration
         self.centre = float(centre)
@@ -118,7 +120,7 @@ class BoostedMixedFit(BaseEngineFit):
 
     def nonlinear(self, design: RowDesign) -> np.ndarray:
         """``f(x) - c`` for the rows of ``design``."""
-        return tree_scores(self.booster, self.features.matrix(design), self.num_iteration) - self.centre
+        return self.scale * tree_scores(self.booster, self.features.matrix(design), self.num_iteration) - self.centre
 
     # the effects step's tables are the model's tables
     def fixed_effects(self, level: float) -> pd.DataFrame:
@@ -175,6 +177,7 @@ class BoostedMixedFit(BaseEngineFit):
         obj.booster = load_booster(directory)
         obj.effects = effects_class.load(directory / EFFECTS_DIR)
         return obj
+
 
 
 def row_subset(design: Design, rows: np.ndarray | None) -> Design:
@@ -241,7 +244,12 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BoostedMixedFit:
             "Engine 'boosted-mixed' learns f(x) from the population-level predictors, and the formula has none "
             f"({spec.text!r}); add predictors (y ~ x1 + x2 + (1 | market)) or use engine 'mixed'."
         )
-    y = design.y
+    # The alternation runs on the standardised outcome (LightGBM keeps gradients in float32,
+    # and the early-stopping decisions compare validation losses: at y + 1e12 both lost the
+    # digits that decide); the tree step is equivariant, so its trees are scaled back below.
+    y_centre, y_scale = outcome_standardisation(design.y)
+    y = (design.y - y_centre) / y_scale
+    design_t = dataclasses.replace(design, y=y)
     X = features.matrix(design)
     train, valid = validation_split(design, options.validation_fraction, options.validation, options.seed)
     params = lgb_params(options, "none")  # gradients come from fobj: the target moves each round
@@ -251,10 +259,10 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BoostedMixedFit:
     def squared_error(preds: np.ndarray, _data: Any) -> tuple[np.ndarray, np.ndarray]:
         return preds - target, np.ones_like(preds)
 
-    def effects_fit(f: np.ndarray, rows: np.ndarray | None = None) -> tuple[EngineFit, np.ndarray, float]:
+    def effects_fit(f: np.ndarray, rows: np.ndarray | None = None, base: Design = design_t) -> tuple[EngineFit, np.ndarray, float]:
         c = float(f.mean())
-        fitted = module.fit(row_subset(dataclasses.replace(design, y=y - (f - c)), rows), spec, eff_options)
-        return fitted, fitted.contributions(design).to_numpy().sum(axis=1), c
+        fitted = module.fit(row_subset(dataclasses.replace(base, y=base.y - (f - c)), rows), spec, eff_options)
+        return fitted, fitted.contributions(base).to_numpy().sum(axis=1), c
 
     with single_threaded_blas():
         booster, best_trees, rounds, stale, gain = _alternate(booster, X, y, train, valid, target, squared_error, effects_fit, options)
@@ -262,17 +270,19 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BoostedMixedFit:
     if stale < options.patience:
         diagnostics.append(Diagnostic("early_stopping", f"boosted-mixed used all {options.max_rounds} rounds and the validation loss "
                                       "was still improving; raise max_rounds or trees_per_round."))
-    f = tree_scores(booster, X, best_trees)
-    effects, eta, c = effects_fit(f)
-    resid = y - eta - (f - c)
+    # the effects step once more, on the outcome in its own units, given the kept trees
+    f = y_scale * tree_scores(booster, X, best_trees)
+    effects, eta, c = effects_fit(f, base=design)
+    resid = design.y - eta - (f - c)
     statistics = {k: float(v) for k, v in effects.statistics.items()}
     statistics.update({
         "n_obs": float(design.n), "rounds": float(rounds), "n_trees": float(best_trees),
         "rmse_train": float(np.sqrt(np.mean(resid[train] ** 2))), "rmse_valid": float(np.sqrt(np.mean(resid[valid] ** 2))),
-        "nonlinear_sd": float(np.std(f)), "trees_gain": gain.gain, "trees_gain_se": gain.std_error,
+        # the gain is per-row squared error: back in the outcome's units
+        "nonlinear_sd": float(np.std(f)), "trees_gain": gain.gain * y_scale**2, "trees_gain_se": gain.std_error * y_scale**2,
     })
     return BoostedMixedFit(
-        booster=booster, features=features, num_iteration=best_trees, centre=c, effects=effects,
+        booster=booster, features=features, num_iteration=best_trees, centre=c, effects=effects, scale=y_scale,
         effects_engine=options.effects_engine, statistics=statistics, diagnostics=diagnostics + list(effects.diagnostics),
     )
 

@@ -50,6 +50,7 @@ from hierfit.engines.boosting._booster import (
     check_options,
     lgb_params,
     load_booster,
+    outcome_standardisation,
     save_booster,
     train_early_stopping,
 )
@@ -63,7 +64,6 @@ from hierfit.engines.boosting._features import (
 )
 from hierfit.engines.boosting._partial import PathAverager
 from hierfit.engines.layout import ParameterLayout
-from hierfit.exceptions import SpecError
 from hierfit.formula import INTERCEPT
 from hierfit.model import ModelSpec
 
@@ -129,8 +129,9 @@ class LightGBMFit(BaseEngineFit):
 
     def __init__(self, *, booster: Any, features: FeatureMap, averager: PathAverager, design: Design, num_iteration: int, national: float,
                  beta: np.ndarray, b: list[np.ndarray], variance_table: pd.DataFrame,
-                 statistics: dict[str, float], diagnostics: list[Diagnostic]) -> None:
+                 statistics: dict[str, float], diagnostics: list[Diagnostic], label: tuple[float, float] = (0.0, 1.0)) -> None:
         self.booster = booster
+        self.label = label
         self.features = features
         self.num_iteration = num_iteration
         self.hierarchy = design.hierarchy
@@ -144,8 +145,9 @@ class LightGBMFit(BaseEngineFit):
         self.diagnostics = diagnostics
 
     def predict_raw(self, features: np.ndarray) -> np.ndarray:
-        """The booster's link-scale score for a feature matrix."""
-        return self.booster.predict(features, raw_score=True, num_iteration=self.num_iteration)
+        """The booster's link-scale score for a feature matrix, in the outcome's units."""
+        centre, scale = self.label
+        return centre + scale * self.booster.predict(features, raw_score=True, num_iteration=self.num_iteration)
 
     # -- tables -----------------------------------------------------------------------------
     def fixed_effects(self, level: float) -> pd.DataFrame:
@@ -293,8 +295,13 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> LightGBMFit:
     params.update(dict(options.params))
     train, valid = validation_split(design, options.validation_fraction, options.validation, options.seed)
     X = features.matrix(design)
+    # LightGBM keeps labels in float32: a gaussian outcome in the millions would lose every digit
+    # below the mean (at y + 1e12 the fit collapsed to a constant). Squared error is equivariant
+    # under y -> (y - c) / s with its default regularisation, so fit the standardised outcome.
+    centre, scale = outcome_standardisation(design.y) if spec.family.normal_errors else (0.0, 1.0)
+    label = (design.y - centre) / scale
     booster = train_early_stopping(
-        params, X, design.y, train, valid, names=list(features.names), categorical=features.categorical,
+        params, X, label, train, valid, names=list(features.names), categorical=features.categorical,
         rounds=options.num_boost_round, patience=options.early_stopping_rounds, verbose=options.verbose,
     )
     best = int(booster.best_iteration or booster.current_iteration())
@@ -307,13 +314,13 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> LightGBMFit:
         # show LightGBM's unknown-category branch: refit on every row with the chosen rounds.
         import lightgbm as lgb
 
-        full = lgb.Dataset(X, label=design.y, feature_name=list(features.names), categorical_feature=features.categorical)
+        full = lgb.Dataset(X, label=label, feature_name=list(features.names), categorical_feature=features.categorical)
         booster = lgb.train(params, full, num_boost_round=best)
-    raw = booster.predict(X, raw_score=True, num_iteration=best)
+    raw = centre + scale * booster.predict(X, raw_score=True, num_iteration=best)
     del X
     averager = PathAverager(design.hierarchy, features, options.pd_max_paths, options.seed)
     rows = reference_rows(design, options.pd_rows_per_group, options.seed)
-    predict = lambda M: booster.predict(M, raw_score=True, num_iteration=best)  # noqa: E731
+    predict = lambda M: centre + scale * booster.predict(M, raw_score=True, num_iteration=best)  # noqa: E731
     root, parts = averager.parts(design, predict, rows)
     national, beta, b = derive_effects(design, rows, root, parts)
     statistics = {"n_obs": float(design.n), "n_trees": float(best), "n_train": float(train.sum()), "n_valid": float(valid.sum())}
@@ -326,6 +333,7 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> LightGBMFit:
     return LightGBMFit(
         booster=booster, features=features, averager=averager, design=design, num_iteration=best, national=national, beta=beta, b=b,
         variance_table=spread_table(design, b, residual_sd), statistics=statistics, diagnostics=diagnostics,
+        label=(centre, scale),
     )
 
 

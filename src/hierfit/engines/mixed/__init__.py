@@ -20,16 +20,21 @@ from hierfit.engines.mixed.lmm import (
     lmm_solution,
     optimize_lmm,
 )
+from hierfit.engines.mixed._standardize import ColumnMap, Standardization, column_map, standardize
 
 __all__ = [
+    "ColumnMap",
     "LmmDevfun",
     "LmmSolution",
     "OptSummary",
     "RandomBlock",
+    "Standardization",
+    "column_map",
     "evaluated_at",
     "fit_lmm",
     "likelihood_ratio_test",
     "lmm_devfun",
     "lmm_solution",
     "optimize_lmm",
+    "standardize",
 ]

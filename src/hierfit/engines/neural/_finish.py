@@ -26,6 +26,7 @@ from hierfit.checks import Diagnostic
 from hierfit.design import Design
 from hierfit.engines.base import Draws, NoUncertainty, PosteriorDraws, variance_table
 from hierfit.engines.layout import ParameterLayout
+from hierfit.engines.neural._coords import LinearCoords
 from hierfit.engines.neural._model import HierEnsemble
 
 if TYPE_CHECKING:
@@ -52,24 +53,30 @@ def finish(design: Design, spec: ModelSpec, model: HierEnsemble, data, scaling: 
     M = model.n_members
     family = spec.family
     beta, b = member_linear(model, scaling, design)
-    covs, sigma = member_variances(model, scaling, family)
     # float64 inference: a row's value must not depend on its position in the batch
     module_f64 = copy.deepcopy(model).double().eval()
     g = network_output(module_f64, scaling, design)  # members × rows, data units
-    if family.normal_errors and options.reml_variances and design.terms:
-        covs, sigma = reml_variances(design, g)
     layout = ParameterLayout.from_design(design)
     R = layout.row_matrix(design)
-    noise2 = sigma**2 if sigma is not None else np.full(M, 1.0 / _mean_glm_weight(design.y, family))
-    delta = np.stack([_project(R, g[m], covs, design, layout, noise2[m]) for m in range(M)])
+    # the exact solves run in standardised coordinates (see _coords): raw columns of a large-mean
+    # outcome or a far-from-zero predictor would lose every digit
+    coords = LinearCoords.from_design(design, scaling, layout)
+    R_t, y_t, g_t = coords.R, coords.design_t.y, coords.g_t(g)
+    covs_t, sigma_t = member_variances(model, scaling, family)
+    if family.normal_errors and options.reml_variances and design.terms:
+        covs_t, sigma_t = reml_variances(coords.design_t, g_t)
+    covs, sigma = coords.covs(covs_t), coords.sigma(sigma_t)
+    noise2_t = sigma_t**2 if sigma_t is not None else np.full(M, 1.0 / _mean_glm_weight(design.y, family))
+    delta = np.stack([coords.direction(_project(R_t, g_t[m], covs_t, design, layout, noise2_t[m])) for m in range(M)])
     theta_m = layout.flatten(beta, b)
     if not options.bootstrap:
         # exact conditional MAP of the linear part given each network (removes SGD jitter);
         # the bootstrap members keep their own (weighted) solutions, whose spread is the point
-        theta_m = np.stack([
-            polish(R, layout, design.y, g[m], theta_m[m], [c[m] for c in covs], None if sigma is None else float(sigma[m]), family)
+        theta_m = coords.theta(np.stack([
+            polish(R_t, layout, y_t, g_t[m], coords.theta_t(theta_m[m]), [c[m] for c in covs_t],
+                   None if sigma_t is None else float(sigma_t[m]), family)
             for m in range(M)
-        ])
+        ]))
     theta_m = theta_m + delta
     eta_m = np.asarray(R @ theta_m.T).T + (g - np.asarray(R @ delta.T).T)
     draws: np.ndarray | None
@@ -80,11 +87,12 @@ def finish(design: Design, spec: ModelSpec, model: HierEnsemble, data, scaling: 
     else:
         rng = np.random.default_rng(options.seed)
         per = int(np.ceil(POSTERIOR_DRAWS / M))
-        draws = np.concatenate([
-            posterior_draws(R, layout, theta_m[m], likelihood_weights(eta_m[m], None if sigma is None else sigma[m], family),
-                            [c[m] for c in covs], per, rng)
+        draws = coords.theta(np.concatenate([
+            posterior_draws(R_t, layout, coords.theta_t(theta_m[m]),
+                            likelihood_weights(eta_m[m], None if sigma_t is None else sigma_t[m], family),
+                            [c[m] for c in covs_t], per, rng)
             for m in range(M)
-        ])
+        ]))
         member_of_draw = np.repeat(np.arange(M), per)
     statistics = _statistics(design, spec, eta_m, histories, settings, sigma)
     if gain is not None:
@@ -97,7 +105,7 @@ def finish(design: Design, spec: ModelSpec, model: HierEnsemble, data, scaling: 
         sigma=None if sigma is None else float(np.sqrt(np.mean(sigma**2))),
         variance_table=_variance_table(design, covs, sigma),
         uncertainty=NoUncertainty() if draws is None else PosteriorDraws(Draws(draws, sigma)),
-        statistics=statistics, diagnostics=diagnostics + _singular(design, covs, scaling), seed=options.seed,
+        statistics=statistics, diagnostics=diagnostics + _singular(design, covs, covs_t), seed=options.seed,
     )
     fit._module_f64 = module_f64
     return fit
@@ -107,22 +115,22 @@ def member_linear(model: HierEnsemble, scaling: Scaling, design: Design) -> tupl
     """The members' trained ``beta`` (members × p) and ``b`` (members × groups × k), in data units."""
     s = scaling.y_scale
     with torch.no_grad():
-        beta = model.beta.detach().cpu().double().numpy() * s / scaling.x_scale
+        beta = s * model.beta.detach().cpu().double().numpy() @ scaling.x_map.matrix().T
         if INTERCEPT in design.x_names:
             beta[:, design.x_names.index(INTERCEPT)] += scaling.y_center
-        b = [model.b[t].detach().cpu().double().numpy() * s / zs for t, zs in enumerate(scaling.z_scale)]
+        b = [s * model.b[t].detach().cpu().double().numpy() @ zm.matrix().T for t, zm in enumerate(scaling.z_maps)]
     return beta, b
 
 
 def member_variances(model: HierEnsemble, scaling: Scaling, family: Family) -> tuple[list[np.ndarray], np.ndarray | None]:
-    """The members' learned ``Sigma_t`` (members × k × k per term) and sigma, in data units."""
-    s = scaling.y_scale
+    """The members' learned ``Sigma_t`` (members × k × k per term) and sigma, in the network's
+    standardised units (see :mod:`._coords` for the map to data units)."""
     with torch.no_grad():
         covs = []
-        for t, zs in enumerate(scaling.z_scale):
-            L = model.cholesky(t).detach().cpu().double().numpy() * s / zs[None, :, None]
+        for t in range(len(scaling.z_maps)):
+            L = model.cholesky(t).detach().cpu().double().numpy()
             covs.append(L @ L.transpose(0, 2, 1))
-        sigma = np.exp(model.log_sigma.detach().cpu().double().numpy()) * s if family.normal_errors else None
+        sigma = np.exp(model.log_sigma.detach().cpu().double().numpy()) if family.normal_errors else None
     return covs, sigma
 
 
@@ -130,11 +138,11 @@ def reml_variances(design: Design, g: np.ndarray, rows: np.ndarray | None = None
     """Per member, REML variance components and residual SD with its network as an offset.
 
     ``rows`` (a boolean mask) restricts the fit to those rows; groups without rows there
-    simply get no data (their deviations stay at the prior).
+    simply get no data (their deviations stay at the prior). Called with the standardised
+    design of :mod:`._coords` and its ``g_t``, the results are in standardised units.
     """
-    from hierfit.engines.mixed.lmm import RandomBlock
     from hierfit.engines.mixed.engine import random_blocks
-    from hierfit.engines.mixed.lmm import fit_lmm
+    from hierfit.engines.mixed.lmm import RandomBlock, fit_lmm
 
     blocks = random_blocks(design)
     X, y = design.X, design.y
@@ -189,12 +197,14 @@ def _statistics(design, spec, eta_m, histories, settings, sigma) -> dict[str, fl
     return stats
 
 
-def _singular(design: Design, covs: list[np.ndarray], scaling: Scaling) -> list[Diagnostic]:
+def _singular(design: Design, covs: list[np.ndarray], covs_t: list[np.ndarray]) -> list[Diagnostic]:
+    """SDs at ~0, judged in the standardised units (``covs_t``): the verdict does not depend on units."""
     out = []
-    for td, C, zs in zip(design.terms, covs, scaling.z_scale):
+    for td, C, C_t in zip(design.terms, covs, covs_t):
         sds = np.sqrt(np.diag(C.mean(0)))
-        for coef, sd, z in zip(td.coefficients, sds, zs):
-            if sd * z < SINGULAR_SD * scaling.y_scale:
+        sds_std = np.sqrt(np.maximum(np.diag(C_t.mean(0)), 0.0))
+        for coef, sd, sd_std in zip(td.coefficients, sds, sds_std):
+            if sd_std < SINGULAR_SD:
                 out.append(Diagnostic(
                     "singular",
                     f"The SD of {td.level!r} deviations in {coef!r} is estimated at ~0 ({sd:.3g}): the groups do not "

@@ -26,6 +26,7 @@ import numpy as np
 from hierfit.design import Design
 from hierfit.engines.heldout_gain import HeldoutGain
 from hierfit.engines.layout import ParameterLayout
+from hierfit.engines.neural._coords import LinearCoords
 from hierfit.engines.neural._finish import (
     member_linear,
     member_variances,
@@ -43,23 +44,27 @@ def nonlinear_gain(design: Design, model, scaling: Scaling, family: Family, reml
     g = network_output(copy.deepcopy(model).cpu().double().eval(), scaling, design)
     M = len(g)
     layout = ParameterLayout.from_design(design)
-    R = layout.row_matrix(design)
-    R_train, R_val = R[train], R[val_mask]
+    # in standardised coordinates (see _coords); a log-density gain is the same in any units
+    coords = LinearCoords.from_design(design, scaling, layout)
+    R_train, R_val = coords.R[train], coords.R[val_mask]
+    y_t = coords.design_t.y
     zero = np.zeros((1, design.n))
-    start = layout.flatten(*member_linear(model, scaling, design))  # Newton's start for bernoulli/poisson
+    start = coords.theta_t(layout.flatten(*member_linear(model, scaling, design)))  # Newton's start for GLMs
 
-    def heldout_logpdf(offset: np.ndarray, theta: np.ndarray, covs_m: list[np.ndarray], sigma_m: float | None) -> np.ndarray:
-        theta = polish(R_train, layout, design.y[train], offset[train], theta, covs_m, sigma_m, family)
-        mu = family.inverse_link(np.asarray(R_val @ theta).ravel() + offset[val_mask])
-        return family.logpdf(design.y[val_mask], mu, None, sigma_m)
+    def heldout_logpdf(offset_t: np.ndarray, theta: np.ndarray, covs_t: list[np.ndarray], sigma_t: float | None) -> np.ndarray:
+        """All in standardised units: the offset, covariances and sigma too."""
+        theta = polish(R_train, layout, y_t[train], offset_t[train], theta, covs_t, sigma_t, family)
+        mu = family.inverse_link(np.asarray(R_val @ theta).ravel() + offset_t[val_mask])
+        return family.logpdf(y_t[val_mask], mu, None, sigma_t)
 
     def member_sigma(sigma: np.ndarray | None, m: int) -> float | None:
         return None if sigma is None else float(sigma[m])
 
     sigma: np.ndarray | None
+    g = coords.g_t(g)
     if family.normal_errors and reml and design.terms:
-        covs, sigma = reml_variances(design, g, train)
-        covs0, sigma0 = reml_variances(design, zero, train)
+        covs, sigma = reml_variances(coords.design_t, g, train)
+        covs0, sigma0 = reml_variances(coords.design_t, zero, train)
         # without an offset the members' linear models coincide: one baseline serves them all
         baselines = [heldout_logpdf(zero[0], start[0], [c[0] for c in covs0], float(sigma0[0]))] * M
     else:

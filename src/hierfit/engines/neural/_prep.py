@@ -1,11 +1,14 @@
 """Numbers for training, built from a Design with numpy only: scaling, features, splits, information.
 
-Internally the network works on rescaled data so one learning rate suits every data set:
-the gaussian outcome is centred (when the formula has an intercept) and divided by its SD, and
-the columns of ``X`` and ``Z`` are divided by their root mean square. Dividing a column by a
-constant is an exact reparametrisation of the linear part *and* of its Gaussian prior
-(``b ~ N(0, Sigma)`` becomes ``b·s ~ N(0, s Sigma s)``), so the MAP is unchanged and the
-parameters are mapped back exactly. The MLP gets its own standardised (centred) features.
+Internally the network works on standardised data so one learning rate suits every data set
+and float32 keeps every digit that matters: the gaussian outcome is centred (when the formula
+has an intercept) and divided by its spread, and the columns of ``X`` and ``Z`` are centred
+(beside an intercept; for ``Z`` only in correlated terms) and scaled, with the column maps of
+the mixed-model core (:class:`hierfit.engines.mixed.Standardization`). Each map is an exact
+reparametrisation of the linear part *and* of its Gaussian prior (``b ~ N(0, Sigma)`` becomes
+``B^-1 b ~ N(0, B^-1 Sigma B^-T)``), so the MAP is unchanged and the parameters are mapped
+back exactly: a price in the millions or a predictor far from zero trains like any other.
+The MLP gets its own standardised (centred) features.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from hierfit.design import Design, RowDesign
+from hierfit.engines.mixed import ColumnMap, column_map
 from hierfit.exceptions import DataError
 from hierfit.formula import INTERCEPT
 from hierfit.model import Family
@@ -27,16 +31,11 @@ class Scaling:
 
     y_center: float
     y_scale: float
-    x_scale: np.ndarray
-    z_scale: tuple[np.ndarray, ...]
+    x_map: ColumnMap
+    z_maps: tuple[ColumnMap, ...]
     feature_names: tuple[str, ...]
     f_mean: np.ndarray
     f_scale: np.ndarray
-
-
-def _rms(a: np.ndarray) -> np.ndarray:
-    s = np.sqrt(np.mean(a**2, axis=0)) if len(a) else np.ones(a.shape[1])
-    return np.where(s > 0, s, 1.0)
 
 
 def feature_matrix(design: RowDesign, names: tuple[str, ...] | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -69,8 +68,9 @@ def make_scaling(design: Design, family: Family) -> Scaling:
     return Scaling(
         y_center=center,
         y_scale=scale,
-        x_scale=_rms(design.X),
-        z_scale=tuple(_rms(td.Z) for td in design.terms),
+        x_map=column_map([design.X[:, j] for j in range(design.X.shape[1])], center=True),
+        z_maps=tuple(column_map([td.Z[:, j] for j in range(td.Z.shape[1])], center=bool(td.term.correlated))
+                     for td in design.terms),
         feature_names=names,
         f_mean=f_mean,
         f_scale=np.where(f_sd > 0, f_sd, 1.0),
@@ -81,8 +81,8 @@ def scaled_arrays(design: RowDesign, scaling: Scaling) -> dict[str, Any]:
     """Float32-ready arrays for one design (new data too): X, Z per term, features, indices."""
     F, _ = feature_matrix(design, scaling.feature_names)
     out: dict[str, object] = {
-        "X": design.X / scaling.x_scale,
-        "Z": [td.Z / s for td, s in zip(design.terms, scaling.z_scale)],
+        "X": scaling.x_map.apply(design.X.T).T,
+        "Z": [zm.apply(td.Z.T).T for td, zm in zip(design.terms, scaling.z_maps)],
         "F": (F - scaling.f_mean) / scaling.f_scale,
         "term_index": [design.group_index[td.level] for td in design.terms],
         "level_index": [design.group_index[lv.name] for lv in design.hierarchy.levels],

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse, stats
 
-from hierfit.design import Design, RowDesign
+from hierfit.design import RowDesign
 from hierfit.engines.base import LinearEngineFit
 from hierfit.model import Family
 
