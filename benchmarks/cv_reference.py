@@ -33,7 +33,7 @@ import pandas as pd
 import hierfit
 from hierfit.demo import NATIONAL, oracle_rmse
 from hierfit.engines import ENGINES
-from hierfit.engines.base import parse_options
+from hierfit.engines.options import parse_options
 from hierfit.evaluate import available_engines, compare
 
 #: Per-engine settings over FAST_OPTIONS: quick *and* good on 5,000 rows (2 chains x 400 draws

@@ -11,7 +11,7 @@ One model spec (lme4/brms formula syntax), several engines, one kind of result::
 """
 
 from hierfit import priors
-from hierfit._version import __version__  # noqa: E402
+from hierfit._version import __version__ as __version__
 from hierfit.api import fit
 from hierfit.design import Design, build_design
 from hierfit.design.hierarchy import Hierarchy

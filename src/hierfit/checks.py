@@ -37,10 +37,12 @@ CHECKS: dict[str, tuple[Severity, str]] = {
     "treedepth": ("warn", "NUTS hit its maximum tree depth"),
     "early_stopping": ("warn", "training stopped at its epoch limit before early stopping"),
     "rank_deficient": ("error", "population-level columns are collinear (warn/ignore: drop the dependent ones, as lme4)"),
+    "degenerate_outcome": ("error", "the outcome never varies (always 0, always 1, constant): nothing to estimate"),
+    "separation": ("warn", "a predictor splits a binary outcome perfectly: its coefficient is infinite for maximum likelihood"),
 }
 
 #: checks about the data (DataError / DataCheckWarning); the others are about a fit
-DATA_CHECKS = frozenset({"few_groups", "single_row_groups", "rank_deficient"})
+DATA_CHECKS = frozenset({"few_groups", "single_row_groups", "rank_deficient", "degenerate_outcome", "separation"})
 
 FEW_GROUPS = 5
 

@@ -6,12 +6,12 @@ Errors hierfit raises on purpose print as one line ``error: ...`` and exit with 
 from __future__ import annotations
 
 import sys
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import click
 
-from hierfit.exceptions import HierfitError
+from hierfit.exceptions import HierfitError, HierfitWarning
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -37,16 +37,38 @@ def _coerce(raw: str) -> object:
     return raw
 
 
-class _Group(click.Group):
-    """Turns HierfitError into a one-line message and exit code 2."""
+def _output(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Check an output path before any work: its folder must exist (nothing is created silently)."""
+    from hierfit.io import check_output_folder
 
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except HierfitError as exc:
-            first = str(exc).splitlines()
-            click.echo(f"error: {' '.join(line.strip() for line in first)}", err=True)
-            sys.exit(2)
+    return None if value is None else str(check_output_folder(value))
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Warnings as one line (``warning: ...``), without the source line Python shows."""
+    click.echo(f"warning: {' '.join(str(message).split())}", err=True)
+
+
+class _Group(click.Group):
+    """One line and exit code 2 for hierfit's errors; a clean abort (exit 130) on Ctrl-C."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        import warnings
+
+        with warnings.catch_warnings():
+            # each distinct warning once, as one line (a fit's warnings must not repeat)
+            warnings.simplefilter("once", HierfitWarning)
+            warnings.showwarning = _show_warning
+            try:
+                return super().invoke(ctx)
+            except HierfitError as exc:
+                first = str(exc).splitlines()
+                click.echo(f"error: {' '.join(line.strip() for line in first)}", err=True)
+                sys.exit(2)
+            except KeyboardInterrupt:
+                click.echo("interrupted: nothing was written", err=True)
+                sys.exit(130)
 
 
 @click.group(cls=_Group)
@@ -56,8 +78,8 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Data file to write (.csv or .parquet).")
-@click.option("--truth", "truth_out", type=click.Path(dir_okay=False), help="Also write the true group effects here.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), callback=_output, help="Data file to write (.csv or .parquet).")
+@click.option("--truth", "truth_out", type=click.Path(dir_okay=False), callback=_output, help="Also write the true group effects here.")
 @click.option("--n-markets", default=10, show_default=True)
 @click.option("--n-submarkets", default=5, show_default=True)
 @click.option("--rows", "rows_per_submarket", default=100, show_default=True, help="Rows per submarket (mean if --unbalanced).")
@@ -91,7 +113,7 @@ def simulate(out, truth_out, n_markets, n_submarkets, rows_per_submarket, unbala
 @click.argument("data", type=click.Path(dir_okay=False))
 @click.option("--formula", "-f", required=True, help="lme4/brms formula, e.g. 'y ~ x1 + (1 + x1 | market/submarket)'.")
 @click.option("--engine", "-e", default=None, help="Engine name (see `hierfit engines`); default mixed, else ols.")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory to save the fit in.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), callback=_output, help="Directory to save the fit in.")
 @click.option("--family", default="gaussian", show_default=True)
 @click.option("--national", default="national", show_default=True, help="Name of the national root.")
 @click.option("--option", "-o", "options", multiple=True, help="Engine option key=value (repeatable).")
@@ -111,7 +133,7 @@ def fit(data, formula, engine, out, family, national, options) -> None:
 @click.argument("fit_dir", type=click.Path(file_okay=False))
 @click.option("--table", type=click.Choice(["fixed", "group", "variance"]), default="group", show_default=True)
 @click.option("--kind", type=click.Choice(["both", "deviation", "total"]), default="both", show_default=True)
-@click.option("--out", "out", type=click.Path(dir_okay=False), help="Write the table to .csv/.parquet instead of printing.")
+@click.option("--out", "out", type=click.Path(dir_okay=False), callback=_output, help="Write the table to .csv/.parquet instead of printing.")
 def effects(fit_dir, table, kind, out) -> None:
     """Print (or write) the effects tables of a saved fit."""
     import hierfit
@@ -134,7 +156,7 @@ def effects(fit_dir, table, kind, out) -> None:
 @main.command()
 @click.argument("fit_dir", type=click.Path(file_okay=False))
 @click.argument("data", type=click.Path(dir_okay=False))
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Predictions file (.csv/.parquet).")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), callback=_output, help="Predictions file (.csv/.parquet).")
 @click.option("--interval", type=click.Choice(["confidence", "prediction"]), default=None)
 @click.option("--level", default=0.9, show_default=True)
 def predict(fit_dir, data, out, interval, level) -> None:
@@ -160,7 +182,7 @@ def predict(fit_dir, data, out, interval, level) -> None:
 @click.option("--formula", "-f", required=True, help="lme4/brms formula.")
 @click.option("--family", default="gaussian", show_default=True)
 @click.option("--national", default="national", show_default=True)
-@click.option("--data-out", "data_out", type=click.Path(dir_okay=False), help="Also write the Stan data dict as JSON.")
+@click.option("--data-out", "data_out", type=click.Path(dir_okay=False), callback=_output, help="Also write the Stan data dict as JSON.")
 def stancode(data, formula, family, national, data_out) -> None:
     """Print the Stan program hierfit generates for FORMULA on DATA (as brms's make_stancode)."""
     import json
@@ -206,7 +228,7 @@ def engines() -> None:
 @click.option("--engines", "-e", default=None, help="Comma-separated engines, e.g. mixed,pymc,ols; default every installed engine.")
 @click.option("--cv", default="kfold", show_default=True, help="kfold (rows), or a level to hold out whole groups of: submarket, market, ...")
 @click.option("--folds", "-k", default=5, show_default=True, help="Number of folds.")
-@click.option("--out", "out", type=click.Path(file_okay=False), help="Directory to save the comparison in (fits, tables, report.html).")
+@click.option("--out", "out", type=click.Path(file_okay=False), callback=_output, help="Directory to save the comparison in (fits, tables, report.html).")
 @click.option("--family", default="gaussian", show_default=True)
 @click.option("--national", default="national", show_default=True, help="Name of the national root.")
 @click.option("--option", "-o", "options", multiple=True, help="Engine option ENGINE.key=value (repeatable), e.g. pymc.draws=500.")
@@ -258,7 +280,7 @@ def compare(data, formula, engines, cv, folds, out, family, national, options, f
 
 @main.command()
 @click.argument("source", type=click.Path(file_okay=False))
-@click.option("--out", "out", default="report.html", show_default=True, type=click.Path(dir_okay=False), help="HTML file to write.")
+@click.option("--out", "out", default="report.html", show_default=True, type=click.Path(dir_okay=False), callback=_output, help="HTML file to write.")
 @click.option("--data", "data", type=click.Path(dir_okay=False), help="Data of a single fit (adds the data summary, predictive check, decomposition).")
 @click.option("--truth", "truth", type=click.Path(dir_okay=False), help="True group effects (from `hierfit simulate --truth`), for a single fit.")
 @click.option("--title", default=None, help="Page title.")
@@ -274,7 +296,7 @@ def report(source, out, data, truth, title) -> None:
 
 
 @main.command()
-@click.option("--out", "out", default=None, type=click.Path(), help="Report to write (default demo-report.html; music: music-report.html).")
+@click.option("--out", "out", default=None, type=click.Path(), callback=_output, help="Report to write (default demo-report.html; music: music-report.html).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--budget", default=200.0, show_default=True, help="Seconds for fitting and cross-validating all engines (quick ones first).")
 @click.option("--engines", "-e", default=None, help="Comma-separated engines (default: every installed engine).")

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from hierfit.engines import ENGINES
-from hierfit.engines.base import parse_options
+from hierfit.engines.options import parse_options
 from hierfit.simulate import Simulation, simulate
 
 NATIONAL = "United_state"

@@ -25,7 +25,8 @@ import numpy as np
 from hierfit.checks import Diagnostic, Severity, apply_severities, data_checks, resolve_severities
 from hierfit.design import Design
 from hierfit.engines import EngineEntry, check_capabilities, get_engine
-from hierfit.engines.base import EngineFit, parse_options
+from hierfit.engines.base import EngineFit
+from hierfit.engines.options import parse_options
 from hierfit.exceptions import EngineError, HierfitError
 from hierfit.results import FitResult
 

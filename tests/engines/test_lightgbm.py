@@ -140,7 +140,7 @@ def test_bernoulli_and_grouped_validation(small) -> None:
 
 
 def test_bad_options_and_specs(small) -> None:
-    with pytest.raises(EngineError, match="slope_features.*onehot, trees.*'x1code'"):
+    with pytest.raises(EngineError, match="slope_features.*'onehot', 'trees'.*'x1code'"):
         _fit(small, slope_features="x1code")
     with pytest.raises(EngineError, match="validation_fraction"):
         _fit(small, validation_fraction=0.9)

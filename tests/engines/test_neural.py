@@ -6,6 +6,8 @@ module; the other checks use the small tree and ``FAST_OPTIONS``.
 
 from __future__ import annotations
 
+import re
+
 import warnings
 
 import numpy as np
@@ -275,15 +277,16 @@ def test_glm_families(family) -> None:
 @pytest.mark.parametrize(
     ("option", "value", "match"),
     [
-        ("validation", "rows", "one of: group, random"),
-        ("n_members", 0, "positive integer"),
-        ("variance", "reml", "one of: joint, laplace"),
-        ("hidden", "64", "tuple of positive layer widths"),
-        ("nonlinear", "never", "one of: auto, always"),
+        ("validation", "rows", "one of: 'group', 'random'; got 'rows'"),
+        ("n_members", 0, "an integer >= 1 (or None); got 0"),
+        ("variance", "reml", "one of: 'joint', 'laplace'; got 'reml'"),
+        ("hidden", "64", "a list of integers (or None); got '64'"),
+        ("hidden", (64, 0), "a tuple of positive layer widths"),
+        ("nonlinear", "never", "one of: 'always', 'auto'; got 'never'"),
     ],
 )
 def test_bad_options_are_explained(small_sim, option, value, match) -> None:
-    with pytest.raises(EngineError, match=match):
+    with pytest.raises(EngineError, match=re.escape(match)):
         _fit(small_sim.data, **{option: value})
 
 

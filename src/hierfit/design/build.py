@@ -7,6 +7,7 @@ prediction falls back to their deepest known ancestor.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from formulaic import Formula
 
 from hierfit.checks import Diagnostic, apply_severities, resolve_severities
 from hierfit.design.hierarchy import Hierarchy, build_hierarchy, factorize_factor
+from hierfit.design.columns import expression_variables, offset_vector, trials_vector, weights_vector
+from hierfit.design.outcome import check_enough_rows, outcome_checks
 from hierfit.design.rank import rank_check
 from hierfit.exceptions import DataError, SpecError
 from hierfit.formula import INTERCEPT, GroupTerm
@@ -166,7 +169,9 @@ class DesignEncoding:
             raise DataError(_missing_column_message(spec.response, data, "response"))
         used = _used_columns(spec, data, include_response=observed)
         _check_missing_values(data, used)
+        _check_finite(data, used)
         X, names = _population_matrix(self.population_spec, data)
+        _check_finite_matrix(X, names, data.index)
         X, names = _drop_columns(X, names, self.dropped)
         group_index: dict[str, np.ndarray] = {}
         unseen: dict[str, dict[str, int]] = {}
@@ -184,11 +189,15 @@ class DesignEncoding:
                 counts = np.bincount(codes[idx < 0], minlength=len(labels))
                 unseen[lv.name] = {labels[g]: int(counts[g]) for g in np.argsort(-counts, kind="stable") if counts[g]}
         terms = tuple(TermDesign(t, _term_columns(t, data)) for t in spec.formula.group_terms)
+        offset = offset_vector(spec, data)
         if observed:
             y = _response(spec, data)
-            spec.family.check_outcome(y, spec.response)
-            return Design(X=X, x_names=names, group_index=group_index, terms=terms, encoding=self, unseen=unseen, y=y)
-        return RowDesign(X=X, x_names=names, group_index=group_index, terms=terms, encoding=self, unseen=unseen)
+            trials = trials_vector(spec, data, y)
+            spec.family.check_outcome(y, spec.response, trials)
+            return Design(X=X, x_names=names, group_index=group_index, terms=terms, encoding=self, unseen=unseen, y=y,
+                          trials=trials, offset=offset)
+        return RowDesign(X=X, x_names=names, group_index=group_index, terms=terms, encoding=self, unseen=unseen,
+                         offset=offset)
 
 
 def build_design(spec: ModelSpec, data: pd.DataFrame, *, checks: Mapping[str, str] | None = None) -> Design:
@@ -212,21 +221,28 @@ def build_design(spec: ModelSpec, data: pd.DataFrame, *, checks: Mapping[str, st
         raise DataError(_missing_column_message(spec.response, data, "response"))
     used = _used_columns(spec, data, include_response=True)
     _check_missing_values(data, used)
+    _check_finite(data, used)
     y = _response(spec, data)
-    spec.family.check_outcome(y, spec.response)
+    trials = trials_vector(spec, data, y)
+    spec.family.check_outcome(y, spec.response, trials)
+    offset = offset_vector(spec, data)
+    weights = weights_vector(spec, data)
     formula = Formula(spec.formula.population)
     # formulaic only needs the population columns; handing it the whole frame costs seconds at 5M rows
     population_columns = [c for c in data.columns if c in formula.required_variables]
     X, names, population_spec = _fit_population_matrix(formula, data[population_columns])
+    _check_finite_matrix(X, names, data.index)
     severities = resolve_severities(checks)
+    check_enough_rows(len(y), names)
     dropped, found = rank_check(X, names, severities["rank_deficient"])
+    found += outcome_checks(spec, y, trials, X, names)
     found = apply_severities(found, severities, stacklevel=3)
     X, names = _drop_columns(X, names, dropped)
     hierarchy, group_index = build_hierarchy(spec, data)
     terms = tuple(TermDesign(t, _term_columns(t, data)) for t in spec.formula.group_terms)
     encoding = DesignEncoding(spec, population_spec, hierarchy, dropped)
     return Design(X=X, x_names=names, group_index=group_index, terms=terms, encoding=encoding, y=y,
-                  diagnostics=tuple(found))
+                  trials=trials, offset=offset, weights=weights, diagnostics=tuple(found))
 
 
 def _drop_columns(X: np.ndarray, names: tuple[str, ...], dropped: tuple[str, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -259,13 +275,61 @@ def _used_columns(spec: ModelSpec, data: pd.DataFrame, *, include_response: bool
     cols += sorted(v for v in required if v in data.columns)
     missing_vars = sorted(v for v in required if v not in data.columns and v not in {"np", "C"})
     if missing_vars:
-        raise DataError(_missing_column_message(missing_vars[0], data, "predictor"))
+        name = missing_vars[0]
+        if re.search(rf"(?<![\w.]){re.escape(name)}\s*\(", spec.formula.population):
+            raise SpecError(
+                f"The formula calls {name}(...), which is neither a data column nor a transform hierfit knows "
+                "(numpy functions such as np.log(x), C(x) for categories, I(x ** 2) for arithmetic, offset(x) for an "
+                "offset); compute it into a column first."
+            )
+        raise DataError(_missing_column_message(name, data, "predictor"))
+    extra = [v for expr in spec.formula.offsets for v in sorted(expression_variables(expr))]
+    if include_response and spec.formula.failures is not None:
+        extra += sorted(expression_variables(spec.formula.failures))
+    extra += [c for c in (spec.offset, spec.weights if include_response else None) if c is not None]
+    for c in extra:
+        if c not in data.columns and c != "np":
+            raise DataError(_missing_column_message(c, data, "offset/trials/weights"))
+    cols += [c for c in extra if c != "np"]
     for t in spec.formula.group_terms:
         for s in t.slopes:
             if s not in data.columns:
                 raise DataError(_missing_column_message(s, data, "slope"))
             cols.append(s)
     return list(dict.fromkeys(cols))
+
+
+def _row_examples(index: pd.Index, mask: np.ndarray, k: int = 3) -> str:
+    rows = [repr(index[i]) for i in np.flatnonzero(mask)[:k]]
+    return ", ".join(rows) + (", ..." if int(mask.sum()) > k else "")
+
+
+def _check_finite(data: pd.DataFrame, columns: list[str]) -> None:
+    """Numeric columns the model uses must be finite: +-inf is not silently kept or dropped."""
+    for c in columns:
+        col = data[c]
+        if not pd.api.types.is_numeric_dtype(col) or col.dtype == bool:
+            continue
+        values = col.to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            kinds = sorted({"+inf" if v > 0 else "-inf" for v in values[bad]})
+            raise DataError(
+                f"Column {c!r} has {int(bad.sum())} infinite value{'s' if bad.sum() > 1 else ''} ({', '.join(kinds)}; rows "
+                f"{_row_examples(data.index, bad)}); hierfit needs finite numbers. Replace them or drop those rows, e.g. "
+                f"data[np.isfinite(data[{c!r}])]."
+            )
+
+
+def _check_finite_matrix(X: np.ndarray, names: tuple[str, ...], index: pd.Index) -> None:
+    """A transformation in the formula (``np.log(x)`` at 0) must not make a column infinite."""
+    if X.size and not np.all(np.isfinite(X)):
+        j = int(np.flatnonzero(~np.all(np.isfinite(X), axis=0))[0])
+        bad = ~np.isfinite(X[:, j])
+        raise DataError(
+            f"The population-level column {names[j]!r} is not finite at {int(bad.sum())} rows ({_row_examples(index, bad)}): "
+            "a transformation in the formula is undefined there (e.g. np.log of 0). Transform the data first or drop those rows."
+        )
 
 
 def _check_missing_values(data: pd.DataFrame, columns: list[str]) -> None:
@@ -317,7 +381,8 @@ def _term_columns(term: GroupTerm, data: pd.DataFrame) -> np.ndarray:
 def _fit_population_matrix(formula: Formula, data: pd.DataFrame):
     try:
         # numpy output: no intermediate DataFrame, so the peak memory stays near one X
-        mm = formula.get_model_matrix(data, na_action="raise", output="numpy")
+        with np.errstate(all="ignore"):  # a non-finite result is reported by _check_finite_matrix
+            mm = formula.get_model_matrix(data, na_action="raise", output="numpy")
     except Exception as exc:
         raise DataError(f"Cannot build the population part {str(formula)!r}: {exc}") from None
     X = np.ascontiguousarray(mm.view(np.ndarray), dtype=np.float64)
@@ -329,7 +394,8 @@ def _population_matrix(population_spec, data: pd.DataFrame) -> tuple[np.ndarray,
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            mm = population_spec.get_model_matrix(data, na_action="raise", output="numpy")
+            with np.errstate(all="ignore"):  # a non-finite result is reported by _check_finite_matrix
+                mm = population_spec.get_model_matrix(data, na_action="raise", output="numpy")
         except Exception as exc:
             raise DataError(f"Cannot build the population part for new data: {exc}") from None
     for w in caught:

@@ -12,7 +12,6 @@ covariance of the flat parameter vector (see :mod:`hierfit.engines.layout`).
 
 from __future__ import annotations
 
-import dataclasses
 import pickle
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -29,7 +28,6 @@ from hierfit.checks import Diagnostic
 from hierfit.design import Design, RowDesign
 from hierfit.design.hierarchy import Hierarchy
 from hierfit.engines.layout import EFFECT_KEYS, ParameterLayout
-from hierfit.exceptions import EngineError
 from hierfit.model import Family
 
 FIXED_COLUMNS = ["term", "estimate", "std_error", "lower", "upper"]
@@ -67,17 +65,6 @@ def variance_table(design: Design, covariances: list[np.ndarray], sigma: float |
     if sigma is not None:
         rows.append({"level": "residual", "term1": "", "term2": "", "variance": sigma**2, "sd_or_corr": sigma})
     return pd.DataFrame(rows, columns=VARIANCE_COLUMNS)
-
-
-def parse_options(options_type: type, options: dict[str, Any], engine: str) -> Any:
-    """Build an engine's options dataclass, rejecting unknown names with the allowed list."""
-    names = {f.name for f in dataclasses.fields(options_type)}
-    unknown = sorted(set(options) - names)
-    if unknown:
-        raise EngineError(
-            f"Engine {engine!r} has no option {unknown[0]!r}. Its options are: {', '.join(sorted(names))}."
-        )
-    return options_type(**options)
 
 
 @runtime_checkable
@@ -375,8 +362,9 @@ class LinearEngineFit(BaseEngineFit):
         return self.layout.contributions(design, beta, b)
 
     def native_linear_predictor(self, design: RowDesign) -> np.ndarray:
-        """``R theta``: the row map applied to the estimates (engines with their own solver override)."""
-        return np.asarray(self.layout.row_matrix(design) @ self.theta).ravel()
+        """``R theta`` (+ offset): the row map applied to the estimates (engines with their own solver override)."""
+        eta = np.asarray(self.layout.row_matrix(design) @ self.theta).ravel()
+        return eta if design.offset is None else eta + design.offset
 
     def interval(self, design: RowDesign, kind: str, level: float) -> tuple[np.ndarray, np.ndarray] | None:
         alpha = (1 - level) / 2
@@ -434,7 +422,7 @@ class LinearEngineFit(BaseEngineFit):
         se = np.sqrt(gaussian.std_errors(R) ** 2 + self.new_group_sd(design) ** 2)
         if kind == "prediction" and self.sigma is not None:
             se = np.sqrt(se**2 + self.sigma**2)
-        eta = np.asarray(R @ self.theta).ravel()
+        eta = np.asarray(R @ self.theta).ravel() + (0.0 if design.offset is None else design.offset)
         q = gaussian.quantile(level)
         return eta - q * se, eta + q * se
 

@@ -167,12 +167,16 @@ class ParameterLayout:
                 out[name] = np.where(known, td.Z[:, j] * bt[safe, j], 0.0)
         mask = np.array([n != INTERCEPT for n in x_names], dtype=bool)
         out["population"] = design.X[:, mask] @ beta[mask] if mask.any() else np.zeros(design.n)
+        if design.offset is not None:
+            out["offset"] = design.offset  # the known part of the linear predictor (coefficient 1)
         return pd.DataFrame(out)
 
     def eta_draws(self, design: RowDesign, theta_draws: np.ndarray, rows: slice) -> np.ndarray:
         """Linear predictor draws ``(n_draws, n_rows_in_slice)`` for a block of rows."""
         beta, b = self.unflatten(theta_draws)
         eta = beta @ design.X[rows].T
+        if design.offset is not None:
+            eta = eta + design.offset[rows]
         for td, bt in zip(design.terms, b):
             idx = design.group_index[td.level][rows]
             known = idx >= 0

@@ -32,6 +32,7 @@ from hierfit.design import Design, RowDesign, TermDesign
 from hierfit.design.rank import dependent_columns as _dependencies
 from hierfit.engines.base import VARIANCE_COLUMNS, ExactGaussian, GaussianCoefficients, LinearEngineFit
 from hierfit.engines.mixed import Standardization, standardize
+from hierfit.engines.options import option
 from hierfit.exceptions import SpecError
 from hierfit.model import ModelSpec
 
@@ -40,7 +41,7 @@ from hierfit.model import ModelSpec
 class OPTIONS:
     """The ``ols`` engine has no tuning options; ``rcond`` sets the rank tolerance."""
 
-    rcond: float = 1e-10
+    rcond: float = option(1e-10, gt=0, lt=1)
 
 
 class OlsFit(LinearEngineFit):

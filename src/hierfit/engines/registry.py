@@ -39,6 +39,8 @@ class Capabilities:
         Whether the engine adds a nonlinear part (its own decomposition column).
     needs_group_terms
         Whether the formula must have at least one group-level term such as ``(1 | market)``.
+    offsets, weights
+        Whether the engine takes an offset (``offset(...)`` / ``offset=``) and prior weights.
     """
 
     uncertainty: Literal["none", "frequentist", "posterior", "ensemble"]
@@ -49,6 +51,8 @@ class Capabilities:
     decomposition: Literal["exact", "approximate"]
     nonlinear: bool = False
     needs_group_terms: bool = False
+    offsets: bool = False
+    weights: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ ENGINES: dict[str, EngineEntry] = {
             families=("gaussian",),
             decomposition="exact",
             needs_group_terms=True,
+            offsets=True,
         ),
     ),
     "pymc": EngineEntry(
@@ -240,6 +245,12 @@ def check_capabilities(entry: EngineEntry, spec: ModelSpec) -> None:
     group_terms = spec.formula.group_terms
     if not caps.varying_slopes and any(t.slopes for t in group_terms):
         raise SpecError(f"Engine {entry.name!r} does not fit varying slopes; drop them from the formula or choose another engine.")
+    if spec.has_offset and not caps.offsets:
+        able = sorted(n for n, e in ENGINES.items() if e.capabilities.offsets)
+        raise SpecError(f"Engine {entry.name!r} does not take offsets; engines that do: {', '.join(able) or 'none yet'}.")
+    if spec.weights is not None and not caps.weights:
+        able = sorted(n for n, e in ENGINES.items() if e.capabilities.weights)
+        raise SpecError(f"Engine {entry.name!r} does not take prior weights; engines that do: {', '.join(able) or 'none yet'}.")
     if caps.needs_group_terms and not group_terms:
         raise SpecError(
             f"Engine {entry.name!r} needs at least one group-level term such as (1 | market); use engine 'ols' otherwise."

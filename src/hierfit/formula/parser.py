@@ -54,10 +54,10 @@ def parse_formula(text: str) -> ParsedFormula:
     if len(tildes) > 1:
         raise FormulaError("The formula has more than one '~'; keep exactly one.", text, (tildes[1], tildes[1] + 1))
     tilde = tildes[0]
-    response = _strip_name(text[:tilde].strip())
+    response, failures = _parse_response(text, tilde)
     if not response:
         raise FormulaError("The formula has no response left of '~'; name the outcome column, e.g. 'y ~ ...'.", text, (0, tilde + 1))
-    if not _NAME_RE.match(text[:tilde].strip()):
+    if failures is None and not _NAME_RE.match(text[:tilde].strip()):
         start = len(text[:tilde]) - len(text[:tilde].lstrip())
         raise FormulaError(
             "The response must be a column name; compute transformed outcomes as a column first "
@@ -68,7 +68,18 @@ def parse_formula(text: str) -> ParsedFormula:
     pieces = _split_additive(text, tilde + 1)
     population: list[str] = []
     group_terms: list[GroupTerm] = []
+    offsets: list[str] = []
     for piece in pieces:
+        call = _OFFSET_RE.match(piece.text)
+        if call and piece.text.endswith(")") and _closes_at_end(piece.text, call.end() - 1):
+            if piece.sign == "-":
+                raise FormulaError("An offset cannot be subtracted; write offset(-x) instead.", text, (piece.start, piece.end))
+            inner = piece.text[call.end():-1].strip()
+            if not inner:
+                raise FormulaError("offset() needs an expression, e.g. offset(log(exposure)).", text, (piece.start, piece.end))
+            offsets.append(inner)
+            continue
+        _check_doubled_parentheses(text, piece)
         if _is_group_term(piece):
             if piece.sign == "-":
                 raise FormulaError("A group-level term cannot be subtracted; remove the '-'.", text, (piece.start, piece.end))
@@ -87,7 +98,72 @@ def parse_formula(text: str) -> ParsedFormula:
     minus = " ".join(p for p in population if p.startswith("-"))
     pop_text = (pop or "1") + (f" {minus}" if minus else "")
     _check_duplicate_coefficients(text, group_terms)
-    return ParsedFormula(text=text, response=response, population=pop_text, group_terms=tuple(group_terms))
+    return ParsedFormula(text=text, response=response, population=pop_text, group_terms=tuple(group_terms),
+                         offsets=tuple(offsets), failures=failures)
+
+
+_OFFSET_RE = re.compile(r"^offset\s*\(")
+_CBIND_RE = re.compile(r"^\s*cbind\s*\((?P<inner>.*)\)\s*$", re.S)
+
+
+def _closes_at_end(piece: str, open_at: int) -> bool:
+    """Whether the parenthesis opened at ``open_at`` is the one closing the piece."""
+    depth = 0
+    for i in range(open_at, len(piece)):
+        depth += piece[i] == "("
+        depth -= piece[i] == ")"
+        if depth == 0:
+            return i == len(piece) - 1
+    return False
+
+
+def _parse_response(text: str, tilde: int) -> tuple[str, str | None]:
+    """``y`` -> ("y", None); ``cbind(y, n - y)`` -> ("y", "n - y"), lme4's binomial outcome."""
+    lhs = text[:tilde]
+    lead = len(lhs) - len(lhs.lstrip())
+    span = (lead, lead + len(lhs.strip()))
+    if "|" in lhs:
+        raise FormulaError(
+            "The outcome is written as in lme4: for successes out of trials use cbind(successes, failures) ~ ..., e.g. "
+            "cbind(y, n - y) ~ x + (1 | market) with family='binomial' (brms' 'y | trials(n)' is not read); prior weights "
+            "and offsets go in fit(weights=..., offset=...) or offset(...) in the formula.",
+            text, span,
+        )
+    m = _CBIND_RE.match(lhs)
+    if not m:
+        return _strip_name(lhs.strip()), None
+    parts = _split_top_level_commas(m.group("inner"))
+    if len(parts) != 2 or not all(p.strip() for p in parts):
+        raise FormulaError("cbind() takes two arguments: the successes column and the failures, e.g. cbind(y, n - y).", text, span)
+    successes, failures = parts[0].strip(), parts[1].strip()
+    if not _NAME_RE.match(successes):
+        raise FormulaError(
+            "The first argument of cbind() must be the successes column (compute it into the data first).", text, span
+        )
+    return _strip_name(successes), failures
+
+
+def _split_top_level_commas(inner: str) -> list[str]:
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(inner):
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            parts.append(inner[start:i])
+            start = i + 1
+    parts.append(inner[start:])
+    return parts
+
+
+def _check_doubled_parentheses(text: str, piece: _Piece) -> None:
+    """``((1 | market))``: say so, instead of a confusing message about '|'."""
+    t = piece.text
+    if t.startswith("((") and t.endswith("))") and _closes_at_end(t, 0) and "|" in t:
+        inner = _Piece(piece.sign, t[1:-1].strip(), piece.start + 1, piece.end - 1)
+        if _is_group_term(inner):
+            raise FormulaError(
+                f"Doubled parentheses around a group-level term: write {inner.text}, not {t}.", text, (piece.start, piece.end)
+            )
 
 
 def _check_parentheses(text: str) -> None:
@@ -154,6 +230,12 @@ def _parse_group_term(text: str, piece: _Piece) -> list[GroupTerm]:
     inner_start = piece.start + 1
     inner = piece.text[1:-1]
     bar = _top_level_bar(inner)
+    if inner[bar : bar + 3] == "|||":
+        pos = inner_start + bar
+        raise FormulaError(
+            "'|||' is not an operator: use '|' for correlated effects or '||' for uncorrelated ones, e.g. (1 + x1 || market).",
+            text, (pos, pos + 3),
+        )
     double = inner[bar : bar + 2] == "||"
     expr, group = inner[:bar], inner[bar + (2 if double else 1) :]
     intercept, slopes = _parse_group_expr(text, expr, inner_start)

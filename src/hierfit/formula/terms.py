@@ -60,15 +60,20 @@ class GroupTerm:
 class ParsedFormula:
     """A formula split into its parts.
 
-    ``population`` is the right-hand side without group-level terms, in formulaic syntax
-    (``"1"`` when nothing else is left); ``group_terms`` are expanded (``a/b`` becomes ``a``
-    and ``a:b``).
+    ``population`` is the right-hand side without group-level terms and offsets, in formulaic
+    syntax (``"1"`` when nothing else is left); ``group_terms`` are expanded (``a/b`` becomes
+    ``a`` and ``a:b``). ``offsets`` are the expressions inside ``offset(...)`` terms (added to
+    the linear predictor with coefficient 1, as in lme4). For a binomial outcome written
+    ``cbind(successes, failures) ~ ...``, ``response`` is the successes column and ``failures``
+    the expression of the failures (``n - y``), so trials are ``successes + failures``.
     """
 
     text: str
     response: str
     population: str
     group_terms: tuple[GroupTerm, ...]
+    offsets: tuple[str, ...] = ()
+    failures: str | None = None
 
     @property
     def factors(self) -> tuple[GroupingFactor, ...]:

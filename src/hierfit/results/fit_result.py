@@ -13,8 +13,9 @@ import pandas as pd
 from hierfit.checks import Diagnostic
 from hierfit.design import DesignEncoding, RowDesign
 from hierfit.design.hierarchy import Hierarchy
+from hierfit.engines import ENGINES
 from hierfit.engines.base import EngineFit
-from hierfit.exceptions import SpecError, UnseenGroupsWarning
+from hierfit.exceptions import FitWarning, SpecError, UnseenGroupsWarning
 from hierfit.model import ModelSpec
 
 DEFAULT_LEVEL = 0.9
@@ -158,6 +159,13 @@ class FitResult:
         if interval is not None:
             bounds = self.engine_fit.interval(design, interval, level)
             if bounds is None:
+                able = sorted(n for n, e in ENGINES.items() if e.capabilities.uncertainty != "none")
+                warnings.warn(
+                    f"Engine {self.engine!r} has no uncertainty to give intervals from, so 'lower' and 'upper' are NaN. "
+                    f"Use an engine with intervals ({', '.join(able)}) for them.",
+                    FitWarning,
+                    stacklevel=2,
+                )
                 out["lower"] = np.nan
                 out["upper"] = np.nan
             else:

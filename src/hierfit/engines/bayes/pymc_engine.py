@@ -42,6 +42,7 @@ from hierfit.engines.bayes.structure import (
     make_structure,
     sufficient_stats,
 )
+from hierfit.engines.options import option
 from hierfit.exceptions import EngineError, SpecError
 from hierfit.model import ModelSpec
 from hierfit.model.priors import Prior
@@ -87,12 +88,12 @@ class OPTIONS:
         Add a ``posterior_predictive`` group of replicated outcomes to the InferenceData.
     """
 
-    draws: int = 1000
-    tune: int = 1000
-    chains: int = 4
-    cores: int | None = None
-    target_accept: float = 0.9
-    max_treedepth: int = 10
+    draws: int = option(1000, ge=1)
+    tune: int = option(1000, ge=0)
+    chains: int = option(4, ge=1)
+    cores: int | None = option(None, ge=1)
+    target_accept: float = option(0.9, gt=0, lt=1)
+    max_treedepth: int = option(10, ge=1)
     seed: int = 0
     likelihood: Literal["auto", "marginal", "rows", "suffstats"] = "auto"
     sampler: Literal["auto", "nutpie", "numpyro", "pymc"] = "auto"

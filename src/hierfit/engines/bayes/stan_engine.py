@@ -37,6 +37,7 @@ from hierfit.design import Design
 from hierfit.engines.bayes.result import BayesFit, assemble_fit
 from hierfit.engines.bayes.stancode import stan_code, stan_data
 from hierfit.engines.bayes.structure import canonical_rows, make_structure
+from hierfit.engines.options import option
 from hierfit.exceptions import ConvergenceError, EngineError
 from hierfit.model import ModelSpec
 
@@ -66,11 +67,11 @@ class OPTIONS:
         As for the ``pymc`` engine.
     """
 
-    draws: int = 1000
-    tune: int = 1000
-    chains: int = 4
-    target_accept: float = 0.9
-    max_treedepth: int = 10
+    draws: int = option(1000, ge=1)
+    tune: int = option(1000, ge=0)
+    chains: int = option(4, ge=1)
+    target_accept: float = option(0.9, gt=0, lt=1)
+    max_treedepth: int = option(10, ge=1)
     seed: int = 0
     likelihood: Literal["auto", "marginal", "rows"] = "auto"
     progressbar: bool = True

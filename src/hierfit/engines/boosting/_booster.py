@@ -6,35 +6,12 @@ LightGBM is imported inside these functions only, so importing hierfit never imp
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hierfit.exceptions import EngineError
-
 BOOSTER_FILE = "booster.txt"
-
-
-def check_options(options: Any, engine: str, choices: Mapping[str, tuple[str, ...]]) -> None:
-    """Validate the numeric and choice options both boosting engines share."""
-    for name, allowed in choices.items():
-        value = getattr(options, name)
-        if value not in allowed:
-            raise EngineError(f"Engine {engine!r}: option {name!r} must be one of: {', '.join(sorted(allowed))}. Got {value!r}.")
-    if not 0 < options.validation_fraction < 0.5:
-        raise EngineError(
-            f"Engine {engine!r}: 'validation_fraction' must be in (0, 0.5); got {options.validation_fraction!r}. "
-            "Early stopping needs a validation split; 0.1 is a good default."
-        )
-    if not options.learning_rate > 0:
-        raise EngineError(f"Engine {engine!r}: 'learning_rate' must be positive; got {options.learning_rate!r}.")
-    for name in ("num_leaves", "min_data_in_leaf"):
-        if int(getattr(options, name)) < 1:
-            raise EngineError(f"Engine {engine!r}: {name!r} must be a positive integer; got {getattr(options, name)!r}.")
-    if not isinstance(options.params, Mapping):
-        raise EngineError(f"Engine {engine!r}: 'params' must be a dict of extra LightGBM parameters; got {type(options.params).__name__}.")
 
 
 def lgb_params(options: Any, objective: str) -> dict[str, Any]:

@@ -35,7 +35,7 @@ import dataclasses
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -43,17 +43,17 @@ import pandas as pd
 from hierfit.checks import Diagnostic
 from hierfit.design import Design, RowDesign
 from hierfit.design.build import TermDesign
-from hierfit.engines.base import BaseEngineFit, EngineFit, parse_options
+from hierfit.engines.base import BaseEngineFit, EngineFit
 from hierfit.engines.boosting._booster import (
-    check_options,
     lgb_params,
     load_booster,
     outcome_standardisation,
     save_booster,
     single_threaded_blas,
 )
-from hierfit.engines.boosting._features import VALIDATION, FeatureMap, validation_split
+from hierfit.engines.boosting._features import FeatureMap, validation_split
 from hierfit.engines.heldout_gain import HeldoutGain
+from hierfit.engines.options import option, parse_options
 from hierfit.exceptions import EngineError, SpecError
 from hierfit.model import ModelSpec
 
@@ -82,19 +82,19 @@ class OPTIONS:
 
     effects_engine: str = "mixed"
     effects_options: dict[str, Any] = field(default_factory=dict)
-    trees_per_round: int = 10
-    max_rounds: int = 200
-    patience: int = 3
-    tol: float = 1e-4
-    learning_rate: float = 0.05
-    num_leaves: int = 31
-    min_data_in_leaf: int = 50
-    lambda_l2: float = 0.0
-    validation: str = "random"
-    validation_fraction: float = 0.1
+    trees_per_round: int = option(10, ge=1)
+    max_rounds: int = option(200, ge=1)
+    patience: int = option(3, ge=1)
+    tol: float = option(1e-4, ge=0)
+    learning_rate: float = option(0.05, gt=0)
+    num_leaves: int = option(31, ge=2)
+    min_data_in_leaf: int = option(50, ge=1)
+    lambda_l2: float = option(0.0, ge=0)
+    validation: Literal["grouped", "random"] = "random"
+    validation_fraction: float = option(0.1, gt=0, lt=0.5)
     verbose: int = 0
     seed: int = 0
-    num_threads: int = 0
+    num_threads: int = option(0, ge=0)
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -233,10 +233,6 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BoostedMixedFit:
     """
     import lightgbm as lgb
 
-    check_options(options, "boosted-mixed", {"validation": VALIDATION})
-    for name in ("trees_per_round", "max_rounds", "patience"):
-        if int(getattr(options, name)) < 1:
-            raise EngineError(f"Engine 'boosted-mixed': {name!r} must be a positive integer; got {getattr(options, name)!r}.")
     module, eff_options = effects_step(spec, options.effects_engine, options)
     features = FeatureMap.from_design(design, groups=False)
     if not features.names:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -47,7 +47,6 @@ from hierfit.engines.base import (
     BaseEngineFit,
 )
 from hierfit.engines.boosting._booster import (
-    check_options,
     lgb_params,
     load_booster,
     outcome_standardisation,
@@ -56,14 +55,13 @@ from hierfit.engines.boosting._booster import (
 )
 from hierfit.engines.boosting._features import (
     OBJECTIVES,
-    SLOPE_FEATURES,
-    VALIDATION,
     FeatureMap,
     require_chain,
     validation_split,
 )
 from hierfit.engines.boosting._partial import PathAverager
 from hierfit.engines.layout import ParameterLayout
+from hierfit.engines.options import option
 from hierfit.formula import INTERCEPT
 from hierfit.model import ModelSpec
 
@@ -100,22 +98,22 @@ class OPTIONS:
         Extra LightGBM parameters (override the ones above).
     """
 
-    num_boost_round: int = 2000
-    learning_rate: float = 0.05
-    num_leaves: int = 31
-    min_data_in_leaf: int = 20
-    lambda_l2: float = 0.0
-    min_data_per_group: int = 10
-    cat_smooth: float = 10.0
-    slope_features: str = "auto"
-    validation: str = "random"
-    validation_fraction: float = 0.1
-    early_stopping_rounds: int = 50
-    pd_rows_per_group: int = 100
-    pd_max_paths: int = 64
+    num_boost_round: int = option(2000, ge=1)
+    learning_rate: float = option(0.05, gt=0)
+    num_leaves: int = option(31, ge=2)
+    min_data_in_leaf: int = option(20, ge=1)
+    lambda_l2: float = option(0.0, ge=0)
+    min_data_per_group: int = option(10, ge=1)
+    cat_smooth: float = option(10.0, ge=0)
+    slope_features: Literal["auto", "onehot", "trees"] = "auto"
+    validation: Literal["grouped", "random"] = "random"
+    validation_fraction: float = option(0.1, gt=0, lt=0.5)
+    early_stopping_rounds: int = option(50, ge=1)
+    pd_rows_per_group: int = option(100, ge=1)
+    pd_max_paths: int = option(64, ge=1)
     verbose: int = 0
     seed: int = 0
-    num_threads: int = 0
+    num_threads: int = option(0, ge=0)
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -287,7 +285,6 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> LightGBMFit:
     >>> bool(np.allclose(parts.sum(axis=1), fit.predict(sim.data)["prediction"]))
     True
     """
-    check_options(options, "lightgbm", {"slope_features": SLOPE_FEATURES, "validation": VALIDATION})
     require_chain(design.hierarchy, "lightgbm")
     features = FeatureMap.from_design(design, groups=True, slope_features=options.slope_features)
     params = lgb_params(options, OBJECTIVES[spec.family.name])

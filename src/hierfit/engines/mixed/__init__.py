@@ -8,6 +8,7 @@ three. ``random_blocks(design)`` (in :mod:`.engine`, lme4's ``reTrms``) builds t
 terms of a hierfit design. Other engines use only these public names.
 """
 
+from hierfit.engines.mixed._standardize import ColumnMap, Standardization, column_map, standardize
 from hierfit.engines.mixed.lmm import (
     LmmDevfun,
     LmmSolution,
@@ -20,7 +21,6 @@ from hierfit.engines.mixed.lmm import (
     lmm_solution,
     optimize_lmm,
 )
-from hierfit.engines.mixed._standardize import ColumnMap, Standardization, column_map, standardize
 
 __all__ = [
     "ColumnMap",

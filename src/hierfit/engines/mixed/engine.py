@@ -25,6 +25,7 @@ from hierfit.checks import Diagnostic
 from hierfit.design import Design, RowDesign
 from hierfit.engines.base import FIXED_COLUMNS, GROUP_COLUMNS, Draws, LazyDraws, LinearEngineFit, variance_table
 from hierfit.engines.mixed.lmm import LmmSolution, RandomBlock, fit_lmm
+from hierfit.engines.options import option
 from hierfit.exceptions import SpecError
 from hierfit.model import ModelSpec
 
@@ -49,9 +50,9 @@ class OPTIONS:
     """
 
     reml: bool = True
-    n_draws: int = 1000
-    maxiter: int = 1000
-    n_starts: int = 1
+    n_draws: int = option(1000, ge=10)
+    maxiter: int = option(1000, ge=1)
+    n_starts: int = option(1, ge=1)
     seed: int = 0
 
 
@@ -103,6 +104,8 @@ class MixedFit(LinearEngineFit):
     def native_linear_predictor(self, design: RowDesign) -> np.ndarray:
         """``X beta + Z b`` from the solver's solution (conditional modes; unseen groups add 0)."""
         eta = design.X @ self.solution.beta
+        if design.offset is not None:
+            eta = eta + design.offset
         for td, b in zip(design.terms, self.solution.ranef):
             idx = design.group_index[td.level]
             known = idx >= 0
@@ -194,9 +197,9 @@ def _diagnostics(design: Design, sol: LmmSolution) -> list[Diagnostic]:
 
 def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> MixedFit:
     """Fit by REML or ML with the sufficient-statistic core."""
-    if options.n_draws < 10:
-        raise SpecError(f"Option n_draws must be at least 10; got {options.n_draws}.")
-    sol = fit_lmm(design.X, design.y, random_blocks(design), reml=options.reml, maxiter=options.maxiter, n_starts=options.n_starts, seed=options.seed)
+    # an offset is a known part of the mean: the gaussian model of y - offset is the same model
+    y = design.y if design.offset is None else design.y - design.offset
+    sol = fit_lmm(design.X, y, random_blocks(design), reml=options.reml, maxiter=options.maxiter, n_starts=options.n_starts, seed=options.seed)
     return MixedFit(design, sol, options, _diagnostics(design, sol))
 
 

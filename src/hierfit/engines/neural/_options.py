@@ -5,13 +5,10 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
+from typing import Literal
 
+from hierfit.engines.options import option
 from hierfit.exceptions import EngineError
-
-VALIDATIONS = ("group", "random")
-NONLINEAR = ("auto", "always")
-VARIANCES = ("joint", "laplace")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -84,24 +81,24 @@ class OPTIONS:
         Seeds initialisation, splits, bootstrap weights and shuffling.
     """
 
-    n_members: int | None = None
+    n_members: int | None = option(None, ge=1)
     hidden: tuple[int, ...] | None = None
-    nonlinear: str = "auto"
-    embedding_dim: int | None = None
-    embedding_sd: float = 0.01
-    weight_decay: float = 1.0
-    batch_size: int | None = None
-    max_epochs: int | None = None
-    patience: int | None = None
-    learning_rate: float = 3e-3
-    validation: str = "random"
-    validation_fraction: float | None = None
+    nonlinear: Literal["auto", "always"] = "auto"
+    embedding_dim: int | None = option(None, ge=0)
+    embedding_sd: float = option(0.01, gt=0)
+    weight_decay: float = option(1.0, ge=0)
+    batch_size: int | None = option(None, ge=1)
+    max_epochs: int | None = option(None, ge=1)
+    patience: int | None = option(None, ge=1)
+    learning_rate: float = option(3e-3, gt=0)
+    validation: Literal["group", "random"] = "random"
+    validation_fraction: float | None = option(None, gt=0, lt=0.9)
     refit: bool | None = None
     bootstrap: bool = False
-    variance: str = "laplace"
+    variance: Literal["joint", "laplace"] = "laplace"
     reml_variances: bool = True
-    device: str = "auto"
-    threads: int | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = option(None, ge=1)
     progress: bool | None = None
     seed: int = 0
 
@@ -163,31 +160,6 @@ def resolve(options: OPTIONS, n: int, level_sizes: list[int]) -> Settings:
 
 
 def _validate(o: OPTIONS) -> None:
-    def bad(name: str, value: object, allowed: str) -> EngineError:
-        return EngineError(f"Option {name!r} of engine 'neural' must be {allowed}; got {value!r}.")
-
-    if o.validation not in VALIDATIONS:
-        raise bad("validation", o.validation, "one of: " + ", ".join(VALIDATIONS))
-    if o.nonlinear not in NONLINEAR:
-        raise bad("nonlinear", o.nonlinear, "one of: " + ", ".join(NONLINEAR))
-    if o.variance not in VARIANCES:
-        raise bad("variance", o.variance, "one of: " + ", ".join(VARIANCES))
-    if o.device not in DEVICES:
-        raise bad("device", o.device, "one of: " + ", ".join(DEVICES))
-    if o.n_members is not None and (not isinstance(o.n_members, int) or o.n_members < 1):
-        raise bad("n_members", o.n_members, "a positive integer (2 or more for intervals)")
-    if o.hidden is not None and (isinstance(o.hidden, (str, bytes)) or any(int(h) < 1 for h in o.hidden)):
-        raise bad("hidden", o.hidden, "a tuple of positive layer widths, e.g. (64, 64), or ()")
-    for name in ("batch_size", "max_epochs", "patience", "threads"):
-        v = getattr(o, name)
-        if v is not None and (not isinstance(v, int) or v < 1):
-            raise bad(name, v, "a positive integer or None")
-    if o.embedding_dim is not None and (not isinstance(o.embedding_dim, int) or o.embedding_dim < 0):
-        raise bad("embedding_dim", o.embedding_dim, "a non-negative integer or None")
-    if o.validation_fraction is not None and not 0 < o.validation_fraction < 0.9:
-        raise bad("validation_fraction", o.validation_fraction, "a number in (0, 0.9)")
-    for name in ("learning_rate", "embedding_sd"):
-        if not getattr(o, name) > 0:
-            raise bad(name, getattr(o, name), "a positive number")
-    if not o.weight_decay >= 0:
-        raise bad("weight_decay", o.weight_decay, "a non-negative number")
+    """What the option table (:func:`hierfit.engines.options.parse_options`) cannot say."""
+    if o.hidden is not None and any(h < 1 for h in o.hidden):
+        raise EngineError(f"Engine 'neural': option 'hidden' must be a tuple of positive layer widths, e.g. (64, 64), or (); got {o.hidden!r}.")

@@ -1,0 +1,111 @@
+"""Checks of the outcome against the model, made when the design is built.
+
+* ``degenerate_outcome`` (error by default): an outcome that never varies -- a bernoulli or
+  binomial outcome that is always 0 or always a success, a count that is always 0, a constant
+  gaussian outcome. Maximum likelihood then runs off to infinity (intercepts of -35 were
+  reported as estimates) or has nothing to estimate.
+* ``separation`` (warn by default): a population predictor that splits the binary outcome
+  perfectly (complete separation: every 1 above a threshold, every 0 below; quasi-complete when
+  they meet at the threshold). Its coefficient is then infinite for maximum likelihood and
+  large and unstable everywhere else.
+
+A row count at or below the number of population coefficients is refused outright.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hierfit.checks import Diagnostic
+from hierfit.exceptions import DataError
+from hierfit.formula import INTERCEPT
+from hierfit.model import ModelSpec
+
+__all__ = ["check_enough_rows", "outcome_checks"]
+
+
+def check_enough_rows(n: int, x_names: tuple[str, ...]) -> None:
+    """Refuse fewer rows than population coefficients plus one (no residual degree of freedom)."""
+    p = len(x_names)
+    if n <= p:
+        raise DataError(
+            f"The data have {n} row{'s' if n != 1 else ''}, but the model has {p} population-level coefficient"
+            f"{'s' if p != 1 else ''} ({', '.join(x_names)}); it needs more rows than coefficients (at least {p + 1}), "
+            "and many more to estimate how groups differ. Fit more data or a smaller formula."
+        )
+
+
+def _proportion(y: np.ndarray, trials: np.ndarray | None) -> np.ndarray:
+    return y if trials is None else np.divide(y, trials, out=np.full_like(y, np.nan), where=trials > 0)
+
+
+def outcome_checks(spec: ModelSpec, y: np.ndarray, trials: np.ndarray | None, X: np.ndarray,
+                   x_names: tuple[str, ...]) -> list[Diagnostic]:
+    """Findings about the outcome (see the module docstring); their severities are applied by the caller.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hierfit.model import make_spec
+    >>> spec = make_spec("y ~ x + (1 | g)", family="bernoulli")
+    >>> x = np.array([0.1, 0.5, 0.9, 1.3])
+    >>> [d.check for d in outcome_checks(spec, np.array([0., 0., 1., 1.]), None, np.column_stack([np.ones(4), x]), ("Intercept", "x"))]
+    ['separation']
+    """
+    family = spec.family
+    response = spec.response
+    found: list[Diagnostic] = []
+    p = _proportion(y, trials)
+    finite = np.isfinite(p)
+    if not finite.any():
+        return found
+    lo, hi = float(np.min(p[finite])), float(np.max(p[finite]))
+    if lo == hi:
+        at_bound = lo in family.mean_range
+        if at_bound:
+            low = lo == family.mean_range[0]
+            what = ("0" if low else "1") + ((" (no successes)" if low else " (every trial a success)") if family.has_trials else "")
+            direction = "-infinity" if low else "+infinity"
+            found.append(Diagnostic(
+                "degenerate_outcome",
+                f"The outcome {response!r} is {what} in every row ({int(finite.sum())} rows): a {family.name} model's intercept "
+                f"runs off to {direction}, so there is nothing to estimate. Check how the outcome is coded and which rows "
+                "were selected.",
+            ))
+        else:
+            found.append(Diagnostic(
+                "degenerate_outcome",
+                f"The outcome {response!r} is {lo:g} in every row ({int(finite.sum())} rows): there is no variation to model. "
+                "Check the outcome column and the row filter.",
+            ))
+        return found
+    if family.mean_range == (0.0, 1.0):
+        found += _separation(response, p, X, x_names)
+    return found
+
+
+def _separation(response: str, p: np.ndarray, X: np.ndarray, x_names: tuple[str, ...]) -> list[Diagnostic]:
+    """Single predictors that split rows with proportion 0 from rows with proportion 1."""
+    zero, one = p == 0.0, p == 1.0
+    if not (zero | one).all() or not zero.any() or not one.any():
+        return []  # some rows have proportions strictly between 0 and 1: no separation by one threshold
+    out = []
+    for j, name in enumerate(x_names):
+        if name == INTERCEPT:
+            continue
+        x = X[:, j]
+        x0_max, x0_min, x1_max, x1_min = x[zero].max(), x[zero].min(), x[one].max(), x[one].min()
+        if x0_max < x1_min or x1_max < x0_min:
+            kind, threshold = "completely", (x0_max + x1_min) / 2 if x0_max < x1_min else (x1_max + x0_min) / 2
+        elif x0_max == x1_min or x1_max == x0_min:
+            kind, threshold = "quasi-completely", x0_max if x0_max == x1_min else x1_max
+        else:
+            continue
+        up = "above" if x0_max <= x1_min else "below"
+        out.append(Diagnostic(
+            "separation",
+            f"Predictor {name!r} {kind} separates the outcome {response!r}: every 1 lies {up} {threshold:.4g} and every 0 on "
+            f"the other side, so its coefficient is infinite for maximum likelihood (large and unstable in any fit). Drop or "
+            "coarsen the predictor, or use a Bayesian engine (pymc/stan), whose priors keep it finite.",
+        ))
+    return out
