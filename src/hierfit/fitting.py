@@ -61,8 +61,9 @@ def fit_engine(design: Design, entry: EngineEntry, options: Any) -> tuple[Engine
     """Run the engine on the design; return its fit and the wall seconds it took.
 
     Errors from inside an engine that are not already :class:`~hierfit.exceptions.HierfitError`
-    (a numerical library's ``ValueError`` or ``LinAlgError``) are translated here, at the
-    boundary, so users only ever see hierfit's error tree (the original stays chained).
+    (a numerical library's ``ValueError``, ``LinAlgError``, ``LightGBMError``, ...) are translated
+    here, at the boundary, so users only ever see hierfit's error tree (the original stays
+    chained as ``__cause__``); an interrupt or running out of memory passes through.
     """
     module = entry.load()
     t0 = time.perf_counter()
@@ -70,7 +71,9 @@ def fit_engine(design: Design, entry: EngineEntry, options: Any) -> tuple[Engine
         engine_fit: EngineFit = module.fit(design, design.spec, options)
     except HierfitError:
         raise
-    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except Exception as exc:  # a numerical library's error: translated, with the original chained
         raise EngineError(
             f"Engine {entry.name!r} could not fit this model: {exc}. Check the data for constant or collinear "
             "columns and tiny groups, or try another engine."

@@ -23,6 +23,7 @@ import numpy as np
 
 from hierfit.design import Design, RowDesign
 from hierfit.design.hierarchy import Hierarchy
+from hierfit.engines.splits import validation_rows
 from hierfit.exceptions import SpecError
 from hierfit.formula import INTERCEPT
 
@@ -195,19 +196,11 @@ def count_onehot(design: Design) -> int:
 
 
 def validation_split(design: Design, fraction: float, how: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean masks (train, valid): random rows, or whole deepest-level groups (``grouped``)."""
-    rng = np.random.default_rng(seed)
-    n = design.n
-    if how == "random" or not design.hierarchy.levels:
-        valid = rng.random(n) < fraction
-    else:
-        deepest = design.hierarchy.levels[-1]
-        idx = design.group_index[deepest.name]
-        order = rng.permutation(deepest.n_groups)
-        cum = np.cumsum(deepest.sizes[order])
-        chosen = order[: max(1, int(np.searchsorted(cum, fraction * n)))]
-        valid = np.isin(idx, chosen)
-    if valid.all() or not valid.any():
-        valid = np.zeros(n, dtype=bool)
-        valid[rng.choice(n, size=max(1, int(fraction * n)), replace=False)] = True
+    """Boolean masks (train, valid): rows, or whole deepest-level groups (``grouped``), chosen by
+    :mod:`hierfit.engines.splits` so that the split follows the rows' content, not their order
+    or their groups' labels."""
+    level = design.hierarchy.levels[-1].name if how != "random" and design.hierarchy.levels else None
+    if level is not None and design.hierarchy.level(level).n_groups < 2:
+        level = None
+    valid = validation_rows(design, fraction, seed=seed, level=level)
     return ~valid, valid

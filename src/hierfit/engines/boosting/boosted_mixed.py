@@ -249,7 +249,11 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BoostedMixedFit:
     X = features.matrix(design)
     train, valid = validation_split(design, options.validation_fraction, options.validation, options.seed)
     params = lgb_params(options, "none")  # gradients come from fobj: the target moves each round
-    booster = lgb.Booster(params=params, train_set=lgb.Dataset(X[train], label=np.zeros(int(train.sum())), feature_name=list(features.names)))
+    # no pre-filter: on few rows LightGBM would drop every feature (none can split under
+    # min_data_in_leaf) and refuse to build; unsplittable features just give no splits
+    train_set = lgb.Dataset(X[train], label=np.zeros(int(train.sum())), feature_name=list(features.names),
+                            params={"feature_pre_filter": False})
+    booster = lgb.Booster(params=params, train_set=train_set)
     target = np.zeros(int(train.sum()))
 
     def squared_error(preds: np.ndarray, _data: Any) -> tuple[np.ndarray, np.ndarray]:
