@@ -7,8 +7,13 @@ escape as a raw ``ValueError``/``LinAlgError`` from a numerical library.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +30,8 @@ def data() -> pd.DataFrame:
     df = sim.data.copy()
     df["x1b"] = 2.0 * df["x1"]
     df["const"] = 5.0
+    levels = sorted(df["market"].unique())
+    df["mx"] = df["market"].map({m: 0.7 * i for i, m in enumerate(levels)})  # constant within each market
     return df
 
 
@@ -46,18 +53,70 @@ def _with(column: str, values: Any, formula: str = "y ~ x1 + (1 | market)", **kw
     return run
 
 
+def _predict_with_inf(df: pd.DataFrame) -> Any:
+    fit = _fit("y ~ x1 + (1 | market)")(df)
+    bad = df.copy()
+    bad.loc[bad.index[2], "x1"] = np.inf
+    return fit.predict(bad)
+
+
+_INF = lambda d: d["x1"].where(d.index != d.index[4], np.inf)  # noqa: E731
+_NEG_INF = lambda d: d["x1"].where(d.index != d.index[4], -np.inf)  # noqa: E731
+
 #: case -> (call on the data, expected error type, message fragment)
 CATALOGUE: dict[str, tuple[Callable[[pd.DataFrame], Any], type[HierfitError], str]] = {
+    # non-finite values
+    "+inf in a predictor": (_with("x1", _INF), DataError, "Column 'x1' has 1 infinite value (+inf"),
+    "+inf in a predictor, ols": (_with("x1", _INF, engine="ols"), DataError, "Column 'x1' has 1 infinite value"),
+    "+inf in a predictor, lightgbm": (_with("x1", _INF, engine="lightgbm"), DataError, "Column 'x1' has 1 infinite value"),
+    "-inf in a slope column": (_with("x1", _NEG_INF, formula="y ~ x2 + (1 + x1 | market)"), DataError, "(-inf; rows"),
+    "inf in predict() rows": (_predict_with_inf, DataError, "Column 'x1' has 1 infinite value"),
+    "a transform undefined somewhere (log of 0)": (_with("x2", lambda d: np.abs(d["x2"]).where(d.index != d.index[0], 0.0),
+                                                         formula="y ~ np.log(x2) + (1 | market)"),
+                                                   DataError, "'np.log(x2)' is not finite at 1 rows"),
+    # identification
     "collinear predictors (x1b = 2 x1)": (_fit("y ~ x1 + x1b + (1 | market)"), DataError, "'x1b' = 2*x1 + a constant"),
     "collinear predictors, ols": (_fit("y ~ x1 + x1b + (1 | market)", engine="ols"), DataError, "collinear"),
+    "collinear predictors, lightgbm": (_fit("y ~ x1 + x1b + (1 | market)", engine="lightgbm"), DataError, "collinear"),
     "constant predictor beside the intercept": (_fit("y ~ x1 + const + (1 | market)"), DataError, "'const' is constant"),
+    "market-level predictor beside market effects, ols": (_fit("y ~ x1 + mx + (1 | market)", engine="ols"), DataError,
+                                                          "population column 'mx'"),
+    # too little data, degenerate outcomes
+    "one row": (lambda d: _fit("y ~ x1 + (1 | market)")(d.head(1)), DataError, "The data have 1 row, but the model has 2"),
+    "two rows": (lambda d: _fit("y ~ x1 + (1 | market)", engine="ols")(d.head(2)), DataError, "at least 3"),
+    "bernoulli outcome all 0": (_with("y", 0.0, family="bernoulli", engine="lightgbm"), DataError,
+                                "[degenerate_outcome] The outcome 'y' is 0 in every row"),
+    "bernoulli outcome all 1": (_with("y", 1.0, family="bernoulli", engine="lightgbm"), DataError, "runs off to +infinity"),
+    "poisson outcome all 0": (_with("y", 0.0, family="poisson", engine="lightgbm"), DataError, "a poisson model's intercept"),
+    "constant gaussian outcome": (_with("y", 3.0), DataError, "is 3 in every row"),
+    # engine options, checked from each engine's option table before any work
+    "option of the wrong type (n_draws='abc')": (_fit("y ~ x1 + (1 | market)", engine="mixed", n_draws="abc"), EngineError,
+                                                 "option 'n_draws' must be an integer >= 10; got 'abc' (str)"),
+    "option out of range (maxiter=0)": (_fit("y ~ x1 + (1 | market)", engine="mixed", maxiter=0), EngineError,
+                                        "option 'maxiter' must be an integer >= 1; got 0"),
+    "bool option given a string (reml='no')": (_fit("y ~ x1 + (1 | market)", engine="mixed", reml="no"), EngineError,
+                                               "option 'reml' must be True or False; got 'no'"),
+    "negative count option (num_boost_round=-5)": (_fit("y ~ x1 + (1 | market)", engine="lightgbm", num_boost_round=-5),
+                                                   EngineError, "'num_boost_round' must be an integer >= 1; got -5"),
+    "choice option (slope_features='x')": (_fit("y ~ x1 + (1 | market)", engine="lightgbm", slope_features="x"), EngineError,
+                                           "must be one of: 'auto', 'onehot', 'trees'"),
+    "unknown engine option": (_fit("y ~ x1 + (1 | market)", engine="mixed", draws=5), EngineError, "has no option 'draws'"),
+    # spec and formula
     "unknown engine": (_fit("y ~ x1 + (1 | market)", engine="lmer"), EngineError, "must be one of: boosted-mixed"),
     "unknown family": (_fit("y ~ x1 + (1 | market)", family="gamma"), SpecError, "Got 'gamma'"),
     "unknown link": (_fit("y ~ x1 + (1 | market)", family="bernoulli", link="log"), SpecError, "allows the links"),
-    "unknown engine option": (_fit("y ~ x1 + (1 | market)", engine="mixed", draws=5), EngineError, "has no option 'draws'"),
     "family the engine cannot fit": (_fit("y ~ x1 + (1 | market)", engine="ols", family="poisson"), SpecError,
                                      "Engines for 'poisson'"),
+    "offset the engine cannot take": (_fit("y ~ x1 + offset(x2) + (1 | market)", engine="ols"), SpecError,
+                                      "does not take offsets"),
     "unreadable formula": (_fit("y ~ x1 + | market"), FormulaError, "⟨|⟩"),
+    "doubled parentheses": (_fit("y ~ x1 + ((1 | market))"), FormulaError, "write (1 | market), not ((1 | market))"),
+    "'|||'": (_fit("y ~ x1 + (1 ||| market)"), FormulaError, "'|||' is not an operator"),
+    "a call hierfit does not know": (_fit("y ~ x1 + foo(x2) + (1 | market)"), SpecError, "The formula calls foo(...)"),
+    "brms-style binomial outcome": (_fit("y | trials(n) ~ x1 + (1 | market)"), FormulaError, "cbind(successes, failures)"),
+    "binomial without cbind": (_fit("y ~ x1 + (1 | market)", family="binomial"), SpecError, "write the outcome as cbind"),
+    "hierarchy= with '/' nesting": (_fit("y ~ x1 + (1 | market/submarket)", hierarchy=("market", "submarket")), SpecError,
+                                    "Use one of the two"),
     "missing column": (_fit("y ~ x9 + (1 | market)"), DataError, "'x9' is not in the data"),
     "missing values": (_with("x1", lambda d: d["x1"].where(d.index > 3)), DataError, "missing values in columns"),
     "outcome outside the family": (_with("y", lambda d: np.round(d["y"]), family="bernoulli", engine="lightgbm"), DataError,
@@ -84,3 +143,78 @@ def test_collinear_columns_are_dropped_when_asked(data: pd.DataFrame) -> None:
     ref = _fit("y ~ x1 + (1 | market)")(data)
     np.testing.assert_allclose(fit.predict(data)["prediction"], ref.predict(data)["prediction"], rtol=1e-10)
     assert [d.check for d in fit.diagnostics].count("rank_deficient") == 1
+
+
+def test_separation_is_named(data: pd.DataFrame) -> None:
+    df = data.assign(y=(data["x1"] > 0.2).astype(float))
+    with pytest.warns(hierfit.exceptions.DataCheckWarning, match="Predictor 'x1' completely separates the outcome 'y'"):
+        hierfit.fit("y ~ x1 + (1 | market)", df, engine="lightgbm", family="bernoulli", checks={"few_groups": "ignore"})
+
+
+def test_lightgbm_intervals_warn_instead_of_silent_nan(data: pd.DataFrame) -> None:
+    fit = _fit("y ~ x1 + (1 | market)", engine="lightgbm")(data)
+    with pytest.warns(hierfit.exceptions.FitWarning, match="no uncertainty to give intervals from"):
+        pred = fit.predict(data, interval="prediction")
+    assert pred["lower"].isna().all()
+
+
+# ----------------------------------------------------------------------------- the command line
+CLI = [sys.executable, "-m", "hierfit.cli"]
+FORMULA = "y ~ x1 + (1 | market)"
+
+
+def _run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
+    return subprocess.run(CLI + args, capture_output=True, text=True, timeout=300, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory, data: pd.DataFrame) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("cli")
+    out = {"good": d / "good.csv", "latin": d / "latin.csv", "binary": d / "binary.csv", "empty": d / "empty.csv", "dir": d}
+    data.to_csv(out["good"], index=False)
+    data.assign(market=data["market"] + "é").to_csv(out["latin"], index=False, encoding="latin-1")
+    out["binary"].write_bytes(bytes(range(256)) * 20)
+    out["empty"].write_text("")
+    return out
+
+
+#: case -> (file key, message fragment); every one prints one line and exits with 2
+CLI_CASES = {
+    "latin-1 encoded file": ("latin", "is not UTF-8 text (byte 0xe9"),
+    "binary file": ("binary", "looks binary (it contains NUL bytes)"),
+    "empty file": ("empty", "is empty; write a header row"),
+}
+
+
+@pytest.mark.parametrize("case", list(CLI_CASES))
+def test_cli_unreadable_files_are_one_line(case: str, files: dict[str, Path]) -> None:
+    key, fragment = CLI_CASES[case]
+    r = _run(["fit", str(files[key]), "-f", FORMULA, "--out", str(files["dir"] / f"out-{key}")])
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and fragment in lines[0], r.stderr
+
+
+def test_cli_never_creates_output_folders(files: dict[str, Path]) -> None:
+    target = files["dir"] / "missing" / "deeper" / "fit"
+    r = _run(["fit", str(files["good"]), "-f", FORMULA, "--out", str(target)])
+    assert r.returncode == 2 and "does not exist" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (files["dir"] / "missing").exists()
+    r = _run(["simulate", "--out", str(files["dir"] / "nowhere" / "sim.csv")])
+    assert r.returncode == 2 and not (files["dir"] / "nowhere").exists()
+
+
+def test_ctrl_c_aborts_cleanly_with_no_partial_output(files: dict[str, Path], tmp_path: Path) -> None:
+    """SIGINT during a long fit: one line, exit code 130, and nothing written."""
+    big = tmp_path / "big.csv"
+    hierfit.simulate(n_markets=20, n_submarkets=10, rows_per_submarket=200, seed=2).data.to_csv(big, index=False)
+    target = tmp_path / "fit"
+    proc = subprocess.Popen(CLI + ["fit", str(big), "-f", "y ~ x1 + x2 + (1 | market/submarket)", "-e", "neural",
+                                   "-o", "max_epochs=400", "-o", "patience=400", "--out", str(target)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(8)  # importing torch and starting to train
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("warning:")]
+    assert lines == ["interrupted: nothing was written"], err
+    assert not target.exists()

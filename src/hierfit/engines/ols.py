@@ -34,6 +34,7 @@ from hierfit.engines.base import VARIANCE_COLUMNS, ExactGaussian, GaussianCoeffi
 from hierfit.engines.mixed import Standardization, standardize
 from hierfit.engines.options import option
 from hierfit.exceptions import SpecError
+from hierfit.formula import INTERCEPT
 from hierfit.model import ModelSpec
 
 
@@ -207,9 +208,14 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> OlsFit:
     unit = CtC / np.outer(d, d)
     dependent: list[int] = []
     if unit.size and linalg.eigvalsh(unit)[0] <= options.rcond:
-        # columns not identified by those before them (in coding order): named and left out
-        # (the sequential search runs only when the eigenvalues show a deficiency)
-        dependent = [j for j, _ in _dependencies(unit)]
+        # columns not identified by those before them: named and left out (the sequential
+        # search runs only when the eigenvalues show a deficiency). The intercept and the group
+        # columns go first, so a predictor that is constant within the groups of a level is the
+        # one named (its effect is the groups'), not an arbitrary group.
+        p = design.X.shape[1]
+        first = [j for j in range(p) if design.x_names[j] == INTERCEPT]
+        order = np.array(first + list(range(p, C.shape[1])) + [j for j in range(p) if j not in first])
+        dependent = sorted(int(order[j]) for j, _ in _dependencies(unit[np.ix_(order, order)]))
     keep_cols = np.setdiff1d(np.arange(C.shape[1]), dependent)
     Ck = C[:, keep_cols]
     CtC_k = CtC[np.ix_(keep_cols, keep_cols)]
