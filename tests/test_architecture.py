@@ -8,7 +8,7 @@ Layers, bottom first (a module may import its own layer and those below it, neve
     design           numbers from a spec and data; the tree of groups
     engines          the engines, their registry and shared linear machinery
     results          FitResult and persistence
-    fitting, simulate   the stages of a fit; the simulator
+    fitting, simulation   the stages of a fit; the simulator
     evaluate         cross-validation and comparison
     plots
     report
@@ -32,7 +32,7 @@ LAYERS: list[set[str]] = [
     {"design"},
     {"engines"},
     {"results"},
-    {"fitting", "simulate"},
+    {"fitting", "simulation"},
     {"evaluate"},
     {"plots"},
     {"report"},

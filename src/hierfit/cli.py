@@ -90,7 +90,7 @@ def main() -> None:
 def simulate(out, truth_out, n_markets, n_submarkets, rows_per_submarket, unbalanced, nonlinear, family, seed) -> None:
     """Simulate the reference hierarchy (national -> markets -> submarkets) with known truth."""
     from hierfit.io import write_table
-    from hierfit.simulate import simulate as run
+    from hierfit.simulation import simulate as run
 
     sim = run(
         n_markets=n_markets,

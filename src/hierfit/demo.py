@@ -23,7 +23,7 @@ import pandas as pd
 
 from hierfit.engines import ENGINES
 from hierfit.engines.options import parse_options
-from hierfit.simulate import Simulation, simulate
+from hierfit.simulation import Simulation, simulate
 
 NATIONAL = "United_state"
 DEFAULT_BUDGET = 200.0

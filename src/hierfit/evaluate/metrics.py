@@ -56,7 +56,7 @@ def score(y: np.ndarray, prediction: np.ndarray, lower: np.ndarray, upper: np.nd
 
 
 def truth_effects(truth: Any) -> pd.DataFrame:
-    """The true effects table from a :class:`hierfit.simulate.Truth` or a DataFrame."""
+    """The true effects table from a :class:`hierfit.simulation.Truth` or a DataFrame."""
     table = truth.group_effects() if hasattr(truth, "group_effects") else truth
     if not isinstance(table, pd.DataFrame) or not {"level", "group", "term", "kind", "estimate"} <= set(table.columns):
         raise DataError(

@@ -8,7 +8,7 @@ import pytest
 
 import hierfit
 from hierfit.exceptions import SpecError
-from hierfit.simulate import LevelSim
+from hierfit.simulation import LevelSim
 
 
 @pytest.fixture(scope="module")
