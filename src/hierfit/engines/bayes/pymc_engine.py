@@ -25,6 +25,7 @@ Examples
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -281,6 +282,10 @@ def _sample(model, options: OPTIONS, sampler: str, initvals: list[dict]):
     import pymc as pm
 
     cores = options.cores or min(options.chains, os.cpu_count() or 1)
+    if sampler == "pymc" and "jax" in sys.modules and cores > 1:
+        # JAX (numpyro, an earlier fit) keeps thread pools that a fork of this process would
+        # inherit mid-lock (the chain workers hang): run the chains in this process instead
+        cores = 1
     kwargs: dict = {}
     if sampler == "numpyro":
         # vectorised chains: parallel chains each hold a copy of the data (memory blew up at 50k)

@@ -97,6 +97,23 @@ def _import_stan():
     return stan
 
 
+def _release_workers() -> None:
+    """Shut down httpstan's process pool after sampling (a fresh, idle one replaces it).
+
+    The pool's manager and feeder threads outlive a fit; a later ``fork`` of this process --
+    PyMC's chain workers -- then inherits their held locks and hangs forever. Without threads
+    left behind, engines can be fitted in any order in one process.
+    """
+    import concurrent.futures
+    import multiprocessing as mp
+
+    from httpstan import services_stub
+
+    services_stub.executor.shutdown(wait=True)
+    services_stub.executor = concurrent.futures.ProcessPoolExecutor(mp_context=mp.get_context("fork"),
+                                                                     initializer=services_stub.init_worker)
+
+
 @contextlib.contextmanager
 def _quiet(enabled: bool):
     """Hold back pystan's console chatter (build notices, stanc's prior warnings, sampler
@@ -220,10 +237,6 @@ def _sample_stats(fit, chains: int, draws: int):
 
 def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BayesFit:
     """Generate, compile (cached), sample, and wrap the posterior in the result contract."""
-    if options.likelihood not in ("auto", "marginal", "rows"):
-        raise EngineError(f"Option 'likelihood' must be one of: auto, marginal, rows. Got {options.likelihood!r}.")
-    if options.new_groups not in ("parent", "sample"):
-        raise EngineError(f"Option 'new_groups' must be 'parent' or 'sample'; got {options.new_groups!r}.")
     marginal = spec.family.normal_errors and options.likelihood != "rows"
     code = stan_code(spec, likelihood=options.likelihood)
     data = stan_data(canonical_rows(design), likelihood=options.likelihood)  # same draws whatever the row order
@@ -246,6 +259,8 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BayesFit:
         except RuntimeError as exc:
             raise ConvergenceError(f"Stan sampling failed: {exc}. Check the data for extreme values or set tighter priors."
                                    + _tail(log.getvalue())) from None
+        finally:
+            _release_workers()
     sampling_seconds = time.perf_counter() - t0
     C, S = options.chains, options.draws
     lambdas = []
