@@ -13,16 +13,24 @@ Nothing here imports pymc, stan or arviz at import time.
 
 from __future__ import annotations
 
+from typing import Any
+
 from hierfit.engines.bayes.checks_ppc import PPC, compare_loo, ppc
 
 __all__ = ["PPC", "compare_loo", "ppc", "stan_code", "stan_data"]
 
 
-def stan_code(spec_or_design, data=None) -> str:
-    """Stan program for a spec (see :func:`hierfit.engines.bayes.stancode.stan_code`)."""
+def stan_code(spec_or_design: Any, data: object = None, *, likelihood: str = "auto", family: str = "gaussian") -> str:
+    """Stan program for a formula, spec or design (see :func:`hierfit.engines.bayes.stancode.stan_code`).
+
+    Examples
+    --------
+    >>> "model {" in stan_code("y ~ x1 + (1 + x1 | market)")
+    True
+    """
     from hierfit.engines.bayes.stancode import stan_code as _stan_code
 
-    return _stan_code(spec_or_design, data)
+    return _stan_code(spec_or_design, data, likelihood=likelihood, family=family)
 
 
 def stan_data(design) -> dict:

@@ -24,6 +24,8 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 import time
@@ -278,6 +280,14 @@ def initial_values(structure: BayesStructure, md: MarginalData | None, likelihoo
     return out
 
 
+@contextlib.contextmanager
+def _restore_level(log: logging.Logger, level: int) -> Any:
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _sample(model, options: OPTIONS, sampler: str, initvals: list[dict]):
     import pymc as pm
 
@@ -296,7 +306,12 @@ def _sample(model, options: OPTIONS, sampler: str, initvals: list[dict]):
     if sampler == "pymc" and initvals and initvals[0]:
         kwargs["initvals"] = initvals
         kwargs["init"] = "adapt_diag"  # jitter is in the initial values already
-    with model:
+    # PyMC logs its progress at INFO ("Initializing NUTS", "Sampling ... took"): quiet means quiet
+    log = logging.getLogger("pymc")
+    level = log.level
+    if not options.progressbar:
+        log.setLevel(logging.WARNING)
+    with model, _restore_level(log, level):
         return pm.sample(
             draws=options.draws,
             tune=options.tune,

@@ -3,7 +3,7 @@
 Both engines hand over the same arrays (sigma, ``Λ_t`` per term, and either sampled
 coefficients or what the marginal model needs to draw them), so the two produce identical
 variable names: ``beta[coef]``, ``r_<term>[group, coef]``, ``sd_<term>[coef]``,
-``cor_<term>[coef, coef_]`` (correlated terms), ``sigma``.
+``cor_<term>[pair]`` (each distinct correlation of a correlated term, e.g. ``Intercept:x1``), ``sigma``.
 """
 
 from __future__ import annotations
@@ -149,8 +149,11 @@ def _posterior_dataset(design: Design, structure: BayesStructure, flat: np.ndarr
         sd, cor = sd_cor(lam)
         data[f"sd_{t.name}"] = (("chain", "draw", f"{t.name}_coef"), sd.reshape(chains, draws, t.k))
         if t.correlated:
-            coords[f"{t.name}_coef_"] = list(t.coefficients)
-            data[f"cor_{t.name}"] = (("chain", "draw", f"{t.name}_coef", f"{t.name}_coef_"), cor.reshape(chains, draws, t.k, t.k))
+            # the distinct correlations only: the unit diagonal (and the mirrored half) are
+            # constants that break ArviZ's R-hat and KDE (NaN rows, OverflowError in plot_trace)
+            i, j = np.tril_indices(t.k, -1)
+            coords[f"{t.name}_pair"] = [f"{t.coefficients[b]}:{t.coefficients[a]}" for a, b in zip(i, j)]
+            data[f"cor_{t.name}"] = (("chain", "draw", f"{t.name}_pair"), cor[:, i, j].reshape(chains, draws, len(i)))
     if arrays.get("sigma") is not None:
         data["sigma"] = (("chain", "draw"), arrays["sigma"].reshape(chains, draws))
     return xr.Dataset(data, coords=coords)
