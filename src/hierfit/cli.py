@@ -85,9 +85,13 @@ def main() -> None:
 @click.option("--rows", "rows_per_submarket", default=100, show_default=True, help="Rows per submarket (mean if --unbalanced).")
 @click.option("--unbalanced", is_flag=True, help="Draw unequal group sizes.")
 @click.option("--nonlinear", type=click.Choice(["all", "interaction", "sin", "threshold"]), default=None)
-@click.option("--family", type=click.Choice(["bernoulli", "gaussian", "poisson"]), default="gaussian", show_default=True)
+@click.option("--family", default="gaussian", show_default=True, help="An outcome family (see hierfit.model.FAMILIES).")
+@click.option("--trials", default=10, show_default=True, help="binomial: rows have 1 to 2*TRIALS-1 trials (column n).")
+@click.option("--dispersion", default=2.0, show_default=True, help="negative_binomial: the size theta.")
+@click.option("--exposure", is_flag=True, help="Count families: an exposure column whose log is an offset.")
 @click.option("--seed", default=0, show_default=True)
-def simulate(out, truth_out, n_markets, n_submarkets, rows_per_submarket, unbalanced, nonlinear, family, seed) -> None:
+def simulate(out, truth_out, n_markets, n_submarkets, rows_per_submarket, unbalanced, nonlinear, family, trials, dispersion,
+             exposure, seed) -> None:
     """Simulate the reference hierarchy (national -> markets -> submarkets) with known truth."""
     from hierfit.io import write_table
     from hierfit.simulation import simulate as run
@@ -99,6 +103,9 @@ def simulate(out, truth_out, n_markets, n_submarkets, rows_per_submarket, unbala
         unbalanced=unbalanced,
         nonlinear=nonlinear,
         family=family,
+        trials=trials,
+        dispersion=dispersion,
+        exposure=exposure,
         seed=seed,
     )
     write_table(sim.data, out)

@@ -130,6 +130,9 @@ def simulate(
     nonlinear: str | Sequence[str] | None = None,
     nonlinear_scale: float = 1.0,
     family: str = "gaussian",
+    trials: int = 10,
+    dispersion: float = 2.0,
+    exposure: bool = False,
     national_name: str = DEFAULT_NATIONAL,
     seed: int = 0,
 ) -> Simulation:
@@ -139,6 +142,12 @@ def simulate(
     is then the mean rows per deepest group. ``nonlinear`` adds ``sin`` (1.2 sin 2x2),
     ``threshold`` (1.0 [x1 > 0.5]), ``interaction`` (0.6 x1 x2), or ``"all"``, times
     ``nonlinear_scale``.
+
+    Families: ``gaussian`` (``residual_sd``), ``bernoulli``, ``binomial`` (successes out of
+    ``trials``: the ``n`` column holds 1 to ``2 trials - 1`` trials per row, the formula reads
+    ``cbind(y, n - y)``), ``poisson`` and ``negative_binomial`` (NB2 with size ``dispersion``:
+    ``Var = mu + mu^2 / dispersion``; the truth's residual row holds it). ``exposure=True``
+    (count families) adds an ``exposure`` column whose log is an offset in the formula.
 
     Examples
     --------
@@ -150,8 +159,12 @@ def simulate(
     """
     rng = np.random.default_rng(seed)
     fam = get_family(family)
-    if fam.has_trials or fam.dispersion not in (None, "sigma"):
-        raise SpecError(f"simulate() draws gaussian, bernoulli and poisson outcomes; got family={family!r}.")
+    if exposure and fam.mean_range != (0.0, np.inf):
+        raise SpecError(f"exposure=True makes a count a rate; family {family!r} is not a count family (poisson, negative_binomial).")
+    if not (isinstance(trials, int) and trials >= 1):
+        raise SpecError(f"'trials' must be a positive integer; got {trials!r}.")
+    if not dispersion > 0:
+        raise SpecError(f"'dispersion' (the negative-binomial size) must be positive; got {dispersion!r}.")
     lv = tuple(levels) if levels is not None else reference_levels(n_markets, n_submarkets, market_sd, market_slope_sd, market_corr, submarket_sd)
     slopes = dict(slopes if slopes is not None else {"x1": 0.5, "x2": 0.6})
     _validate(lv, slopes, rows_per_submarket, nonlinear)
@@ -190,10 +203,18 @@ def simulate(
             eta += dev[g, j] * data[name]
     f = _nonlinear_part(nonlinear, data, nonlinear_scale)
     eta += f
-    fam = get_family(family)
+    extra: dict[str, np.ndarray] = {}
+    n_trials = None
+    if fam.has_trials:
+        n_trials = rng.integers(1, 2 * trials, n).astype(float)
+        extra["n"] = n_trials
+    if exposure:
+        extra["exposure"] = np.exp(rng.uniform(-1.0, 1.0, n))
+        eta = eta + np.log(extra["exposure"])
     mean = fam.inverse_link(eta)
-    y = fam.sample(rng, mean, None, residual_sd if fam.has_dispersion else None)
-    frame = {"y": y, **data}
+    disp = {"sigma": residual_sd, "theta": dispersion}.get(fam.dispersion or "")
+    y = fam.sample(rng, mean, n_trials, disp)
+    frame = {"y": y, **data, **extra}
     for depth, level in enumerate(lv):
         idx = paths[depth][group_of_row[depth], depth]
         prefix = level.label or level.name.capitalize()
@@ -201,9 +222,8 @@ def simulate(
         names = np.array([f"{prefix}_{i + 1:0{width}d}" for i in range(level.n_groups)], dtype=object)
         frame[level.name] = names[idx]
     df = pd.DataFrame(frame)
-    formula = _true_formula(lv, slopes)
-    truth = _truth(df, formula, lv, slopes, national, deviations, group_of_row, residual_sd if fam.has_dispersion else None, eta, mean, f,
-                   national_name, family)
+    formula = _true_formula(lv, slopes, fam.has_trials, exposure)
+    truth = _truth(df, formula, lv, slopes, national, deviations, group_of_row, disp, eta, mean, f, national_name, family)
     return Simulation(df, formula, truth, national_name, family)
 
 
@@ -244,12 +264,14 @@ def _nonlinear_part(nonlinear, data, scale) -> np.ndarray:
     return scale * f
 
 
-def _true_formula(lv, slopes) -> str:
+def _true_formula(lv, slopes, trials: bool = False, exposure: bool = False) -> str:
     parts = [" + ".join(slopes)] if slopes else ["1"]
+    if exposure:
+        parts.append("offset(log(exposure))")
     for depth, level in enumerate(lv):
         lhs = " + ".join(["1", *level.slope_sds])
         parts.append(f"({lhs} | {':'.join(l.name for l in lv[: depth + 1])})")
-    return "y ~ " + " + ".join(parts)
+    return ("cbind(y, n - y)" if trials else "y") + " ~ " + " + ".join(parts)
 
 
 def _truth(df, formula, lv, slopes, national, deviations, group_of_row, residual_sd, eta, mean, f, national_name, family) -> Truth:
@@ -281,5 +303,8 @@ def _truth(df, formula, lv, slopes, national, deviations, group_of_row, residual
             for j in range(i + 1, len(names)):
                 rows.append({"level": level.name, "term1": names[i], "term2": names[j], "variance": cov[i, j], "sd_or_corr": level.corr})
     if residual_sd is not None:
-        rows.append({"level": "residual", "term1": "", "term2": "", "variance": residual_sd**2, "sd_or_corr": residual_sd})
+        if get_family(family).dispersion == "theta":  # the negative-binomial size
+            rows.append({"level": "dispersion", "term1": "theta", "term2": "", "variance": residual_sd, "sd_or_corr": residual_sd})
+        else:
+            rows.append({"level": "residual", "term1": "", "term2": "", "variance": residual_sd**2, "sd_or_corr": residual_sd})
     return Truth(fixed, pd.DataFrame(rows), effects, eta, mean, f)
