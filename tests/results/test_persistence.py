@@ -20,7 +20,9 @@ import hierfit
 from hierfit.exceptions import DataError, PersistenceError
 from hierfit.priors import half_normal, normal
 from hierfit.results.manifest import encoding_from_json, encoding_to_json, spec_from_json, spec_to_json
-from hierfit.storage import CHECKSUMS, MANIFEST, seal
+from hierfit.storage import CHECKSUMS, MANIFEST
+
+from .helpers import reseal
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "hierfit"
 
@@ -35,17 +37,6 @@ def mixed_fit(small_sim):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", hierfit.HierfitWarning)
         return hierfit.fit(small_sim.formula, small_sim.data, engine="mixed", national="United_state", n_draws=100)
-
-
-def reseal(path: Path, edit=None) -> None:
-    """Re-seal a save after changing its manifest with ``edit(manifest)`` (a consistent, new save)."""
-    manifest = json.loads((path / MANIFEST).read_text())
-    manifest.pop("files")
-    if edit is not None:
-        edit(manifest)
-    (path / MANIFEST).unlink()
-    (path / CHECKSUMS).unlink()
-    seal(path, manifest)
 
 
 # ----------------------------------------------------------------------------- no pickle
@@ -245,3 +236,9 @@ def test_fit_with_categorical_predictors_round_trips(small_sim, tmp_path) -> Non
     fit = hierfit.fit("y ~ C(g) + bs(x2, df=3) + (1 + x1 | market)", data, engine="mixed", n_draws=50)
     back = hierfit.load(fit.save(tmp_path / "fit"))
     pd.testing.assert_frame_equal(back.predict(data, interval="prediction"), fit.predict(data, interval="prediction"), check_exact=True)
+
+
+def test_refuses_to_save_inside_another_save(ols_fit, tmp_path) -> None:
+    outer = ols_fit.save(tmp_path / "fit")
+    with pytest.raises(PersistenceError, match="is inside the hierfit save .*fit; saving there would break"):
+        ols_fit.save(outer / "engine" / "again")

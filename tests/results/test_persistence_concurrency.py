@@ -101,21 +101,21 @@ def test_a_reader_waits_out_the_instant_between_the_two_renames(small_sim, tmp_p
     """While the old save is moved away and the new one not yet in place, a load retries."""
     import threading
 
-    import hierfit.storage as storage
+    import hierfit.storage.replace as replace
 
     fit = hierfit.fit("y ~ x2 + (1 | market)", small_sim.data, engine="ols")
     target = tmp_path / "fit"
     fit.save(target)
-    real_rename = storage.os.rename
+    real_rename = replace.os.rename
     gap = threading.Event()
 
     def slow_rename(src, dst):
         real_rename(src, dst)
-        if storage.OLD_TAG in str(dst):  # the old save was just moved away: hold the gap open
+        if replace.OLD_TAG in str(dst):  # the old save was just moved away: hold the gap open
             gap.set()
             time.sleep(0.3)
 
-    monkeypatch.setattr(storage.os, "rename", slow_rename)
+    monkeypatch.setattr(replace.os, "rename", slow_rename)
     saver = threading.Thread(target=lambda: fit.save(target, overwrite=True))
     saver.start()
     assert gap.wait(10)
@@ -141,3 +141,17 @@ def test_a_save_that_finds_another_in_place_needs_overwrite(small_sim, tmp_path,
         second.save(target)
     assert hierfit.load(target).spec == first.spec
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fit"]
+
+
+def test_an_interrupted_swap_says_where_the_previous_save_is(small_sim, tmp_path, monkeypatch) -> None:
+    import hierfit.storage.verify as verify
+
+    fit = hierfit.fit("y ~ x2 + (1 | market)", small_sim.data, engine="ols")
+    target = fit.save(tmp_path / "fit")
+    moved = tmp_path / f".fit{verify.OLD_TAG}0123456789ab"
+    target.rename(moved)  # a writer killed right after moving the old save away
+    monkeypatch.setattr(verify, "RETRY_SECONDS", 0.05)
+    with pytest.raises(hierfit.HierfitError, match=r"a save to it was interrupted.*\.fit\.hierfit-old-0123456789ab; rename it to fit"):
+        hierfit.load(target)
+    moved.rename(target)
+    assert hierfit.load(target).engine == "ols"

@@ -17,7 +17,7 @@ import pytest
 
 from hierfit.storage import CHECKSUMS, MANIFEST
 
-from .test_persistence import reseal
+from .helpers import reseal
 
 CHILD = """
 import json, sys

@@ -97,7 +97,7 @@ def _load(source: Any) -> Any:
         if saved_kind(path) == "fit":
             return load_fit(path)
         raise DataError(
-            f"{str(path)!r} is neither a saved fit (hierfit.json) nor a saved comparison (comparison.json). "
+            f"{str(path)!r} is neither a saved fit nor a saved comparison (it has no hierfit.json manifest). "
             "Write one with `hierfit fit ... --out DIR` or `hierfit compare ... --out DIR`."
         )
     return source

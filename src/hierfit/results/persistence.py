@@ -130,7 +130,7 @@ def load_fit(path: str | Path) -> FitResult:
     >>> sim = hierfit.simulate(n_markets=3, n_submarkets=2, rows_per_submarket=10, seed=0)
     >>> fit = hierfit.fit("y ~ x1 + (1 | market)", sim.data, engine="ols")
     >>> d = tempfile.mkdtemp()
-    >>> _ = fit.save(d, overwrite=True)
+    >>> _ = fit.save(d)
     >>> hierfit.load(d).engine
     'ols'
     """
