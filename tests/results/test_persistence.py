@@ -191,7 +191,7 @@ def test_missing_engine_dependency_is_a_persistence_error(ols_fit, tmp_path, mon
 
 # ----------------------------------------------------------------------------- spec and encoding
 def test_spec_round_trip_keeps_family_link_priors_and_hierarchy() -> None:
-    spec = hierfit.make_spec("y ~ x1 + (1 | market) + (1 | submarket)", family="binomial", link="cloglog", national="US",
+    spec = hierfit.make_spec("cbind(s, n - s) ~ x1 + (1 | market) + (1 | submarket)", family="binomial", link="cloglog", national="US",
                              hierarchy=("market", "submarket"), priors={"sd:market": half_normal(0.5), "b": normal(0, 2)})
     back = spec_from_json(json.loads(json.dumps(spec_to_json(spec))), "hierfit.json")
     assert back == spec and back.family.link.name == "cloglog" and back.priors["b"].param("sigma") == 2.0
@@ -242,3 +242,14 @@ def test_refuses_to_save_inside_another_save(ols_fit, tmp_path) -> None:
     outer = ols_fit.save(tmp_path / "fit")
     with pytest.raises(PersistenceError, match="is inside the hierfit save .*fit; saving there would break"):
         ols_fit.save(outer / "engine" / "again")
+
+
+def test_offsets_and_the_spec_columns_round_trip(small_sim, tmp_path) -> None:
+    data = small_sim.data.assign(exposure=np.linspace(0.5, 2.0, len(small_sim.data)))
+    fit = hierfit.fit("y ~ x1 + offset(np.log(exposure)) + (1 | market)", data, engine="mixed", n_draws=50)
+    back = hierfit.load(fit.save(tmp_path / "fit"))
+    assert back.spec == fit.spec
+    new = data.head(10).assign(exposure=3.0)  # the offset is read from the new rows
+    pd.testing.assert_frame_equal(back.predict(new, interval="prediction"), fit.predict(new, interval="prediction"), check_exact=True)
+    spec = hierfit.make_spec("y ~ x1 + (1 | market)", offset="exposure", weights="w")
+    assert spec_from_json(json.loads(json.dumps(spec_to_json(spec))), "hierfit.json") == spec

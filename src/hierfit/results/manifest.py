@@ -1,7 +1,8 @@
 """The engine-neutral parts of a saved fit as plain data: spec, tree of groups, encoding.
 
 * The spec is its formula text and options (family and link names, national, hierarchy,
-  priors) and is rebuilt by :func:`hierfit.model.make_spec`, which validates it again.
+  priors, offset and weights columns) and is rebuilt by :func:`hierfit.model.make_spec`,
+  which validates it again.
 * The tree of groups keeps every level's name, grouping columns, parent and group labels in
   the manifest, and its parent indices and group sizes in ``hierarchy.npz``.
 * The population encoding is formulaic's ``ModelSpec`` without pickle, as formulaic itself
@@ -49,6 +50,8 @@ def spec_to_json(spec: ModelSpec) -> dict[str, Any]:
         "national": spec.national,
         "hierarchy": None if spec.hierarchy is None else list(spec.hierarchy),
         "priors": {target: {"distribution": p.distribution, "params": {k: v for k, v in p.params}} for target, p in spec.priors.items()},
+        "offset": spec.offset,
+        "weights": spec.weights,
     }
 
 
@@ -57,8 +60,9 @@ def spec_from_json(value: Any, where: str) -> ModelSpec:
     try:
         priors = {str(t): Prior(str(p["distribution"]), tuple((str(k), float(v)) for k, v in p["params"].items()))
                   for t, p in value["priors"].items()}
+        columns = {k: None if value[k] is None else str(value[k]) for k in ("offset", "weights")}
         return make_spec(str(value["formula"]), family=str(value["family"]), link=str(value["link"]), national=str(value["national"]),
-                         hierarchy=value["hierarchy"], priors=priors)
+                         hierarchy=value["hierarchy"], priors=priors, **columns)
     except HierfitError as exc:
         raise PersistenceError(f"{where}: the saved model spec is not valid in this hierfit ({exc}).") from None
     except (KeyError, TypeError, AttributeError, ValueError) as exc:

@@ -4,7 +4,8 @@ Layout of a saved fit::
 
     DIR/hierfit.json        the manifest (JSON): format, format_version (2), kind ("fit"),
                             hierfit_version, save_id, created; engine (its registry name);
-                            spec (formula text, family, link, national, hierarchy, priors);
+                            spec (formula text, family, link, national, hierarchy, priors,
+                            offset and weights columns);
                             hierarchy (national root; per level: name, grouping columns,
                             parent, group labels); encoding (population formula and columns,
                             dropped collinear columns, formulaic's transform state -- spline

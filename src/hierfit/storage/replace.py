@@ -71,7 +71,6 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     'done'
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.hierfit-tmp-{uuid.uuid4().hex[:12]}{path.suffix}"
     try:
         yield tmp

@@ -175,9 +175,11 @@ class NeuralFit(LinearEngineFit):
         state.put("settings", self.settings)
         state.put("options", self.options)
         sc = self.scaling
-        state.put("scaling", {"y_center": sc.y_center, "y_scale": sc.y_scale, "feature_names": list(sc.feature_names)})
-        state.put_array("scaling_x_scale", sc.x_scale)
-        state.put_arrays("scaling_z_scale", list(sc.z_scale))
+        state.put("scaling", {"y_center": sc.y_center, "y_scale": sc.y_scale, "feature_names": list(sc.feature_names),
+                              "x_intercept": sc.x_map.intercept, "z_intercepts": [m.intercept for m in sc.z_maps]})
+        state.put_arrays("scaling_x_map", [sc.x_map.center, sc.x_map.scale])
+        state.put_arrays("scaling_z_centers", [m.center for m in sc.z_maps])
+        state.put_arrays("scaling_z_scales", [m.scale for m in sc.z_maps])
         state.put_array("scaling_f_mean", sc.f_mean)
         state.put_array("scaling_f_scale", sc.f_scale)
         state.put_array("member_theta", self.member_theta)
@@ -192,6 +194,7 @@ class NeuralFit(LinearEngineFit):
         """Rebuild a fit from :meth:`save`'s state (the network from its weights, in evaluation mode)."""
         import torch
 
+        from hierfit.engines.mixed import ColumnMap
         from hierfit.engines.neural._model import HierEnsemble
         from hierfit.engines.neural._prep import Scaling
 
@@ -200,12 +203,16 @@ class NeuralFit(LinearEngineFit):
         fit.settings = state.get_dict("settings")
         fit.options = state.get_dict("options")
         sc = state.get_dict("scaling")
-        z_scale = tuple(state.get_arrays("scaling_z_scale", ndim=1))
-        if len(z_scale) != len(fit.layout.terms):
-            raise state.fail("one column scale per term is expected")
-        fit.scaling = Scaling(float(sc["y_center"]), float(sc["y_scale"]), state.get_array("scaling_x_scale", ndim=1), z_scale,
-                              tuple(str(n) for n in sc["feature_names"]), state.get_array("scaling_f_mean", ndim=1),
-                              state.get_array("scaling_f_scale", ndim=1))
+        x_map = state.get_arrays("scaling_x_map", ndim=1)
+        z_centers, z_scales = state.get_arrays("scaling_z_centers", ndim=1), state.get_arrays("scaling_z_scales", ndim=1)
+        z_intercepts = sc["z_intercepts"]
+        if len(x_map) != 2 or not len(z_centers) == len(z_scales) == len(z_intercepts) == len(fit.layout.terms):
+            raise state.fail("one column map per term is expected")
+        fit.scaling = Scaling(
+            float(sc["y_center"]), float(sc["y_scale"]), ColumnMap(x_map[0], x_map[1], _index(state, sc["x_intercept"])),
+            tuple(ColumnMap(c, z, _index(state, i)) for c, z, i in zip(z_centers, z_scales, z_intercepts)),
+            tuple(str(n) for n in sc["feature_names"]), state.get_array("scaling_f_mean", ndim=1), state.get_array("scaling_f_scale", ndim=1),
+        )
         fit.member_theta = state.get_array("member_theta", ndim=2)
         fit.member_of_draw = state.get_array("member_of_draw", kind="i", ndim=1)
         fit.delta = state.get_array("delta", ndim=2)
@@ -223,6 +230,12 @@ class NeuralFit(LinearEngineFit):
                 draws is not None and (len(fit.member_of_draw) != len(draws) or fit.member_of_draw.max(initial=0) >= M)):
             raise state.fail("the ensemble's arrays do not match its network")
         return fit
+
+
+def _index(state: StateReader, value: Any) -> int | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise state.fail(f"a column index or null was expected, not {value!r}")
 
 
 def nonlinear_raw(fit: NeuralFit, design: RowDesign) -> np.ndarray:
