@@ -97,7 +97,7 @@ def _load(source: Any) -> Any:
         if saved_kind(path) == "fit":
             return load_fit(path)
         raise DataError(
-            f"{str(path)!r} is neither a saved fit nor a saved comparison (it has no hierfit.json manifest). "
+            f"{str(path)!r} is neither a saved fit (a folder with hierfit.json and SHA256SUMS) nor a saved comparison. "
             "Write one with `hierfit fit ... --out DIR` or `hierfit compare ... --out DIR`."
         )
     return source
