@@ -17,7 +17,8 @@ import pytest
 
 import hierfit
 
-WRITES = 25  # per writer
+LOADS = 40  # the reader's loads while both writers keep replacing the save
+MAX_SAVES = 400  # per writer: the loop is bounded even if the reader never finishes
 
 SCRIPT = r"""
 import json, sys, time, warnings
@@ -26,42 +27,44 @@ import numpy as np
 import pandas as pd
 import hierfit
 
-role, target = sys.argv[1], Path(sys.argv[2])
+role, target, template, sync = sys.argv[1], Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
 warnings.simplefilter("ignore")
+deadline = time.monotonic() + 120
+fit = hierfit.load(template)  # warm: imports done before the timed part starts
 if role == "writer":
-    fit = hierfit.load(sys.argv[3])
-    for _ in range(int(sys.argv[4])):
+    while not (sync / "reader_ready").exists() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    saves = 0
+    while saves < int(sys.argv[5]) and not (sync / "reader_done").exists() and time.monotonic() < deadline:
         fit.save(target, overwrite=True)
-    print(json.dumps({"done": True}))
+        saves += 1
+    print(json.dumps({"saves": saves}))
 else:
-    rows = pd.read_parquet(sys.argv[3])
-    expected = {name: np.load(sys.argv[4 + i]) for i, name in enumerate(("A", "B"))}
-    stop = Path(sys.argv[6])
+    rows = pd.read_parquet(sync / "rows.parquet")
+    expected = {name: np.load(sync / f"expected_{name}.npy") for name in ("A", "B")}
     out = {"loads": 0, "torn": 0, "errors": [], "seen": {"A": 0, "B": 0}}
-    deadline = time.monotonic() + 120
+    (sync / "reader_ready").touch()
     while not target.exists() and time.monotonic() < deadline:
         time.sleep(0.001)
-    while time.monotonic() < deadline:
-        finished = stop.exists()
+    while out["loads"] + len(out["errors"]) < int(sys.argv[5]) and time.monotonic() < deadline:
         try:
             fit = hierfit.load(target)
             pred = fit.predict(rows, interval="prediction")[["prediction", "lower", "upper"]].to_numpy()
         except Exception as exc:
             out["errors"].append(f"{type(exc).__name__}: {exc}")
+            continue
+        out["loads"] += 1
+        match = [name for name, e in expected.items() if e.shape == pred.shape and np.array_equal(e, pred)]
+        if match:
+            out["seen"][match[0]] += 1
         else:
-            out["loads"] += 1
-            match = [name for name, e in expected.items() if e.shape == pred.shape and np.array_equal(e, pred)]
-            if match:
-                out["seen"][match[0]] += 1
-            else:
-                out["torn"] += 1
-        if finished:
-            break
+            out["torn"] += 1
+    (sync / "reader_done").touch()
     print(json.dumps(out))
 """
 
 
-def _spawn(*args: str) -> subprocess.Popen:
+def _spawn(*args: object) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", SCRIPT, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -74,23 +77,24 @@ def test_two_writers_and_a_reader_never_see_a_torn_fit(small_sim, tmp_path) -> N
         fit.save(tmp_path / f"template_{name}")
         np.save(tmp_path / f"expected_{name}.npy", fit.predict(rows, interval="prediction")[["prediction", "lower", "upper"]].to_numpy())
     target = tmp_path / "shared" / "fit"
-    stop = tmp_path / "stop"
-    reader = _spawn("reader", target, tmp_path / "rows.parquet", tmp_path / "expected_A.npy", tmp_path / "expected_B.npy", stop)
-    writers = [_spawn("writer", target, tmp_path / f"template_{name}", WRITES) for name in ("A", "B")]
+    reader = _spawn("reader", target, tmp_path / "template_A", tmp_path, LOADS)
+    writers = [_spawn("writer", target, tmp_path / f"template_{name}", tmp_path, MAX_SAVES) for name in ("A", "B")]
     try:
-        for w in writers:
-            _, err = w.communicate(timeout=240)
-            assert w.returncode == 0, err[-3000:]
-        stop.touch()
         out, err = reader.communicate(timeout=240)
+        assert reader.returncode == 0, err[-3000:]
+        saves = []
+        for w in writers:
+            w_out, w_err = w.communicate(timeout=240)
+            assert w.returncode == 0, w_err[-3000:]
+            saves.append(json.loads(w_out.strip().splitlines()[-1])["saves"])
     finally:
         for p in (*writers, reader):
             if p.poll() is None:
                 p.kill()
-    assert reader.returncode == 0, err[-3000:]
     result = json.loads(out.strip().splitlines()[-1])
     assert result["errors"] == [] and result["torn"] == 0, result
-    assert result["loads"] >= 10 and min(result["seen"].values()) >= 1, result  # both fits were read while being replaced
+    assert result["loads"] == LOADS and min(result["seen"].values()) >= 1, (result, saves)  # both fits read while replaced
+    assert min(saves) >= 1, saves
     # the folder holds one complete save, and no writer left anything beside it
     final = hierfit.load(target)
     assert final.spec.text in (fit_a.spec.text, fit_b.spec.text)

@@ -35,7 +35,6 @@ A writer killed between its two renames leaves the previous save in ``.NAME.hier
 automatically either, since another process may be using those folders.
 """
 
-
 from hierfit.storage.files import (
     CHECKSUMS,
     FORMAT,
