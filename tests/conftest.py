@@ -55,3 +55,34 @@ def reference_sim() -> hierfit.Simulation:
 def small_sim() -> hierfit.Simulation:
     """A small tree for quick contract checks: 5 markets × 3 submarkets × 30 rows."""
     return hierfit.simulate(n_markets=5, n_submarkets=3, rows_per_submarket=30, seed=7, national_name="United_state")
+
+
+#: the formula every engine is fitted with by :func:`fits` (varying slope, nested levels)
+CONFORMANCE_FORMULA = "y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)"
+
+
+@pytest.fixture(scope="session")
+def fits(small_sim):
+    """``fits(name)``: engine ``name``'s quick fit (its FAST_OPTIONS) of :func:`small_sim`, made once.
+
+    Shared by the conformance suite and the persistence tests, so the slow Bayesian fits are
+    made once per session. An engine whose optional dependencies are missing is skipped.
+    """
+    import warnings
+
+    from hierfit.engines import ENGINES
+    from hierfit.exceptions import HierfitWarning
+
+    cache: dict[str, hierfit.FitResult] = {}
+
+    def get(name: str) -> hierfit.FitResult:
+        if name not in cache:
+            entry = ENGINES[name]
+            if not entry.available:
+                pytest.skip(f"engine {name!r} not installed: pip install 'hierfit[{entry.extra or name}]'")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", HierfitWarning)
+                cache[name] = hierfit.fit(CONFORMANCE_FORMULA, small_sim.data, engine=name, national="United_state", **entry.fast_options())
+        return cache[name]
+
+    return get

@@ -82,3 +82,34 @@ def test_stancode_prints_the_program_and_its_data(runner, tmp_path) -> None:
     assert res.exit_code == 0, res.output
     assert "parameters {" in res.output and "model {" in res.output
     assert (tmp_path / "data.json").read_text().startswith("{")
+
+
+def test_fit_out_is_atomic_and_needs_overwrite(runner, tmp_path) -> None:
+    data = tmp_path / "d.csv"
+    runner.invoke(main, ["simulate", "--out", str(data), "--n-markets", "5", "--n-submarkets", "2", "--rows", "5"])
+    out = tmp_path / "fit"
+    base = ["fit", str(data), "--formula", FORMULA, "--engine", "ols", "--out", str(out)]
+    assert runner.invoke(main, base).exit_code == 0
+    res = runner.invoke(main, base)
+    assert res.exit_code == 2 and res.output.startswith("error: ") and "already holds a hierfit save" in res.output
+    assert "hierfit fit" not in res.output, "refused before fitting"
+    assert runner.invoke(main, [*base, "--overwrite"]).exit_code == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("x")
+    res = runner.invoke(main, [*base[:-1], str(mine), "--overwrite"])
+    assert res.exit_code == 2 and "not a hierfit save" in res.output and (mine / "keep.txt").exists()
+
+
+def test_effects_and_predict_refuse_a_damaged_fit(runner, tmp_path) -> None:
+    data = tmp_path / "d.csv"
+    runner.invoke(main, ["simulate", "--out", str(data), "--n-markets", "5", "--n-submarkets", "2", "--rows", "5"])
+    out = tmp_path / "fit"
+    runner.invoke(main, ["fit", str(data), "--formula", FORMULA, "--engine", "ols", "--out", str(out)])
+    state = out / "engine" / "state.json"
+    state.write_text(state.read_text().replace("Intercept", "Intercepr"))
+    for args in (["effects", str(out)], ["predict", str(out), str(data), "--out", str(tmp_path / "p.csv")]):
+        res = runner.invoke(main, args)
+        assert res.exit_code == 2, res.output
+        assert "engine/state.json does not match its SHA-256" in res.output
+    assert not (tmp_path / "p.csv").exists()

@@ -30,9 +30,16 @@ def test_compare_prints_scores_and_saves_a_comparison_with_report(files):
     res = CliRunner().invoke(main, ["compare", str(files / "data.csv"), "-f", FORMULA, "--engines", "ols", "--cv", "submarket", "--folds", "3", "--out", str(out), "--national", "US"])
     assert res.exit_code == 0, res.output
     assert "rmse" in res.output and "ols" in res.output
-    meta = json.loads((out / "comparison.json").read_text())
-    assert meta["cv"] == {"level": "submarket", "folds": 3, "seed": 0} and meta["fitted"] == ["ols"]
+    meta = json.loads((out / "hierfit.json").read_text())
+    assert meta["kind"] == "comparison" and meta["cv"] == {"level": "submarket", "folds": 3, "seed": 0} and meta["fitted"] == ["ols"]
     assert (out / "report.html").is_file() and (out / "fits" / "ols" / "hierfit.json").is_file()
+    assert "report.html" in meta["files"], "the report is part of the atomic, checksummed save"
+    res = CliRunner().invoke(main, ["compare", str(files / "data.csv"), "-f", FORMULA, "--engines", "ols", "--cv", "kfold:2", "--out", str(out)])
+    assert res.exit_code == 2 and "already holds a hierfit save" in res.output and "--overwrite" in res.output
+    assert "rmse" not in res.output, "an occupied --out is refused before the comparison runs"
+    res = CliRunner().invoke(main, ["compare", str(files / "data.csv"), "-f", FORMULA, "--engines", "ols", "--cv", "kfold:2", "--out", str(out), "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "hierfit.json").read_text())["cv"]["level"] is None
 
 
 def test_report_command_on_comparison_and_fit_dirs(files):

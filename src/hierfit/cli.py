@@ -124,14 +124,18 @@ def simulate(out, truth_out, n_markets, n_submarkets, rows_per_submarket, unbala
 @click.option("--family", default="gaussian", show_default=True)
 @click.option("--national", default="national", show_default=True, help="Name of the national root.")
 @click.option("--option", "-o", "options", multiple=True, help="Engine option key=value (repeatable).")
-def fit(data, formula, engine, out, family, national, options) -> None:
-    """Fit a model to DATA and save it to --out."""
+@click.option("--overwrite", is_flag=True, help="Replace an existing hierfit save in --out (never a folder of other files).")
+def fit(data, formula, engine, out, family, national, options, overwrite) -> None:
+    """Fit a model to DATA and save it to --out (atomically: readers see the old save or the new one)."""
     import hierfit
     from hierfit.io import read_table
+    from hierfit.storage import check_target
 
+    # refuse an occupied --out before the (possibly long) fit, not after it
+    check_target(out, overwrite)
     frame = read_table(data)
     result = hierfit.fit(formula, frame, engine=engine, family=family, national=national, **_parse_options(options))
-    result.save(out)
+    result.save(out, overwrite=overwrite)
     click.echo(result.summary())
     click.echo(f"\nsaved to {out}")
 
@@ -244,7 +248,8 @@ def engines() -> None:
 @click.option("--time-budget", type=float, default=None, help="Seconds for the whole comparison; slow engines are then fitted but not cross-validated.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the fold assignment.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Also write DIR/report.html (with --out).")
-def compare(data, formula, engines, cv, folds, out, family, national, options, fast, level, time_budget, seed, report) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace an existing hierfit save in --out (never a folder of other files).")
+def compare(data, formula, engines, cv, folds, out, family, national, options, fast, level, time_budget, seed, report, overwrite) -> None:
     """Fit several engines to DATA, cross-validate them, and print the scores."""
     import warnings
 
@@ -252,6 +257,10 @@ def compare(data, formula, engines, cv, folds, out, family, national, options, f
     from hierfit.evaluate import available_engines, parse_cv
     from hierfit.evaluate import compare as run
     from hierfit.io import read_table
+    from hierfit.storage import check_target
+
+    if out:
+        check_target(out, overwrite)
 
     names = [e.strip() for e in engines.split(",") if e.strip()] if engines else None
     per_engine: dict[str, dict[str, object]] = {}
@@ -275,14 +284,13 @@ def compare(data, formula, engines, cv, folds, out, family, national, options, f
     for name, msg in comp.failures.items():
         click.echo(f"failed: {name}: {msg}", err=True)
     if out:
-        comp.save(out)
+        from hierfit.report import build_report
+
+        # the report is written into the save before it is sealed: one atomic folder
+        comp.save(out, overwrite=overwrite, extra=(lambda folder: build_report(comp, folder / "report.html")) if report else None)
         click.echo(f"saved to {out}")
         if report:
-            from hierfit.report import build_report
-
-            path = Path(out) / "report.html"
-            build_report(comp, path)
-            click.echo(f"report: {path}")
+            click.echo(f"report: {Path(out) / 'report.html'}")
 
 
 @main.command()

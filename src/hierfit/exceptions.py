@@ -10,7 +10,7 @@ catches all of them; every warning derives from :class:`HierfitWarning`::
     │   └── HierarchyError      groups do not form a tree (a child with two parents)
     ├── EngineError             unknown engine, bad engine option, missing optional dependency
     ├── ConvergenceError        an optimiser or sampler failed and no result can be trusted
-    └── PersistenceError        a saved fit cannot be read back
+    └── PersistenceError        a save cannot be written (occupied folder) or read back (damaged, foreign, old)
 
     HierfitWarning (UserWarning)
     ├── UnseenGroupsWarning     prediction met groups not seen in fitting (fell back to a parent)
@@ -97,7 +97,7 @@ class ConvergenceError(HierfitError):
 
 
 class PersistenceError(HierfitError):
-    """A saved fit cannot be read back."""
+    """A save cannot be written where asked, or read back: the message names the file and says what to do."""
 
 
 class HierfitWarning(UserWarning):

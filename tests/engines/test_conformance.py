@@ -1,7 +1,8 @@
 """One contract, every engine: each registered and installed engine passes the same checks.
 
 Fits use each engine module's ``FAST_OPTIONS`` on a small simulated tree and are made once per
-session. An engine whose optional dependencies are missing is skipped with the install hint.
+session (the ``fits`` fixture of ``tests/conftest.py``). An engine whose optional dependencies
+are missing is skipped with the install hint.
 """
 
 from __future__ import annotations
@@ -14,39 +15,15 @@ import pytest
 
 import hierfit
 from hierfit.engines import ENGINES
-from hierfit.exceptions import HierfitWarning
 
-FORMULA = "y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)"
 FIXED = ["term", "estimate", "std_error", "lower", "upper"]
 VARIANCE = ["level", "term1", "term2", "variance", "sd_or_corr"]
 GROUP = ["level", "group", "parent", "term", "kind", "estimate", "std_error", "lower", "upper", "n_rows"]
 
 
-def _engine_fit(name: str, data: pd.DataFrame):
-    entry = ENGINES[name]
-    if not entry.available:
-        pytest.skip(f"engine {name!r} not installed: pip install 'hierfit[{entry.extra or name}]'")
-    options = entry.fast_options()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", HierfitWarning)
-        return hierfit.fit(FORMULA, data, engine=name, national="United_state", **options)
-
-
 @pytest.fixture(scope="session")
 def conformance_data(small_sim) -> pd.DataFrame:
     return small_sim.data
-
-
-@pytest.fixture(scope="session")
-def fits(conformance_data):
-    cache: dict[str, hierfit.FitResult] = {}
-
-    def get(name: str) -> hierfit.FitResult:
-        if name not in cache:
-            cache[name] = _engine_fit(name, conformance_data)
-        return cache[name]
-
-    return get
 
 
 ENGINE_NAMES = sorted(ENGINES)
@@ -116,13 +93,33 @@ def test_predict_keeps_rows_and_order(engine, fits, conformance_data) -> None:
 
 @pytest.mark.parametrize("engine", ENGINE_NAMES)
 def test_save_load_round_trip(engine, fits, conformance_data, tmp_path) -> None:
+    """A loaded fit is the saved one: every table, prediction, seeded interval and part, exactly."""
     fit = fits(engine)
     fit.save(tmp_path / "fit")
     back = hierfit.load(tmp_path / "fit")
-    assert back.engine == engine
-    pd.testing.assert_frame_equal(back.predict(conformance_data), fit.predict(conformance_data))
-    pd.testing.assert_frame_equal(back.group_effects(), fit.group_effects())
-    pd.testing.assert_frame_equal(back.fixed_effects(), fit.fixed_effects())
+    assert back.engine == engine and type(back.engine_fit) is type(fit.engine_fit)
+    rows = conformance_data.head(6).copy()
+    rows.loc[rows.index[0], "submarket"] = "Sub_new"  # an unseen group: its interval adds the group's variance
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hierfit.UnseenGroupsWarning)
+        for data in (conformance_data, rows):
+            for interval in (None, "confidence", "prediction"):
+                for level in (0.9, 0.5):
+                    pd.testing.assert_frame_equal(back.predict(data, interval=interval, level=level),
+                                                  fit.predict(data, interval=interval, level=level), check_exact=True)
+            pd.testing.assert_frame_equal(back.predict(data, scale="link"), fit.predict(data, scale="link"), check_exact=True)
+            pd.testing.assert_frame_equal(back.decompose(data), fit.decompose(data), check_exact=True)
+    for kind in ("both", "deviation", "total"):
+        pd.testing.assert_frame_equal(back.group_effects(kind=kind, level=0.8), fit.group_effects(kind=kind, level=0.8), check_exact=True)
+    pd.testing.assert_frame_equal(back.fixed_effects(level=0.8), fit.fixed_effects(level=0.8), check_exact=True)
+    pd.testing.assert_frame_equal(back.variance_components(), fit.variance_components(), check_exact=True)
+    assert back.summary() == fit.summary()
+    assert back.statistics.keys() == fit.statistics.keys()
+    np.testing.assert_array_equal(list(back.statistics.values()), list(fit.statistics.values()))
+    assert back.diagnostics == fit.diagnostics and back.n_obs == fit.n_obs and back.spec == fit.spec
+    assert back.hierarchy.describe() == fit.hierarchy.describe()
+    native = fit.engine_fit.native_linear_predictor(fit.encoding.apply(conformance_data))
+    np.testing.assert_array_equal(back.engine_fit.native_linear_predictor(back.encoding.apply(conformance_data)), native)
 
 
 @pytest.mark.parametrize("engine", ENGINE_NAMES)

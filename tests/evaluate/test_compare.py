@@ -5,11 +5,13 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 
+import hierfit
 from hierfit.evaluate import Comparison, compare
 from hierfit.evaluate.comparison import SUMMARY_COLUMNS
-from hierfit.exceptions import EngineError
+from hierfit.exceptions import EngineError, PersistenceError
 
 
 def test_every_row_is_predicted_once_per_engine_out_of_fold(submarket_comparison, small_sim):
@@ -65,17 +67,43 @@ def test_leave_market_out_falls_back_to_national(small_sim):
 
 
 def test_save_and_load_round_trip(submarket_comparison, small_sim, tmp_path):
+    """Every table, the data, the truth and every fit come back exactly."""
     comp = submarket_comparison
-    comp.save(tmp_path / "cmp")
-    back = Comparison.load(tmp_path / "cmp")
-    assert back.engines == comp.engines and back.cv == comp.cv
-    np.testing.assert_allclose(back.summary().rmse, comp.summary().rmse)
-    assert len(back.recovery) == len(comp.recovery)
-    for name in comp.fits:
-        a = comp.fits[name].predict(small_sim.data.head(20))["prediction"]
-        b = back.fits[name].predict(small_sim.data.head(20))["prediction"]
-        np.testing.assert_allclose(a, b)
+    path = comp.save(tmp_path / "cmp")
+    back = Comparison.load(path)
+    assert back.engines == comp.engines and back.cv == comp.cv and back.level == comp.level and back.spec == comp.spec
+    assert back.failures == comp.failures and back.notes == comp.notes
+    for table in ("folds", "predictions", "recovery"):
+        pd.testing.assert_frame_equal(getattr(back, table), getattr(comp, table), check_exact=True)
+    pd.testing.assert_frame_equal(back.summary(), comp.summary(), check_exact=True)
+    pd.testing.assert_frame_equal(back.tidy(), comp.tidy(), check_exact=True)
+    pd.testing.assert_frame_equal(back.data, comp.data, check_exact=True)
+    pd.testing.assert_frame_equal(back.truth, comp.truth, check_exact=True)
+    assert back.fold_diagnostics == comp.fold_diagnostics
     np.testing.assert_array_equal(back.fold_of_row, comp.fold_of_row)
+    rows = small_sim.data.head(20)
+    assert sorted(back.fits) == sorted(comp.fits)
+    for name in comp.fits:
+        for interval in (None, "prediction"):
+            pd.testing.assert_frame_equal(back.fits[name].predict(rows, interval=interval), comp.fits[name].predict(rows, interval=interval),
+                                          check_exact=True)
+        pd.testing.assert_frame_equal(back.fits[name].group_effects(), comp.fits[name].group_effects(), check_exact=True)
+        assert hierfit.load(path / "fits" / name).engine == name  # each fit is a complete save of its own
+
+
+def test_comparison_saves_are_sealed_and_replaced_atomically(submarket_comparison, tmp_path):
+    path = submarket_comparison.save(tmp_path / "cmp", extra=lambda d: (d / "report.html").write_text("<html></html>"))
+    assert "report.html" in (path / "SHA256SUMS").read_text()
+    with pytest.raises(PersistenceError, match="already holds a hierfit save"):
+        submarket_comparison.save(path)
+    submarket_comparison.save(path, overwrite=True)
+    assert not (path / "report.html").exists()
+    fold_file = path / "fits" / "ols" / "engine" / "arrays.npz"
+    fold_file.write_bytes(fold_file.read_bytes()[:-10])
+    with pytest.raises(PersistenceError, match=r"cmp/fits/ols/engine/arrays.npz is truncated"):
+        Comparison.load(path)
+    with pytest.raises(PersistenceError, match="holds a saved comparison, not a fit"):
+        hierfit.load(path)
 
 
 def test_time_budget_skips_cross_validation_but_keeps_the_fit(small_sim):
@@ -114,14 +142,14 @@ def test_progress_display_runs(small_sim, capsys):
     assert "compare" in capsys.readouterr().err
 
 
-def test_load_keeps_the_tables_when_a_saved_fit_cannot_be_read(submarket_comparison, tmp_path):
-    import json
+def test_load_keeps_the_tables_when_a_saved_fit_cannot_be_read(submarket_comparison, tmp_path, monkeypatch):
+    import dataclasses
+
+    from hierfit.engines import ENGINES
 
     path = submarket_comparison.save(tmp_path / "cmp")
-    meta_file = path / "fits" / "ols" / "hierfit.json"
-    meta = json.loads(meta_file.read_text())
-    meta["engine_class"] = "hierfit.engines.ols:NoSuchClass"
-    meta_file.write_text(json.dumps(meta))
+    # the engine of one saved fit is not installed where the comparison is loaded
+    monkeypatch.setitem(ENGINES, "ols", dataclasses.replace(ENGINES["ols"], requires=("no_such_module_for_hierfit",)))
     back = Comparison.load(path)
-    assert "ols" not in back.fits and "cannot be loaded" in back.failures["ols"]
+    assert "ols" not in back.fits and "cannot be loaded" in back.failures["ols"] and "no_such_module_for_hierfit" in back.failures["ols"]
     assert len(back.summary()) == len(submarket_comparison.engines)

@@ -141,13 +141,16 @@ class DesignEncoding:
     """Everything needed to rebuild a design for new data.
 
     ``dropped`` lists population columns left out of the fit (collinear, by the
-    ``rank_deficient`` check); new data leave them out the same way.
+    ``rank_deficient`` check); new data leave them out the same way. ``population_columns``
+    are the columns the population part built in fitting (before dropping): new data must
+    build exactly these, or the encoding refuses them rather than misalign coefficients.
     """
 
     spec: ModelSpec
     population_spec: object  # formulaic ModelSpec
     hierarchy: Hierarchy
     dropped: tuple[str, ...] = ()
+    population_columns: tuple[str, ...] | None = None
 
     def apply(self, data: pd.DataFrame) -> RowDesign:
         """Build the design of new rows with the fitted encoding (the outcome is not needed).
@@ -171,6 +174,11 @@ class DesignEncoding:
         _check_missing_values(data, used)
         _check_finite(data, used)
         X, names = _population_matrix(self.population_spec, data)
+        if self.population_columns is not None and names != self.population_columns:
+            raise DataError(
+                f"The population part built columns {list(names)} for these data, but the model was fitted on "
+                f"{list(self.population_columns)}. Give the data the same columns and categories as in fitting."
+            )
         _check_finite_matrix(X, names, data.index)
         X, names = _drop_columns(X, names, self.dropped)
         group_index: dict[str, np.ndarray] = {}
@@ -229,9 +237,10 @@ def build_design(spec: ModelSpec, data: pd.DataFrame, *, checks: Mapping[str, st
     weights = weights_vector(spec, data)
     formula = Formula(spec.formula.population)
     # formulaic only needs the population columns; handing it the whole frame costs seconds at 5M rows
-    population_columns = [c for c in data.columns if c in formula.required_variables]
+    population_columns = [c for c in data.columns if c in _population_variables(formula, data)]
     X, names, population_spec = _fit_population_matrix(formula, data[population_columns])
     _check_finite_matrix(X, names, data.index)
+    all_names = names
     severities = resolve_severities(checks)
     check_enough_rows(len(y), names)
     dropped, found = rank_check(X, names, severities["rank_deficient"])
@@ -240,9 +249,21 @@ def build_design(spec: ModelSpec, data: pd.DataFrame, *, checks: Mapping[str, st
     X, names = _drop_columns(X, names, dropped)
     hierarchy, group_index = build_hierarchy(spec, data)
     terms = tuple(TermDesign(t, _term_columns(t, data)) for t in spec.formula.group_terms)
-    encoding = DesignEncoding(spec, population_spec, hierarchy, dropped)
+    encoding = DesignEncoding(spec, population_spec, hierarchy, dropped, all_names)
     return Design(X=X, x_names=names, group_index=group_index, terms=terms, encoding=encoding, y=y,
                   trials=trials, offset=offset, weights=weights, diagnostics=tuple(found))
+
+
+def _population_variables(formula: Formula, data: pd.DataFrame) -> set[str]:
+    """Data columns the population part reads.
+
+    formulaic's ``required_variables`` leaves out the arguments of its stateful transforms
+    (``center(x)``, ``bs(x, df=4)``), so names in the formula text that are data columns are
+    added: a formula whose only use of ``x`` is ``bs(x)`` must still be handed ``x``.
+    """
+    names = {str(v) for v in formula.required_variables}
+    names |= {w for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", str(formula)) if w in data.columns}
+    return names
 
 
 def _drop_columns(X: np.ndarray, names: tuple[str, ...], dropped: tuple[str, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -269,10 +290,11 @@ def _missing_column_message(column: str, data: pd.DataFrame, role: str) -> str:
 def _used_columns(spec: ModelSpec, data: pd.DataFrame, *, include_response: bool) -> list[str]:
     cols: list[str] = [spec.response] if include_response else []
     try:
-        required = Formula(spec.formula.population).required_variables
+        formula = Formula(spec.formula.population)
+        required = formula.required_variables
     except Exception as exc:  # formulaic's own parse errors
         raise SpecError(f"The population part {spec.formula.population!r} of the formula cannot be read: {exc}") from None
-    cols += sorted(v for v in required if v in data.columns)
+    cols += sorted(v for v in _population_variables(formula, data) if v in data.columns)
     missing_vars = sorted(v for v in required if v not in data.columns and v not in {"np", "C"})
     if missing_vars:
         name = missing_vars[0]

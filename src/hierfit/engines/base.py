@@ -12,13 +12,11 @@ covariance of the flat parameter vector (see :mod:`hierfit.engines.layout`).
 
 from __future__ import annotations
 
-import pickle
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -28,6 +26,8 @@ from hierfit.checks import Diagnostic
 from hierfit.design import Design, RowDesign
 from hierfit.design.hierarchy import Hierarchy
 from hierfit.engines.layout import EFFECT_KEYS, ParameterLayout
+from hierfit.engines.state import LoadContext, StateReader, StateWriter, diagnostics_to_json
+from hierfit.exceptions import PersistenceError
 from hierfit.model import Family
 
 FIXED_COLUMNS = ["term", "estimate", "std_error", "lower", "upper"]
@@ -113,13 +113,14 @@ class EngineFit(Protocol):
         """Engine-specific lines for ``FitResult.summary()``."""
         ...
 
-    def save(self, directory: Path) -> None:
-        """Write the engine's part of a saved fit into ``directory``."""
+    def save(self, state: StateWriter) -> None:
+        """Write the fit's state (:mod:`hierfit.engines.state`); the engine module's
+        ``load(state, context)`` rebuilds the fit from it."""
         ...
 
 
 class BaseEngineFit(ABC):
-    """Defaults shared by the engines' fits (no interval, no extra summary, pickle persistence)."""
+    """Defaults shared by the engines' fits (no interval, no extra summary)."""
 
     engine: str = ""
     statistics: dict[str, float]
@@ -149,16 +150,9 @@ class BaseEngineFit(ABC):
     def summary_lines(self) -> list[str]:
         return []
 
-    # persistence: pickle by default; engines with heavy native objects override both.
-    def save(self, directory: Path) -> None:
-        with open(directory / "engine.pkl", "wb") as fh:
-            pickle.dump(self, fh, protocol=pickle.HIGHEST_PROTOCOL)
-
-    @classmethod
-    def load(cls, directory: Path) -> BaseEngineFit:
-        with open(directory / "engine.pkl", "rb") as fh:
-            fit: BaseEngineFit = pickle.load(fh)
-        return fit
+    @abstractmethod
+    def save(self, state: StateWriter) -> None:
+        """Write this fit's state as data; the engine module's ``load(state, context)`` reads it back."""
 
 
 SE_BLOCK_ENTRIES = 4_000_000  # dense rows × coefficients entries formed at once (32 MB)
@@ -242,7 +236,9 @@ class PosteriorDraws(Uncertainty):
 class LazyDraws(Uncertainty):
     """Draws made by ``make()`` the first time they are needed, then kept.
 
-    Not persisted: a saved fit stores the recipe's inputs and redraws with the same seed.
+    Not saved: a saved fit stores the recipe's inputs and its ``load`` makes a new
+    ``LazyDraws`` that redraws with the same seed (the mixed engine saves the statistics of
+    its PLS system, not ``n_draws × P`` draws).
     """
 
     def __init__(self, make: Callable[[], Draws]) -> None:
@@ -287,17 +283,73 @@ class LinearEngineFit(BaseEngineFit):
         diagnostics: list[Diagnostic] | None = None,
         seed: int = 0,
     ) -> None:
+        layout = ParameterLayout.from_design(design)
+        self._set_linear(engine=engine, layout=layout, hierarchy=design.hierarchy, family=design.spec.family,
+                         theta=layout.flatten(beta, b), sigma=sigma, variance_table=variance_table, uncertainty=uncertainty,
+                         statistics=statistics, diagnostics=diagnostics, seed=seed)
+
+    def _set_linear(self, *, engine: str, layout: ParameterLayout, hierarchy: Hierarchy, family: Family, theta: np.ndarray,
+                    sigma: float | None, variance_table: pd.DataFrame, uncertainty: Uncertainty | None,
+                    statistics: dict[str, float] | None, diagnostics: list[Diagnostic] | None, seed: int) -> None:
         self.engine = engine
-        self.layout = ParameterLayout.from_design(design)
-        self.hierarchy: Hierarchy = design.hierarchy
-        self.family = design.spec.family  # the Family row
-        self.theta = self.layout.flatten(beta, b)
+        self.layout = layout
+        self.hierarchy: Hierarchy = hierarchy
+        self.family = family  # the Family row
+        self.theta = theta
         self.sigma = sigma
         self.uncertainty = uncertainty if uncertainty is not None else NoUncertainty()
         self._variance_table = variance_table
         self.statistics = dict(statistics or {})
         self.diagnostics = list(diagnostics or [])
         self.seed = seed
+
+    # -- persistence ------------------------------------------------------------------------
+    def save(self, state: StateWriter) -> None:
+        """The linear parts with their uncertainty (engines with more state extend this)."""
+        self.save_linear(state)
+
+    def save_linear(self, state: StateWriter, *, uncertainty: bool = True) -> None:
+        """Write the layout, estimates, variance table, statistics, diagnostics and seed.
+
+        ``uncertainty=False`` leaves the uncertainty out, for engines that regenerate it from
+        their own state (their ``load`` hands :meth:`restore` a new one).
+        """
+        state.put("engine", self.engine)
+        state.put("layout", self.layout.to_json())
+        state.put_array("theta", self.theta)
+        state.put("sigma", self.sigma)
+        state.put_table("variance_table", self._variance_table[VARIANCE_COLUMNS].reset_index(drop=True))
+        state.put("statistics", self.statistics)
+        state.put("diagnostics", diagnostics_to_json(self.diagnostics))
+        state.put("seed", self.seed)
+        if uncertainty:
+            save_uncertainty(self.uncertainty, state)
+
+    @classmethod
+    def restore(cls, state: StateReader, context: LoadContext, uncertainty: Uncertainty | None = None) -> Self:
+        """A fit of this class with the linear parts :meth:`save_linear` wrote.
+
+        ``__init__`` needs the fitting design, which a saved fit no longer has, so the object
+        is made without it; subclasses set their own attributes on the result.
+        """
+        try:
+            layout = ParameterLayout.from_json(state.get("layout"), context.hierarchy)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise state.fail(str(exc)) from None
+        theta = state.get_array("theta", ndim=1)
+        if theta.shape != (layout.size,):
+            raise state.fail(f"theta has {theta.size} entries; the layout needs {layout.size}")
+        table = state.get_table("variance_table")
+        if list(table.columns) != VARIANCE_COLUMNS:
+            raise state.fail(f"the variance table has columns {list(table.columns)}")
+        obj = cls.__new__(cls)
+        obj._set_linear(
+            engine=state.get_str("engine"), layout=layout, hierarchy=context.hierarchy, family=context.spec.family, theta=theta,
+            sigma=state.get_optional_float("sigma"), variance_table=table,
+            uncertainty=uncertainty if uncertainty is not None else load_uncertainty(state, layout.size),
+            statistics=state.get_float_dict("statistics"), diagnostics=state.get_diagnostics("diagnostics"), seed=state.get_int("seed"),
+        )
+        return obj
 
     @property
     def draws(self) -> np.ndarray | None:
@@ -429,6 +481,49 @@ class LinearEngineFit(BaseEngineFit):
     def layout_row_matrix(self, design: RowDesign) -> sparse.csr_matrix:
         """Sparse ``R`` with ``eta = R @ theta`` for the rows of ``design``."""
         return self.layout.row_matrix(design)
+
+
+def save_uncertainty(uncertainty: Uncertainty, state: StateWriter) -> None:
+    """Write a saved-as-is uncertainty strategy (none, exact Gaussian, or draws)."""
+    if isinstance(uncertainty, NoUncertainty):
+        state.put("uncertainty", "none")
+    elif isinstance(uncertainty, ExactGaussian):
+        g = uncertainty.coefficients
+        state.put("uncertainty", "exact")
+        state.put_sparse("gaussian_K", g.K)
+        state.put_array("gaussian_cov", g.cov)
+        state.put("gaussian_df", g.df)
+    elif isinstance(uncertainty, PosteriorDraws):
+        d = uncertainty.values
+        state.put("uncertainty", "draws")
+        state.put_array("draws_theta", d.theta)
+        state.put("draws_dispersion", d.dispersion is not None)
+        state.put_array("draws_dispersion_values", d.dispersion if d.dispersion is not None else np.zeros(0))
+    else:
+        raise PersistenceError(
+            f"Engine uncertainty {type(uncertainty).__name__} is regenerated, not saved: the engine's save must call "
+            "save_linear(state, uncertainty=False) and its load rebuild it."
+        )
+
+
+def load_uncertainty(state: StateReader, size: int) -> Uncertainty:
+    """The strategy :func:`save_uncertainty` wrote, its shapes checked against ``size`` parameters."""
+    kind = state.get_str("uncertainty")
+    if kind == "none":
+        return NoUncertainty()
+    if kind == "exact":
+        K, cov = state.get_sparse("gaussian_K"), state.get_array("gaussian_cov", ndim=2)
+        if K.shape[0] != size or cov.shape != (K.shape[1], K.shape[1]):
+            raise state.fail(f"the Gaussian coefficients have shapes {K.shape} and {cov.shape} for {size} parameters")
+        return ExactGaussian(GaussianCoefficients(K, cov, state.get_float("gaussian_df")))
+    if kind == "draws":
+        theta = state.get_array("draws_theta", ndim=2)
+        if theta.shape[1] != size:
+            raise state.fail(f"the draws have {theta.shape[1]} parameters, not {size}")
+        # one dispersion per draw, or per ensemble member (neural): the engine reads it
+        dispersion = state.get_array("draws_dispersion_values", ndim=1) if state.get_bool("draws_dispersion") else None
+        return PosteriorDraws(Draws(theta, dispersion))
+    raise state.fail(f"unknown uncertainty {kind!r}")
 
 
 def _term_covariance(table: pd.DataFrame, level: str, coefficients: tuple[str, ...]) -> np.ndarray | None:

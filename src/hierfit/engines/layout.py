@@ -15,6 +15,7 @@ So point estimates, posterior draws (``draws @ M.T``) and exact Gaussian standar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,7 +40,7 @@ class TermLayout:
         return self.n_groups * len(self.coefficients)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class ParameterLayout:
     """Where ``beta`` and each term's ``b`` sit in the flat vector (``b`` row-major)."""
 
@@ -59,6 +60,39 @@ class ParameterLayout:
     @property
     def size(self) -> int:
         return len(self.x_names) + sum(t.size for t in self.terms)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data for a save: the names and, per term, its level, coefficients and groups."""
+        return {"x_names": list(self.x_names),
+                "terms": [{"level": t.level, "coefficients": list(t.coefficients), "n_groups": t.n_groups} for t in self.terms]}
+
+    @classmethod
+    def from_json(cls, value: Any, hierarchy: Hierarchy) -> ParameterLayout:
+        """The layout :meth:`to_json` wrote, checked against the fit's tree of groups.
+
+        Raises ``ValueError`` naming what does not fit (the loader turns it into a
+        ``PersistenceError`` naming the file).
+
+        Examples
+        --------
+        >>> import hierfit
+        >>> sim = hierfit.simulate(n_markets=3, n_submarkets=2, rows_per_submarket=5, seed=0)
+        >>> d = hierfit.build_design(hierfit.make_spec("y ~ x1 + (1 | market)"), sim.data)
+        >>> lay = ParameterLayout.from_design(d)
+        >>> ParameterLayout.from_json(lay.to_json(), d.hierarchy) == lay
+        True
+        """
+        if not isinstance(value, dict) or not isinstance(value.get("x_names"), list) or not isinstance(value.get("terms"), list):
+            raise ValueError("the parameter layout is malformed")
+        offset = len(value["x_names"])
+        terms = []
+        for t in value["terms"]:
+            level, coefficients, n_groups = t["level"], tuple(t["coefficients"]), int(t["n_groups"])
+            if level not in hierarchy.names or hierarchy.level(level).n_groups != n_groups:
+                raise ValueError(f"the layout's level {level!r} with {n_groups} groups is not in the fit's tree of groups")
+            terms.append(TermLayout(str(level), tuple(str(c) for c in coefficients), n_groups, offset))
+            offset += n_groups * len(coefficients)
+        return cls(tuple(str(x) for x in value["x_names"]), tuple(terms))
 
     def flatten(self, beta: np.ndarray, b: list[np.ndarray] | tuple[np.ndarray, ...]) -> np.ndarray:
         """``(beta, [b_t])`` -> flat vector; works on draws with a leading axis."""

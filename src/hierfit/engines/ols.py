@@ -33,6 +33,7 @@ from hierfit.design.rank import dependent_columns as _dependencies
 from hierfit.engines.base import VARIANCE_COLUMNS, ExactGaussian, GaussianCoefficients, LinearEngineFit
 from hierfit.engines.mixed import Standardization, standardize
 from hierfit.engines.options import option
+from hierfit.engines.state import LoadContext, StateReader, StateWriter
 from hierfit.exceptions import SpecError
 from hierfit.formula import INTERCEPT
 from hierfit.model import ModelSpec
@@ -70,6 +71,22 @@ class OlsFit(LinearEngineFit):
             raise SpecError("The effects coding has no columns for groups not seen in fitting; use predict() for those rows.")
         C, _, _ = effects_coding(design)
         return np.asarray(C @ self.coefficients.to_numpy()).ravel()
+
+    def save(self, state: StateWriter) -> None:
+        """The linear parts (exact Gaussian uncertainty included) and the effects-coded coefficients."""
+        self.save_linear(state)
+        state.put_array("coefficients", self.coefficients.to_numpy())
+        state.put("coefficient_names", list(self.coefficients.index))
+
+
+def load(state: StateReader, context: LoadContext) -> OlsFit:
+    """Rebuild an :class:`OlsFit` from what :meth:`OlsFit.save` wrote."""
+    fit = OlsFit.restore(state, context)
+    values, names = state.get_array("coefficients", ndim=1), state.get_str_list("coefficient_names")
+    if len(values) != len(names):
+        raise state.fail(f"{len(values)} coefficients but {len(names)} names")
+    fit.coefficients = pd.Series(values, index=names)
+    return fit
 
 
 def effects_coding(design: RowDesign) -> tuple[sparse.csr_matrix, sparse.csr_matrix, list[str]]:

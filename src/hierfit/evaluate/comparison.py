@@ -1,20 +1,27 @@
 """The result of :func:`hierfit.compare`: scores per fold, pooled scores, fits, persistence.
 
-Saved layout (``Comparison.save(dir)``)::
+Saved layout (``Comparison.save(dir)``; the format of :mod:`hierfit.results.persistence`)::
 
-    DIR/comparison.json     formula, family, national, CV scheme, engines, failures, notes
-    DIR/spec.pkl            the ModelSpec (priors included)
-    DIR/folds.csv           one row per engine and fold
-    DIR/predictions.parquet out-of-fold predictions, one row per engine and held-out row
-    DIR/recovery.csv        effects vs truth (when the truth was given)
-    DIR/data.parquet        the data compared on (with its fold number); truth.parquet
-    DIR/fits/ENGINE/        each engine's full-data fit (hierfit.load reads it)
+    DIR/hierfit.json              manifest: kind "comparison", spec, CV scheme, level, engines,
+                                  fitted engines, failures, notes; checksums of every other file
+    DIR/SHA256SUMS                SHA-256 of every file (sha256sum -c SHA256SUMS)
+    DIR/folds.parquet             one row per engine and fold
+    DIR/predictions.parquet       out-of-fold predictions, one row per engine and held-out row
+    DIR/recovery.parquet          effects vs truth (empty without a truth)
+    DIR/fold_diagnostics.parquet  diagnostics of the fold fits
+    DIR/data.parquet              the data compared on, with its fold number (``__fold__``)
+    DIR/truth.parquet             the true effects, when given
+    DIR/fits/ENGINE/              each engine's full-data fit, a complete fit save
+                                  (``hierfit.load`` reads it on its own)
+    DIR/report.html               the HTML report, when the command line wrote one
+
+The whole folder is written atomically and verified on load, as a fit is.
 """
 
 from __future__ import annotations
 
-import json
-import pickle
+import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +33,11 @@ from hierfit.evaluate.metrics import METRICS, RECOVERY_COLUMNS, score
 from hierfit.evaluate.splits import CVScheme
 from hierfit.exceptions import HierfitError, PersistenceError
 from hierfit.model import ModelSpec
+from hierfit.results.manifest import spec_from_json, spec_to_json
+from hierfit.results.persistence import load_fit_files, write_fit
+from hierfit.storage import MANIFEST, SavedFiles, atomic_save, new_manifest, read_save, saved_kind, seal
 
-FORMAT_VERSION = 1
+DIAGNOSTIC_COLUMNS = ["engine", "fold", "check", "message"]
 FOLD_COLUMNS = [
     "engine", "fold", "n_train", "n_test", "rmse", "mae", "mlpd", "coverage", "width",
     "fit_seconds", "predict_seconds", "mlpd_method", "n_diagnostics",
@@ -144,84 +154,91 @@ class Comparison:
         return f"<Comparison engines={self.engines} cv={self.cv.describe()!r} rows={len(self.data)}>"
 
     # -- persistence ----------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write every table, the data and each full-data fit under a directory (created)."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "kind": "hierfit-comparison",
-            "formula": self.spec.text,
-            "family": str(self.spec.family),
-            "national": self.spec.national,
-            "cv": {"level": self.cv.level, "folds": int(self.cv.folds), "seed": int(self.cv.seed)},
-            "level": self.level,
-            "engines": self.engines,
-            "fitted": sorted(self.fits),
-            "failures": self.failures,
-            "notes": self.notes,
-        }
-        (path / "comparison.json").write_text(json.dumps(meta, indent=2))
-        with open(path / "spec.pkl", "wb") as fh:
-            pickle.dump(self.spec, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        self.folds.to_csv(path / "folds.csv", index=False)
-        self.predictions.to_parquet(path / "predictions.parquet", index=False)
-        self.recovery.to_csv(path / "recovery.csv", index=False)
-        pd.DataFrame(self.fold_diagnostics, columns=["engine", "fold", "check", "message"]).to_csv(path / "fold_diagnostics.csv", index=False)
+    def save(self, path: str | Path, *, overwrite: bool = False, extra: Callable[[Path], object] | None = None) -> Path:
+        """Write every table, the data and each full-data fit to folder ``path``, atomically.
+
+        An existing hierfit save at ``path`` is replaced only with ``overwrite=True``.
+        ``extra(folder)`` may add files (the command line's ``report.html``) before the folder
+        is sealed, so they are part of the save and its checksums.
+        """
+        return atomic_save(path, lambda staging: self._write(staging, extra), overwrite=overwrite)
+
+    def _write(self, directory: Path, extra: Callable[[Path], object] | None) -> None:
+        self.folds.to_parquet(directory / "folds.parquet", index=False)
+        self.predictions.to_parquet(directory / "predictions.parquet", index=False)
+        self.recovery.to_parquet(directory / "recovery.parquet", index=False)
+        pd.DataFrame(self.fold_diagnostics, columns=DIAGNOSTIC_COLUMNS).to_parquet(directory / "fold_diagnostics.parquet", index=False)
         data = self.data.copy()
         data["__fold__"] = self.fold_of_row if self.fold_of_row is not None else -1
-        data.to_parquet(path / "data.parquet", index=False)
+        data.to_parquet(directory / "data.parquet", index=False)
         if self.truth is not None:
-            self.truth.to_parquet(path / "truth.parquet", index=False)
+            self.truth.to_parquet(directory / "truth.parquet", index=False)
         for name, result in self.fits.items():
-            result.save(path / "fits" / name)
-        return path
+            write_fit(result, directory / "fits" / name)
+        if extra is not None:
+            extra(directory)
+        seal(directory, new_manifest(
+            "comparison",
+            spec=spec_to_json(self.spec),
+            cv={"level": self.cv.level, "folds": int(self.cv.folds), "seed": int(self.cv.seed)},
+            level=float(self.level),
+            engines=list(self.engines),
+            fitted=sorted(self.fits),
+            failures=dict(self.failures),
+            notes=list(self.notes),
+            truth=self.truth is not None,
+        ))
 
     @classmethod
     def load(cls, path: str | Path) -> Comparison:
-        """Read a directory written by :meth:`save` (fits included)."""
-        from hierfit.results import load_fit
+        """Read a folder written by :meth:`save`, verifying every file first (fits included).
 
-        path = Path(path)
-        if not is_comparison_dir(path):
-            raise PersistenceError(f"{str(path)!r} is not a saved comparison (no comparison.json). Write one with Comparison.save(path).")
-        meta = json.loads((path / "comparison.json").read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise PersistenceError(f"{str(path)!r} has comparison format {meta.get('format_version')!r}; this hierfit reads {FORMAT_VERSION}.")
-        with open(path / "spec.pkl", "rb") as fh:
-            spec = pickle.load(fh)
-        data = pd.read_parquet(path / "data.parquet")
+        A fit that cannot be rebuilt here (its engine is not installed) is left out and
+        recorded in ``failures``; the tables are kept.
+        """
+        manifest, files = read_save(path, "comparison")
+        where = files.where(MANIFEST)
+        try:
+            cv = manifest["cv"]
+            scheme = CVScheme(None if cv["level"] is None else str(cv["level"]), int(cv["folds"]), int(cv["seed"]))
+            level = float(manifest["level"])
+            engines = [str(e) for e in manifest["engines"]]
+            fitted = [str(e) for e in manifest["fitted"]]
+            failures = {str(k): str(v) for k, v in manifest["failures"].items()}
+            notes = [str(n) for n in manifest["notes"]]
+            has_truth = bool(manifest["truth"])
+        except (KeyError, TypeError, ValueError, AttributeError, HierfitError) as exc:
+            raise PersistenceError(f"{where}: malformed comparison fields ({type(exc).__name__}: {exc}).") from None
+        data = _table(files, "data.parquet")
+        if "__fold__" not in data.columns:
+            raise PersistenceError(f"{files.where('data.parquet')} has no '__fold__' column. Run the comparison again and save it.")
         fold_of_row = data.pop("__fold__").to_numpy()
-        truth = pd.read_parquet(path / "truth.parquet") if (path / "truth.parquet").exists() else None
-        comp = cls(
-            spec=spec,
-            cv=CVScheme(meta["cv"]["level"], meta["cv"]["folds"], meta["cv"]["seed"]),
-            level=meta["level"],
-            engines=list(meta["engines"]),
-            data=data,
-            truth=truth,
-            failures=dict(meta["failures"]),
-            notes=list(meta["notes"]),
-            fold_of_row=fold_of_row,
-        )
-        folds = pd.read_csv(path / "folds.csv")
-        comp.fold_rows = folds.to_dict("records")
-        preds = pd.read_parquet(path / "predictions.parquet")
+        comp = cls(spec=spec_from_json(manifest.get("spec"), where), cv=scheme, level=level, engines=engines, data=data,
+                   truth=_table(files, "truth.parquet") if has_truth else None, failures=failures, notes=notes, fold_of_row=fold_of_row)
+        comp.fold_rows = _table(files, "folds.parquet").to_dict("records")
+        preds = _table(files, "predictions.parquet")
         if len(preds):
             comp.prediction_parts = [preds]
-        rec = pd.read_csv(path / "recovery.csv")
+        rec = _table(files, "recovery.parquet")
         if len(rec):
             comp.recovery_parts = [rec]
-        diag = pd.read_csv(path / "fold_diagnostics.csv")
-        comp.fold_diagnostics = diag.to_dict("records")
-        for name in meta["fitted"]:
+        comp.fold_diagnostics = _table(files, "fold_diagnostics.parquet").to_dict("records")
+        for name in fitted:
             try:
-                comp.fits[name] = load_fit(path / "fits" / name)
-            except Exception as exc:  # e.g. saved by an older engine version; keep the tables
-                comp.failures[name] = f"its saved full-data fit cannot be loaded ({type(exc).__name__}: {exc}); refit to see its effects."
+                comp.fits[name] = load_fit_files(files.sub(f"fits/{name}"))
+            except PersistenceError as exc:  # e.g. its engine is not installed here: keep the tables
+                comp.failures[name] = f"its saved full-data fit cannot be loaded ({exc}); install its engine or refit to see its effects."
         return comp
 
 
+def _table(files: SavedFiles, name: str) -> pd.DataFrame:
+    """A Parquet table of a verified save."""
+    try:
+        return pd.read_parquet(io.BytesIO(files.read(name)))
+    except (ValueError, OSError) as exc:
+        raise PersistenceError(f"{files.where(name)} is not a readable Parquet table ({exc}). Run the comparison again and save it.") from None
+
+
 def is_comparison_dir(path: str | Path) -> bool:
-    """Whether ``path`` holds a saved :class:`Comparison`."""
-    return (Path(path) / "comparison.json").is_file()
+    """Whether ``path`` holds a saved :class:`Comparison` (of any format; loading checks it)."""
+    return saved_kind(path) == "comparison"

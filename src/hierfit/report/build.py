@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from hierfit.exceptions import DataError
+from hierfit.storage import atomic_file, saved_kind
 from hierfit.report.html import (
     Page,
     data_summary,
@@ -78,7 +79,8 @@ def build_report(
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(document, encoding="utf-8")
+        with atomic_file(out) as tmp:  # a reader never sees half a page
+            tmp.write_text(document, encoding="utf-8")
     return document
 
 
@@ -92,10 +94,10 @@ def _load(source: Any) -> Any:
             raise DataError(f"{str(path)!r} is not a directory; give the directory of a saved fit or comparison.")
         if is_comparison_dir(path):
             return Comparison.load(path)
-        if (path / "hierfit.json").is_file():
+        if saved_kind(path) == "fit":
             return load_fit(path)
         raise DataError(
-            f"{str(path)!r} is neither a saved fit (hierfit.json) nor a saved comparison (comparison.json). "
+            f"{str(path)!r} is neither a saved fit (a folder with hierfit.json and SHA256SUMS) nor a saved comparison. "
             "Write one with `hierfit fit ... --out DIR` or `hierfit compare ... --out DIR`."
         )
     return source

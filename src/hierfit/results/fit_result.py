@@ -20,7 +20,6 @@ from hierfit.model import ModelSpec
 
 DEFAULT_LEVEL = 0.9
 INTERVALS = ("confidence", "prediction")
-FORMAT_VERSION = 1
 
 
 def _check_level(level: float) -> float:
@@ -211,8 +210,13 @@ class FitResult:
         return f"<FitResult engine={self.engine!r} formula={self.spec.text!r} n_obs={self.n_obs}>"
 
     # -- persistence --------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Save to a directory (created); reload with :func:`hierfit.load`."""
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Save to folder ``path`` (format: :mod:`hierfit.results.persistence`); reload with :func:`hierfit.load`.
+
+        The save is atomic: readers of ``path`` see the previous save or this one, never a
+        mix. An existing hierfit save at ``path`` is replaced only with ``overwrite=True``;
+        a folder holding other files is refused. Nothing is pickled: a saved fit is data.
+        """
         from hierfit.results.persistence import save_fit
 
-        return save_fit(self, Path(path))
+        return save_fit(self, path, overwrite=overwrite)

@@ -39,6 +39,7 @@ from hierfit.design import Design
 from hierfit.engines.bayes.marginal import MarginalData, marginal_data
 from hierfit.engines.bayes.pt_marginal import marginal_loglik_op
 from hierfit.engines.bayes.result import BayesFit, assemble_fit
+from hierfit.engines.state import LoadContext, StateReader
 from hierfit.engines.bayes.structure import (
     BayesStructure,
     canonical_rows,
@@ -390,3 +391,8 @@ def _assemble(design, structure, md, arrays, idata, options, likelihood, sampler
         posterior_predictive=options.posterior_predictive,
         info={"likelihood": likelihood, "sampler": sampler, "sampling_seconds": sampling_seconds},
     )
+
+
+def load(state: StateReader, context: LoadContext) -> BayesFit:
+    """Rebuild a saved ``pymc`` fit (InferenceData from its netCDF, no sampling)."""
+    return BayesFit.load_state(state, context)

@@ -8,23 +8,26 @@ variable names: ``beta[coef]``, ``r_<term>[group, coef]``, ``sd_<term>[coef]``,
 
 from __future__ import annotations
 
-import pickle
-from pathlib import Path
+import io
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from hierfit.design import Design, RowDesign
-from hierfit.engines.base import VARIANCE_COLUMNS, Draws, LinearEngineFit, PosteriorDraws
+from hierfit.engines.base import VARIANCE_COLUMNS, Draws, LinearEngineFit, NoUncertainty, PosteriorDraws
 from hierfit.engines.bayes.diagnostics import sampler_diagnostics
 from hierfit.engines.bayes.marginal import MarginalData, conditional_draws
 from hierfit.engines.bayes.structure import BayesStructure
 from hierfit.engines.layout import ParameterLayout
+from hierfit.engines.state import LoadContext, StateReader, StateWriter
+from hierfit.exceptions import PersistenceError
 from hierfit.model import Family
 
 #: above this many draws × rows the pointwise log-likelihood is skipped unless asked for
 LOG_LIK_LIMIT = 50_000_000
+POSTERIOR_FILE = "posterior.nc"
+STAN_FILE = "model.stan"
 
 
 class BayesFit(LinearEngineFit):
@@ -35,13 +38,16 @@ class BayesFit(LinearEngineFit):
     """
 
     def __init__(self, *, idata: Any, info: dict, prior_lines: list[str], new_groups: str,
-                 lambda_draws: list[np.ndarray], **linear: Any) -> None:
+                 lambda_draws: list[np.ndarray], draw_variables: tuple[str, ...], **linear: Any) -> None:
         super().__init__(**linear)
         self.idata = idata
         self.info = info
         self.prior_lines = prior_lines
         self.new_groups = new_groups
         self.lambda_draws = lambda_draws
+        # the posterior variables holding beta and each term's effects, in the layout's order:
+        # a saved fit reads its draws back from the InferenceData rather than storing them twice
+        self.draw_variables = draw_variables
 
     @property
     def stan_code(self) -> str | None:
@@ -68,29 +74,54 @@ class BayesFit(LinearEngineFit):
             lines.append("pointwise log-likelihood not stored (refit with log_likelihood=True for LOO/WAIC)")
         return lines + self.prior_lines
 
-    # persistence: InferenceData as netCDF beside a pickle of the rest
-    def save(self, directory: Path) -> None:
-        idata, self.idata = self.idata, None
-        try:
-            with open(directory / "engine.pkl", "wb") as fh:
-                pickle.dump(self, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        finally:
-            self.idata = idata
-        if idata is not None:
-            idata.to_netcdf(str(directory / "posterior.nc"), engine="h5netcdf")
+    # persistence: the InferenceData as netCDF (the draws are stored there, once), the Stan
+    # program as text, the rest as data
+    def save(self, state: StateWriter) -> None:
+        self.save_linear(state, uncertainty=False)
+        info = {k: v for k, v in self.info.items() if k != "stan_code"}
+        state.put("info", info)
+        if self.stan_code is not None:
+            state.put_text(STAN_FILE, self.stan_code)
+        state.put("prior_lines", list(self.prior_lines))
+        state.put("new_groups", self.new_groups)
+        state.put_arrays("lambda_draws", self.lambda_draws)
+        state.put("draw_variables", list(self.draw_variables))
+        state.put("has_dispersion", self.sigma_draws is not None)
+        self.idata.to_netcdf(str(state.native_path(POSTERIOR_FILE)), engine="h5netcdf")
 
     @classmethod
-    def load(cls, directory: Path) -> BayesFit:
+    def load_state(cls, state: StateReader, context: LoadContext) -> BayesFit:
+        """Rebuild a fit from :meth:`save`'s state; the draws come from the netCDF posterior."""
         import arviz as az
 
-        with open(directory / "engine.pkl", "rb") as fh:
-            fit = pickle.load(fh)
-        nc = directory / "posterior.nc"
-        if nc.exists():
-            idata = az.from_netcdf(str(nc), engine="h5netcdf")
+        fit = cls.restore(state, context, uncertainty=NoUncertainty())
+        try:
+            idata = az.from_netcdf(io.BytesIO(state.get_bytes(POSTERIOR_FILE)), engine="h5netcdf")
             for group in idata.groups():
-                getattr(idata, group).load()  # read into memory: the file can then be moved or deleted
-            fit.idata = idata
+                getattr(idata, group).load()  # into memory: nothing refers to the bytes afterwards
+        except (OSError, ValueError, KeyError) as exc:
+            raise PersistenceError(f"{state.files.where(POSTERIOR_FILE)} cannot be read as InferenceData ({exc}). Refit and save again.") from None
+        names = state.get_str_list("draw_variables")
+        posterior = idata.posterior
+        missing = [v for v in names + (["sigma"] if state.get_bool("has_dispersion") else []) if v not in posterior]
+        if missing:
+            raise state.fail(f"the posterior in {POSTERIOR_FILE} has no variables {missing}")
+        n_draws = posterior.sizes["chain"] * posterior.sizes["draw"]
+        flat = np.concatenate([np.asarray(posterior[v].values, dtype=float).reshape(n_draws, -1) for v in names], axis=1)
+        if flat.shape[1] != fit.layout.size or not np.allclose(flat.mean(axis=0), fit.theta, rtol=1e-10, atol=1e-12):
+            raise state.fail(f"the posterior draws in {POSTERIOR_FILE} do not match the saved estimates")
+        sigma = np.asarray(posterior["sigma"].values, dtype=float).reshape(-1) if state.get_bool("has_dispersion") else None
+        fit.uncertainty = PosteriorDraws(Draws(flat, sigma))
+        fit.idata = idata
+        fit.info = state.get_dict("info")
+        if state.files.has(STAN_FILE):
+            fit.info["stan_code"] = state.get_text(STAN_FILE)
+        fit.prior_lines = state.get_str_list("prior_lines")
+        fit.new_groups = state.get_str("new_groups")
+        fit.lambda_draws = state.get_arrays("lambda_draws", ndim=3)
+        fit.draw_variables = tuple(names)
+        if len(fit.lambda_draws) != len(fit.layout.terms) or any(len(lam) != n_draws for lam in fit.lambda_draws):
+            raise state.fail("the saved group-level scales do not match the draws")
         return fit
 
     # unseen groups: "sample" draws each one's effect from the group distribution of every
@@ -253,6 +284,7 @@ def assemble_fit(
         prior_lines=structure.priors.lines(structure.x_names, structure.term_labels()),
         new_groups=new_groups,
         lambda_draws=[np.asarray(lam) for lam in arrays["lambdas"]],
+        draw_variables=("beta", *(f"r_{t.name}" for t in structure.terms)),
         engine=engine,
         design=design,
         beta=beta,

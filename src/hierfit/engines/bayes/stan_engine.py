@@ -35,6 +35,7 @@ import numpy as np
 
 from hierfit.design import Design
 from hierfit.engines.bayes.result import BayesFit, assemble_fit
+from hierfit.engines.state import LoadContext, StateReader
 from hierfit.engines.bayes.stancode import stan_code, stan_data
 from hierfit.engines.bayes.structure import canonical_rows, make_structure
 from hierfit.engines.options import option
@@ -297,3 +298,8 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BayesFit:
         max_treedepth=options.max_treedepth,
     )
     return result
+
+
+def load(state: StateReader, context: LoadContext) -> BayesFit:
+    """Rebuild a saved ``stan`` fit (InferenceData from its netCDF, no sampling)."""
+    return BayesFit.load_state(state, context)

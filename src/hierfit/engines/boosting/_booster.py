@@ -6,10 +6,12 @@ LightGBM is imported inside these functions only, so importing hierfit never imp
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from hierfit.engines.state import StateReader, StateWriter
+from hierfit.exceptions import PersistenceError
 
 BOOSTER_FILE = "booster.txt"
 
@@ -75,15 +77,23 @@ def single_threaded_blas() -> Any:
     return threadpool_limits(1, user_api="blas")
 
 
-def save_booster(booster: Any, directory: Path) -> None:
+def save_booster(booster: Any, state: StateWriter) -> None:
     """LightGBM's own text format (readable by any LightGBM, no pickle)."""
-    (directory / BOOSTER_FILE).write_text(booster.model_to_string())
+    state.put_text(BOOSTER_FILE, booster.model_to_string())
 
 
-def load_booster(directory: Path) -> Any:
+def load_booster(state: StateReader) -> Any:
+    """The booster from its model text.
+
+    LightGBM aborts the whole process on some damaged model files, so it must only ever see
+    text whose checksum was verified: the reader's bytes are exactly that.
+    """
     import lightgbm as lgb
 
-    return lgb.Booster(model_str=(directory / BOOSTER_FILE).read_text())
+    try:
+        return lgb.Booster(model_str=state.get_text(BOOSTER_FILE))
+    except lgb.basic.LightGBMError as exc:
+        raise PersistenceError(f"{state.files.where(BOOSTER_FILE)} is not a LightGBM model ({exc}). Refit and save again.") from None
 
 
 def outcome_standardisation(y: np.ndarray) -> tuple[float, float]:

@@ -17,7 +17,8 @@ The partial-dependence averages over the tree of groups are in :mod:`._partial`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -146,6 +147,31 @@ class FeatureMap:
             start += n_g
         return out
 
+    def to_json(self) -> dict[str, Any]:
+        """Plain data for a save (tuples, kept as tuples by the state writer)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, value: Any) -> FeatureMap:
+        """The map :meth:`to_json` wrote (``ValueError``/``KeyError``/``TypeError`` if malformed).
+
+        Examples
+        --------
+        >>> fm = FeatureMap(("x1", "market"), ("predictor", "level:market"), (1,), ("market",), (), (5,), (), (0.5,), (2.0,))
+        >>> FeatureMap.from_json(fm.to_json()) == fm
+        True
+        """
+        names = {f.name for f in fields(cls)}
+        if not isinstance(value, dict) or set(value) != names:
+            raise ValueError(f"the feature map should have the fields {sorted(names)}")
+        kwargs: dict[str, Any] = {"onehot": tuple((int(t), int(j), str(lv)) for t, j, lv in value["onehot"])}
+        for name, kind in _FIELD_KINDS.items():
+            kwargs[name] = tuple(kind(v) for v in value[name])
+        fm = cls(**kwargs)
+        if len(fm.kinds) != len(fm.names) or len(fm.n_groups) != len(fm.levels) or len(fm.onehot_groups) != len(fm.onehot):
+            raise ValueError("the feature map's lists have inconsistent lengths")
+        return fm
+
     @property
     def categorical(self) -> list[int]:
         """Column indices of the hierarchy columns."""
@@ -186,6 +212,13 @@ def _centre_scale(columns: list[np.ndarray]) -> tuple[tuple[float, ...], tuple[f
         centers.append(c)
         scales.append(s if np.isfinite(s) and s > 0 else 1.0)
     return tuple(centers), tuple(scales)
+
+
+#: element type of every tuple field of :class:`FeatureMap` but ``onehot`` (for loading)
+_FIELD_KINDS: dict[str, Any] = {
+    "names": str, "kinds": str, "x_columns": int, "levels": str, "n_groups": int, "onehot_groups": int,
+    "x_center": float, "x_scale": float, "slope_center": float, "slope_scale": float,
+}  # fmt: skip
 
 
 def count_onehot(design: Design) -> int:

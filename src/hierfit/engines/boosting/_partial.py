@@ -23,6 +23,7 @@ import numpy as np
 from hierfit.design import RowDesign
 from hierfit.design.hierarchy import Hierarchy
 from hierfit.engines.boosting._features import FeatureMap
+from hierfit.engines.state import StateReader, StateWriter
 
 CHUNK_CELLS = 1_000_000  # rows x paths predicted per LightGBM call
 
@@ -48,35 +49,76 @@ class PathAverager:
         The fitted tree (levels must form one chain: see ``require_chain``).
     features
         Builds the booster's feature matrix with the group columns set to given codes.
-    max_paths
-        Largest number of paths averaged exactly for one group (else sampled once, seeded).
+    root
+        The paths (deepest-level groups) averaged for the national root and their weights.
+    members
+        Per level above the deepest, per group: the paths averaged for it and their weights.
+
+    :meth:`sampled` chooses ``root`` and ``members`` at fit time; a saved fit stores them.
     """
 
-    def __init__(self, hierarchy: Hierarchy, features: FeatureMap, max_paths: int = 64, seed: int = 0) -> None:
-        rng = np.random.default_rng(seed)
+    def __init__(self, hierarchy: Hierarchy, features: FeatureMap, root: tuple[np.ndarray, np.ndarray],
+                 members: list[list[tuple[np.ndarray, np.ndarray]]]) -> None:
         self.hierarchy = hierarchy
         self.features = features
         levels = hierarchy.levels
         deepest = levels[-1]
         self.path_codes = {lv.name: hierarchy.ancestor_index(deepest.name, lv.name) for lv in levels}
+        self.root = root
+        # members[l][g]: (paths, weights) averaged for group g of level l; the deepest level's
+        # groups are single paths
+        self.members = [*members, [(np.array([g]), np.ones(1)) for g in range(deepest.n_groups)]]
+        self._ancestors = [[hierarchy.ancestor_index(lv.name, up.name) for up in levels[: i + 1]] for i, lv in enumerate(levels)]
+
+    @classmethod
+    def sampled(cls, hierarchy: Hierarchy, features: FeatureMap, max_paths: int = 64, seed: int = 0) -> PathAverager:
+        """Every path of groups with up to ``max_paths`` of them, else ``max_paths`` drawn (seeded)."""
+        rng = np.random.default_rng(seed)
+        levels = hierarchy.levels
+        deepest = levels[-1]
+        path_codes = {lv.name: hierarchy.ancestor_index(deepest.name, lv.name) for lv in levels}
         n_paths = deepest.n_groups
         # weight of each path in the national average: 1/n_children at every step down
         weight = np.ones(n_paths)
         for lv in levels:
             parent = lv.parent_index if lv.parent_index is not None else np.zeros(lv.n_groups, dtype=np.int64)
             n_children = np.bincount(parent)
-            weight /= n_children[parent[self.path_codes[lv.name]]]
-        all_paths = np.arange(n_paths)
-        self.root = _select(all_paths, weight, max_paths, rng)
-        # members[l][g]: (paths, weights) averaged for group g of level l
-        self.members: list[list[tuple[np.ndarray, np.ndarray]]] = []
+            weight /= n_children[parent[path_codes[lv.name]]]
+        root = _select(np.arange(n_paths), weight, max_paths, rng)
+        members: list[list[tuple[np.ndarray, np.ndarray]]] = []
         for lv in levels[:-1]:
-            codes = self.path_codes[lv.name]
+            codes = path_codes[lv.name]
             order = np.argsort(codes, kind="stable")
             bounds = np.searchsorted(codes[order], np.arange(lv.n_groups + 1))
-            self.members.append([_select(order[bounds[g] : bounds[g + 1]], weight[order[bounds[g] : bounds[g + 1]]], max_paths, rng) for g in range(lv.n_groups)])
-        self.members.append([(np.array([g]), np.ones(1)) for g in range(n_paths)])
-        self._ancestors = [[hierarchy.ancestor_index(lv.name, up.name) for up in levels[: i + 1]] for i, lv in enumerate(levels)]
+            members.append([_select(order[bounds[g] : bounds[g + 1]], weight[order[bounds[g] : bounds[g + 1]]], max_paths, rng) for g in range(lv.n_groups)])
+        return cls(hierarchy, features, root, members)
+
+    def save(self, state: StateWriter) -> None:
+        """The chosen paths and weights, level by level (flat arrays with offsets)."""
+        state.put_arrays("root", [self.root[0].astype(np.int64), self.root[1]])
+        for l, per_group in enumerate(self.members[:-1]):
+            sizes = np.array([len(p) for p, _ in per_group], dtype=np.int64)
+            paths = np.concatenate([p for p, _ in per_group]).astype(np.int64) if per_group else np.zeros(0, dtype=np.int64)
+            weights = np.concatenate([w for _, w in per_group]) if per_group else np.zeros(0)
+            state.put_arrays(f"members_{l}", [paths, weights, sizes])
+
+    @classmethod
+    def load(cls, state: StateReader, hierarchy: Hierarchy, features: FeatureMap) -> PathAverager:
+        """The averager :meth:`save` wrote, checked against the tree of groups."""
+        levels = hierarchy.levels
+        n_paths = levels[-1].n_groups
+        root_paths, root_weights = _pair(state, "root", n_paths)
+        members = []
+        for l, lv in enumerate(levels[:-1]):
+            parts = state.get_arrays(f"members_{l}", kind="if", ndim=1)
+            if (len(parts) != 3 or parts[2].dtype.kind != "i" or parts[2].shape != (lv.n_groups,) or (parts[2] < 0).any()
+                    or int(parts[2].sum()) != len(parts[0])):
+                raise state.fail(f"malformed paths for level {lv.name!r}")
+            paths, weights, sizes = parts
+            _check_paths(state, paths, weights, n_paths, lv.name)
+            ends = np.cumsum(sizes)
+            members.append([(paths[e - n : e], weights[e - n : e]) for n, e in zip(sizes, ends)])
+        return cls(hierarchy, features, (root_paths, root_weights), members)
 
     def parts(self, design: RowDesign, predict: Callable[[np.ndarray], np.ndarray], rows: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Per row: ``A_root`` and each level's change ``A_l(own) - A_{l-1}(own parent)``.
@@ -140,3 +182,17 @@ class PathAverager:
             start += size
             for slot, pos, w in sets:
                 values[slot, local] = F[:, pos] @ w
+
+
+def _pair(state: StateReader, key: str, n_paths: int) -> tuple[np.ndarray, np.ndarray]:
+    parts = state.get_arrays(key, kind="if", ndim=1)
+    if len(parts) != 2:
+        raise state.fail(f"malformed paths {key!r}")
+    _check_paths(state, parts[0], parts[1], n_paths, key)
+    return parts[0], parts[1]
+
+
+def _check_paths(state: StateReader, paths: np.ndarray, weights: np.ndarray, n_paths: int, what: str) -> None:
+    if paths.dtype.kind != "i" or weights.dtype.kind != "f" or paths.shape != weights.shape or (
+            len(paths) and (paths.min() < 0 or paths.max() >= n_paths)):
+        raise state.fail(f"malformed paths for {what!r}")

@@ -32,9 +32,7 @@ standard error are in ``statistics`` (``trees_gain``, ``trees_gain_se``).
 from __future__ import annotations
 
 import dataclasses
-import pickle
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -54,6 +52,7 @@ from hierfit.engines.boosting._booster import (
 from hierfit.engines.boosting._features import FeatureMap, validation_split
 from hierfit.engines.heldout_gain import HeldoutGain
 from hierfit.engines.options import option, parse_options
+from hierfit.engines.state import LoadContext, StateReader, StateWriter, diagnostics_to_json
 from hierfit.exceptions import EngineError, SpecError
 from hierfit.model import ModelSpec
 
@@ -159,25 +158,39 @@ class BoostedMixedFit(BaseEngineFit):
             f"group effects from engine '{self.effects_engine}' given f (intervals conditional on f).",
         ]
 
-    def save(self, directory: Path) -> None:
-        save_booster(self.booster, directory)
-        (directory / EFFECTS_DIR).mkdir(exist_ok=True)
-        self.effects.save(directory / EFFECTS_DIR)
-        state = dict(self.__dict__, booster=None, effects=None, effects_class=type(self.effects))
-        with open(directory / "engine.pkl", "wb") as fh:
-            pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    def save(self, state: StateWriter) -> None:
+        save_booster(self.booster, state)
+        state.put("features", self.features.to_json())
+        state.put("num_iteration", self.num_iteration)
+        state.put("centre", self.centre)
+        state.put("scale", self.scale)
+        state.put("effects_engine", self.effects_engine)
+        state.put("statistics", self.statistics)
+        state.put("diagnostics", diagnostics_to_json(self.diagnostics))
+        self.effects.save(state.child(EFFECTS_DIR))
 
-    @classmethod
-    def load(cls, directory: Path) -> BoostedMixedFit:
-        with open(directory / "engine.pkl", "rb") as fh:
-            state = pickle.load(fh)
-        effects_class = state.pop("effects_class")
-        obj = cls.__new__(cls)
-        obj.__dict__.update(state)
-        obj.booster = load_booster(directory)
-        obj.effects = effects_class.load(directory / EFFECTS_DIR)
-        return obj
 
+def load(state: StateReader, context: LoadContext) -> BoostedMixedFit:
+    """Rebuild a saved ``boosted-mixed`` fit; the effects step through its own engine's ``load``."""
+    from hierfit.engines.registry import ENGINES
+
+    name = state.get_str("effects_engine")
+    entry = ENGINES.get(name)
+    loader = getattr(entry.load(), "load", None) if entry is not None else None
+    if loader is None:
+        raise state.fail(f"the effects engine {name!r} is not a registered engine that can load saved fits")
+    try:
+        features = FeatureMap.from_json(state.get("features"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise state.fail(str(exc)) from None
+    fit = BoostedMixedFit(
+        booster=load_booster(state), features=features, num_iteration=state.get_int("num_iteration"), centre=state.get_float("centre"),
+        effects=loader(state.child(EFFECTS_DIR), context), effects_engine=name, statistics=state.get_float_dict("statistics"),
+        diagnostics=state.get_diagnostics("diagnostics"), scale=state.get_float("scale"),
+    )
+    if fit.booster.num_feature() != len(features.names):
+        raise state.fail(f"the booster reads {fit.booster.num_feature()} features, the feature map has {len(features.names)}")
+    return fit
 
 
 def row_subset(design: Design, rows: np.ndarray | None) -> Design:

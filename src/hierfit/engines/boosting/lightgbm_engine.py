@@ -30,9 +30,7 @@ their rows use the parent's average over its known children: their level's part 
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -62,6 +60,7 @@ from hierfit.engines.boosting._features import (
 from hierfit.engines.boosting._partial import PathAverager
 from hierfit.engines.layout import ParameterLayout
 from hierfit.engines.options import option
+from hierfit.engines.state import LoadContext, StateReader, StateWriter, diagnostics_to_json
 from hierfit.formula import INTERCEPT
 from hierfit.model import ModelSpec
 
@@ -199,21 +198,50 @@ class LightGBMFit(BaseEngineFit):
             "variance components are the spread of those derived effects, not estimated variances.",
         ]
 
-    # -- persistence: the booster in LightGBM's text format, the rest pickled -----------------
-    def save(self, directory: Path) -> None:
-        save_booster(self.booster, directory)
-        state = dict(self.__dict__, booster=None)
-        with open(directory / "engine.pkl", "wb") as fh:
-            pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    # -- persistence: the booster in LightGBM's text format, the rest as data ---------------
+    def save(self, state: StateWriter) -> None:
+        save_booster(self.booster, state)
+        state.put("features", self.features.to_json())
+        state.put("label", list(self.label))
+        state.put("num_iteration", self.num_iteration)
+        state.put("national", self.national)
+        state.put("layout", self.layout.to_json())
+        state.put_array("theta", self.theta)
+        state.put_table("variance_table", self._variance_table[VARIANCE_COLUMNS].reset_index(drop=True))
+        state.put("statistics", self.statistics)
+        state.put("diagnostics", diagnostics_to_json(self.diagnostics))
+        self.averager.save(state.child("averager"))
 
-    @classmethod
-    def load(cls, directory: Path) -> LightGBMFit:
-        with open(directory / "engine.pkl", "rb") as fh:
-            state = pickle.load(fh)
-        obj = cls.__new__(cls)
-        obj.__dict__.update(state)
-        obj.booster = load_booster(directory)
-        return obj
+
+def load(state: StateReader, context: LoadContext) -> LightGBMFit:
+    """Rebuild a saved ``lightgbm`` fit: the booster from its model text, the rest from data."""
+    obj = LightGBMFit.__new__(LightGBMFit)  # __init__ needs the fitting design; a save has none
+    try:
+        obj.features = FeatureMap.from_json(state.get("features"))
+        obj.layout = ParameterLayout.from_json(state.get("layout"), context.hierarchy)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise state.fail(str(exc)) from None
+    if obj.features.levels != context.hierarchy.names:
+        raise state.fail("the booster's group columns are not the fit's levels")
+    obj.theta = state.get_array("theta", ndim=1)
+    if obj.theta.shape != (obj.layout.size,):
+        raise state.fail(f"theta has {obj.theta.size} entries; the layout needs {obj.layout.size}")
+    label = state.get("label")
+    if not (isinstance(label, list) and len(label) == 2 and all(isinstance(v, (int, float)) for v in label)):
+        raise state.fail(f"'label' should be [centre, scale], not {label!r}")
+    obj.label = (float(label[0]), float(label[1]))
+    obj.num_iteration = state.get_int("num_iteration")
+    obj.national = state.get_float("national")
+    obj.hierarchy = context.hierarchy
+    obj.family = context.spec.family
+    obj._variance_table = state.get_table("variance_table")
+    obj.statistics = state.get_float_dict("statistics")
+    obj.diagnostics = state.get_diagnostics("diagnostics")
+    obj.averager = PathAverager.load(state.child("averager"), context.hierarchy, obj.features)
+    obj.booster = load_booster(state)
+    if obj.booster.num_feature() != len(obj.features.names):
+        raise state.fail(f"the booster reads {obj.booster.num_feature()} features, the feature map has {len(obj.features.names)}")
+    return obj
 
 
 def reference_rows(design: Design, per_group: int, seed: int) -> np.ndarray:
@@ -315,7 +343,7 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> LightGBMFit:
         booster = lgb.train(params, full, num_boost_round=best)
     raw = centre + scale * booster.predict(X, raw_score=True, num_iteration=best)
     del X
-    averager = PathAverager(design.hierarchy, features, options.pd_max_paths, options.seed)
+    averager = PathAverager.sampled(design.hierarchy, features, options.pd_max_paths, options.seed)
     rows = reference_rows(design, options.pd_rows_per_group, options.seed)
     predict = lambda M: centre + scale * booster.predict(M, raw_score=True, num_iteration=best)  # noqa: E731
     root, parts = averager.parts(design, predict, rows)
@@ -334,4 +362,4 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> LightGBMFit:
     )
 
 
-__all__ = ["FAST_OPTIONS", "OPTIONS", "LightGBMFit", "fit"]
+__all__ = ["FAST_OPTIONS", "OPTIONS", "LightGBMFit", "fit", "load"]

@@ -23,9 +23,11 @@ from scipy import stats
 
 from hierfit.checks import Diagnostic
 from hierfit.design import Design, RowDesign
-from hierfit.engines.base import FIXED_COLUMNS, GROUP_COLUMNS, Draws, LazyDraws, LinearEngineFit, variance_table
+from hierfit.engines.base import FIXED_COLUMNS, GROUP_COLUMNS, Draws, LazyDraws, LinearEngineFit, NoUncertainty, variance_table
+from hierfit.engines.mixed._persist import restore_solution, save_solution
 from hierfit.engines.mixed.lmm import LmmSolution, RandomBlock, fit_lmm
 from hierfit.engines.options import option
+from hierfit.engines.state import LoadContext, StateReader, StateWriter
 from hierfit.exceptions import SpecError
 from hierfit.model import ModelSpec
 
@@ -142,14 +144,24 @@ class MixedFit(LinearEngineFit):
         return [f"{'REML' if s.reml else 'ML'} fit: {crit}; logLik {s.loglik:.4f}; AIC {s.aic:.4f}; BIC {s.bic:.4f}; "
                 f"{s.n_evaluations} evaluations; converged: {s.converged}"]
 
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["uncertainty"] = None  # redrawn from the same seed after loading
-        return state
+    def save(self, state: StateWriter) -> None:
+        """The linear parts and the solution's statistics; the joint draws are regenerated, not saved."""
+        self.save_linear(state, uncertainty=False)
+        state.put("n_draws", self.n_draws)
+        save_solution(self.solution, state.child("lmm"))
 
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self.uncertainty = LazyDraws(self._joint_draws)
+
+def load(state: StateReader, context: LoadContext) -> MixedFit:
+    """Rebuild a :class:`MixedFit`: the solution from its statistics, the draws from it and the seed."""
+    fit = MixedFit.restore(state, context, uncertainty=NoUncertainty())
+    fit.solution = restore_solution(state.child("lmm"))
+    fit.n_draws = state.get_int("n_draws")
+    rebuilt = fit.layout.flatten(fit.solution.beta, fit.solution.ranef)
+    scale = max(1.0, float(np.abs(fit.theta).max(initial=0.0)))
+    if rebuilt.shape != fit.theta.shape or not np.allclose(rebuilt, fit.theta, rtol=1e-8, atol=1e-8 * scale):
+        raise state.fail("the rebuilt mixed-model solution does not reproduce the saved estimates")
+    fit.uncertainty = LazyDraws(fit._joint_draws)
+    return fit
 
 
 def _statistics(sol: LmmSolution) -> dict[str, float]:

@@ -421,7 +421,7 @@ def evaluated_at(devfun: LmmDevfun, theta: np.ndarray | None = None) -> OptSumma
 def lmm_solution(devfun: LmmDevfun, optsum: OptSummary) -> LmmSolution:
     """Every reported quantity at the optimum (``mkMerMod``), in the caller's coordinates."""
     with _single_thread_blas():
-        return _assemble(devfun, optsum)
+        return _assemble(devfun.system, devfun.spec, devfun.std, devfun.n, devfun.p, devfun.reml, devfun.data_seconds, optsum)
 
 
 def fit_lmm(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *,
@@ -476,14 +476,15 @@ def _check_fixed_rank(xy_cross: np.ndarray, p: int) -> None:
         raise ValueError("the fixed-effects matrix X is rank deficient (or has a zero column)")
 
 
-def _assemble(devfun: LmmDevfun, optsum: OptSummary) -> LmmSolution:
+def _assemble(sysm: System, spec: ThetaSpec, std: Standardization, n: int, p: int, reml: bool,
+              data_seconds: float, optsum: OptSummary) -> LmmSolution:
     """Compute every reported quantity at the optimum, in the caller's coordinates.
 
-    The system holds standardised columns: quantities are computed there (suffix ``_t``)
-    and mapped back by ``std``.
+    Everything comes from the sufficient statistics in ``sysm`` and the optimum (no rows), so
+    a saved fit rebuilds its solution exactly from them (``engines/mixed/_persist.py``). The
+    system holds standardised columns: quantities are computed there (suffix ``_t``) and
+    mapped back by ``std``.
     """
-    sysm, spec, std, blocks = devfun.system, devfun.spec, devfun.std, list(devfun.blocks)
-    n, p, reml = devfun.n, devfun.p, devfun.reml
     theta_t = optsum.final
     t0 = time.perf_counter()
     plan = sysm.plan
@@ -506,7 +507,7 @@ def _assemble(devfun: LmmDevfun, optsum: OptSummary) -> LmmSolution:
     bT = spec.block_T(theta_t)
     covs, sds, cors, modes, condsd, condcov = [], [], [], [], [], []
     theta = np.empty_like(theta_t)
-    for b, blk in enumerate(blocks):
+    for b, k in enumerate(spec.block_k):
         f = next(i for i, fac in enumerate(plan.factors) if b in fac.blocks)
         fac = plan.factors[f]
         c0 = fac.col_offsets[fac.blocks.index(b)]
@@ -514,7 +515,7 @@ def _assemble(devfun: LmmDevfun, optsum: OptSummary) -> LmmSolution:
             lvl, seg = plan.chain.index(f), 0
         else:
             lvl, seg = sysm.n_chain, plan.root.index(f)
-        term_map.append((lvl, seg, c0, blk.k))
+        term_map.append((lvl, seg, c0, k))
         T = std.term_T(b, bT[b])
         for t, (bt, i, j) in enumerate(spec.entries):
             if bt == b:
@@ -527,9 +528,9 @@ def _assemble(devfun: LmmDevfun, optsum: OptSummary) -> LmmSolution:
         covs.append(cov)
         sds.append(sd)
         cors.append(cor)
-        bf = (fT[f] @ _factor_u(sysm, u, lvl, seg))[:, c0:c0 + blk.k, 0]
+        bf = (fT[f] @ _factor_u(sysm, u, lvl, seg))[:, c0:c0 + k, 0]
         cc = sigma_t ** 2 * (fT[f] @ _factor_condcov(sysm, diag, lvl, seg) @ fT[f].T)
-        cc = std.ranef_cov(b, cc[:, c0:c0 + blk.k, c0:c0 + blk.k])
+        cc = std.ranef_cov(b, cc[:, c0:c0 + k, c0:c0 + k])
         modes.append(std.ranef(b, bf))
         condcov.append(cc)
         condsd.append(np.sqrt(np.diagonal(cc, axis1=1, axis2=2)))
@@ -539,7 +540,7 @@ def _assemble(devfun: LmmDevfun, optsum: OptSummary) -> LmmSolution:
     # not depend on the units of the predictors.
     sing = [(b, i) for val, (b, i, j), lo in zip(theta_t, spec.entries, spec.lower)
             if lo == 0.0 and val < SINGULAR_TOL]
-    timings = {"data_pass": devfun.data_seconds, "optimize": optsum.seconds, "finalize": time.perf_counter() - t0}
+    timings = {"data_pass": data_seconds, "optimize": optsum.seconds, "finalize": time.perf_counter() - t0}
     return LmmSolution(
         beta=std.beta(beta_t), vcov_beta=vcov, se_beta=np.sqrt(np.diag(vcov)), theta=theta,
         theta_lower=spec.lower.copy(), theta_entries=spec.entries, sigma=sigma,

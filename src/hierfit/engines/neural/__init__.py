@@ -71,9 +71,10 @@ from hierfit.engines.neural._options import FAST_OPTIONS, OPTIONS
 if TYPE_CHECKING:
     from hierfit.design import Design
     from hierfit.engines.neural._result import NeuralFit
+    from hierfit.engines.state import LoadContext, StateReader
     from hierfit.model import ModelSpec
 
-__all__ = ["FAST_OPTIONS", "OPTIONS", "fit"]
+__all__ = ["FAST_OPTIONS", "OPTIONS", "fit", "load"]
 
 
 def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> NeuralFit:
@@ -93,3 +94,10 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> NeuralFit:
     from hierfit.engines.neural._train import train
 
     return train(design, spec, options)
+
+
+def load(state: StateReader, context: LoadContext) -> NeuralFit:
+    """Rebuild a saved ``neural`` fit (torch is imported here, as in :func:`fit`)."""
+    from hierfit.engines.neural._result import NeuralFit
+
+    return NeuralFit.load_state(state, context)

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import copy
-import json
-import pickle
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,9 +12,12 @@ from scipy import sparse, stats
 
 from hierfit.design import RowDesign
 from hierfit.engines.base import LinearEngineFit
+from hierfit.engines.state import LoadContext, StateReader, StateWriter
+from hierfit.exceptions import PersistenceError
 from hierfit.model import Family
 
 CHUNK = 65536
+WEIGHTS_FILE = "weights.npz"
 MIN_QUANTILE_DRAWS = 50  # below this (member draws only) intervals use a t approximation
 
 
@@ -168,33 +168,74 @@ class NeuralFit(LinearEngineFit):
             )
         return lines
 
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state.pop("_module_f64", None)
-        state["_module"] = None  # torch weights are saved apart, loaded with weights_only=True
-        return state
-
-    def save(self, directory: Path) -> None:
-        import torch
-
-        with open(directory / "engine.pkl", "wb") as fh:
-            pickle.dump(self, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        torch.save({k: v.detach().cpu() for k, v in self._module.state_dict().items()}, directory / "weights.pt")
-        (directory / "network.json").write_text(json.dumps({"config": self.config, "settings": self.settings, "options": self.options}, indent=2, default=str))
+    def save(self, state: StateWriter) -> None:
+        """The linear parts with their draws, the ensemble's own state, and the torch ``state_dict`` as arrays."""
+        self.save_linear(state)
+        state.put("config", self.config)
+        state.put("settings", self.settings)
+        state.put("options", self.options)
+        sc = self.scaling
+        state.put("scaling", {"y_center": sc.y_center, "y_scale": sc.y_scale, "feature_names": list(sc.feature_names),
+                              "x_intercept": sc.x_map.intercept, "z_intercepts": [m.intercept for m in sc.z_maps]})
+        state.put_arrays("scaling_x_map", [sc.x_map.center, sc.x_map.scale])
+        state.put_arrays("scaling_z_centers", [m.center for m in sc.z_maps])
+        state.put_arrays("scaling_z_scales", [m.scale for m in sc.z_maps])
+        state.put_array("scaling_f_mean", sc.f_mean)
+        state.put_array("scaling_f_scale", sc.f_scale)
+        state.put_array("member_theta", self.member_theta)
+        state.put_array("member_of_draw", self.member_of_draw)
+        state.put_array("delta", self.delta)
+        state.put("spread", self.spread)
+        # the state_dict's tensors as plain arrays: the weights load without unpickling anything
+        state.put_npz(WEIGHTS_FILE, {k: v.detach().cpu().numpy() for k, v in self._module.state_dict().items()})
 
     @classmethod
-    def load(cls, directory: Path) -> NeuralFit:
+    def load_state(cls, state: StateReader, context: LoadContext) -> NeuralFit:
+        """Rebuild a fit from :meth:`save`'s state (the network from its weights, in evaluation mode)."""
         import torch
 
+        from hierfit.engines.mixed import ColumnMap
         from hierfit.engines.neural._model import HierEnsemble
+        from hierfit.engines.neural._prep import Scaling
 
-        with open(directory / "engine.pkl", "rb") as fh:
-            fit: NeuralFit = pickle.load(fh)
-        module = HierEnsemble(fit.config)
-        module.load_state_dict(torch.load(directory / "weights.pt", map_location="cpu", weights_only=True))
+        fit = cls.restore(state, context)
+        fit.config = state.get_dict("config")
+        fit.settings = state.get_dict("settings")
+        fit.options = state.get_dict("options")
+        sc = state.get_dict("scaling")
+        x_map = state.get_arrays("scaling_x_map", ndim=1)
+        z_centers, z_scales = state.get_arrays("scaling_z_centers", ndim=1), state.get_arrays("scaling_z_scales", ndim=1)
+        z_intercepts = sc["z_intercepts"]
+        if len(x_map) != 2 or not len(z_centers) == len(z_scales) == len(z_intercepts) == len(fit.layout.terms):
+            raise state.fail("one column map per term is expected")
+        fit.scaling = Scaling(
+            float(sc["y_center"]), float(sc["y_scale"]), ColumnMap(x_map[0], x_map[1], _index(state, sc["x_intercept"])),
+            tuple(ColumnMap(c, z, _index(state, i)) for c, z, i in zip(z_centers, z_scales, z_intercepts)),
+            tuple(str(n) for n in sc["feature_names"]), state.get_array("scaling_f_mean", ndim=1), state.get_array("scaling_f_scale", ndim=1),
+        )
+        fit.member_theta = state.get_array("member_theta", ndim=2)
+        fit.member_of_draw = state.get_array("member_of_draw", kind="i", ndim=1)
+        fit.delta = state.get_array("delta", ndim=2)
+        fit.spread = state.get_float("spread")
+        try:
+            module = HierEnsemble(fit.config)
+            module.load_state_dict({k: torch.from_numpy(v) for k, v in state.get_npz(WEIGHTS_FILE).items()}, strict=True)
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            raise PersistenceError(f"{state.files.where(WEIGHTS_FILE)} does not fit the saved network ({exc}). Refit and save again.") from None
         fit._module = module.eval()
         fit._module_f64 = None
+        M = module.n_members
+        draws = fit.draws
+        if fit.member_theta.shape != (M, fit.layout.size) or fit.delta.shape != (M, fit.layout.size) or (
+                draws is not None and (len(fit.member_of_draw) != len(draws) or fit.member_of_draw.max(initial=0) >= M)):
+            raise state.fail("the ensemble's arrays do not match its network")
         return fit
+
+
+def _index(state: StateReader, value: Any) -> int | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise state.fail(f"a column index or null was expected, not {value!r}")
 
 
 def nonlinear_raw(fit: NeuralFit, design: RowDesign) -> np.ndarray:
