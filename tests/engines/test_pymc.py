@@ -264,7 +264,7 @@ def test_bernoulli_uses_the_per_row_likelihood_and_recovers_the_intercept():
 
 def test_bad_options_are_rejected_with_the_allowed_values():
     sim = _small()
-    with pytest.raises(EngineError, match="auto, marginal, rows, suffstats"):
+    with pytest.raises(EngineError, match="'auto', 'marginal', 'rows', 'suffstats'; got 'fast'"):
         hierfit.fit(sim.formula, sim.data, engine="pymc", likelihood="fast", checks=QUIET)
-    with pytest.raises(EngineError, match="auto, nutpie, numpyro, pymc"):
+    with pytest.raises(EngineError, match="'auto', 'numpyro', 'nutpie', 'pymc'; got 'emcee'"):
         hierfit.fit(sim.formula, sim.data, engine="pymc", sampler="emcee", checks=QUIET)
