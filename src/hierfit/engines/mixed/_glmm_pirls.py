@@ -1,0 +1,355 @@
+"""Penalised iteratively reweighted least squares (PIRLS): the conditional modes of a GLMM.
+
+At fixed ``theta`` and ``beta`` the spherical random effects ``u`` minimise the penalised
+deviance ``pd(u) = sum dev_i(eta_i) + |u|^2`` with ``eta = X beta + offset + Z Lambda u``.
+Each Newton (Fisher-scoring for non-canonical expected weights) step is the penalised
+least-squares problem of lme4 with working weights ``W`` and working response
+``r = Z Lambda u - d1 / (2 W)``: one weighted pass over the rows gathers its system
+(:func:`._glmm_kernels.accumulate`), and the existing block elimination of
+:class:`._factor.System` solves it -- batched per group along the nested chain, a dense
+block only for crossed factors.  Steps are halved while ``pd`` does not decrease, as in
+lme4's ``pwrssUpdate``.
+
+The iteration stops when the Newton decrement ``delta' H delta = |L' delta|^2`` falls below
+``tol``: the mode is then accurate to ``|delta| <= sqrt(tol)`` (``H >= I``), which keeps the
+envelope-theorem gradient of :mod:`._glmm_laplace` exact to that order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg as sla
+
+from ._blocks import Plan
+from ._factor import Factorization, System, _solve_lower
+from ._glmm_kernels import RowLayout, accumulate, linpred
+from ._glmm_rows import RowModel, RowTerms
+from ._standardize import ColumnMap
+from ._theta import ThetaSpec
+
+__all__ = ["Mode", "Problem", "pirls", "pirls_joint"]
+
+#: Default Newton-decrement tolerance (deviance units) of the inner loop.
+PIRLS_TOL = 1e-14
+#: Iteration cap of the inner loop (lme4's maxit is 100).
+PIRLS_MAXIT = 100
+
+
+@dataclass
+class Problem:
+    """Everything fixed during one GLMM fit.
+
+    Attributes
+    ----------
+    X : numpy.ndarray
+        ``(n, p)`` fixed-effects matrix (caller's columns, C-contiguous).
+    offset : numpy.ndarray
+        ``(n,)`` offset of the linear predictor.
+    xmap : ColumnMap
+        Standardisation of ``X`` (``X_t = (X - center) / scale``).
+    rows : RowModel
+        The family's per-row terms.
+    rl : RowLayout
+        Row layout of the random effects.
+    plan : Plan
+        Elimination plan.
+    spec : ThetaSpec
+        Theta parametrisation (standardised coordinates).
+    sys0, sysf : System
+        Systems without and with the fixed-effects columns; their ``raw_rows`` are
+        replaced by every weighted pass.
+    use_numba : bool
+        Compiled row passes (when numba is importable).
+    """
+
+    X: np.ndarray
+    offset: np.ndarray
+    xmap: ColumnMap
+    rows: RowModel
+    rl: RowLayout
+    plan: Plan
+    spec: ThetaSpec
+    sys0: System
+    sysf: System
+    use_numba: bool = True
+
+    @property
+    def n(self) -> int:
+        """Rows."""
+        return int(self.X.shape[0])
+
+    @property
+    def p(self) -> int:
+        """Fixed effects."""
+        return int(self.X.shape[1])
+
+    @property
+    def q(self) -> int:
+        """Random effects (length of ``u``)."""
+        return int(self.rl.vbase[-1])
+
+    def factor_T(self, theta_t: np.ndarray) -> list[np.ndarray]:
+        """Per-factor relative covariance factors (standardised)."""
+        return self.spec.factor_T(theta_t, self.plan)
+
+    def xbeta(self, beta_t: np.ndarray) -> np.ndarray:
+        """``X_t beta_t + offset`` (computed as ``X (M beta_t)``: one BLAS pass)."""
+        if self.p == 0:
+            return self.offset.copy()
+        return self.X @ (self.xmap.matrix() @ beta_t) + self.offset
+
+    # ------------------------------------------------------------------ Lambda
+    def lam(self, Ts: list[np.ndarray], v: np.ndarray, transpose: bool = False) -> np.ndarray:
+        """``Lambda v`` (or ``Lambda' v``) for a flat vector in the vector layout."""
+        parts = self.rl.split_vector(v)
+        out = []
+        lay = self.sys0.layout
+        n_chain = len(self.plan.chain)
+        for lvl, part in enumerate(parts):
+            if lvl < n_chain:
+                T = Ts[self.plan.chain[lvl]]
+                out.append(part @ (T if transpose else T.T))
+                continue
+            o = np.empty_like(part)
+            for seg in lay.segments:
+                if seg.start < lay.offsets[lvl]:
+                    continue
+                r0 = seg.start - lay.offsets[lvl]
+                T = Ts[seg.factor]
+                blk = part[0, r0:r0 + seg.m * seg.K].reshape(seg.m, seg.K)
+                o[0, r0:r0 + seg.m * seg.K] = (blk @ (T if transpose else T.T)).ravel()
+            out.append(o)
+        return self.rl.join_vector(out)
+
+    def levels(self, v: np.ndarray) -> list[np.ndarray]:
+        """Flat vector -> per-level ``(m, K, 1)`` right-hand sides of the systems."""
+        return [p[:, :, None] for p in self.rl.split_vector(v)]
+
+    def flat(self, parts: list[np.ndarray]) -> np.ndarray:
+        """Per-level ``(m, K, 1)`` solutions -> flat vector."""
+        return self.rl.join_vector([p[..., 0] for p in parts])
+
+    def weighted_rows(self, w: np.ndarray, r: np.ndarray, with_x: bool) -> list[np.ndarray]:
+        """System rows of one weighted pass (the ``r'Wr`` corner padded to stay positive)."""
+        X = self.X if with_x else None
+        rows = accumulate(self.rl, w, r, X, self.xmap.center, self.xmap.scale, self.use_numba)
+        # Only the random part and R_X, c_beta are used; the residual corner must not make
+        # the last Cholesky pivot fail when a working response is fitted exactly.
+        rows[-1][0, -1, -1] += 1.0
+        return rows
+
+
+@dataclass
+class Mode:
+    """The conditional mode at one parameter value and everything evaluated there.
+
+    Attributes
+    ----------
+    u : numpy.ndarray
+        Spherical conditional modes (flat vector layout).
+    eta : numpy.ndarray
+        Linear predictor at ``u``.
+    terms : RowTerms
+        Row terms at ``eta``.
+    fz : Factorization
+        Factor of ``H = Lambda'Z'WZ Lambda + I`` at ``u`` (weights ``terms.w``).
+    raw : list of numpy.ndarray
+        The weighted statistics behind ``fz``.
+    pd, logdet, objective : float
+        Penalised deviance ``sum dev + |u|^2``, ``log|H|`` and their sum (Laplace ``-2 logLik``).
+    converged : bool
+    iterations : int
+    decrement : float
+        Newton decrement at ``u`` (deviance units).
+    fz_o : Factorization or None
+        Factor of ``H_o`` (observed weights) when known; ``None`` if it must be computed.
+    """
+
+    u: np.ndarray
+    eta: np.ndarray
+    terms: RowTerms
+    fz: Factorization
+    raw: list[np.ndarray]
+    pd: float
+    logdet: float
+    objective: float
+    converged: bool
+    iterations: int
+    decrement: float
+    fz_o: Factorization | None = None
+
+
+def _lt_times(sysm: System, fz: Factorization, x: list[np.ndarray]) -> list[np.ndarray]:
+    """``L' x`` per level (``x[i]`` of shape ``(m_i, K_i, d)``): the transpose of the factor."""
+    out = []
+    for i in range(sysm.n_random):
+        acc = np.swapaxes(fz.L[i], 1, 2) @ x[i]
+        G = fz.G[i]
+        for a, e, pm in sysm._ancestors(i):
+            Ka = sysm.layout.sizes[a]
+            xa = x[a][pm] if pm is not None else x[a]
+            acc = acc + G[:, :, e:e + Ka] @ xa
+        out.append(acc)
+    return out
+
+
+def forward_solve(sysm: System, fz: Factorization, rhs: list[np.ndarray]) -> list[np.ndarray]:
+    """Solve ``L z = rhs`` on the random part (finest level first, children feed parents)."""
+    z = [np.array(r, dtype=float, copy=True) for r in rhs]
+    for i in range(sysm.n_random):
+        z[i] = _solve_lower(fz.L[i], z[i])
+        G = fz.G[i]
+        m = z[i].shape[0]
+        for a, e, pm in sysm._ancestors(i):
+            Ka = sysm.layout.sizes[a]
+            contrib = np.swapaxes(G[:, :, e:e + Ka], 1, 2) @ z[i]
+            if pm is not None:
+                z[a] -= (sysm.sum_ops[(i, a)] @ contrib.reshape(m, -1)).reshape(z[a].shape)
+            else:
+                z[a] -= contrib.sum(axis=0, keepdims=True)
+    return z
+
+
+def solve_h(sysm: System, fz: Factorization, rhs: list[np.ndarray]) -> list[np.ndarray]:
+    """``H^{-1} rhs`` from the factor (forward then back substitution)."""
+    return sysm.back_solve(fz, forward_solve(sysm, fz, rhs))
+
+
+def _working(terms: RowTerms, newton: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Working weights and the Newton shift ``-d1 / (2 W)`` (0 where a row has no weight).
+
+    ``newton`` uses the observed weights (the exact Hessian: quadratic convergence) when
+    they differ from ``terms.w`` and are all positive; otherwise ``terms.w`` (Fisher scoring
+    for expected weights, as glmer).
+    """
+    w = terms.wo if (newton and terms.wo is not terms.w and np.all(terms.wo > 0.0)) else terms.w
+    if np.any(w < 0.0) or not np.all(np.isfinite(w)):
+        # Observed information can be negative for a non-canonical link far from the mode:
+        # clipped weights still give a descent direction (halved while pd does not fall).
+        w = np.where(np.isfinite(w), np.maximum(w, 0.0), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shift = np.where(w > 0.0, -terms.d1 / (2.0 * w), 0.0)
+    return w, shift
+
+
+def _finish(prob: Problem, Ts: list[np.ndarray], u: np.ndarray, eta: np.ndarray,
+            terms: RowTerms, pd: float, w_used: np.ndarray, raw: list[np.ndarray],
+            fz: Factorization, converged: bool, it: int, dec: float) -> Mode:
+    """The mode record; refactorises with the weights of ``H`` if the steps used others."""
+    fz_o = None
+    if w_used is not terms.w:
+        fz_o = fz if w_used is terms.wo else None
+        raw = prob.weighted_rows(terms.w, np.zeros(prob.n), with_x=False)
+        prob.sys0.raw_rows = raw
+        fz = prob.sys0.factorize(Ts, keep=True)
+    elif terms.wo is terms.w:
+        fz_o = fz
+    return Mode(u, eta, terms, fz, raw, pd, fz.logdet_L, pd + fz.logdet_L, converged, it, dec,
+                fz_o)
+
+
+def pirls(prob: Problem, Ts: list[np.ndarray], xb: np.ndarray, disp: float | None,
+          u0: np.ndarray, *, grad: bool = False, tol: float = PIRLS_TOL,
+          maxit: int = PIRLS_MAXIT) -> Mode:
+    """Conditional modes at fixed ``theta`` (``Ts``) and ``beta`` (``xb = X beta + offset``).
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        If a system is not positive definite (e.g. non-finite weights).
+    """
+    rows, sysm = prob.rows, prob.sys0
+    u = np.array(u0, dtype=float, copy=True)
+    eta = linpred(prob.rl, xb, prob.lam(Ts, u), prob.use_numba)
+    terms = rows.terms(eta, disp, grad)
+    pd = terms.dev + float(u @ u)
+    dec = np.inf
+    it = 0
+    for it in range(maxit):
+        w, shift = _working(terms, newton=True)
+        raw = prob.weighted_rows(w, eta - xb + shift, with_x=False)
+        sysm.raw_rows = raw
+        fz = sysm.factorize(Ts, keep=True)
+        u_new = prob.flat(sysm.back_solve(fz, [G[:, :, -1:] for G in fz.G]))
+        delta = u_new - u
+        dec = float(sum(np.sum(x * x) for x in _lt_times(sysm, fz, prob.levels(delta))))
+        if not np.isfinite(dec):
+            raise np.linalg.LinAlgError("PIRLS step is not finite")
+        if dec <= tol * max(1.0, 1e-6 * abs(pd)):
+            return _finish(prob, Ts, u, eta, terms, pd, w, raw, fz, True, it, dec)
+        step = 1.0
+        for _ in range(40):  # step halving, as lme4's pwrssUpdate
+            u_try = u + step * delta
+            eta_try = linpred(prob.rl, xb, prob.lam(Ts, u_try), prob.use_numba)
+            terms_try = rows.terms(eta_try, disp, grad)
+            pd_try = terms_try.dev + float(u_try @ u_try)
+            if np.isfinite(pd_try) and pd_try <= pd + 1e-13 * abs(pd):
+                break
+            step *= 0.5
+        else:
+            return _finish(prob, Ts, u, eta, terms, pd, w, raw, fz, False, it, dec)
+        u, eta, terms, pd = u_try, eta_try, terms_try, pd_try
+    # Out of iterations: the state is consistent (system at u), flagged as not converged.
+    w, shift = _working(terms, newton=True)
+    raw = prob.weighted_rows(w, eta - xb + shift, with_x=False)
+    sysm.raw_rows = raw
+    fz = sysm.factorize(Ts, keep=True)
+    return _finish(prob, Ts, u, eta, terms, pd, w, raw, fz, False, maxit, dec)
+
+
+def pirls_joint(prob: Problem, Ts: list[np.ndarray], disp: float | None, eta0: np.ndarray,
+                *, maxit: int = PIRLS_MAXIT, tol: float = 1e-12
+                ) -> tuple[np.ndarray, np.ndarray, bool, np.ndarray]:
+    """Joint PIRLS over ``(u, beta)`` at fixed theta (glmer's nAGQ = 0 inner loop).
+
+    Starts from the linear predictor ``eta0`` (e.g. ``link(mustart)``).
+
+    Returns
+    -------
+    beta_t : numpy.ndarray
+        Standardised fixed effects.
+    u : numpy.ndarray
+        Spherical modes.
+    converged : bool
+    RX : numpy.ndarray
+        ``(p, p)`` lower factor ``R_X'`` of the last system (``R_X'R_X`` is half the
+        Hessian of the penalised deviance in beta with u profiled).
+    """
+    rows, sysm = prob.rows, prob.sysf
+    p = prob.p
+    eta = np.asarray(eta0, dtype=float)
+    terms = rows.terms(eta, disp)
+    pd_old = np.inf
+    beta = np.zeros(p)
+    u = np.zeros(prob.q)
+    RX = np.eye(p)
+    for it in range(maxit):
+        w, shift = _working(terms)
+        raw = prob.weighted_rows(w, eta - prob.offset + shift, with_x=True)
+        sysm.raw_rows = raw
+        fz = sysm.factorize(Ts, keep=True)
+        LM = fz.LM
+        RX = LM[:p, :p].copy()
+        beta_new = (sla.solve_triangular(LM[:p, :p], LM[p, :p], lower=True, trans="T")
+                    if p else np.zeros(0))
+        c = np.concatenate([-beta_new, [1.0]])
+        u_new = prob.flat(sysm.back_solve(fz, [G[:, :, -(p + 1):] @ c[:, None] for G in fz.G]))
+        step = 1.0
+        for _ in range(40):
+            b_try = beta + step * (beta_new - beta) if it else beta_new
+            u_try = u + step * (u_new - u) if it else u_new
+            eta_try = linpred(prob.rl, prob.xbeta(b_try), prob.lam(Ts, u_try), prob.use_numba)
+            terms_try = rows.terms(eta_try, disp)
+            pd = terms_try.dev + float(u_try @ u_try)
+            if np.isfinite(pd) and pd <= pd_old + 1e-13 * abs(pd):
+                break
+            step *= 0.5
+        else:
+            return beta, u, False, RX
+        beta, u, eta, terms = b_try, u_try, eta_try, terms_try
+        if abs(pd_old - pd) <= tol * abs(pd):
+            return beta, u, True, RX
+        pd_old = pd
+    return beta, u, False, RX
