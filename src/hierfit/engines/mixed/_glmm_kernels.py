@@ -80,6 +80,13 @@ class RowLayout:
     vbase: np.ndarray
 
     @property
+    def structure(self) -> tuple[tuple[tuple[int, int, int], ...], tuple[int, ...]]:
+        """What the generated kernels specialise on: (factor, src, root) per entry, K per factor."""
+        ents = tuple((int(f), int(s), int(self.fac_root[f]))
+                     for f, s in zip(self.ent_fac, self.ent_src))
+        return ents, tuple(int(k) for k in self.fac_K)
+
+    @property
     def n_entries(self) -> int:
         """Random-effect columns per row."""
         return int(self.ent_fac.size)
@@ -89,6 +96,28 @@ class RowLayout:
         width = total - self.lvl_off
         sizes = self.lvl_m * self.lvl_K * width
         return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64), width.astype(np.int64)
+
+    def coefficients(self, sbase: np.ndarray, swidth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-entry affine location coefficients ``E`` and ``(center, scale)`` for a layout."""
+        ne = self.n_entries
+        E = np.zeros((ne, 8), np.int64)
+        for e in range(ne):
+            f, a = int(self.ent_fac[e]), int(self.ent_a[e])
+            lvl, K, col0 = int(self.fac_level[f]), int(self.fac_K[f]), int(self.fac_col0[f])
+            off, W = int(self.lvl_off[lvl]), int(swidth[lvl])
+            E[e, 0], E[e, 1] = f, self.ent_src[e]
+            if self.fac_root[f]:
+                E[e, 2] = K * W
+                E[e, 3] = sbase[lvl] + (col0 + a - off) * W - off
+                E[e, 4], E[e, 5] = K, col0 + a
+                E[e, 6], E[e, 7] = K, self.vbase[lvl] + col0 + a - off
+            else:
+                E[e, 2] = K * W
+                E[e, 3] = sbase[lvl] + a * W - off
+                E[e, 4], E[e, 5] = 0, col0 + a
+                E[e, 6], E[e, 7] = K, self.vbase[lvl] + a
+        C = np.column_stack([self.ent_center, self.ent_scale]).astype(float)
+        return E, np.ascontiguousarray(C)
 
     def split_system(self, flat: np.ndarray, total: int) -> list[np.ndarray]:
         """Per-level ``(m, K, width)`` views of a flat system buffer."""
@@ -161,164 +190,18 @@ def make_row_layout(plan: Plan, layout: Layout,
 
 
 # ----------------------------------------------------------------------------- kernels
-def _entries(i, L, vals, gcols, vlocs, levels):  # type: ignore[no-untyped-def]
-    """Fill a row's standardised entry values, global columns, vector slots and levels."""
-    for e in range(L[0].size):  # L = (ent_fac, ent_a, ent_src, ent_c, ent_s, fac_level, ...)
-        f = L[0][e]
-        a = L[1][e]
-        src = L[2][e]
-        v = 1.0 if src < 0 else L[14][src, i]
-        vals[e] = (v - L[3][e]) / L[4][e]
-        g = L[13][f, i]
-        lvl = L[5][f]
-        levels[e] = lvl
-        K = L[6][f]
-        if L[8][f] == 1:
-            gc = L[7][f] + g * K + a
-            gcols[e] = gc
-            vlocs[e] = L[12][lvl] + gc - L[9][lvl]
-        else:
-            gcols[e] = L[7][f] + a
-            vlocs[e] = L[12][lvl] + g * K + a
+# Every per-entry location is affine in the entry's group code g: the system row holding
+# the entry starts at ``E[e, 2] * g + E[e, 3]`` (minus its level offset, so adding a global
+# column indexes the row), its global column is ``E[e, 4] * g + E[e, 5]`` and its vector
+# slot ``E[e, 6] * g + E[e, 7]``; ``E[e, 0]`` is the factor and ``E[e, 1]`` the row of ``zc``
+# (-1: a column of ones).  ``C[e] = (center, scale)``.  The compiled passes are generated
+# for the structure (:mod:`._glmm_codegen`); the numpy twins below read the same tables.
 
 
-def _loc(e, gcols, levels, L, sbase, swidth, g_of):  # type: ignore[no-untyped-def]
-    """Flat start of the system row holding entry ``e`` (its level's row for its column)."""
-    lvl = levels[e]
-    off = L[9][lvl]
-    if L[8][L[0][e]] == 1:
-        return sbase[lvl] + (gcols[e] - off) * swidth[lvl]
-    return sbase[lvl] + (g_of[e] * L[10][lvl] + gcols[e] - off) * swidth[lvl]
+def _compiled(rl: RowLayout, p: int = 0):  # type: ignore[no-untyped-def]
+    from ._glmm_codegen import kernels
 
-
-def _k_linpred(out, base, bvec, L):  # type: ignore[no-untyped-def]
-    ne = L[0].size
-    vals = np.empty(ne)
-    gcols = np.empty(ne, np.int64)
-    vlocs = np.empty(ne, np.int64)
-    levels = np.empty(ne, np.int64)
-    for i in range(out.size):
-        _entries(i, L, vals, gcols, vlocs, levels)
-        acc = base[i]
-        for e in range(ne):
-            acc += vals[e] * bvec[vlocs[e]]
-        out[i] = acc
-
-
-def _k_accumulate(out, w, r, X, xc, xs, p_sys, sbase, swidth, L):  # type: ignore[no-untyped-def]
-    ne = L[0].size
-    nk = ne + p_sys + 1
-    vals = np.empty(nk)
-    gcols = np.empty(nk, np.int64)
-    vlocs = np.empty(ne, np.int64)
-    levels = np.empty(ne, np.int64)
-    locs = np.empty(nk, np.int64)
-    offs = np.empty(nk, np.int64)
-    g_of = np.empty(ne, np.int64)
-    nlev = L[9].size
-    foff = L[9][nlev - 1]
-    fbase = sbase[nlev - 1]
-    fw = swidth[nlev - 1]
-    for i in range(w.size):
-        wi = w[i]
-        if wi == 0.0:
-            continue
-        _entries(i, L, vals, gcols, vlocs, levels)
-        for e in range(ne):
-            g_of[e] = L[13][L[0][e], i]
-        for e in range(ne):
-            locs[e] = _loc(e, gcols, levels, L, sbase, swidth, g_of)
-            offs[e] = L[9][levels[e]]
-        for j in range(p_sys):
-            k = ne + j
-            vals[k] = (X[i, j] - xc[j]) / xs[j]
-            gcols[k] = foff + j
-            locs[k] = fbase + j * fw
-            offs[k] = foff
-        k = ne + p_sys
-        vals[k] = r[i]
-        gcols[k] = foff + p_sys
-        locs[k] = fbase + p_sys * fw
-        offs[k] = foff
-        for k in range(nk):
-            wv = wi * vals[k]
-            base = locs[k] - offs[k]
-            for k2 in range(k, nk):
-                out[base + gcols[k2]] += wv * vals[k2]
-
-
-def _k_scatter(out1, out2, c1, c2, two, L):  # type: ignore[no-untyped-def]
-    ne = L[0].size
-    vals = np.empty(ne)
-    gcols = np.empty(ne, np.int64)
-    vlocs = np.empty(ne, np.int64)
-    levels = np.empty(ne, np.int64)
-    for i in range(c1.size):
-        _entries(i, L, vals, gcols, vlocs, levels)
-        a1 = c1[i]
-        for e in range(ne):
-            out1[vlocs[e]] += a1 * vals[e]
-        if two:
-            a2 = c2[i]
-            for e in range(ne):
-                out2[vlocs[e]] += a2 * vals[e]
-
-
-def _k_quad(out, sig, tmat, tbase, sbase, swidth, L):  # type: ignore[no-untyped-def]
-    """``out[i] = zt_i' Sigma zt_i`` with ``zt = T' z`` per factor (the row's leverage)."""
-    ne = L[0].size
-    vals = np.empty(ne)
-    zt = np.empty(ne)
-    gcols = np.empty(ne, np.int64)
-    vlocs = np.empty(ne, np.int64)
-    levels = np.empty(ne, np.int64)
-    g_of = np.empty(ne, np.int64)
-    locs = np.empty(ne, np.int64)
-    for i in range(out.size):
-        _entries(i, L, vals, gcols, vlocs, levels)
-        e0 = 0
-        while e0 < ne:  # T' z factor by factor (entries of a factor are consecutive)
-            f = L[0][e0]
-            K = L[6][f]
-            tb = tbase[f]
-            for a in range(K):
-                acc = 0.0
-                for b in range(K):
-                    acc += tmat[tb + b * K + a] * vals[e0 + b]
-                zt[e0 + a] = acc
-            e0 += K
-        for e in range(ne):
-            g_of[e] = L[13][L[0][e], i]
-            locs[e] = _loc(e, gcols, levels, L, sbase, swidth, g_of)
-        acc = 0.0
-        for k in range(ne):
-            base = locs[k] - L[9][levels[k]]
-            acc += zt[k] * zt[k] * sig[base + gcols[k]]
-            for k2 in range(k + 1, ne):
-                acc += 2.0 * zt[k] * zt[k2] * sig[base + gcols[k2]]
-        out[i] = acc
-
-
-def _k_xtc(out, X, xc, xs, c):  # type: ignore[no-untyped-def]
-    """``out[j] = sum_i c_i (X_ij - xc_j) / xs_j`` (standardised columns, no cancellation)."""
-    p = out.size
-    for i in range(c.size):
-        ci = c[i]
-        for j in range(p):
-            out[j] += ci * (X[i, j] - xc[j])
-    for j in range(p):
-        out[j] /= xs[j]
-
-
-if HAVE_NUMBA:
-    _jit = _nb.njit(cache=True, nogil=True)
-    _entries = _nb.njit(cache=True, inline="always")(_entries)
-    _loc = _nb.njit(cache=True, inline="always")(_loc)
-    _k_linpred = _jit(_k_linpred)
-    _k_accumulate = _jit(_k_accumulate)
-    _k_scatter = _jit(_k_scatter)
-    _k_quad = _jit(_k_quad)
-    _k_xtc = _jit(_k_xtc)
+    return kernels(rl.structure, p)
 
 
 # ----------------------------------------------------------------------------- numpy twins
@@ -358,10 +241,10 @@ def _np_locs(rl: RowLayout, ents: list[tuple[np.ndarray, np.ndarray, np.ndarray,
 
 
 # ----------------------------------------------------------------------------- passes
-def _tuple(rl: RowLayout) -> tuple[np.ndarray, ...]:
-    return (rl.ent_fac, rl.ent_a, rl.ent_src, rl.ent_center, rl.ent_scale, rl.fac_level,
-            rl.fac_K, rl.fac_col0, rl.fac_root, rl.lvl_off, rl.lvl_K, rl.lvl_m, rl.vbase,
-            rl.gidx, rl.zc)
+def _vec_coeffs(rl: RowLayout) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients for passes that only use vector slots (no system layout)."""
+    zero = np.zeros(rl.lvl_off.size, np.int64)
+    return rl.coefficients(zero, zero)
 
 
 def linpred(rl: RowLayout, base: np.ndarray, bvec: np.ndarray, use_numba: bool = True) -> np.ndarray:
@@ -369,7 +252,9 @@ def linpred(rl: RowLayout, base: np.ndarray, bvec: np.ndarray, use_numba: bool =
     base = np.ascontiguousarray(base, dtype=np.float64)
     if use_numba and HAVE_NUMBA:
         out = np.empty(rl.n)
-        _k_linpred(out, base, np.ascontiguousarray(bvec, dtype=np.float64), _tuple(rl))
+        E, C = _vec_coeffs(rl)
+        _compiled(rl).linpred(out, base, np.ascontiguousarray(bvec, dtype=np.float64), E, C,
+                              rl.gidx, rl.zc)
         return out
     out = base.copy()
     for vals, _, vloc, _ in _np_entries(rl):
@@ -385,20 +270,21 @@ def accumulate(rl: RowLayout, w: np.ndarray, r: np.ndarray, X: np.ndarray | None
     """
     p_sys = 0 if X is None else X.shape[1]
     nlev = rl.lvl_off.size
-    total = int(rl.lvl_off[-1]) + p_sys + 1
-    lvl_K = rl.lvl_K.copy()
-    lvl_K[-1] = p_sys + 1
-    rl_sys = _with_fixed(rl, lvl_K)
-    sbase, swidth = rl_sys.system_bases(total)
-    size = int(sbase[-1] + rl_sys.lvl_m[-1] * lvl_K[-1] * swidth[-1])
+    rl_sys, total, sbase, swidth, size = system_layout(rl, p_sys)
     flat = np.zeros(size)
     Xa = np.zeros((1, 1)) if X is None else X
     if use_numba and HAVE_NUMBA:
-        _k_accumulate(flat, np.ascontiguousarray(w, dtype=np.float64),
-                      np.ascontiguousarray(r, dtype=np.float64), Xa,
-                      np.ascontiguousarray(xc[:p_sys], dtype=np.float64),
-                      np.ascontiguousarray(xs[:p_sys], dtype=np.float64), p_sys, sbase, swidth,
-                      _tuple(rl_sys))
+        E, C = rl_sys.coefficients(sbase, swidth)
+        foff = int(rl.lvl_off[-1])
+        js = np.arange(p_sys + 1)
+        fix_rb = (sbase[-1] + js * swidth[-1] - foff).astype(np.int64)
+        fix_gc = (foff + js).astype(np.int64)
+        kern = getattr(_compiled(rl, p_sys), f"acc{p_sys}")
+        kern(flat, np.ascontiguousarray(w, dtype=np.float64),
+             np.ascontiguousarray(r, dtype=np.float64), Xa,
+             np.ascontiguousarray(xc[:p_sys], dtype=np.float64),
+             np.ascontiguousarray(xs[:p_sys], dtype=np.float64), fix_rb, fix_gc,
+             E, C, rl.gidx, rl.zc)
     else:
         ents = _np_entries(rl)
         locs = _np_locs(rl_sys, ents, sbase, swidth)
@@ -413,9 +299,25 @@ def accumulate(rl: RowLayout, w: np.ndarray, r: np.ndarray, X: np.ndarray | None
             wv = w * vk
             for vk2, gk2, _ in cols[k:]:
                 flat += np.bincount(lk + gk2, weights=wv * vk2, minlength=size)
+    return finish_rows(rl_sys, flat, total)
+
+
+def system_layout(rl: RowLayout, p_sys: int) -> tuple[RowLayout, int, np.ndarray, np.ndarray, int]:
+    """Layout of a system with ``p_sys`` fixed columns: (layout, total, sbase, swidth, size)."""
+    total = int(rl.lvl_off[-1]) + p_sys + 1
+    lvl_K = rl.lvl_K.copy()
+    lvl_K[-1] = p_sys + 1
+    rl_sys = _with_fixed(rl, lvl_K)
+    sbase, swidth = rl_sys.system_bases(total)
+    size = int(sbase[-1] + rl_sys.lvl_m[-1] * lvl_K[-1] * swidth[-1])
+    return rl_sys, total, sbase, swidth, size
+
+
+def finish_rows(rl_sys: RowLayout, flat: np.ndarray, total: int) -> list[np.ndarray]:
+    """Per-level views of a filled flat system with the own blocks made symmetric."""
     rows = rl_sys.split_system(flat, total)
     for lvl, blk in enumerate(rows):
-        K = int(lvl_K[lvl])
+        K = int(rl_sys.lvl_K[lvl])
         own = blk[:, :, :K]
         iu = np.triu_indices(K, 1)
         own[:, iu[1], iu[0]] = own[:, iu[0], iu[1]]
@@ -435,9 +337,13 @@ def scatter(rl: RowLayout, c1: np.ndarray, c2: np.ndarray | None = None,
     out1 = np.zeros(size)
     out2 = np.zeros(size) if c2 is not None else None
     if use_numba and HAVE_NUMBA:
-        _k_scatter(out1, out1 if out2 is None else out2, np.ascontiguousarray(c1, dtype=float),
-                   np.ascontiguousarray(c1 if c2 is None else c2, dtype=float),
-                   c2 is not None, _tuple(rl))
+        E, C = _vec_coeffs(rl)
+        mod = _compiled(rl)
+        if out2 is None:
+            mod.scat1(out1, np.ascontiguousarray(c1, dtype=float), E, C, rl.gidx, rl.zc)
+        else:
+            mod.scat2(out1, out2, np.ascontiguousarray(c1, dtype=float),
+                      np.ascontiguousarray(c2, dtype=float), E, C, rl.gidx, rl.zc)
         return out1, out2
     for vals, _, vloc, _ in _np_entries(rl):
         out1 += np.bincount(vloc, weights=c1 * vals, minlength=size)
@@ -460,9 +366,9 @@ def quad(rl: RowLayout, sig: list[np.ndarray], Ts: list[np.ndarray],
     flat = np.concatenate([s.ravel() for s in sig])
     if use_numba and HAVE_NUMBA:
         tmat = np.concatenate([np.ascontiguousarray(T, dtype=float).ravel() for T in Ts])
-        tbase = np.concatenate([[0], np.cumsum([T.size for T in Ts])[:-1]]).astype(np.int64)
         out = np.empty(rl.n)
-        _k_quad(out, flat, tmat, tbase, sbase, swidth, _tuple(rl0))
+        E, C = rl0.coefficients(sbase, swidth)
+        _compiled(rl).quad(out, flat, tmat, E, C, rl.gidx, rl.zc)
         return out
     ents = _np_entries(rl)
     locs = _np_locs(rl0, ents, sbase, swidth)
@@ -481,6 +387,21 @@ def quad(rl: RowLayout, sig: list[np.ndarray], Ts: list[np.ndarray],
         for k2 in range(k + 1, len(ents)):
             out += 2.0 * zt[k] * zt[k2] * flat[locs[k] + ents[k2][1]]
     return out
+
+
+def _k_xtc(out, X, xc, xs, c):  # type: ignore[no-untyped-def]
+    """``out[j] = sum_i c_i (X_ij - xc_j) / xs_j`` (centred before summing: no cancellation)."""
+    p = out.size
+    for i in range(c.size):
+        ci = c[i]
+        for j in range(p):
+            out[j] += ci * (X[i, j] - xc[j])
+    for j in range(p):
+        out[j] /= xs[j]
+
+
+if HAVE_NUMBA:
+    _k_xtc = _nb.njit(cache=True, nogil=True)(_k_xtc)
 
 
 def xtc(X: np.ndarray, xc: np.ndarray, xs: np.ndarray, c: np.ndarray,

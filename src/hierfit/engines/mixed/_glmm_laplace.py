@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._glmm_kernels import linpred, quad, scatter, xtc
-from ._glmm_pirls import Mode, Problem, solve_h
+from ._glmm_pirls import Mode, Problem, mode_terms, solve_h
 from ._gradient import logdet_gradient
 
 __all__ = ["laplace_gradient", "factor_outer"]
@@ -69,43 +69,71 @@ def theta_vector(prob: Problem, grads: list[np.ndarray]) -> np.ndarray:
     return g
 
 
-def observed_factor(prob: Problem, mode: Mode, Ts: list[np.ndarray]):  # type: ignore[no-untyped-def]
+def observed_factor(prob: Problem, mode: Mode, Ts: list[np.ndarray], disp: float | None):  # type: ignore[no-untyped-def]
     """Factor of ``H_o`` (observed weights): known from the mode, or one more weighted pass."""
     if mode.fz_o is not None:
         return mode.fz_o
-    wo = np.maximum(mode.terms.wo, 0.0)
+    wo = np.maximum(mode_terms(prob, mode, disp).wo, 0.0)
     prob.sys0.raw_rows = prob.weighted_rows(wo, np.zeros(prob.n), with_x=False)
     fz_o = prob.sys0.factorize(Ts, keep=True)
     prob.sys0.raw_rows = mode.raw
     return fz_o
 
 
-def laplace_gradient(prob: Problem, mode: Mode, Ts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Exact ``(df/dtheta_t, df/dbeta_t)`` at a converged mode (``mode.terms.dw`` required).
+def laplace_gradient(prob: Problem, mode: Mode, Ts: list[np.ndarray],
+                     disp: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``(df/dtheta_t, df/dbeta_t)`` at a converged mode.
 
     Returns
     -------
     g_theta, g_beta : numpy.ndarray
     """
-    terms = mode.terms
-    if terms.dw is None:
-        raise ValueError("the mode was computed without weight derivatives (grad=False)")
     sysm, rl = prob.sys0, prob.rl
     sysm.raw_rows = mode.raw
     sig = sysm.diag_inverse(mode.fz, full=True)
+    if prob.fused is not None:
+        return _fused_gradient(prob, mode, Ts, sig)
+    terms = mode_terms(prob, mode, disp, grad=True)
+    assert terms.dw is not None
     h = quad(rl, sig, Ts, prob.use_numba)
     dwh = terms.dw * h
     zdwh, zd1 = scatter(rl, dwh, terms.d1, prob.use_numba)
     assert zd1 is not None
     g_u = prob.lam(Ts, zdwh, transpose=True)
-    fz_o = observed_factor(prob, mode, Ts)
+    fz_o = observed_factor(prob, mode, Ts, disp)
     v = 0.5 * prob.flat(solve_h(sysm, fz_o, prob.levels(g_u)))
     s = linpred(rl, np.zeros(prob.n), prob.lam(Ts, v), prob.use_numba)
     c = terms.d1 + dwh - 2.0 * terms.wo * s
     zc, _ = scatter(rl, c, None, prob.use_numba)
     g_beta = xtc(prob.X, prob.xmap.center, prob.xmap.scale, c, prob.use_numba) if prob.p else np.zeros(0)
-    grads = factor_outer(prob, zc, mode.u)
+    return _assemble_theta(prob, Ts, sig, zc, zd1, mode.u, v), g_beta
+
+
+def _assemble_theta(prob: Problem, Ts: list[np.ndarray], sig: list[np.ndarray],
+                    zc: np.ndarray, zd1: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    grads = factor_outer(prob, zc, u)
     for G, Gv in zip(grads, factor_outer(prob, zd1, v)):
         G -= Gv
-    logdet_gradient(sysm, Ts, sig, grads)
-    return theta_vector(prob, grads), g_beta
+    logdet_gradient(prob.sys0, Ts, sig, grads)
+    return theta_vector(prob, grads)
+
+
+def _fused_gradient(prob: Problem, mode: Mode, Ts: list[np.ndarray], sig: list[np.ndarray]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The same gradient from the two fused passes (canonical weights: ``H_o = H``)."""
+    assert prob.fused is not None
+    rows, rl = prob.rows, prob.rl
+    E, C = prob.coef_sig
+    q = prob.q
+    zdwh, zd1, dwh = np.zeros(q), np.zeros(q), np.empty(prob.n)
+    flat_sig = np.concatenate([x.ravel() for x in sig])
+    tmat = np.concatenate([np.ascontiguousarray(T, dtype=float).ravel() for T in Ts])
+    prob.fused.grad_a(mode.eta, rows.y, rows.t, rows.pw, flat_sig, tmat, E, C, rl.gidx, rl.zc,
+                      zdwh, zd1, dwh)
+    g_u = prob.lam(Ts, zdwh, transpose=True)
+    v = 0.5 * prob.flat(solve_h(prob.sys0, mode.fz, prob.levels(g_u)))
+    zc, g_beta = np.zeros(q), np.zeros(prob.p)
+    X = prob.X if prob.p else np.zeros((1, 1))
+    prob.fused.grad_b(mode.eta, rows.y, rows.t, rows.pw, dwh, prob.lam(Ts, v), X,
+                      prob.xmap.center, prob.xmap.scale, E, C, rl.gidx, rl.zc, zc, g_beta)
+    return _assemble_theta(prob, Ts, sig, zc, zd1, mode.u, v), g_beta

@@ -15,10 +15,11 @@ NB size (each is one more PIRLS solve) and for every coordinate of the AGQ objec
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg as sla
 
 from ._glmm_agq import agq_objective, gh_rule
 from ._glmm_laplace import laplace_gradient
-from ._glmm_pirls import Mode, Problem, pirls
+from ._glmm_pirls import Mode, Problem, mode_terms, pirls
 
 __all__ = ["Objective"]
 
@@ -62,6 +63,10 @@ class Objective:
         self.n_eval = 0
         self.n_grad = 0
         self.pirls_failures = 0
+        #: PIRLS tolerance of ordinary evaluations (the quasi-Newton phase loosens it).
+        self.tol: float | None = None
+        # Last value/gradient, by parameter bytes: optimisers re-request the same point.
+        self._cache: tuple[bytes, bool, float, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ parameters
     def unpack(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float | None]:
@@ -70,6 +75,28 @@ class Objective:
         beta_t = self.beta_ref + self.P @ x[nt:nt + p]
         disp = float(np.exp(x[-1])) if self.estimate_disp else self.disp
         return x[:nt], beta_t, disp
+
+    def rewhiten(self, x: np.ndarray) -> np.ndarray:
+        """Re-centre the fixed effects at ``x`` and whiten them with ``R_X`` there.
+
+        The preconditioner from the start (identity theta) can be far off near the optimum
+        (the intercept's curvature grows as the variances shrink); re-deriving it lets the
+        quasi-Newton restart converge in a few steps.  Returns ``x`` in the new coordinates.
+        """
+        prob = self.prob
+        theta_t, beta_t, disp = self.unpack(x)
+        if prob.p == 0:
+            return x
+        m = self.mode(x)
+        Ts = prob.factor_T(theta_t)
+        w = mode_terms(prob, m, disp).w
+        prob.sysf.raw_rows = prob.weighted_rows(w, np.zeros(prob.n), with_x=True)
+        RX = prob.sysf.factorize(Ts, keep=True).LM[:prob.p, :prob.p]
+        P = sla.solve_triangular(RX.T, np.eye(prob.p), lower=False) / np.sqrt(2.0)
+        if not np.all(np.isfinite(P)):
+            return x
+        self.beta_ref, self.P = beta_t.copy(), P
+        return self.pack(theta_t, beta_t, disp)
 
     def pack(self, theta_t: np.ndarray, beta_t: np.ndarray, disp: float | None) -> np.ndarray:
         """Inverse of :meth:`unpack`."""
@@ -82,6 +109,7 @@ class Objective:
         """PIRLS at ``x`` (warm-started); the modes seed the next call when converged."""
         theta_t, beta_t, disp = self.unpack(x)
         prob = self.prob
+        tol = self.tol if tol is None else tol
         kw = {} if tol is None else {"tol": tol}
         m = pirls(prob, prob.factor_T(theta_t), prob.xbeta(beta_t), disp, self.u, grad=grad, **kw)
         if m.converged:
@@ -116,8 +144,16 @@ class Objective:
             g[j] = (self.value(x + e, FD_PIRLS_TOL) - self.value(x - e, FD_PIRLS_TOL)) / (2 * h)
         return g
 
-    def value_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
-        """Value and gradient at ``x``."""
+    def value_grad(self, x: np.ndarray, tight: bool = False) -> tuple[float, np.ndarray]:
+        """Value and gradient at ``x`` (``tight``: modes to rounding, for differences)."""
+        key = np.asarray(x, dtype=float).tobytes()
+        if self._cache is not None and self._cache[0] == key and (self._cache[1] or not tight):
+            return self._cache[2], self._cache[3].copy()
+        f, g = self._value_grad(x, tight)
+        self._cache = (key, tight, f, g.copy())
+        return f, g
+
+    def _value_grad(self, x: np.ndarray, tight: bool) -> tuple[float, np.ndarray]:
         self.n_grad += 1
         if self.rule is not None:
             f = self.value(x, FD_PIRLS_TOL)
@@ -125,8 +161,10 @@ class Objective:
         self.n_eval += 1
         theta_t, _, _ = self.unpack(x)
         try:
-            m = self.mode(x, grad=True, tol=FD_PIRLS_TOL if self.estimate_disp else None)
-            g_theta, g_beta = laplace_gradient(self.prob, m, self.prob.factor_T(theta_t))
+            tol = FD_PIRLS_TOL if (tight or self.estimate_disp) else None
+            m = self.mode(x, grad=True, tol=tol)
+            g_theta, g_beta = laplace_gradient(self.prob, m, self.prob.factor_T(theta_t),
+                                               self.unpack(x)[2])
         except (np.linalg.LinAlgError, FloatingPointError, ValueError):
             return np.inf, np.zeros(x.size)
         parts = [g_theta, self.P.T @ g_beta]
@@ -137,8 +175,8 @@ class Objective:
         return m.objective, np.concatenate(parts)
 
     def gradient(self, x: np.ndarray) -> np.ndarray:
-        """Gradient only (for difference Hessians)."""
-        return self.value_grad(x)[1]
+        """Gradient with the modes converged to rounding (for difference Hessians)."""
+        return self.value_grad(x, tight=True)[1]
 
     @property
     def exact_gradient(self) -> bool:

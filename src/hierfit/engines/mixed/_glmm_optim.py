@@ -27,6 +27,12 @@ __all__ = ["OuterResult", "minimize_outer", "hessian"]
 
 #: Largest relative Newton step still called converged (the LMM core's check uses 1e-3).
 CONVERGED_STEP = 1e-3
+#: PIRLS tolerance (Newton decrement) while the quasi-Newton phase is far from the optimum.
+LOOSE_PIRLS_TOL = 1e-9
+#: Deviance gained by one quasi-Newton iteration below which Newton steps take over.
+SWITCH_DEVIANCE = 1e-3
+#: Newton decrement (relative to |f|) below which no further step is taken.
+DECREMENT_TOL = 1e-12
 #: Relative Newton step below which no further step is taken.
 POLISHED_STEP = 1e-9
 
@@ -56,11 +62,17 @@ def hessian(obj: Objective, x: np.ndarray, lower: np.ndarray) -> np.ndarray:
     n = x.size
     H = np.empty((n, n))
     if obj.exact_gradient:
+        # Forward differences of the exact gradient: error O(h f''') ~ 1e-5 relative, far
+        # inside the SE tolerance, at half the gradients of central differences.
+        g0 = obj.gradient(x)
+        u0 = obj.u.copy()
         for i in range(n):
-            h = 1e-4 * max(1.0, abs(x[i]))
+            h = 1e-5 * max(1.0, abs(x[i]))
             e = np.zeros(n)
             e[i] = h
-            H[:, i] = (obj.gradient(x + e) - obj.gradient(x - e)) / (2 * h)
+            obj.u = u0.copy()  # every column starts from the modes at x
+            H[:, i] = (obj.gradient(x + e) - g0) / h
+        obj.u = u0
     else:
         hs = 1e-3 * np.maximum(1.0, np.abs(x))
         f0 = obj.value(x, 1e-22)
@@ -83,7 +95,7 @@ def hessian(obj: Objective, x: np.ndarray, lower: np.ndarray) -> np.ndarray:
 
 
 def _lbfgsb(obj: Objective, counted: _Counted, x0: np.ndarray, lower: np.ndarray,
-            maxiter: int) -> tuple[np.ndarray, float, str, int, int]:
+            maxiter: int, ftol: float = 1e-13) -> tuple[np.ndarray, float, str, int, int]:
     bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
 
     def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
@@ -93,30 +105,98 @@ def _lbfgsb(obj: Objective, counted: _Counted, x0: np.ndarray, lower: np.ndarray
         return f, g
 
     res = optimize.minimize(fg, x0, jac=True, method="L-BFGS-B", bounds=bounds,
-                            options={"maxiter": maxiter, "ftol": 1e-15, "gtol": 1e-9,
+                            options={"maxiter": maxiter, "ftol": ftol, "gtol": 1e-9,
                                      "maxcor": 20, "maxls": 40})
     return np.maximum(res.x, lower), float(res.fun), f"L-BFGS-B: {res.message}", int(res.status), int(res.nit)
 
 
 def _newton_step(H: np.ndarray, g: np.ndarray, x: np.ndarray, lower: np.ndarray
                  ) -> np.ndarray | None:
-    """Newton step on the coordinates not held at a bound; ``None`` if H is not PD there."""
-    held = ((x - lower) <= 1e-10) & (g > 0)
-    free = ~held
-    step = np.zeros_like(x)
-    if not np.any(free):
-        return step
-    Hf = H[np.ix_(free, free)]
-    try:
-        c = np.linalg.cholesky(Hf)
-    except np.linalg.LinAlgError:
-        return None
-    step[free] = -np.linalg.solve(c.T, np.linalg.solve(c, g[free]))
+    """Newton step on the coordinates not held at a bound; ``None`` if H is not PD there.
+
+    A coordinate at its bound is held when the gradient pushes into the bound or the
+    curvature there is not positive (a variance at 0 with a flat or concave profile).
+    """
+    at = (x - lower) <= 1e-10
+    held = at & ((g > 0) | (np.diag(H) <= 0))
+    for _ in range(x.size + 1):
+        free = ~held
+        step = np.zeros_like(x)
+        if not np.any(free):
+            return step
+        Hf = H[np.ix_(free, free)]
+        try:
+            c = np.linalg.cholesky(Hf)
+        except np.linalg.LinAlgError:
+            return None
+        step[free] = -np.linalg.solve(c.T, np.linalg.solve(c, g[free]))
+        # A coordinate at its bound that the step would push out of the box joins the
+        # held set (active-set step), instead of truncating the whole step to nothing.
+        push = at & ~held & (step < 0)
+        if not np.any(push):
+            break
+        held |= push
     # Stay in the box: truncate the step at the first bound it would cross.
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(step < 0, (lower - x) / step, np.inf)
     t = float(np.min(ratio[np.isfinite(ratio)], initial=1.0))
     return step * min(1.0, t)
+
+
+def _rel(step: np.ndarray, x: np.ndarray) -> float:
+    return float(np.max(np.abs(step) / np.maximum(1.0, np.abs(x)), initial=0.0))
+
+
+def _newton(obj: Objective, x: np.ndarray, fx: float, g: np.ndarray, lower: np.ndarray
+            ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray | None, int, float]:
+    """Newton iteration with difference Hessians: chord steps on one Hessian, refreshed at
+    the end (vcov needs it at the optimum) or when progress stalls.
+
+    Returns x, f, gradient, Hessian at x (None if not positive definite), steps taken and
+    the relative size of the last Newton step.
+    """
+    H = hessian(obj, x, lower)
+    fresh = True
+    steps = since = 0
+    rel = np.inf
+    for _ in range(16):
+        step = _newton_step(H, g, x, lower)
+        if step is None:
+            if fresh:
+                return x, fx, g, None, steps, np.inf
+            H, fresh, since = hessian(obj, x, lower), True, 0
+            continue
+        rel = _rel(step, x)
+        # Newton decrement -g'step: the deviance still to gain; below the rounding level of
+        # the objective (~1e-12 relative) further steps only chase noise.
+        if rel <= POLISHED_STEP or -float(g @ step) <= DECREMENT_TOL * max(1.0, abs(fx)):
+            if fresh:
+                break
+            H, fresh, since = hessian(obj, x, lower), True, 0
+            continue
+        t = 1.0
+        for _ in range(20):
+            xt = np.maximum(x + t * step, lower)
+            ft, gt = obj.value_grad(xt)
+            if ft <= fx:
+                break
+            t *= 0.5
+        else:
+            if fresh:
+                break
+            H, fresh, since = hessian(obj, x, lower), True, 0
+            continue
+        x, fx, g = xt, ft, gt
+        steps += 1
+        since += 1
+        fresh = False
+        if since >= 3 and rel > 1e-4:  # chord steps converge too slowly: refresh
+            H, fresh, since = hessian(obj, x, lower), True, 0
+    if not fresh:
+        H = hessian(obj, x, lower)
+        step = _newton_step(H, g, x, lower)
+        rel = np.inf if step is None else _rel(step, x)
+    return x, fx, g, H, steps, rel
 
 
 def minimize_outer(obj: Objective, x0: np.ndarray, lower: np.ndarray,
@@ -127,49 +207,51 @@ def minimize_outer(obj: Objective, x0: np.ndarray, lower: np.ndarray,
     lower = np.asarray(lower, dtype=float)
     counted = _Counted(obj.value, lower)
     x0 = np.maximum(np.asarray(x0, dtype=float), lower)
-    x, fx, msg, status, nit = _lbfgsb(obj, counted, x0, lower, maxiter)
+    f0 = obj.value_grad(x0)[0] if obj.exact_gradient else counted(x0)
+    # Quasi-Newton until an iteration gains less than SWITCH_DEVIANCE, then Newton.
+    ftol = SWITCH_DEVIANCE / max(1.0, abs(f0)) if compute_hessian else 1e-13
+    # Far from the optimum the modes need not be converged to rounding.
+    obj.tol = LOOSE_PIRLS_TOL if compute_hessian else None
+    x, fx, msg, status, nit = _lbfgsb(obj, counted, x0, lower, maxiter, ftol=ftol)
     for _ in range(5):
         probe = _escape_bound(counted, x, fx, lower, below)
         if probe is None:
             break
-        x2, f2, msg2, status, nit2 = _lbfgsb(obj, counted, probe, lower, maxiter)
+        x2, f2, msg2, status, nit2 = _lbfgsb(obj, counted, probe, lower, maxiter, ftol=ftol)
         nit += nit2
         if f2 < fx:
             x, fx, msg = x2, f2, msg2
     if counted.best_x is not None and counted.best_f < fx:
         x, fx = counted.best_x, counted.best_f
+    obj.tol = None
     fx, g = obj.value_grad(x)
     H = None
     steps = 0
     rel = np.inf
     if compute_hessian and np.isfinite(fx):
-        H = hessian(obj, x, lower)
-        for _ in range(3):
-            step = _newton_step(H, g, x, lower)
-            if step is None:
-                break
-            rel = float(np.max(np.abs(step) / np.maximum(1.0, np.abs(x)), initial=0.0))
-            if rel <= POLISHED_STEP:
-                break
-            t = 1.0
-            for _ in range(20):
-                xt = np.maximum(x + t * step, lower)
-                ft, gt = obj.value_grad(xt)
-                if ft <= fx:
-                    break
-                t *= 0.5
-            else:
-                break
-            x, fx, g = xt, ft, gt
-            steps += 1
-        final = _newton_step(H, g, x, lower)
-        if final is not None:
-            rel = float(np.max(np.abs(final) / np.maximum(1.0, np.abs(x)), initial=0.0))
-    ok = np.isfinite(fx) and (rel <= CONVERGED_STEP if H is not None else status == 0)
-    if H is not None and not np.isfinite(rel):
+        x, fx, g, H, steps, rel = _newton(obj, x, fx, g, lower)
+        if H is None:
+            # Not positive definite away from the optimum: finish with the quasi-Newton
+            # method (fixed effects re-whitened there), then try the Hessian again.
+            x = obj.rewhiten(x)
+            counted = _Counted(obj.value, lower)
+            x, fx, msg, status, nit2 = _lbfgsb(obj, counted, x, lower, maxiter)
+            nit += nit2
+            fx, g = obj.value_grad(x)
+            x, fx, g, H, steps2, rel = _newton(obj, x, fx, g, lower)
+            steps += steps2
+        msg += f"; {steps} Newton step(s)"
+    elif not compute_hessian:
+        x = obj.rewhiten(x)
+        counted = _Counted(obj.value, lower)
+        x, fx, msg, status, nit2 = _lbfgsb(obj, counted, x, lower, maxiter)
+        nit += nit2
+        fx, g = obj.value_grad(x)
+    ok = bool(np.isfinite(fx) and (rel <= CONVERGED_STEP if H is not None
+                                   else (status == 0 and not compute_hessian)))
+    if compute_hessian and H is None:
         msg += "; Hessian not positive definite at the optimum"
-        ok = False
     elif not ok:
         msg += f"; largest relative Newton step at the optimum {rel:.3g}"
-    return OuterResult(x, float(fx), g, H, bool(ok), msg, status, nit, steps,
+    return OuterResult(x, float(fx), g, H, ok, msg, status, nit, steps,
                        time.perf_counter() - t0)

@@ -18,18 +18,19 @@ envelope-theorem gradient of :mod:`._glmm_laplace` exact to that order.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import scipy.linalg as sla
 
 from ._blocks import Plan
 from ._factor import Factorization, System, _solve_lower
-from ._glmm_kernels import RowLayout, accumulate, linpred
-from ._glmm_rows import RowModel, RowTerms
+from ._glmm_kernels import RowLayout, accumulate, finish_rows, linpred, system_layout
+from ._glmm_rows import RowModel, RowTerms, working_response
 from ._standardize import ColumnMap
 from ._theta import ThetaSpec
 
-__all__ = ["Mode", "Problem", "pirls", "pirls_joint"]
+__all__ = ["Mode", "Problem", "mode_terms", "pirls", "pirls_joint"]
 
 #: Default Newton-decrement tolerance (deviance units) of the inner loop.
 PIRLS_TOL = 1e-14
@@ -74,6 +75,17 @@ class Problem:
     sys0: System
     sysf: System
     use_numba: bool = True
+    fused: ModuleType | None = None
+
+    def __post_init__(self) -> None:
+        # Coefficient tables of the fused passes (constant for the fit).
+        self.sys_layout0 = system_layout(self.rl, 0)
+        rl_sys, total, sbase, swidth, _ = self.sys_layout0
+        E, C = rl_sys.coefficients(sbase, swidth)
+        foff = int(self.rl.lvl_off[-1])
+        self.coef0 = (E, C, np.array([sbase[-1] - foff], np.int64), np.array([foff], np.int64))
+        rl0, tot0, sb0, sw0, _ = system_layout(self.rl, -1)
+        self.coef_sig = rl0.coefficients(sb0, sw0)
 
     @property
     def n(self) -> int:
@@ -131,13 +143,15 @@ class Problem:
         """Per-level ``(m, K, 1)`` solutions -> flat vector."""
         return self.rl.join_vector([p[..., 0] for p in parts])
 
-    def weighted_rows(self, w: np.ndarray, r: np.ndarray, with_x: bool) -> list[np.ndarray]:
-        """System rows of one weighted pass (the ``r'Wr`` corner padded to stay positive)."""
+    def weighted_rows(self, w: np.ndarray, r: np.ndarray, with_x: bool,
+                      pad: bool = True) -> list[np.ndarray]:
+        """System rows of one weighted pass (``pad``: the ``r'Wr`` corner kept positive)."""
         X = self.X if with_x else None
         rows = accumulate(self.rl, w, r, X, self.xmap.center, self.xmap.scale, self.use_numba)
-        # Only the random part and R_X, c_beta are used; the residual corner must not make
-        # the last Cholesky pivot fail when a working response is fitted exactly.
-        rows[-1][0, -1, -1] += 1.0
+        if pad:
+            # Only the random part and R_X, c_beta are used; the residual corner must not
+            # make the last Cholesky pivot fail when a working response is fitted exactly.
+            rows[-1][0, -1, -1] += 1.0
         return rows
 
 
@@ -151,8 +165,8 @@ class Mode:
         Spherical conditional modes (flat vector layout).
     eta : numpy.ndarray
         Linear predictor at ``u``.
-    terms : RowTerms
-        Row terms at ``eta``.
+    terms : RowTerms or None
+        Row terms at ``eta`` (``None`` after a fused pass: see :func:`mode_terms`).
     fz : Factorization
         Factor of ``H = Lambda'Z'WZ Lambda + I`` at ``u`` (weights ``terms.w``).
     raw : list of numpy.ndarray
@@ -169,7 +183,7 @@ class Mode:
 
     u: np.ndarray
     eta: np.ndarray
-    terms: RowTerms
+    terms: RowTerms | None
     fz: Factorization
     raw: list[np.ndarray]
     pd: float
@@ -217,29 +231,37 @@ def solve_h(sysm: System, fz: Factorization, rhs: list[np.ndarray]) -> list[np.n
     return sysm.back_solve(fz, forward_solve(sysm, fz, rhs))
 
 
-def _working(terms: RowTerms, newton: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Working weights and the Newton shift ``-d1 / (2 W)`` (0 where a row has no weight).
+def _working(prob: Problem, terms: RowTerms, eta: np.ndarray, base: np.ndarray,
+             newton: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Working weights and response ``eta - base - d1 / (2 W)`` (no shift without weight).
 
     ``newton`` uses the observed weights (the exact Hessian: quadratic convergence) when
     they differ from ``terms.w`` and are all positive; otherwise ``terms.w`` (Fisher scoring
     for expected weights, as glmer).
     """
-    w = terms.wo if (newton and terms.wo is not terms.w and np.all(terms.wo > 0.0)) else terms.w
-    if np.any(w < 0.0) or not np.all(np.isfinite(w)):
-        # Observed information can be negative for a non-canonical link far from the mode:
-        # clipped weights still give a descent direction (halved while pd does not fall).
-        w = np.where(np.isfinite(w), np.maximum(w, 0.0), 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        shift = np.where(w > 0.0, -terms.d1 / (2.0 * w), 0.0)
-    return w, shift
+    w = terms.w
+    if terms.wo is not terms.w:
+        if newton and np.all(terms.wo > 0.0):
+            w = terms.wo
+        elif np.any(w < 0.0) or not np.all(np.isfinite(w)):
+            # Observed information can be negative for a non-canonical link far from the
+            # mode: clipped weights still give a descent direction (halved while pd rises).
+            w = np.where(np.isfinite(w), np.maximum(w, 0.0), 0.0)
+    return w, working_response(eta, base, terms.d1, w, prob.use_numba)
 
 
 def _finish(prob: Problem, Ts: list[np.ndarray], u: np.ndarray, eta: np.ndarray,
-            terms: RowTerms, pd: float, w_used: np.ndarray, raw: list[np.ndarray],
-            fz: Factorization, converged: bool, it: int, dec: float) -> Mode:
-    """The mode record; refactorises with the weights of ``H`` if the steps used others."""
+            terms: RowTerms | None, pd: float, w_used: np.ndarray | None,
+            raw: list[np.ndarray], fz: Factorization, converged: bool, it: int,
+            dec: float) -> Mode:
+    """The mode record; refactorises with the weights of ``H`` if the steps used others.
+
+    ``terms``/``w_used`` are ``None`` for a fused pass (canonical weights: ``H = H_o``).
+    """
     fz_o = None
-    if w_used is not terms.w:
+    if terms is None or w_used is None:
+        fz_o = fz
+    elif w_used is not terms.w:
         fz_o = fz if w_used is terms.wo else None
         raw = prob.weighted_rows(terms.w, np.zeros(prob.n), with_x=False)
         prob.sys0.raw_rows = raw
@@ -250,26 +272,53 @@ def _finish(prob: Problem, Ts: list[np.ndarray], u: np.ndarray, eta: np.ndarray,
                 fz_o)
 
 
+PassResult = tuple[float, "RowTerms | None", np.ndarray, list[np.ndarray], "np.ndarray | None"]
+
+
+def _pass(prob: Problem, Ts: list[np.ndarray], xb: np.ndarray, disp: float | None,
+          u: np.ndarray, grad: bool) -> PassResult:
+    """One pass at ``u``: ``pd``, row terms, ``eta``, the system of the next step, its weights.
+
+    Fused (one read of the rows) for the families of :mod:`._glmm_fused`.
+    """
+    bvec = prob.lam(Ts, u)
+    if prob.fused is not None:
+        rl_sys, total, _, _, size = prob.sys_layout0
+        flat = np.zeros(size)
+        eta = np.empty(prob.n)
+        E, C, Fr, Fg = prob.coef0
+        rows = prob.rows
+        ll = prob.fused.step(flat, xb, bvec, rows.y, rows.t, rows.pw, eta, Fr, Fg, E, C,
+                             prob.rl.gidx, prob.rl.zc)
+        raw = finish_rows(rl_sys, flat, total)
+        raw[-1][0, -1, -1] += 1.0  # see Problem.weighted_rows
+        pd = -2.0 * (ll + rows.fast_const(disp)) + float(u @ u)
+        return pd, None, eta, raw, None
+    eta = linpred(prob.rl, xb, bvec, prob.use_numba)
+    terms = prob.rows.terms(eta, disp, grad)
+    w, r = _working(prob, terms, eta, xb, newton=True)
+    return terms.dev + float(u @ u), terms, eta, prob.weighted_rows(w, r, with_x=False), w
+
+
 def pirls(prob: Problem, Ts: list[np.ndarray], xb: np.ndarray, disp: float | None,
           u0: np.ndarray, *, grad: bool = False, tol: float = PIRLS_TOL,
           maxit: int = PIRLS_MAXIT) -> Mode:
     """Conditional modes at fixed ``theta`` (``Ts``) and ``beta`` (``xb = X beta + offset``).
+
+    Each iteration is one pass at the current modes (its ``pd`` also decides the step
+    halving of the previous step) and an O(groups) solve.
 
     Raises
     ------
     numpy.linalg.LinAlgError
         If a system is not positive definite (e.g. non-finite weights).
     """
-    rows, sysm = prob.rows, prob.sys0
+    sysm = prob.sys0
     u = np.array(u0, dtype=float, copy=True)
-    eta = linpred(prob.rl, xb, prob.lam(Ts, u), prob.use_numba)
-    terms = rows.terms(eta, disp, grad)
-    pd = terms.dev + float(u @ u)
+    pd, terms, eta, raw, w = _pass(prob, Ts, xb, disp, u, grad)
     dec = np.inf
-    it = 0
+    fz = None
     for it in range(maxit):
-        w, shift = _working(terms, newton=True)
-        raw = prob.weighted_rows(w, eta - xb + shift, with_x=False)
         sysm.raw_rows = raw
         fz = sysm.factorize(Ts, keep=True)
         u_new = prob.flat(sysm.back_solve(fz, [G[:, :, -1:] for G in fz.G]))
@@ -282,21 +331,25 @@ def pirls(prob: Problem, Ts: list[np.ndarray], xb: np.ndarray, disp: float | Non
         step = 1.0
         for _ in range(40):  # step halving, as lme4's pwrssUpdate
             u_try = u + step * delta
-            eta_try = linpred(prob.rl, xb, prob.lam(Ts, u_try), prob.use_numba)
-            terms_try = rows.terms(eta_try, disp, grad)
-            pd_try = terms_try.dev + float(u_try @ u_try)
-            if np.isfinite(pd_try) and pd_try <= pd + 1e-13 * abs(pd):
+            trial = _pass(prob, Ts, xb, disp, u_try, grad)
+            if np.isfinite(trial[0]) and trial[0] <= pd + 1e-13 * abs(pd):
                 break
             step *= 0.5
         else:
             return _finish(prob, Ts, u, eta, terms, pd, w, raw, fz, False, it, dec)
-        u, eta, terms, pd = u_try, eta_try, terms_try, pd_try
+        u = u_try
+        pd, terms, eta, raw, w = trial
     # Out of iterations: the state is consistent (system at u), flagged as not converged.
-    w, shift = _working(terms, newton=True)
-    raw = prob.weighted_rows(w, eta - xb + shift, with_x=False)
     sysm.raw_rows = raw
     fz = sysm.factorize(Ts, keep=True)
     return _finish(prob, Ts, u, eta, terms, pd, w, raw, fz, False, maxit, dec)
+
+
+def mode_terms(prob: Problem, mode: Mode, disp: float | None, grad: bool = False) -> RowTerms:
+    """Row terms at the mode (recomputed after a fused pass, which keeps none)."""
+    if mode.terms is None or (grad and mode.terms.dw is None):
+        mode.terms = prob.rows.terms(mode.eta, disp, grad)
+    return mode.terms
 
 
 def pirls_joint(prob: Problem, Ts: list[np.ndarray], disp: float | None, eta0: np.ndarray,
@@ -326,8 +379,8 @@ def pirls_joint(prob: Problem, Ts: list[np.ndarray], disp: float | None, eta0: n
     u = np.zeros(prob.q)
     RX = np.eye(p)
     for it in range(maxit):
-        w, shift = _working(terms)
-        raw = prob.weighted_rows(w, eta - prob.offset + shift, with_x=True)
+        w, r = _working(prob, terms, eta, prob.offset)
+        raw = prob.weighted_rows(w, r, with_x=True)
         sysm.raw_rows = raw
         fz = sysm.factorize(Ts, keep=True)
         LM = fz.LM

@@ -12,48 +12,13 @@ from ._glmm_diagnostics import (SEPARATION_CANDIDATE, GlmmDiagnostics, Separatio
                                 boundary_rows, pearson, separated_groups)
 from ._glmm_objective import FD_PIRLS_TOL, Objective
 from ._glmm_optim import OuterResult, minimize_outer
-from ._glmm_pirls import Mode, pirls_joint
+from ._glmm_pirls import Mode, mode_terms
 from ._glmm_setup import FitSetup
+from ._glmm_start import start_values
 from .glmm import GlmmSolution, OptSummary
 from .lmm import SINGULAR_TOL, _factor_condcov, _factor_u, _single_thread_blas
 
 __all__ = ["run_fit"]
-
-
-def _moment_size(fit: FitSetup, eta: np.ndarray) -> float:
-    """Moment estimate of the NB size from fitted means (Var = mu + mu^2 / size)."""
-    mu = fit.family.link.inverse(eta)
-    w, y = fit.weights, fit.y
-    excess = float(np.sum(w * ((y - mu) ** 2 - mu)))
-    size = float(np.sum(w * mu ** 2)) / excess if excess > 0 else 1e4
-    return float(np.clip(size, 1e-2, 1e4))
-
-
-def _start(fit: FitSetup) -> tuple[np.ndarray, np.ndarray, np.ndarray, float | None, np.ndarray]:
-    """glmer's start: identity theta, and the joint PIRLS (nAGQ = 0 step) fixed effects there.
-
-    Returns theta_t, beta_t, u, the NB size start and the fixed-effects preconditioner.
-    """
-    prob = fit.prob
-    theta0 = prob.spec.start()
-    Ts = prob.factor_T(theta0)
-    disp = fit.nb_fixed if not fit.estimate_disp else 1.0
-    eta0 = prob.rows.start_eta()
-    beta, u, _, RX = pirls_joint(prob, Ts, disp, eta0)
-    if fit.estimate_disp:
-        from ._glmm_kernels import linpred
-        eta = linpred(prob.rl, prob.xbeta(beta), prob.lam(Ts, u), prob.use_numba)
-        disp = _moment_size(fit, eta)
-        beta, u, _, RX = pirls_joint(prob, Ts, disp, eta0)
-    p = prob.p
-    # d2 f / d beta_t^2 ~ 2 R_X'R_X: beta_t = beta0 + P psi makes the psi-Hessian ~ I.
-    try:
-        P = sla.solve_triangular(RX.T, np.eye(p), lower=False) / np.sqrt(2.0) if p else np.eye(0)
-        if not np.all(np.isfinite(P)):
-            raise np.linalg.LinAlgError
-    except (np.linalg.LinAlgError, ValueError):
-        P = np.eye(p)
-    return theta0, beta, u, disp, P
 
 
 def _below(fit: FitSetup) -> dict[int, list[int]]:
@@ -69,10 +34,10 @@ def run_fit(fit: FitSetup, *, maxiter: int, compute_vcov: bool,
     prob = fit.prob
     with _single_thread_blas():
         t0 = time.perf_counter()
-        theta0, beta0, u0, disp0, P = _start(fit)
+        theta0, beta0, u0, disp0, P = start_values(fit)
         obj = Objective(prob, fit.n_agq, beta0, P, disp0, fit.estimate_disp, u0)
         x0 = obj.pack(theta0, beta0, disp0)
-        f0 = obj.value(x0)
+        f0 = obj.value_grad(x0)[0] if obj.exact_gradient else obj.value(x0)
         timings["start"] = time.perf_counter() - t0
         nt, p = prob.spec.size, prob.p
         lower = np.concatenate([prob.spec.lower, np.full(p + int(fit.estimate_disp), -np.inf)])
@@ -128,7 +93,8 @@ def _assemble(fit: FitSetup, obj: Objective, res: OuterResult, x0: np.ndarray, f
         f = agq_objective(prob, mode, Ts, prob.xbeta(beta_t), disp, *obj.rule)
     # Full PIRLS system at the modes (X columns included): draws and the R_X fallback.
     sysf = prob.sysf
-    sysf.raw_rows = prob.weighted_rows(mode.terms.w, np.zeros(prob.n), with_x=True)
+    sysf.raw_rows = prob.weighted_rows(mode_terms(prob, mode, disp).w, np.zeros(prob.n),
+                                       with_x=True)
     fz_full = sysf.factorize(Ts, keep=True)
     RX = fz_full.LM[:prob.p, :prob.p]
     vcov = std.vcov(_vcov_t(fit, obj, res, RX))

@@ -28,7 +28,7 @@ from hierfit.model.family import Family
 
 from ._glmm_kernels import HAVE_NUMBA
 
-__all__ = ["RowModel", "RowTerms"]
+__all__ = ["RowModel", "RowTerms", "working_response"]
 
 
 @dataclass
@@ -61,18 +61,20 @@ def _softplus_logit(eta, y, t, pw, grad, d1, w, dw):  # type: ignore[no-untyped-
     ll = 0.0
     for i in range(eta.size):
         e = eta[i]
-        a = np.exp(-abs(e))
-        sp = (e if e > 0 else 0.0) + np.log1p(a)
-        p = 1.0 / (1.0 + a) if e > 0 else a / (1.0 + a)
-        m1 = a / ((1.0 + a) * (1.0 + a))  # p (1 - p) without cancellation
+        a = _exp(-abs(e))
+        inv = 1.0 / (1.0 + a)
+        p = inv if e > 0 else a * inv
+        sp = (e if e > 0 else 0.0) + _log1p01(a)
         ti = t[i]
         pwi = pw[i]
         ll += pwi * (y[i] * e - ti * sp)
         d1[i] = -2.0 * pwi * (y[i] - ti * p)
-        wi = pwi * ti * m1
+        wi = pwi * ti * a * inv * inv  # p (1 - p) without cancellation
         w[i] = wi
         if grad:
-            dw[i] = -wi * np.tanh(0.5 * e)  # d p(1-p)/deta = p(1-p)(1-2p)
+            # d p(1-p)/deta = p(1-p)(1-2p), and 1 - 2p = -sign(eta) (1 - a) / (1 + a)
+            q = (1.0 - a) * inv
+            dw[i] = -wi * q if e > 0 else wi * q
     return ll
 
 
@@ -81,7 +83,7 @@ def _exp_log(eta, y, t, pw, grad, d1, w, dw):  # type: ignore[no-untyped-def]
     ll = 0.0
     for i in range(eta.size):
         e = min(eta[i], 700.0)
-        mu = np.exp(e)
+        mu = _exp(e)
         pwi = pw[i]
         ll += pwi * (y[i] * e - mu)
         d1[i] = -2.0 * pwi * (y[i] - mu)
@@ -90,6 +92,13 @@ def _exp_log(eta, y, t, pw, grad, d1, w, dw):  # type: ignore[no-untyped-def]
         if grad:
             dw[i] = wi
     return ll
+
+
+def _working_shift(eta, xb, d1, w, out):  # type: ignore[no-untyped-def]
+    """``out = eta - xb - d1 / (2 w)`` (0 shift where a row has no weight)."""
+    for i in range(eta.size):
+        wi = w[i]
+        out[i] = eta[i] - xb[i] - (d1[i] / (2.0 * wi) if wi > 0.0 else 0.0)
 
 
 def _np_logit(eta, y, t, pw, grad, d1, w, dw):  # type: ignore[no-untyped-def]
@@ -116,10 +125,25 @@ def _np_log(eta, y, t, pw, grad, d1, w, dw):  # type: ignore[no-untyped-def]
 if HAVE_NUMBA:
     import numba as _nb
 
-    _softplus_logit = _nb.njit(cache=True, nogil=True)(_softplus_logit)
-    _exp_log = _nb.njit(cache=True, nogil=True)(_exp_log)
+    from ._glmm_fastmath import exp as _exp
+    from ._glmm_fastmath import log1p01 as _log1p01
+
+    _softplus_logit = _nb.njit(cache=True, nogil=True, fastmath={"contract"})(_softplus_logit)
+    _exp_log = _nb.njit(cache=True, nogil=True, fastmath={"contract"})(_exp_log)
+    _working_shift = _nb.njit(cache=True, nogil=True)(_working_shift)
 else:  # pragma: no cover
-    _softplus_logit, _exp_log = _np_logit, _np_log
+    _softplus_logit, _exp_log, _working_shift = _np_logit, _np_log, None
+
+
+def working_response(eta: np.ndarray, xb: np.ndarray, d1: np.ndarray, w: np.ndarray,
+                     use_numba: bool = True) -> np.ndarray:
+    """PIRLS working response ``eta - xb - d1 / (2 w)`` for non-negative finite weights."""
+    if use_numba and _working_shift is not None:
+        out = np.empty(eta.size)
+        _working_shift(eta, xb, d1, w, out)
+        return out
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return eta - xb - np.where(w > 0.0, d1 / (2.0 * w), 0.0)
 
 FastFn = Callable[..., float]
 #: Compiled row passes for canonical pairs, keyed by (family name, link name).  Each
@@ -170,7 +194,7 @@ class RowModel:
         """glmer's starting linear predictor ``link(mustart)`` (without the offset)."""
         return np.asarray(self.family.link.link(self.family.start(self.y, self.t)), dtype=float)
 
-    def _fast_const(self, disp: float | None) -> float:
+    def fast_const(self, disp: float | None) -> float:
         """``sum w log p - (fast pass value)``: the eta-free part (binomial coefficients, y!)."""
         if disp not in self._const:
             assert self._fast is not None
@@ -190,7 +214,7 @@ class RowModel:
             dw = np.empty(n) if grad else None
             fn = self._fast[0]
             ll = fn(eta, self.y, self.t, self.pw, grad, d1, w, w if dw is None else dw)
-            return RowTerms(-2.0 * (ll + self._fast_const(disp)), d1, w, w, dw)
+            return RowTerms(-2.0 * (ll + self.fast_const(disp)), d1, w, w, dw)
         return self._generic(eta, disp, grad)
 
     def row_deviance(self, eta: np.ndarray, disp: float | None) -> np.ndarray:

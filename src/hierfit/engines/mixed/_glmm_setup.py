@@ -11,7 +11,9 @@ from hierfit.model.family import Family
 from ._blocks import RandomBlock, make_plan
 from ._factor import System
 from ._glmm_agq import check_agq
-from ._glmm_kernels import make_row_layout
+from ._glmm_fused import FUSED_KINDS
+from ._glmm_fused import fused as fused_kernels
+from ._glmm_kernels import HAVE_NUMBA, make_row_layout
 from ._glmm_pirls import Problem
 from ._glmm_rows import RowModel
 from ._standardize import Standardization, standardize
@@ -144,8 +146,12 @@ def prepare(X: np.ndarray, y: np.ndarray, blocks: list[RandomBlock], family: Fam
     rl = make_row_layout(plan, lay0, factor_maps)
     rows = RowModel(family, y, t, w, information, fast=use_numba)
     spec = ThetaSpec.from_blocks(blocks)
+    kind = (family.name, family.link.name)
+    fused = None
+    if use_numba and HAVE_NUMBA and rows.canonical_pair and kind in FUSED_KINDS:
+        fused = fused_kernels(rl.structure, p, kind, bool(np.all(t == 1.0)), bool(np.all(w == 1.0)))
     prob = Problem(X, o, std.x, rows, rl, plan, spec, System(plan, lay0, []),
-                   System(plan, layf, []), use_numba)
+                   System(plan, layf, []), use_numba, fused)
     check_agq(prob, int(n_agq))
     return FitSetup(prob, std, blocks, family, y, t, w, int(n_agq), information,
                     estimate_disp, None if nb_theta is None else float(nb_theta),
