@@ -178,3 +178,29 @@ def test_conditional_modes(key: str, model: dict[str, Any]) -> None:
                    else f"condsd_{name}")
             np.testing.assert_allclose(sol.ranef_condsd[t][pos, a], ref[col].to_numpy(),
                                        rtol=1e-3, atol=1e-9)
+
+
+def test_nb_with_fixed_size_reproduces_glmer_nb() -> None:
+    """glmer with negative.binomial(theta) at glmer.nb's theta is glmer.nb's last fit."""
+    key, model = next((k, m) for k, m in MODELS if m["model_id"] == "arabidopsis_nb_nested_glmer.nb")
+    b = _build(key, model)
+    sol = fit_glmm(b["X"], b["y"], b["blocks"], get_family("negative_binomial"),
+                   nb_theta=model["nb_theta"], information="expected")
+    assert sol.converged and sol.nb_theta == model["nb_theta"]
+    assert sol.n_params == model["df"] - 1  # the size is not a parameter of this fit
+    fe = np.array([v["estimate"] for v in model["fixef"].values()])
+    assert np.all(np.abs(sol.beta - fe) <= 1e-4 + 1e-4 * np.abs(fe))
+    assert abs(sol.loglik - model["logLik"]) <= 1e-6 * abs(model["logLik"])
+
+
+def test_without_hessian_the_estimates_agree_and_se_come_from_rx() -> None:
+    key, model = next((k, m) for k, m in MODELS if m["model_id"] == "mmmec_pois_offset_nested_glmer")
+    b = _build(key, model)
+    fast = fit_glmm(b["X"], b["y"], b["blocks"], get_family("poisson"), offset=b["offset"],
+                    compute_vcov=False)
+    full = _fit(key, model)
+    assert fast.converged
+    assert fast.loglik == pytest.approx(full.loglik, abs=1e-6)
+    np.testing.assert_allclose(fast.beta, full.beta, atol=1e-5)
+    # (R_X'R_X)^{-1} ignores theta's uncertainty: a little smaller than glmer's Hessian SEs.
+    assert np.all(fast.se_beta <= full.se_beta) and np.all(fast.se_beta > 0.9 * full.se_beta)

@@ -1,10 +1,11 @@
 """Diagnostics of a GLMM fit as data: the engine turns them into named user warnings.
 
 * PIRLS / outer non-convergence and singular fits (lme4's ``isSingular`` rule).
-* Separation: a fixed effect or a random-effects SD "running off to infinity" -- the
-  objective keeps falling when the estimate is pushed further out (checked by doubling
-  the candidate in the standardised coordinates: a finite optimum rises steeply there).
-  For a runaway SD the groups whose rows all sit at one boundary of the outcome are named.
+* Separation: a fixed effect "running off to infinity" -- the objective keeps falling when
+  the estimate is pushed further out (checked by doubling a large standardised
+  coefficient: a finite optimum rises steeply there) -- or conditional modes running off:
+  a term with a huge SD whose groups have every row at one boundary of the outcome with
+  the fitted mean pinned there; those groups are named.
 * Pearson dispersion ``sum w (y - t mu)^2 / (t V(mu)) / (n - n_params)`` with its chi-square
   test; flagged as overdispersion for families whose row names an alternative (Poisson ->
   negative binomial).
@@ -18,10 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-__all__ = ["GlmmDiagnostics", "SeparationFlag", "pearson", "boundary_rows"]
+from hierfit.model.family import Family
+
+__all__ = ["GlmmDiagnostics", "SeparationFlag", "pearson", "pinned_rows", "separated_groups"]
 
 #: Standardised size above which a coefficient or theta is tested for running off.
 SEPARATION_CANDIDATE = 4.0
+#: A fitted mean (per trial) this close to the boundary its outcome sits on is pinned there.
+PINNED = 1e-3
 
 
 @dataclass(frozen=True)
@@ -107,11 +112,12 @@ class GlmmDiagnostics:
         return bool(self.separation)
 
 
-def pearson(family, y: np.ndarray, mu: np.ndarray, trials: np.ndarray, weights: np.ndarray,  # type: ignore[no-untyped-def]
-            disp: float | None, n_params: int) -> tuple[float, int, float, float]:
+def pearson(family: Family, y: np.ndarray, mu: np.ndarray, trials: np.ndarray,
+            weights: np.ndarray, disp: float | None, n_params: int
+            ) -> tuple[float, int, float, float]:
     """Pearson chi-square, residual df, ratio and upper-tail p-value."""
     use = (weights > 0) & (trials > 0)
-    V = family.variance(mu[use], disp)
+    V = family.variance(mu[use], None if disp is None else np.asarray(disp))
     t = trials[use]
     chi2 = float(np.sum(weights[use] * (y[use] - t * mu[use]) ** 2 / (t * np.maximum(V, 1e-300))))
     df = int(np.count_nonzero(use)) - n_params
@@ -120,13 +126,14 @@ def pearson(family, y: np.ndarray, mu: np.ndarray, trials: np.ndarray, weights: 
     return chi2, df, chi2 / df, float(stats.chi2.sf(chi2, df))
 
 
-def boundary_rows(family, y: np.ndarray, trials: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """Per row: -1 at the lower boundary (y = 0), +1 at the upper one (y = trials, for a
-    family whose mean is bounded by the trials), 0 otherwise."""
+def pinned_rows(family: Family, y: np.ndarray, mu: np.ndarray, trials: np.ndarray) -> np.ndarray:
+    """Per row: -1 / +1 where the outcome sits at its lower / upper boundary (0, or all
+    trials for a mean bounded by the trials) *and* the fitted mean is pinned there (within
+    ``PINNED`` per trial); 0 otherwise."""
     upper_bounded = bool(family.link.inverse(np.array([40.0]))[0] <= 1.0)
-    out = np.where(y == 0, -1, 0)
+    out = np.where((y == 0) & (mu <= PINNED), -1, 0)
     if upper_bounded:
-        out = np.where((y == trials) & (trials > 0), 1, out)
+        out = np.where((y == trials) & (trials > 0) & (1.0 - mu <= PINNED), 1, out)
     return out.astype(np.int8)
 
 

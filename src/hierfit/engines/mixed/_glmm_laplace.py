@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._factor import Factorization
 from ._glmm_kernels import linpred, quad, scatter, xtc
 from ._glmm_pirls import Mode, Problem, mode_terms, solve_h
 from ._gradient import logdet_gradient
@@ -69,7 +70,8 @@ def theta_vector(prob: Problem, grads: list[np.ndarray]) -> np.ndarray:
     return g
 
 
-def observed_factor(prob: Problem, mode: Mode, Ts: list[np.ndarray], disp: float | None):  # type: ignore[no-untyped-def]
+def observed_factor(prob: Problem, mode: Mode, Ts: list[np.ndarray],
+                    disp: float | None) -> Factorization:
     """Factor of ``H_o`` (observed weights): known from the mode, or one more weighted pass."""
     if mode.fz_o is not None:
         return mode.fz_o

@@ -19,7 +19,7 @@ import scipy.linalg as sla
 
 from ._glmm_agq import agq_objective, gh_rule
 from ._glmm_laplace import laplace_gradient
-from ._glmm_pirls import Mode, Problem, mode_terms, pirls
+from ._glmm_pirls import PIRLS_TOL, Mode, Problem, mode_terms, pirls
 
 __all__ = ["Objective"]
 
@@ -110,8 +110,8 @@ class Objective:
         theta_t, beta_t, disp = self.unpack(x)
         prob = self.prob
         tol = self.tol if tol is None else tol
-        kw = {} if tol is None else {"tol": tol}
-        m = pirls(prob, prob.factor_T(theta_t), prob.xbeta(beta_t), disp, self.u, grad=grad, **kw)
+        m = pirls(prob, prob.factor_T(theta_t), prob.xbeta(beta_t), disp, self.u, grad=grad,
+                  tol=PIRLS_TOL if tol is None else tol)
         if m.converged:
             self.u = m.u
         else:

@@ -9,7 +9,7 @@ import scipy.linalg as sla
 
 from ._glmm_agq import agq_objective
 from ._glmm_diagnostics import (SEPARATION_CANDIDATE, GlmmDiagnostics, SeparationFlag,
-                                boundary_rows, pearson, separated_groups)
+                                pearson, pinned_rows, separated_groups)
 from ._glmm_objective import FD_PIRLS_TOL, Objective
 from ._glmm_optim import OuterResult, minimize_outer
 from ._glmm_pirls import Mode, mode_terms
@@ -129,7 +129,8 @@ def _assemble(fit: FitSetup, obj: Objective, res: OuterResult, x0: np.ndarray, f
     n_params = prob.p + spec.size + int(fit.estimate_disp)
     n_obs = fit.n_obs
     mu = fit.family.link.inverse(mode.eta)
-    deviance = float(np.sum(fit.weights * fit.family.unit_deviance(fit.y, mu, fit.trials, disp)))
+    deviance = float(np.sum(fit.weights * fit.family.unit_deviance(
+        fit.y, mu, fit.trials, None if disp is None else np.asarray(disp))))
     sing = [(b, i) for val, (b, i, j), lo in zip(theta_t, spec.entries, spec.lower)
             if lo == 0.0 and val < SINGULAR_TOL]
     converged = bool(res.converged and mode.converged)
@@ -167,43 +168,35 @@ def _theta_caller(fit: FitSetup, theta_t: np.ndarray) -> np.ndarray:
     return np.array([Tb[b][i, j] for b, i, j in spec.entries])
 
 
-def _runaway(obj: Objective, x: np.ndarray, i: int, f: float) -> bool:
-    """Whether doubling coordinate ``i`` (away from 0) does not raise the objective."""
-    xt = x.copy()
-    xt[i] *= 2.0
-    ft = obj.value(xt, FD_PIRLS_TOL)
-    return bool(np.isfinite(ft) and ft <= f + 1e-6 * max(1.0, abs(f)))
-
-
-def _separation(fit: FitSetup, obj: Objective, res: OuterResult, modes: list[np.ndarray]
-                ) -> tuple[SeparationFlag, ...]:
+def _separation(fit: FitSetup, obj: Objective, res: OuterResult, modes: list[np.ndarray],
+                mu: np.ndarray) -> tuple[SeparationFlag, ...]:
+    """Estimates running off to infinity (see :mod:`._glmm_diagnostics`)."""
     prob, spec = fit.prob, fit.prob.spec
-    theta_t, beta_t, _ = obj.unpack(res.x)
+    theta_t, beta_t, disp = obj.unpack(res.x)
     flags: list[SeparationFlag] = []
     beta = fit.std.beta(beta_t)
     u_keep = obj.u.copy()
     for j in range(prob.p):
         if abs(beta_t[j]) < SEPARATION_CANDIDATE or (fit.std.x.intercept == j):
             continue
-        # Double beta_t[j] in psi coordinates (psi maps affinely onto beta_t).
         bt = beta_t.copy()
         bt[j] *= 2.0
-        xt = obj.pack(theta_t, bt, obj.unpack(res.x)[2])
-        ft = obj.value(xt, FD_PIRLS_TOL)
+        ft = obj.value(obj.pack(theta_t, bt, disp), FD_PIRLS_TOL)
         if np.isfinite(ft) and ft <= res.fun + 1e-6 * max(1.0, abs(res.fun)):
             flags.append(SeparationFlag("fixed", j, None, int(np.sign(beta[j])), float(beta[j])))
+    obj.u = u_keep
     side = None
     for t, (b, i, jj) in enumerate(spec.entries):
-        if i != jj or theta_t[t] < SEPARATION_CANDIDATE or not _runaway(obj, res.x, t, res.fun):
+        if i != jj or theta_t[t] < SEPARATION_CANDIDATE:
             continue
         if side is None:
-            side = boundary_rows(fit.family, fit.y, fit.trials)
+            side = pinned_rows(fit.family, fit.y, mu, fit.trials)
         blk = fit.blocks[b]
         groups = separated_groups(np.asarray(blk.group_index), blk.n_groups, side,
                                   modes[b][:, i], fit.weights)
-        sd = float(np.sqrt((fit.std.term_T(b, spec.block_T(theta_t)[b]) ** 2).sum(axis=1))[i])
-        flags.append(SeparationFlag("random", b, i, 1, sd, groups))
-    obj.u = u_keep
+        if groups:
+            sd = float(np.sqrt(np.sum(fit.std.term_T(b, spec.block_T(theta_t)[b]) ** 2, axis=1))[i])
+            flags.append(SeparationFlag("random", b, i, 1, sd, groups))
     return tuple(flags)
 
 
@@ -217,7 +210,7 @@ def _diagnostics(fit: FitSetup, obj: Objective, res: OuterResult, mode: Mode, mu
     return GlmmDiagnostics(
         pirls_converged=bool(mode.converged), outer_converged=bool(res.converged),
         outer_message=res.message, pirls_failures=obj.pirls_failures, singular=bool(sing),
-        singular_terms=sing, separation=_separation(fit, obj, res, modes), pearson_chi2=chi2,
+        singular_terms=sing, separation=_separation(fit, obj, res, modes, mu), pearson_chi2=chi2,
         residual_df=df, dispersion_ratio=ratio, overdispersion_pvalue=pval, overdispersed=over,
         suggested_family=alt if over else None,
         nonfinite_offset_rows=int(fit.nonfinite_offset.size),

@@ -132,7 +132,8 @@ if HAVE_NUMBA:
     _exp_log = _nb.njit(cache=True, nogil=True, fastmath={"contract"})(_exp_log)
     _working_shift = _nb.njit(cache=True, nogil=True)(_working_shift)
 else:  # pragma: no cover
-    _softplus_logit, _exp_log, _working_shift = _np_logit, _np_log, None
+    _softplus_logit, _exp_log = _np_logit, _np_log
+    _working_shift = None  # type: ignore[assignment]
 
 
 def working_response(eta: np.ndarray, xb: np.ndarray, d1: np.ndarray, w: np.ndarray,
@@ -202,7 +203,7 @@ class RowModel:
             n = self.n
             ll_var = self._fast[1](eta0, self.y, self.t, self.pw, False, np.empty(n),
                                    np.empty(n), np.empty(n))
-            ll = self.family.logpdf(self.y, self.family.link.inverse(eta0), self.t, disp)
+            ll = self.family.logpdf(self.y, self.family.link.inverse(eta0), self.t, _arr(disp))
             self._const[disp] = float(np.sum(self.pw * ll)) - ll_var
         return self._const[disp]
 
@@ -220,10 +221,11 @@ class RowModel:
     def row_deviance(self, eta: np.ndarray, disp: float | None) -> np.ndarray:
         """Per-row ``-2 w log p`` (adaptive quadrature sums them by group)."""
         mu = self.family.link.inverse(eta)
-        return -2.0 * self.pw * self.family.logpdf(self.y, mu, self.t, disp)
+        return -2.0 * self.pw * self.family.logpdf(self.y, mu, self.t, _arr(disp))
 
-    def _generic(self, eta: np.ndarray, disp: float | None, grad: bool) -> RowTerms:
+    def _generic(self, eta: np.ndarray, disp_: float | None, grad: bool) -> RowTerms:
         fam, link = self.family, self.family.link
+        disp = _arr(disp_)
         y, t, pw = self.y, self.t, self.pw
         mu = link.inverse(eta)
         m1 = link.mu_eta(eta)
@@ -254,6 +256,11 @@ class RowModel:
         return RowTerms(dev, d1, w, wo, dw)
 
 
+def _arr(disp: float | None) -> np.ndarray | None:
+    """A dispersion as the family functions take it."""
+    return None if disp is None else np.asarray(disp, dtype=float)
+
+
 def _is_canonical_pair(family: Family) -> bool:
     """Whether observed and expected information coincide (``V'(mu) mu'^2 = V(mu) mu''``).
 
@@ -263,7 +270,7 @@ def _is_canonical_pair(family: Family) -> bool:
     """
     eta = np.linspace(-2.0, 2.0, 9)
     link = family.link
-    disp = 1.0 if family.has_dispersion else None
+    disp = np.ones(1) if family.has_dispersion else None
     mu = link.inverse(eta)
     lhs = family.variance_deriv(mu, disp) * link.mu_eta(eta) ** 2
     rhs = family.variance(mu, disp) * link.mu_eta_deriv(eta)

@@ -48,8 +48,9 @@ class OptSummary:
     Attributes
     ----------
     initial_theta, initial_beta : numpy.ndarray
-        Start (caller's coordinates): identity relative covariance factors and the joint
-        PIRLS fixed effects there (glmer's nAGQ = 0 step at the start).
+        Start (caller's coordinates): theta from two rounds of penalised quasi-likelihood
+        (the weighted working LMM at the joint PIRLS modes, :mod:`._glmm_start`) and the
+        joint PIRLS fixed effects there (glmer's nAGQ = 0 inner loop).
     initial_nb_theta : float or None
     initial_objective : float
         ``-2 logLik`` at the start.
