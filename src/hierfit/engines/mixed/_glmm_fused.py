@@ -7,6 +7,8 @@ memory-bound machine).  Generated per structure and family kind, as :mod:`._glmm
 * ``step(out, xb, bvec, y, t, w, eta_out, Fr, Fg, E, C, gidx, zc) -> sum w log p``
   (eta-dependent part): linear predictor, family terms, working response and the
   weighted system rows of the u-only PIRLS step, in one pass;
+* ``step_x(out, xb, bvec, off, y, t, w, eta_out, X, xc, xs, Fr, Fg, E, C, gidx, zc)``: the
+  same for the joint ``(u, beta)`` step (system with the fixed-effects columns);
 * ``grad_a(eta, y, t, w, sig, tmat, E, C, gidx, zc, zdwh, zd1, dwh)``: weights and their
   derivatives, leverages ``h``, and the grouped sums of ``W' h`` and ``d1``;
 * ``grad_b(eta, y, t, w, dwh, bv, X, xc, xs, E, C, gidx, zc, zc_out, xc_out)``: the per-row
@@ -101,6 +103,27 @@ def _source(struct: Structure, p: int, kind: tuple[str, str], unit_t: bool, unit
     for k in range(ne + 1):
         L += [f"                tk = W * v{k}"]
         for k2 in range(k, ne + 1):
+            L += [f"                out[R{k} + G{k2}] += tk * v{k2}"]
+    L += ["    return ll", ""]
+    # ---- one joint PIRLS step: the system with the fixed-effects columns
+    nk = ne + p + 1
+    L += ["@_jit", "def step_x(out, xb, bvec, off, y, t, w, eta_out, X, xc, xs, Fr, Fg, E, C, gidx, zc):"]
+    L += _prelude(ents, factors, rows=True) + ["    ll = 0.0", "    eta_c = eta_out"]
+    for j in range(p + 1):
+        L += [f"    R{ne + j} = Fr[{j}]; G{ne + j} = Fg[{j}]"]
+    for j in range(p):
+        L += [f"    xm{j} = xc[{j}]; xi{j} = 1.0 / xs[{j}]"]
+    L += _chunk_head("xb.size") + ["        for j in range(m):", "            i = s + j"] + vals
+    L += [f"            eta_out[i] = xb[i] + {re}"]
+    prep, rest = snip(True, False)
+    L += prep + _row_loop() + _obs(unit_t, unit_w) + rest + vals + locs
+    L += ["            if W > 0.0:"]
+    for j in range(p):
+        L += [f"                v{ne + j} = (X[i, {j}] - xm{j}) * xi{j}"]
+    L += [f"                v{nk - 1} = e - off[i] - d1 / (2.0 * W)"]
+    for k in range(nk):
+        L += [f"                tk = W * v{k}"]
+        for k2 in range(k, nk):
             L += [f"                out[R{k} + G{k2}] += tk * v{k2}"]
     L += ["    return ll", ""]
     # ---- gradient pass A: leverages and two grouped sums

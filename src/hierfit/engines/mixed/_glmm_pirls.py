@@ -86,6 +86,12 @@ class Problem:
         self.coef0 = (E, C, np.array([sbase[-1] - foff], np.int64), np.array([foff], np.int64))
         rl0, tot0, sb0, sw0, _ = system_layout(self.rl, -1)
         self.coef_sig = rl0.coefficients(sb0, sw0)
+        self.sys_layoutf = system_layout(self.rl, self.p)
+        rl_f, _, sbf, swf, _ = self.sys_layoutf
+        Ef, Cf = rl_f.coefficients(sbf, swf)
+        js = np.arange(self.p + 1)
+        self.coeff = (Ef, Cf, (sbf[-1] + js * swf[-1] - foff).astype(np.int64),
+                      (foff + js).astype(np.int64))
 
     @property
     def n(self) -> int:
@@ -370,17 +376,17 @@ def pirls_joint(prob: Problem, Ts: list[np.ndarray], disp: float | None, eta0: n
         ``(p, p)`` lower factor ``R_X'`` of the last system (``R_X'R_X`` is half the
         Hessian of the penalised deviance in beta with u profiled).
     """
-    rows, sysm = prob.rows, prob.sysf
+    sysm = prob.sysf
     p = prob.p
-    eta = np.asarray(eta0, dtype=float)
-    terms = rows.terms(eta, disp)
+    # The first system comes from the start's linear predictor (no beta, u yet).
+    terms = prob.rows.terms(np.asarray(eta0, dtype=float), disp)
+    w, r = _working(prob, terms, np.asarray(eta0, dtype=float), prob.offset)
+    raw = prob.weighted_rows(w, r, with_x=True)
     pd_old = np.inf
     beta = np.zeros(p)
     u = np.zeros(prob.q)
     RX = np.eye(p)
     for it in range(maxit):
-        w, r = _working(prob, terms, eta, prob.offset)
-        raw = prob.weighted_rows(w, r, with_x=True)
         sysm.raw_rows = raw
         fz = sysm.factorize(Ts, keep=True)
         LM = fz.LM
@@ -393,16 +399,36 @@ def pirls_joint(prob: Problem, Ts: list[np.ndarray], disp: float | None, eta0: n
         for _ in range(40):
             b_try = beta + step * (beta_new - beta) if it else beta_new
             u_try = u + step * (u_new - u) if it else u_new
-            eta_try = linpred(prob.rl, prob.xbeta(b_try), prob.lam(Ts, u_try), prob.use_numba)
-            terms_try = rows.terms(eta_try, disp)
-            pd = terms_try.dev + float(u_try @ u_try)
+            pd, raw_try = _joint_pass(prob, Ts, disp, b_try, u_try)
             if np.isfinite(pd) and pd <= pd_old + 1e-13 * abs(pd):
                 break
             step *= 0.5
         else:
             return beta, u, False, RX
-        beta, u, eta, terms = b_try, u_try, eta_try, terms_try
+        beta, u, raw = b_try, u_try, raw_try
         if abs(pd_old - pd) <= tol * abs(pd):
             return beta, u, True, RX
         pd_old = pd
     return beta, u, False, RX
+
+
+def _joint_pass(prob: Problem, Ts: list[np.ndarray], disp: float | None, beta: np.ndarray,
+                u: np.ndarray) -> tuple[float, list[np.ndarray]]:
+    """``pd`` at ``(beta, u)`` and the joint system of the next step (fused when possible)."""
+    xb, bvec = prob.xbeta(beta), prob.lam(Ts, u)
+    rows = prob.rows
+    if prob.fused is not None:
+        rl_sys, total, _, _, size = prob.sys_layoutf
+        flat = np.zeros(size)
+        E, C, Fr, Fg = prob.coeff
+        X = prob.X if prob.p else np.zeros((1, 1))
+        ll = prob.fused.step_x(flat, xb, bvec, prob.offset, rows.y, rows.t, rows.pw,
+                               np.empty(prob.n), X, prob.xmap.center, prob.xmap.scale, Fr, Fg,
+                               E, C, prob.rl.gidx, prob.rl.zc)
+        raw = finish_rows(rl_sys, flat, total)
+        raw[-1][0, -1, -1] += 1.0  # see Problem.weighted_rows
+        return -2.0 * (ll + rows.fast_const(disp)) + float(u @ u), raw
+    eta = linpred(prob.rl, xb, bvec, prob.use_numba)
+    terms = rows.terms(eta, disp)
+    w, r = _working(prob, terms, eta, prob.offset)
+    return terms.dev + float(u @ u), prob.weighted_rows(w, r, with_x=True)
