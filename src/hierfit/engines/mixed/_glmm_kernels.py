@@ -11,9 +11,10 @@ arrays of every level (chain factors, optional dense root, fixed level); *vector
 one value per random-effect column, level by level (``(m, K)`` per chain level, ``q_root``
 for the root).  All columns are the standardised ones ``(z - center) / scale``.
 
-The loops are compiled with numba when it is importable; otherwise the same passes run
-as vectorised numpy (``np.bincount`` / fancy indexing) -- several times slower, same
-numbers.
+With numba the loops are generated for the structure and compiled
+(:mod:`._glmm_codegen`; the logit and log families also get fused passes,
+:mod:`._glmm_fused`).  Without it the same passes run as vectorised numpy
+(``np.bincount`` / fancy indexing) -- several times slower, same numbers (tested).
 """
 
 from __future__ import annotations
