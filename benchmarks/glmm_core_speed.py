@@ -39,8 +39,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from hierfit.engines.mixed.glmm import RandomBlock, fit_glmm  # noqa: E402
-from hierfit.model.family import get_family  # noqa: E402
+from hierfit.engines.mixed.glmm import RandomBlock, fit_glmm
+from hierfit.model.family import get_family
 
 SIZES = {"5k": (10, 5, 5_000), "100k": (100, 10, 100_000), "1M": (1_000, 20, 1_000_000)}
 
@@ -122,7 +122,7 @@ def have_r() -> bool:
     if shutil.which("Rscript") is None:
         return False
     res = subprocess.run(["Rscript", "-e", "library(lme4); library(glmmTMB); library(jsonlite)"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     return res.returncode == 0
 
 
@@ -132,7 +132,7 @@ def fit_r(csv: Path, family: str, which: str, timeout: float) -> dict[str, dict[
         fh.write(R_SCRIPT)
     try:
         res = subprocess.run(["Rscript", fh.name, str(csv), family, which], capture_output=True,
-                             text=True, timeout=timeout)
+                             text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return {"error": {"message": f"R timed out after {timeout:.0f} s"}}
     finally:

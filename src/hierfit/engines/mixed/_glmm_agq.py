@@ -20,7 +20,7 @@ import numpy as np
 from ._glmm_kernels import linpred
 from ._glmm_pirls import Mode, Problem
 
-__all__ = ["gh_rule", "agq_objective", "check_agq"]
+__all__ = ["agq_objective", "check_agq", "gh_rule"]
 
 
 def gh_rule(n_agq: int) -> tuple[np.ndarray, np.ndarray]:

@@ -35,7 +35,7 @@ from ._glmm_kernels import linpred, quad, scatter, xtc
 from ._glmm_pirls import Mode, Problem, mode_terms, solve_h
 from ._gradient import logdet_gradient
 
-__all__ = ["laplace_gradient", "factor_outer"]
+__all__ = ["factor_outer", "laplace_gradient"]
 
 
 def factor_outer(prob: Problem, a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:

@@ -27,7 +27,7 @@ from scipy import optimize
 from ._glmm_objective import Objective
 from ._optim import _Counted, _escape_bound
 
-__all__ = ["OuterResult", "minimize_outer", "hessian"]
+__all__ = ["OuterResult", "hessian", "minimize_outer"]
 
 #: Largest relative Newton step still called converged (the LMM core's check uses 1e-3).
 CONVERGED_STEP = 1e-3

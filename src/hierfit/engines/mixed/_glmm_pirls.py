@@ -80,11 +80,11 @@ class Problem:
     def __post_init__(self) -> None:
         # Coefficient tables of the fused passes (constant for the fit).
         self.sys_layout0 = system_layout(self.rl, 0)
-        rl_sys, total, sbase, swidth, _ = self.sys_layout0
+        rl_sys, _, sbase, swidth, _ = self.sys_layout0
         E, C = rl_sys.coefficients(sbase, swidth)
         foff = int(self.rl.lvl_off[-1])
         self.coef0 = (E, C, np.array([sbase[-1] - foff], np.int64), np.array([foff], np.int64))
-        rl0, tot0, sb0, sw0, _ = system_layout(self.rl, -1)
+        rl0, _, sb0, sw0, _ = system_layout(self.rl, -1)
         self.coef_sig = rl0.coefficients(sb0, sw0)
         self.sys_layoutf = system_layout(self.rl, self.p)
         rl_f, _, sbf, swf, _ = self.sys_layoutf

@@ -8,8 +8,14 @@ import numpy as np
 import scipy.linalg as sla
 
 from ._glmm_agq import agq_objective
-from ._glmm_diagnostics import (SEPARATION_CANDIDATE, GlmmDiagnostics, SeparationFlag,
-                                pearson, pinned_rows, separated_groups)
+from ._glmm_diagnostics import (
+    SEPARATION_CANDIDATE,
+    GlmmDiagnostics,
+    SeparationFlag,
+    pearson,
+    pinned_rows,
+    separated_groups,
+)
 from ._glmm_objective import FD_PIRLS_TOL, Objective
 from ._glmm_optim import OuterResult, minimize_outer
 from ._glmm_pirls import Mode, mode_terms
@@ -39,7 +45,7 @@ def run_fit(fit: FitSetup, *, maxiter: int, compute_vcov: bool,
         x0 = obj.pack(theta0, beta0, disp0)
         f0 = obj.value_grad(x0)[0] if obj.exact_gradient else obj.value(x0)
         timings["start"] = time.perf_counter() - t0
-        nt, p = prob.spec.size, prob.p
+        p = prob.p
         lower = np.concatenate([prob.spec.lower, np.full(p + int(fit.estimate_disp), -np.inf)])
         res = minimize_outer(obj, x0, lower, _below(fit), maxiter=maxiter,
                              compute_hessian=compute_vcov)

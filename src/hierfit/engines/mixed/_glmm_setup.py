@@ -85,7 +85,8 @@ def prepare(X: np.ndarray, y: np.ndarray, blocks: list[RandomBlock], family: Fam
             use_numba: bool) -> FitSetup:
     """Check the inputs and build the fit's structures (one pass for the rank check)."""
     if not isinstance(family, Family):
-        raise ValueError(f"family must be a Family row of hierfit.model.family, got {family!r}")
+        # The core raises ValueError only; the engine maps it to the user-facing tree.
+        raise ValueError(f"family must be a Family row of hierfit.model.family, got {family!r}")  # noqa: TRY004
     if family.normal_errors:
         raise ValueError(f"family {family} has normal errors: fit it as a linear mixed model "
                          "(fit_lmm), whose likelihood is exact")

@@ -24,8 +24,8 @@ O(number of groups) block elimination along the nested chain (:mod:`._factor`).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
