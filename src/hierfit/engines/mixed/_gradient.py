@@ -104,7 +104,7 @@ def criterion_and_gradient(sysm: System, spec: ThetaSpec, theta: np.ndarray, n: 
     numpy.linalg.LinAlgError
         If the system is not positive definite at ``theta``.
     """
-    plan, lay = sysm.plan, sysm.layout
+    plan = sysm.plan
     Ts = spec.factor_T(theta, plan)
     fz = sysm.factorize(Ts, keep=True)
     crit = profiled_criterion(fz, n, p, reml)
