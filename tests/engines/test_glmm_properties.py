@@ -202,6 +202,14 @@ def test_row_kernels_match_compute_rows() -> None:
     t1, t2 = K.scatter(rl, w, r, use_numba=False)
     np.testing.assert_allclose(s1, t1, atol=1e-10)
     np.testing.assert_allclose(s2, t2, atol=1e-10)
+    # The fixed-effects columns as the joint PIRLS system assembles them.
+    zx, fixed = K.xparts(rl, w, r, X, xc, xs)
+    zx0, fixed0 = K.xparts(rl, w, r, X, xc, xs, use_numba=False)
+    np.testing.assert_allclose(zx, zx0, atol=1e-10)
+    np.testing.assert_allclose(fixed, fixed0, rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(fixed, ref[-1][0], rtol=1e-12, atol=1e-10)
+    for lvl, part in enumerate(rl.split_vector(zx[1])):  # column 1 of X in every level's rows
+        np.testing.assert_allclose(part, ref[lvl][:, :, -3], atol=1e-10)
 
 
 def test_numpy_passes_give_the_same_fit() -> None:

@@ -4,11 +4,11 @@ One PIRLS step otherwise reads and writes every row several times (linear predic
 family terms, working response, weighted system: ~165 MB per step at 1M rows on this
 memory-bound machine).  Generated per structure and family kind, as :mod:`._glmm_codegen`:
 
-* ``step(out, xb, bvec, y, t, w, eta_out, Fr, Fg, E, C, gidx, zc) -> sum w log p``
-  (eta-dependent part): linear predictor, family terms, working response and the
-  weighted system rows of the u-only PIRLS step, in one pass;
-* ``step_x(out, xb, bvec, off, y, t, w, eta_out, X, xc, xs, Fr, Fg, E, C, gidx, zc)``: the
-  same for the joint ``(u, beta)`` step (system with the fixed-effects columns);
+* ``step(out, xb, bvec, base, y, t, w, eta_out, keep, w_out, r_out, Fr, Fg, E, C, gidx, zc)
+  -> sum w log p`` (eta-dependent part): linear predictor, family terms, working response
+  ``eta - base - d1 / (2 W)`` and the weighted system rows of the random effects, in one
+  pass; ``keep`` also writes the weights and working response (the joint ``(u, beta)``
+  step, ``base = offset``, adds the fixed-effects columns from them);
 * ``grad_a(eta, y, t, w, sig, tmat, E, C, gidx, zc, zdwh, zd1, dwh)``: weights and their
   derivatives, leverages ``h``, and the grouped sums of ``W' h`` and ``d1``;
 * ``grad_b(eta, y, t, w, dwh, bv, X, xc, xs, E, C, gidx, zc, zc_out, xc_out)``: the per-row
@@ -16,15 +16,25 @@ memory-bound machine).  Generated per structure and family kind, as :mod:`._glmm
 
 Rows are processed in chunks: the transcendental part of the family terms runs as a
 separate loop over the chunk, which LLVM vectorises (measured 13 vs 23 ms per 1M logistic
-rows), while the gathers and scatters stay scalar.  Unit trials or prior weights are
-specialised away (two fewer arrays read per pass).
+rows), while the gathers and scatters stay scalar.  The fixed-effects columns are a
+runtime loop, so one compiled module serves every ``p`` (compilation, not the loop,
+dominated cold test runs).
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from ._glmm_codegen import Structure, _prelude, _row_locs, _row_values, load
+from ._glmm_codegen import (
+    Structure,
+    _prelude,
+    _row_locs,
+    _row_values,
+    load,
+    system_prelude,
+    system_update,
+    x_values,
+)
 
 __all__ = ["FUSED_KINDS", "fused"]
 
@@ -33,9 +43,7 @@ CHUNK = 256
 
 
 def _logit(ll: bool, grad: bool) -> tuple[list[str], list[str]]:
-    prep = ["        for j in range(m):", "            ab[j] = fexp(-abs(eta_c[s + j]))"]
-    if ll:
-        prep += ["        for j in range(m):", "            lb[j] = flog1p01(ab[j])"]
+    prep = [f"        logit_chunk(eta_c, s, m, ab, lb, {ll})"]
     rest = ["            a = ab[j]", "            inv = 1.0 / (1.0 + a)",
             "            pr = inv if e > 0 else a * inv",
             "            d1 = -2.0 * pwi * (yi - ti * pr)",
@@ -48,7 +56,7 @@ def _logit(ll: bool, grad: bool) -> tuple[list[str], list[str]]:
 
 
 def _log(ll: bool, grad: bool) -> tuple[list[str], list[str]]:
-    prep = ["        for j in range(m):", "            ab[j] = fexp(min(eta_c[s + j], 700.0))"]
+    prep = ["        exp_chunk(eta_c, s, m, ab)"]
     rest = ["            mu = ab[j]", "            d1 = -2.0 * pwi * (yi - mu)", "            W = pwi * mu"]
     if ll:
         rest.append("            ll += pwi * (yi * min(e, 700.0) - mu)")
@@ -66,9 +74,8 @@ def _indent(lines: list[str]) -> list[str]:
     return ["    " + x for x in lines]
 
 
-def _obs(unit_t: bool, unit_w: bool) -> list[str]:
-    return ["            yi = y[i]", "            ti = 1.0" if unit_t else "            ti = t[i]",
-            "            pwi = 1.0" if unit_w else "            pwi = w[i]"]
+def _obs() -> list[str]:
+    return ["            yi = y[i]", "            ti = t[i]", "            pwi = w[i]"]
 
 
 def _chunk_head(n: str) -> list[str]:
@@ -80,52 +87,16 @@ def _row_loop() -> list[str]:
     return ["        for j in range(m):", "            i = s + j", "            e = eta_c[i]"]
 
 
-def _source(struct: Structure, p: int, kind: tuple[str, str], unit_t: bool, unit_w: bool) -> str:
+def _source(struct: Structure, kind: tuple[str, str]) -> str:
     ents, fK = struct
     factors = sorted({f for f, _, _ in ents})
     ne = len(ents)
     snip = FUSED_KINDS[kind]
     vals = _indent(_row_values(ents, factors))
     locs = _indent(_row_locs(ents))
-    L = ["import numpy as np", "import numba",
-         "from hierfit.engines.mixed._glmm_fastmath import exp as fexp, log1p01 as flog1p01", "",
-         "_jit = numba.njit(cache=True, nogil=True, fastmath={'contract'})", ""]
-    # ---- one PIRLS step
-    L += ["@_jit", "def step(out, xb, bvec, y, t, w, eta_out, Fr, Fg, E, C, gidx, zc):"]
-    L += _prelude(ents, factors, rows=True) + [f"    R{ne} = Fr[0]; G{ne} = Fg[0]", "    ll = 0.0",
-                                                "    eta_c = eta_out"]
-    L += _chunk_head("xb.size") + ["        for j in range(m):", "            i = s + j"] + vals
-    re = " + ".join(f"v{e} * bvec[va{e} * g{f} + vb{e}]" for e, (f, _, _) in enumerate(ents))
-    L += [f"            eta_out[i] = xb[i] + {re}"]
-    prep, rest = snip(True, False)
-    L += prep + _row_loop() + _obs(unit_t, unit_w) + rest + vals + locs
-    L += ["            if W > 0.0:", f"                v{ne} = e - xb[i] - d1 / (2.0 * W)"]
-    for k in range(ne + 1):
-        L += [f"                tk = W * v{k}"]
-        for k2 in range(k, ne + 1):
-            L += [f"                out[R{k} + G{k2}] += tk * v{k2}"]
-    L += ["    return ll", ""]
-    # ---- one joint PIRLS step: the system with the fixed-effects columns
-    nk = ne + p + 1
-    L += ["@_jit", "def step_x(out, xb, bvec, off, y, t, w, eta_out, X, xc, xs, Fr, Fg, E, C, gidx, zc):"]
-    L += _prelude(ents, factors, rows=True) + ["    ll = 0.0", "    eta_c = eta_out"]
-    for j in range(p + 1):
-        L += [f"    R{ne + j} = Fr[{j}]; G{ne + j} = Fg[{j}]"]
-    for j in range(p):
-        L += [f"    xm{j} = xc[{j}]; xi{j} = 1.0 / xs[{j}]"]
-    L += _chunk_head("xb.size") + ["        for j in range(m):", "            i = s + j"] + vals
-    L += [f"            eta_out[i] = xb[i] + {re}"]
-    prep, rest = snip(True, False)
-    L += prep + _row_loop() + _obs(unit_t, unit_w) + rest + vals + locs
-    L += ["            if W > 0.0:"]
-    for j in range(p):
-        L += [f"                v{ne + j} = (X[i, {j}] - xm{j}) * xi{j}"]
-    L += [f"                v{nk - 1} = e - off[i] - d1 / (2.0 * W)"]
-    for k in range(nk):
-        L += [f"                tk = W * v{k}"]
-        for k2 in range(k, nk):
-            L += [f"                out[R{k} + G{k2}] += tk * v{k2}"]
-    L += ["    return ll", ""]
+    L = list(_HEADER)
+    # ---- one u-only PIRLS step (base = X beta + offset, no fixed columns)
+    L += _step_source(struct, kind, 0, "step")
     # ---- gradient pass A: leverages and two grouped sums
     L += ["@_jit", "def grad_a(eta, y, t, w, sig, tmat, E, C, gidx, zc, zdwh, zd1, dwh):"]
     L += _prelude(ents, factors, rows=True) + ["    eta_c = eta"]
@@ -139,7 +110,7 @@ def _source(struct: Structure, p: int, kind: tuple[str, str], unit_t: bool, unit
     for e, (f, _, _) in enumerate(ents):
         starts.setdefault(f, e)
     prep, rest = snip(False, True)
-    L += _chunk_head("eta.size") + prep + _row_loop() + _obs(unit_t, unit_w) + rest + vals + locs
+    L += _chunk_head("eta.size") + prep + _row_loop() + _obs() + rest + vals + locs
     for e, (f, _, _) in enumerate(ents):
         e0 = starts[f]
         L += [f"            z{e} = " + " + ".join(f"T{f}_{b}_{e - e0} * v{e0 + b}" for b in range(fK[f]))]
@@ -154,24 +125,45 @@ def _source(struct: Structure, p: int, kind: tuple[str, str], unit_t: bool, unit
     L += [""]
     # ---- gradient pass B: c = d1 + W'h - 2 W s and its sums
     L += ["@_jit", "def grad_b(eta, y, t, w, dwh, bv, X, xc, xs, E, C, gidx, zc, zc_out, xc_out):"]
-    L += _prelude(ents, factors, rows=False) + ["    eta_c = eta"]
-    for j in range(p):
-        L += [f"    xm{j} = xc[{j}]", f"    xa{j} = 0.0"]
+    L += _prelude(ents, factors, rows=False) + ["    eta_c = eta", "    p = xc_out.size",
+                                                 "    xa = np.zeros(max(p, 1))"]
     prep, rest = snip(False, False)
-    L += _chunk_head("eta.size") + prep + _row_loop() + _obs(unit_t, unit_w) + rest + vals
-    s = " + ".join(f"v{e} * bv[va{e} * g{f} + vb{e}]" for e, (f, _, _) in enumerate(ents))
-    L += [f"            c = d1 + dwh[i] - 2.0 * W * ({s})"]
+    L += _chunk_head("eta.size") + prep + _row_loop() + _obs() + rest + vals
+    sv = " + ".join(f"v{e} * bv[va{e} * g{f} + vb{e}]" for e, (f, _, _) in enumerate(ents))
+    L += [f"            c = d1 + dwh[i] - 2.0 * W * ({sv})"]
     for e, (f, _, _) in enumerate(ents):
         L += [f"            zc_out[va{e} * g{f} + vb{e}] += c * v{e}"]
-    for j in range(p):
-        L += [f"            xa{j} += c * (X[i, {j}] - xm{j})"]
-    for j in range(p):
-        L += [f"    xc_out[{j}] = xa{j} / xs[{j}]"]
-    L += [""]
+    L += ["            for jj in range(p):", "                xa[jj] += c * (X[i, jj] - xc[jj])"]
+    L += ["    for jj in range(p):", "        xc_out[jj] = xa[jj] / xs[jj]", ""]
     return "\n".join(L)
 
 
-def fused(struct: Structure, p: int, kind: tuple[str, str], unit_t: bool,
-          unit_w: bool) -> ModuleType:
-    """Compiled fused passes for a structure, ``p`` fixed effects and a family kind."""
-    return load(_source(struct, p, kind, unit_t, unit_w), "glmm_fused")
+def _step_source(struct: Structure, kind: tuple[str, str], p: int, name: str) -> list[str]:
+    ents, _ = struct
+    factors = sorted({f for f, _, _ in ents})
+    ne = len(ents)
+    vals = _indent(_row_values(ents, factors))
+    locs = _indent(_row_locs(ents))
+    args = "out, xb, bvec, base, y, t, w, eta_out, keep, w_out, r_out, Fr, Fg, E, C, gidx, zc"
+    L = ["@_jit", f"def {name}({args}):"]
+    L += _prelude(ents, factors, rows=True) + system_prelude(p) + ["    ll = 0.0", "    eta_c = eta_out"]
+    L += _chunk_head("xb.size") + ["        for j in range(m):", "            i = s + j"] + vals
+    re = " + ".join(f"v{e} * bvec[va{e} * g{f} + vb{e}]" for e, (f, _, _) in enumerate(ents))
+    L += [f"            eta_out[i] = xb[i] + {re}"]
+    prep, rest = FUSED_KINDS[kind](True, False)
+    L += prep + _row_loop() + _obs() + rest + vals + locs
+    L += ["            rv = e - base[i] - d1 / (2.0 * W) if W > 0.0 else 0.0",
+          "            if keep:", "                w_out[i] = W", "                r_out[i] = rv",
+          "            if W > 0.0:"] + x_values(p, "                ")
+    L += system_update(ne, p, "                ", "W", "rv")
+    return L + ["    return ll", ""]
+
+
+_HEADER = ["import numpy as np", "import numba",
+           "from hierfit.engines.mixed._glmm_fastmath import exp_chunk, logit_chunk", "",
+           "_jit = numba.njit(cache=True, nogil=True, fastmath={'contract'})", ""]
+
+
+def fused(struct: Structure, kind: tuple[str, str]) -> ModuleType:
+    """Compiled fused passes (``step``, ``grad_a``, ``grad_b``) for a structure and family kind."""
+    return load(_source(struct, kind), "glmm_fused")

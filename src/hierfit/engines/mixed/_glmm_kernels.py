@@ -199,10 +199,10 @@ def make_row_layout(plan: Plan, layout: Layout,
 # for the structure (:mod:`._glmm_codegen`); the numpy twins below read the same tables.
 
 
-def _compiled(rl: RowLayout, p: int = 0):  # type: ignore[no-untyped-def]
+def _compiled(rl: RowLayout):  # type: ignore[no-untyped-def]
     from ._glmm_codegen import kernels
 
-    return kernels(rl.structure, p)
+    return kernels(rl.structure)
 
 
 # ----------------------------------------------------------------------------- numpy twins
@@ -280,7 +280,9 @@ def accumulate(rl: RowLayout, w: np.ndarray, r: np.ndarray, X: np.ndarray | None
         js = np.arange(p_sys + 1)
         fix_rb = (sbase[-1] + js * swidth[-1] - foff).astype(np.int64)
         fix_gc = (foff + js).astype(np.int64)
-        kern = getattr(_compiled(rl, p_sys), f"acc{p_sys}")
+        from ._glmm_codegen import kernels_x
+
+        kern = _compiled(rl).acc0 if p_sys == 0 else kernels_x(rl.structure, p_sys).acc
         kern(flat, np.ascontiguousarray(w, dtype=np.float64),
              np.ascontiguousarray(r, dtype=np.float64), Xa,
              np.ascontiguousarray(xc[:p_sys], dtype=np.float64),
@@ -403,6 +405,24 @@ def _k_xtc(out, X, xc, xs, c):  # type: ignore[no-untyped-def]
 
 if HAVE_NUMBA:
     _k_xtc = _nb.njit(cache=True, nogil=True)(_k_xtc)
+
+
+def xparts(rl: RowLayout, w: np.ndarray, r: np.ndarray, X: np.ndarray, xc: np.ndarray,
+           xs: np.ndarray, use_numba: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``Z_t' W X_t`` as ``(p, q)`` in the vector layout and ``[X_t r]' W [X_t r]`` (symmetric)."""
+    p = X.shape[1]
+    q = int(rl.vbase[-1])
+    if use_numba and HAVE_NUMBA:
+        outx, fixed = np.zeros((q, p)), np.zeros((p + 1, p + 1))
+        E, C = _vec_coeffs(rl)
+        _compiled(rl).xparts(outx, fixed, np.ascontiguousarray(w, dtype=float),
+                             np.ascontiguousarray(r, dtype=float), X,
+                             np.ascontiguousarray(xc, dtype=float),
+                             np.ascontiguousarray(xs, dtype=float), E, C, rl.gidx, rl.zc)
+        return np.ascontiguousarray(outx.T), fixed
+    xt = np.column_stack([(X - xc) / xs, r])
+    outx = np.array([scatter(rl, w * xt[:, j], None, False)[0] for j in range(p)]).reshape(p, q)
+    return outx, (xt * w[:, None]).T @ xt
 
 
 def xtc(X: np.ndarray, xc: np.ndarray, xs: np.ndarray, c: np.ndarray,

@@ -19,7 +19,7 @@ import scipy.linalg as sla
 
 from ._glmm_agq import agq_objective, gh_rule
 from ._glmm_laplace import laplace_gradient
-from ._glmm_pirls import PIRLS_TOL, Mode, Problem, mode_terms, pirls
+from ._glmm_pirls import PIRLS_TOL, Mode, Problem, full_system, pirls
 
 __all__ = ["Objective"]
 
@@ -89,8 +89,7 @@ class Objective:
             return x
         m = self.mode(x)
         Ts = prob.factor_T(theta_t)
-        w = mode_terms(prob, m, disp).w
-        prob.sysf.raw_rows = prob.weighted_rows(w, np.zeros(prob.n), with_x=True)
+        prob.sysf.raw_rows = full_system(prob, Ts, disp, beta_t, m.u)
         RX = prob.sysf.factorize(Ts, keep=True).LM[:prob.p, :prob.p]
         P = sla.solve_triangular(RX.T, np.eye(prob.p), lower=False) / np.sqrt(2.0)
         if not np.all(np.isfinite(P)):

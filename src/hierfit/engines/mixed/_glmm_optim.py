@@ -211,12 +211,29 @@ def minimize_outer(obj: Objective, x0: np.ndarray, lower: np.ndarray,
     lower = np.asarray(lower, dtype=float)
     counted = _Counted(obj.value, lower)
     x0 = np.maximum(np.asarray(x0, dtype=float), lower)
-    f0 = obj.value_grad(x0)[0] if obj.exact_gradient else counted(x0)
+    msg, status, nit, steps = "", 0, 0, 0
+    H: np.ndarray | None = None
+    rel = np.inf
+    if compute_hessian and obj.exact_gradient:
+        # From the PQL start Newton steps usually converge at once (measured: 19 instead of
+        # 28 gradients on the 100k benchmark tree, the quasi-Newton phase's first step
+        # overshooting by 1e3 deviance units); the quasi-Newton phase is the fallback.
+        f0, g0 = obj.value_grad(x0)
+        x, fx, g, H, steps, rel = _newton(obj, x0, f0, g0, lower)
+        if H is not None and rel <= CONVERGED_STEP and _escape_bound(counted, x, fx, lower, below) is None:
+            msg = f"Newton from the start: {steps} step(s)"
+            return OuterResult(x, float(fx), g, H, bool(np.isfinite(fx)), msg, 0, 0, steps,
+                               time.perf_counter() - t0)
+        if not (np.isfinite(fx) and fx <= f0):
+            x = x0
+    else:
+        x = x0
+    f0 = obj.value_grad(x)[0] if obj.exact_gradient else counted(x)
     # Quasi-Newton until an iteration gains less than SWITCH_DEVIANCE, then Newton.
     ftol = SWITCH_DEVIANCE / max(1.0, abs(f0)) if compute_hessian else 1e-13
     # Far from the optimum the modes need not be converged to rounding.
     obj.tol = LOOSE_PIRLS_TOL if compute_hessian else None
-    x, fx, msg, status, nit = _lbfgsb(obj, counted, x0, lower, maxiter, ftol=ftol)
+    x, fx, msg, status, nit = _lbfgsb(obj, counted, x, lower, maxiter, ftol=ftol)
     for _ in range(5):
         probe = _escape_bound(counted, x, fx, lower, below)
         if probe is None:
@@ -229,11 +246,9 @@ def minimize_outer(obj: Objective, x0: np.ndarray, lower: np.ndarray,
         x, fx = counted.best_x, counted.best_f
     obj.tol = None
     fx, g = obj.value_grad(x)
-    H = None
-    steps = 0
-    rel = np.inf
     if compute_hessian and np.isfinite(fx):
-        x, fx, g, H, steps, rel = _newton(obj, x, fx, g, lower)
+        x, fx, g, H, steps2, rel = _newton(obj, x, fx, g, lower)
+        steps += steps2
         if H is None:
             # Not positive definite away from the optimum: finish with the quasi-Newton
             # method (fixed effects re-whitened there), then try the Hessian again.

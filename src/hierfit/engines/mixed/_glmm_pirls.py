@@ -25,17 +25,27 @@ import scipy.linalg as sla
 
 from ._blocks import Plan
 from ._factor import Factorization, System, _solve_lower
-from ._glmm_kernels import RowLayout, accumulate, finish_rows, linpred, system_layout
+from ._glmm_kernels import (
+    RowLayout,
+    accumulate,
+    finish_rows,
+    linpred,
+    system_layout,
+    xparts,
+)
 from ._glmm_rows import RowModel, RowTerms, working_response
 from ._standardize import ColumnMap
 from ._theta import ThetaSpec
 
-__all__ = ["Mode", "Problem", "mode_terms", "pirls", "pirls_joint"]
+__all__ = ["Mode", "Problem", "full_system", "mode_terms", "pirls", "pirls_joint"]
 
 #: Default Newton-decrement tolerance (deviance units) of the inner loop.
 PIRLS_TOL = 1e-14
 #: Iteration cap of the inner loop (lme4's maxit is 100).
 PIRLS_MAXIT = 100
+#: Placeholder outputs of a fused step that keeps no weights / working response.
+_NO_V = np.zeros(1)
+
 
 
 @dataclass
@@ -86,12 +96,7 @@ class Problem:
         self.coef0 = (E, C, np.array([sbase[-1] - foff], np.int64), np.array([foff], np.int64))
         rl0, _, sb0, sw0, _ = system_layout(self.rl, -1)
         self.coef_sig = rl0.coefficients(sb0, sw0)
-        self.sys_layoutf = system_layout(self.rl, self.p)
-        rl_f, _, sbf, swf, _ = self.sys_layoutf
-        Ef, Cf = rl_f.coefficients(sbf, swf)
-        js = np.arange(self.p + 1)
-        self.coeff = (Ef, Cf, (sbf[-1] + js * swf[-1] - foff).astype(np.int64),
-                      (foff + js).astype(np.int64))
+
 
     @property
     def n(self) -> int:
@@ -294,8 +299,8 @@ def _pass(prob: Problem, Ts: list[np.ndarray], xb: np.ndarray, disp: float | Non
         eta = np.empty(prob.n)
         E, C, Fr, Fg = prob.coef0
         rows = prob.rows
-        ll = prob.fused.step(flat, xb, bvec, rows.y, rows.t, rows.pw, eta, Fr, Fg, E, C,
-                             prob.rl.gidx, prob.rl.zc)
+        ll = prob.fused.step(flat, xb, bvec, xb, rows.y, rows.t, rows.pw, eta, False, _NO_V,
+                             _NO_V, Fr, Fg, E, C, prob.rl.gidx, prob.rl.zc)
         raw = finish_rows(rl_sys, flat, total)
         raw[-1][0, -1, -1] += 1.0  # see Problem.weighted_rows
         pd = -2.0 * (ll + rows.fast_const(disp)) + float(u @ u)
@@ -358,12 +363,14 @@ def mode_terms(prob: Problem, mode: Mode, disp: float | None, grad: bool = False
     return mode.terms
 
 
-def pirls_joint(prob: Problem, Ts: list[np.ndarray], disp: float | None, eta0: np.ndarray,
-                *, maxit: int = PIRLS_MAXIT, tol: float = 1e-12
+def pirls_joint(prob: Problem, Ts: list[np.ndarray], disp: float | None,
+                eta0: np.ndarray | None, *, warm: tuple[np.ndarray, np.ndarray] | None = None,
+                maxit: int = PIRLS_MAXIT, tol: float = 1e-12
                 ) -> tuple[np.ndarray, np.ndarray, bool, np.ndarray]:
     """Joint PIRLS over ``(u, beta)`` at fixed theta (glmer's nAGQ = 0 inner loop).
 
-    Starts from the linear predictor ``eta0`` (e.g. ``link(mustart)``).
+    Starts from the linear predictor ``eta0`` (e.g. ``link(mustart)``), or from ``warm =
+    (beta_t, u)``.
 
     Returns
     -------
@@ -378,13 +385,16 @@ def pirls_joint(prob: Problem, Ts: list[np.ndarray], disp: float | None, eta0: n
     """
     sysm = prob.sysf
     p = prob.p
-    # The first system comes from the start's linear predictor (no beta, u yet).
-    terms = prob.rows.terms(np.asarray(eta0, dtype=float), disp)
-    w, r = _working(prob, terms, np.asarray(eta0, dtype=float), prob.offset)
-    raw = prob.weighted_rows(w, r, with_x=True)
-    pd_old = np.inf
-    beta = np.zeros(p)
-    u = np.zeros(prob.q)
+    if warm is None:
+        # The first system comes from the start's linear predictor (no beta, u yet).
+        assert eta0 is not None
+        beta, u = np.zeros(p), np.zeros(prob.q)
+        raw = _joint_pass(prob, Ts, disp, beta, u, xb=np.asarray(eta0, dtype=float))[1]
+        pd_old = np.inf
+    else:
+        beta, u = warm
+        pd_old, raw = _joint_pass(prob, Ts, disp, beta, u)
+    first = warm is None
     RX = np.eye(p)
     for it in range(maxit):
         sysm.raw_rows = raw
@@ -397,8 +407,8 @@ def pirls_joint(prob: Problem, Ts: list[np.ndarray], disp: float | None, eta0: n
         u_new = prob.flat(sysm.back_solve(fz, [G[:, :, -(p + 1):] @ c[:, None] for G in fz.G]))
         step = 1.0
         for _ in range(40):
-            b_try = beta + step * (beta_new - beta) if it else beta_new
-            u_try = u + step * (u_new - u) if it else u_new
+            b_try = beta + step * (beta_new - beta) if (it or not first) else beta_new
+            u_try = u + step * (u_new - u) if (it or not first) else u_new
             pd, raw_try = _joint_pass(prob, Ts, disp, b_try, u_try)
             if np.isfinite(pd) and pd <= pd_old + 1e-13 * abs(pd):
                 break
@@ -412,23 +422,66 @@ def pirls_joint(prob: Problem, Ts: list[np.ndarray], disp: float | None, eta0: n
     return beta, u, False, RX
 
 
+def full_system(prob: Problem, Ts: list[np.ndarray], disp: float | None, beta: np.ndarray,
+                u: np.ndarray, pad: bool = True) -> list[np.ndarray]:
+    """The PIRLS system with the fixed-effects columns at ``(beta, u)`` (weights of ``H``)."""
+    raw = _joint_pass(prob, Ts, disp, beta, u)[1]
+    if not pad:
+        raw[-1][0, -1, -1] -= 1.0
+    return raw
+
+
 def _joint_pass(prob: Problem, Ts: list[np.ndarray], disp: float | None, beta: np.ndarray,
-                u: np.ndarray) -> tuple[float, list[np.ndarray]]:
-    """``pd`` at ``(beta, u)`` and the joint system of the next step (fused when possible)."""
-    xb, bvec = prob.xbeta(beta), prob.lam(Ts, u)
+                u: np.ndarray, xb: np.ndarray | None = None) -> tuple[float, list[np.ndarray]]:
+    """``pd`` at ``(beta, u)`` and the joint system of the next step (fused when possible).
+
+    ``xb`` overrides ``X beta + offset`` (the start's linear predictor, with ``u = 0``).
+    The system is the u-only one with the working response relative to the offset, plus
+    the fixed-effects columns (:func:`_with_x`): no kernel depends on ``p``.
+    """
+    xb = prob.xbeta(beta) if xb is None else xb
+    bvec = prob.lam(Ts, u)
     rows = prob.rows
     if prob.fused is not None:
-        rl_sys, total, _, _, size = prob.sys_layoutf
+        rl_sys, total, _, _, size = prob.sys_layout0
         flat = np.zeros(size)
-        E, C, Fr, Fg = prob.coeff
-        X = prob.X if prob.p else np.zeros((1, 1))
-        ll = prob.fused.step_x(flat, xb, bvec, prob.offset, rows.y, rows.t, rows.pw,
-                               np.empty(prob.n), X, prob.xmap.center, prob.xmap.scale, Fr, Fg,
-                               E, C, prob.rl.gidx, prob.rl.zc)
-        raw = finish_rows(rl_sys, flat, total)
-        raw[-1][0, -1, -1] += 1.0  # see Problem.weighted_rows
-        return -2.0 * (ll + rows.fast_const(disp)) + float(u @ u), raw
-    eta = linpred(prob.rl, xb, bvec, prob.use_numba)
-    terms = rows.terms(eta, disp)
-    w, r = _working(prob, terms, eta, prob.offset)
-    return terms.dev + float(u @ u), prob.weighted_rows(w, r, with_x=True)
+        E, C, Fr, Fg = prob.coef0
+        w, r = np.empty(prob.n), np.empty(prob.n)
+        ll = prob.fused.step(flat, xb, bvec, prob.offset, rows.y, rows.t, rows.pw,
+                             np.empty(prob.n), True, w, r, Fr, Fg, E, C, prob.rl.gidx,
+                             prob.rl.zc)
+        raw0 = finish_rows(rl_sys, flat, total)
+        pd = -2.0 * (ll + rows.fast_const(disp)) + float(u @ u)
+    else:
+        eta = linpred(prob.rl, xb, bvec, prob.use_numba)
+        terms = rows.terms(eta, disp)
+        w, r = _working(prob, terms, eta, prob.offset)
+        raw0 = prob.weighted_rows(w, r, with_x=False, pad=False)
+        pd = terms.dev + float(u @ u)
+    raw = _with_x(prob, raw0, w, r)
+    raw[-1][0, -1, -1] += 1.0  # see Problem.weighted_rows
+    return pd, raw
+
+
+def _with_x(prob: Problem, raw0: list[np.ndarray], w: np.ndarray, r: np.ndarray
+            ) -> list[np.ndarray]:
+    """The system with fixed-effects columns from the u-only one (same working response).
+
+    ``Z_t'W X_t`` is one grouped sum per column; ``[X_t r]'W[X_t r]`` is a dense product.
+    """
+    p, rl, xm = prob.p, prob.rl, prob.xmap
+    X = prob.X if p else np.zeros((prob.n, 0))
+    outx, fixed = xparts(rl, w, r, X, xm.center, xm.scale, prob.use_numba)
+    cols = [rl.split_vector(outx[j]) for j in range(p)]
+    out = []
+    for lvl, r0 in enumerate(raw0[:-1]):
+        m, K, W0 = r0.shape
+        full = np.empty((m, K, W0 + p))
+        full[:, :, :W0 - 1] = r0[:, :, :W0 - 1]
+        for j in range(p):
+            full[:, :, W0 - 1 + j] = cols[j][lvl]
+        full[:, :, -1] = r0[:, :, -1]
+        out.append(full)
+    out.append(fixed[None])
+    return out
+

@@ -18,7 +18,7 @@ from ._glmm_diagnostics import (
 )
 from ._glmm_objective import FD_PIRLS_TOL, Objective
 from ._glmm_optim import OuterResult, minimize_outer
-from ._glmm_pirls import Mode, mode_terms
+from ._glmm_pirls import Mode, full_system
 from ._glmm_setup import FitSetup
 from ._glmm_start import start_values
 from .glmm import GlmmSolution, OptSummary
@@ -99,8 +99,7 @@ def _assemble(fit: FitSetup, obj: Objective, res: OuterResult, x0: np.ndarray, f
         f = agq_objective(prob, mode, Ts, prob.xbeta(beta_t), disp, *obj.rule)
     # Full PIRLS system at the modes (X columns included): draws and the R_X fallback.
     sysf = prob.sysf
-    sysf.raw_rows = prob.weighted_rows(mode_terms(prob, mode, disp).w, np.zeros(prob.n),
-                                       with_x=True)
+    sysf.raw_rows = full_system(prob, Ts, disp, beta_t, mode.u)
     fz_full = sysf.factorize(Ts, keep=True)
     RX = fz_full.LM[:prob.p, :prob.p]
     vcov = std.vcov(_vcov_t(fit, obj, res, RX))

@@ -150,7 +150,7 @@ def prepare(X: np.ndarray, y: np.ndarray, blocks: list[RandomBlock], family: Fam
     kind = (family.name, family.link.name)
     fused = None
     if use_numba and HAVE_NUMBA and rows.canonical_pair and kind in FUSED_KINDS:
-        fused = fused_kernels(rl.structure, p, kind, bool(np.all(t == 1.0)), bool(np.all(w == 1.0)))
+        fused = fused_kernels(rl.structure, kind)
     prob = Problem(X, o, std.x, rows, rl, plan, spec, System(plan, lay0, []),
                    System(plan, layf, []), use_numba, fused)
     check_agq(prob, int(n_agq))
