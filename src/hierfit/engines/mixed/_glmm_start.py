@@ -28,6 +28,8 @@ __all__ = ["start_values"]
 
 #: PQL re-weighting rounds (a second one changed no evaluation count in the benchmarks).
 PQL_ROUNDS = 1
+#: Relative change of the penalised deviance that ends a joint PIRLS of the start.
+START_TOL = 1e-9
 #: Floor of a starting diagonal theta: 0 is a stationary point the outer search cannot leave.
 THETA_FLOOR = 0.05
 
@@ -81,7 +83,7 @@ def start_values(fit: FitSetup) -> tuple[np.ndarray, np.ndarray, np.ndarray, flo
     theta = prob.spec.start()
     disp = fit.nb_fixed if not fit.estimate_disp else 1.0
     eta = prob.rows.start_eta()
-    beta, u, _, RX = pirls_joint(prob, prob.factor_T(theta), disp, eta)
+    beta, u, _, RX = pirls_joint(prob, prob.factor_T(theta), disp, eta, tol=START_TOL)
     for rnd in range(PQL_ROUNDS + int(fit.estimate_disp)):
         if fit.estimate_disp and rnd == 0:
             Ts = prob.factor_T(theta)
@@ -89,7 +91,8 @@ def start_values(fit: FitSetup) -> tuple[np.ndarray, np.ndarray, np.ndarray, flo
                                              prob.use_numba))
         else:
             theta = _pql_theta(fit, theta, beta, u, disp)
-        beta, u, _, RX = pirls_joint(prob, prob.factor_T(theta), disp, None, warm=(beta, u))
+        beta, u, _, RX = pirls_joint(prob, prob.factor_T(theta), disp, None, warm=(beta, u),
+                                     tol=START_TOL)
     p = prob.p
     # d2 f / d beta_t^2 ~ 2 R_X'R_X: beta_t = beta0 + P psi makes the psi-Hessian ~ I.
     try:
