@@ -10,10 +10,11 @@ for a family row of :mod:`hierfit.model.family`, maximising
   the absolute log-likelihood scale (lme4 omits the saturated part there, issue #161).
 
 As glmer's second stage, the objective is ``-2 logLik`` as a function of ``(theta, beta)``
-with the conditional modes profiled out by PIRLS (:mod:`._glmm_pirls`); it is minimised
-by L-BFGS-B on the exact Laplace gradient (implicit differentiation through the modes,
-:mod:`._glmm_laplace`) followed by Newton steps on the Hessian that ``vcov`` needs anyway
-(:mod:`._glmm_optim`).  A negative-binomial size is estimated jointly on the log scale,
+with the conditional modes profiled out by PIRLS (:mod:`._glmm_pirls`).  From a penalised
+quasi-likelihood start (:mod:`._glmm_start`) it is minimised by Newton steps on a
+difference Hessian of the exact Laplace gradient (implicit differentiation through the
+modes, :mod:`._glmm_laplace`) -- the Hessian ``vcov`` needs anyway -- with L-BFGS-B as
+the fallback far from the optimum (:mod:`._glmm_optim`).  A negative-binomial size is estimated jointly on the log scale,
 with the observed-information Laplace of glmmTMB's ``nbinom2`` by default or glmer.nb's
 expected-information variant (``information="expected"``).
 
