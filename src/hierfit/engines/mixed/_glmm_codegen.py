@@ -8,7 +8,8 @@ straight-line Python for the structure at hand -- which factor and column each e
 whether it is a column of ones, whether it sits in the dense root -- with every numeric
 coefficient hoisted into a local, then compiled.  The source goes to a cache directory
 (``HIERFIT_KERNEL_DIR``, default: the system temp directory) under a name derived from
-its text, so numba's on-disk cache makes later fits with the same structure compile-free.
+its text, so numba's on-disk cache makes later fits with the same structure compile-free (a
+directory only its user can write: see :func:`_cache_dir`).
 
 Kernels (``E``, ``C`` as in :mod:`._glmm_kernels`):
 
@@ -185,11 +186,29 @@ def _header() -> list[str]:
     return ["import numpy as np", "import numba", "", "_jit = numba.njit(cache=True, nogil=True)", ""]
 
 
+_PRIVATE: list[Path] = []
+
+
 def _cache_dir() -> Path:
-    base = os.environ.get("HIERFIT_KERNEL_DIR") or os.path.join(tempfile.gettempdir(),
-                                                                 f"hierfit-kernels-{os.getuid()}")
-    path = Path(base)
-    path.mkdir(parents=True, exist_ok=True)
+    """Directory of the generated sources and their numba caches.
+
+    ``HIERFIT_KERNEL_DIR`` if set, else a per-user directory in the temp dir, created
+    private (0700); if it exists but belongs to someone else, a fresh private directory
+    is used instead (compiled code must not come from a directory others can write).
+    """
+    env = os.environ.get("HIERFIT_KERNEL_DIR")
+    if env:
+        path = Path(env)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    getuid = getattr(os, "getuid", None)
+    path = Path(tempfile.gettempdir()) / f"hierfit-kernels-{getuid() if getuid else 'user'}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    st = path.stat()
+    if getuid is not None and (st.st_uid != getuid() or st.st_mode & 0o022):
+        if not _PRIVATE:
+            _PRIVATE.append(Path(tempfile.mkdtemp(prefix="hierfit-kernels-")))
+        return _PRIVATE[0]
     return path
 
 
