@@ -51,12 +51,19 @@ _MAX_LOG_ETA = 700.0
 # ----------------------------------------------------------------------------- links
 @dataclass(frozen=True)
 class Link:
-    """A link ``eta = g(mu)`` with its inverse and ``d mu / d eta`` (R's ``mu.eta``)."""
+    """A link ``eta = g(mu)`` with its inverse and ``d mu / d eta`` (R's ``mu.eta``).
+
+    ``mu_eta_deriv`` and ``mu_eta_deriv2`` are the second and third derivatives of the
+    inverse link (``d^2 mu / d eta^2``, ``d^3 mu / d eta^3``, unclipped): the observed
+    information of a non-canonical link and its derivative (GLMM Laplace gradients) need them.
+    """
 
     name: str
     link: Callable[[Array], Array]
     inverse: Callable[[Array], Array]
     mu_eta: Callable[[Array], Array]
+    mu_eta_deriv: Callable[[Array], Array]
+    mu_eta_deriv2: Callable[[Array], Array]
 
     def __reduce__(self) -> tuple[object, tuple[str]]:
         return (get_link, (self.name,))
@@ -88,13 +95,54 @@ def _exp(eta: Array) -> Array:
     return np.maximum(np.exp(np.minimum(eta, _MAX_LOG_ETA)), _EPS)
 
 
+def _zeros_like(eta: Array) -> Array:
+    return np.zeros_like(np.asarray(eta, dtype=float))
+
+
+def _logit_m1(eta: Array) -> Array:
+    return special.expit(eta) * special.expit(-eta)
+
+
+def _logit_mu_eta_deriv(eta: Array) -> Array:
+    # d/deta p(1-p) = p(1-p)(1-2p), and 1 - 2p = -tanh(eta/2) without cancellation
+    return -_logit_m1(eta) * np.tanh(0.5 * np.asarray(eta, dtype=float))
+
+
+def _logit_mu_eta_deriv2(eta: Array) -> Array:
+    m1 = _logit_m1(eta)
+    return m1 * (1.0 - 6.0 * m1)
+
+
+def _probit_mu_eta_deriv(eta: Array) -> Array:
+    eta = np.asarray(eta, dtype=float)
+    return -eta * stats.norm.pdf(eta)
+
+
+def _probit_mu_eta_deriv2(eta: Array) -> Array:
+    eta = np.asarray(eta, dtype=float)
+    return (eta * eta - 1.0) * stats.norm.pdf(eta)
+
+
+def _cloglog_mu_eta_deriv(eta: Array) -> Array:
+    e = np.exp(np.minimum(eta, _MAX_LOG_ETA))
+    return np.exp(np.minimum(eta, _MAX_LOG_ETA) - e) * (1.0 - e)
+
+
+def _cloglog_mu_eta_deriv2(eta: Array) -> Array:
+    e = np.exp(np.minimum(eta, _MAX_LOG_ETA))
+    return np.exp(np.minimum(eta, _MAX_LOG_ETA) - e) * ((1.0 - e) ** 2 - e)
+
+
 LINKS: dict[str, Link] = {
     "identity": Link("identity", lambda mu: np.asarray(mu, dtype=float), lambda eta: np.asarray(eta, dtype=float),
-                     lambda eta: np.ones_like(np.asarray(eta, dtype=float))),
-    "logit": Link("logit", lambda mu: special.logit(_clip_p(mu)), lambda eta: _clip_p(special.expit(eta)), _logit_mu_eta),
-    "probit": Link("probit", lambda mu: special.ndtri(_clip_p(mu)), lambda eta: _clip_p(special.ndtr(eta)), _probit_mu_eta),
-    "cloglog": Link("cloglog", lambda mu: np.log(-np.log1p(-_clip_p(mu))), _cloglog_inverse, _cloglog_mu_eta),
-    "log": Link("log", lambda mu: np.log(np.maximum(mu, _EPS)), _exp, _exp),
+                     lambda eta: np.ones_like(np.asarray(eta, dtype=float)), _zeros_like, _zeros_like),
+    "logit": Link("logit", lambda mu: special.logit(_clip_p(mu)), lambda eta: _clip_p(special.expit(eta)), _logit_mu_eta,
+                  _logit_mu_eta_deriv, _logit_mu_eta_deriv2),
+    "probit": Link("probit", lambda mu: special.ndtri(_clip_p(mu)), lambda eta: _clip_p(special.ndtr(eta)), _probit_mu_eta,
+                   _probit_mu_eta_deriv, _probit_mu_eta_deriv2),
+    "cloglog": Link("cloglog", lambda mu: np.log(-np.log1p(-_clip_p(mu))), _cloglog_inverse, _cloglog_mu_eta,
+                    _cloglog_mu_eta_deriv, _cloglog_mu_eta_deriv2),
+    "log": Link("log", lambda mu: np.log(np.maximum(mu, _EPS)), _exp, _exp, _exp, _exp),
 }
 
 
@@ -213,6 +261,10 @@ class Family:
         Whether the outcome takes integer values (predictive checks show counts).
     normal_errors : bool
         Gaussian errors: group effects integrate out in closed form (a linear mixed model).
+    overdispersed_alternative : str or None
+        The family to suggest when the data are more variable than this family allows (a
+        Pearson dispersion test rejects); ``None`` where no such check applies (binary
+        outcomes, families with an estimated dispersion).
     """
 
     name: str
@@ -229,8 +281,11 @@ class Family:
     _logpdf: Callable[[Array, Array, Array, Dispersion], Array]
     _sample: Callable[[np.random.Generator, Array, Array, Dispersion], Array]
     _start: Callable[[Array, Array], Array]
+    _variance_deriv: Callable[[Array, Dispersion], Array]
+    _variance_deriv2: Callable[[Array, Dispersion], Array]
     _phi: Callable[[Dispersion], Array | float] = lambda d: 1.0
     mean_range: tuple[float, float] = (-np.inf, np.inf)
+    overdispersed_alternative: str | None = None
 
     def __reduce__(self) -> tuple[object, tuple[str, str]]:
         # a row is identified by its names: pickled (and compared) by reference to the table
@@ -267,6 +322,14 @@ class Family:
     def variance(self, mu: Array, dispersion: Dispersion = None) -> Array:
         """Variance function ``V(mu)`` per trial (R's ``family$variance``; gaussian: 1)."""
         return self._variance(np.asarray(mu, dtype=float), dispersion)
+
+    def variance_deriv(self, mu: Array, dispersion: Dispersion = None) -> Array:
+        """``dV/dmu`` of the variance function (observed information of non-canonical links)."""
+        return self._variance_deriv(np.asarray(mu, dtype=float), dispersion)
+
+    def variance_deriv2(self, mu: Array, dispersion: Dispersion = None) -> Array:
+        """``d^2V/dmu^2`` of the variance function (derivative of the observed information)."""
+        return self._variance_deriv2(np.asarray(mu, dtype=float), dispersion)
 
     def unit_deviance(self, y: Array, mu: Array, trials: Array | None = None, dispersion: Dispersion = None) -> Array:
         """Per-row deviance ``2 (loglik_saturated - loglik)`` (gaussian: ``(y - mu)^2``)."""
@@ -335,29 +398,34 @@ FAMILIES: dict[str, Family] = {
         "gaussian", LINKS["identity"], ("identity",), "finite real numbers", "sigma", False, False, True,
         _bad_real, lambda mu, d: _ones_like(mu), lambda y, mu, n, d: (y - mu) ** 2,
         _gauss_logpdf, _gauss_sample, lambda y, n: y.copy(),
+        lambda mu, d: 0.0 * mu, lambda mu, d: 0.0 * mu,
         lambda d: 1.0 if d is None else np.asarray(d, dtype=float) ** 2,
     ),
     "bernoulli": Family(
         "bernoulli", LINKS["logit"], _BINARY_LINKS, "0/1 outcomes", None, False, True, False,
         _bad_binary, lambda mu, d: mu * (1.0 - mu), _binom_deviance, _binom_logpdf, _binom_sample, _binom_start,
+        lambda mu, d: 1.0 - 2.0 * mu, lambda mu, d: np.full_like(mu, -2.0),
         mean_range=(0.0, 1.0),
     ),
     "binomial": Family(
         "binomial", LINKS["logit"], _BINARY_LINKS, "whole numbers of successes between 0 and the trials",
         None, True, True, False,
         _bad_successes, lambda mu, d: mu * (1.0 - mu), _binom_deviance, _binom_logpdf, _binom_sample, _binom_start,
+        lambda mu, d: 1.0 - 2.0 * mu, lambda mu, d: np.full_like(mu, -2.0),
         mean_range=(0.0, 1.0),
     ),
     "poisson": Family(
         "poisson", LINKS["log"], ("log",), "non-negative integer counts", None, False, True, False,
         _bad_count, lambda mu, d: mu, _pois_deviance, _pois_logpdf,
         lambda rng, mu, n, d: rng.poisson(mu).astype(float), lambda y, n: y + 0.1,
-        mean_range=(0.0, np.inf),
+        lambda mu, d: np.ones_like(mu), lambda mu, d: np.zeros_like(mu),
+        mean_range=(0.0, np.inf), overdispersed_alternative="negative_binomial",
     ),
     "negative_binomial": Family(
         "negative_binomial", LINKS["log"], ("log",), "non-negative integer counts", "theta", False, True, False,
         _bad_count, lambda mu, d: mu + mu ** 2 / _nb_theta(d), _nb_deviance, _nb_logpdf, _nb_sample,
         lambda y, n: y + (y == 0) / 6.0,  # R's negative.binomial()$initialize
+        lambda mu, d: 1.0 + 2.0 * mu / _nb_theta(d), lambda mu, d: np.broadcast_to(2.0 / _nb_theta(d), np.shape(mu)).astype(float),
         mean_range=(0.0, np.inf),
     ),
 }

@@ -23,7 +23,7 @@ import scipy.linalg as sla
 from ._factor import System
 from ._theta import ThetaSpec, profiled_criterion
 
-__all__ = ["criterion_and_gradient"]
+__all__ = ["criterion_and_gradient", "logdet_gradient"]
 
 
 def _left_T(sysm: System, lvl: int, arr: np.ndarray, Ts: list[np.ndarray],
@@ -63,6 +63,38 @@ def _row_pairs(sysm: System, lvl: int, P: np.ndarray, Q: np.ndarray,
         grads[seg.factor] += np.einsum("gaw,gkw->ak", Pw, Qw)
 
 
+def logdet_gradient(sysm: System, Ts: list[np.ndarray], sig: list[np.ndarray],
+                    grads: list[np.ndarray]) -> None:
+    """Add ``d log|A| / d T_f`` to ``grads[f]`` for every factor (``A = Lambda'Z'Z Lambda + I``).
+
+    ``sig`` is the selected inverse of ``A`` (:meth:`System.diag_inverse` with ``full=True``)
+    and the statistics are those in ``sysm.raw_rows`` (weighted ones give the GLMM's
+    ``Z'WZ`` at fixed weights).  ``d log|A| = <A^{-1}, dA>`` on the sparsity pattern.
+    """
+    lay = sysm.layout
+    for i in range(sysm.n_random):
+        # <S_w, T_left' Raw T_cols>, off-diagonal blocks counted twice.
+        K = lay.sizes[i]
+        Sw = sig[i].copy()
+        Sw[:, :, K:] *= 2.0
+        width = Sw.shape[2]
+        raw = sysm.raw_rows[i][:, :, :width]
+        right = raw.copy()
+        left = _left_T(sysm, i, raw, Ts, transpose=True)
+        m = raw.shape[0]
+        off = lay.offsets[i]
+        for seg in lay.segments:
+            if seg.start < off:
+                continue
+            c0, w = seg.start - off, seg.m * seg.K
+            shp = (m, raw.shape[1], seg.m, seg.K)
+            right[:, :, c0:c0 + w] = (raw[:, :, c0:c0 + w].reshape(shp)
+                                      @ Ts[seg.factor]).reshape(m, -1, w)
+            grads[seg.factor] += np.einsum("gksa,gksb->ab", left[:, :, c0:c0 + w].reshape(shp),
+                                           Sw[:, :, c0:c0 + w].reshape(shp))
+        _row_pairs(sysm, i, right, Sw, grads)
+
+
 def criterion_and_gradient(sysm: System, spec: ThetaSpec, theta: np.ndarray, n: int,
                            p: int, reml: bool) -> tuple[float, np.ndarray]:
     """Profiled criterion and its exact gradient at ``theta``.
@@ -72,7 +104,7 @@ def criterion_and_gradient(sysm: System, spec: ThetaSpec, theta: np.ndarray, n: 
     numpy.linalg.LinAlgError
         If the system is not positive definite at ``theta``.
     """
-    plan, lay = sysm.plan, sysm.layout
+    plan = sysm.plan
     Ts = spec.factor_T(theta, plan)
     fz = sysm.factorize(Ts, keep=True)
     crit = profiled_criterion(fz, n, p, reml)
@@ -100,26 +132,7 @@ def criterion_and_gradient(sysm: System, spec: ThetaSpec, theta: np.ndarray, n: 
             P.append(W[i][:, :, :p])
             Q.append(-2.0 * (sol[i][:, :, :p] @ minv))
         _row_pairs(sysm, i, np.concatenate(P, axis=2), np.concatenate(Q, axis=2), grads)
-        # log|A| part: <S_w, T_left' Raw T_cols>, off-diagonal blocks counted twice.
-        K = lay.sizes[i]
-        Sw = sig[i].copy()
-        Sw[:, :, K:] *= 2.0
-        width = Sw.shape[2]
-        raw = sysm.raw_rows[i][:, :, :width]
-        right = raw.copy()
-        left = _left_T(sysm, i, raw, Ts, transpose=True)
-        m = raw.shape[0]
-        off = lay.offsets[i]
-        for seg in lay.segments:
-            if seg.start < off:
-                continue
-            c0, w = seg.start - off, seg.m * seg.K
-            shp = (m, raw.shape[1], seg.m, seg.K)
-            right[:, :, c0:c0 + w] = (raw[:, :, c0:c0 + w].reshape(shp)
-                                      @ Ts[seg.factor]).reshape(m, -1, w)
-            grads[seg.factor] += np.einsum("gksa,gksb->ab", left[:, :, c0:c0 + w].reshape(shp),
-                                           Sw[:, :, c0:c0 + w].reshape(shp))
-        _row_pairs(sysm, i, right, Sw, grads)
+    logdet_gradient(sysm, Ts, sig, grads)
     g = np.empty(spec.size)
     for t, (b, r, col) in enumerate(spec.entries):
         f = next(fi for fi, fac in enumerate(plan.factors) if b in fac.blocks)

@@ -131,7 +131,8 @@ def _sparse_z(fac: Factor, rows: slice, amap: ColumnAffine | None) -> sp.csr_mat
 
 def compute_rows(X: np.ndarray, y: np.ndarray, plan: Plan, layout: Layout,
                  xy_map: ColumnAffine | None = None,
-                 factor_maps: list[ColumnAffine] | None = None) -> list[np.ndarray]:
+                 factor_maps: list[ColumnAffine] | None = None,
+                 weights: np.ndarray | None = None) -> list[np.ndarray]:
     """Gather all sufficient statistics in one chunked pass over the rows.
 
     Parameters
@@ -148,6 +149,9 @@ def compute_rows(X: np.ndarray, y: np.ndarray, plan: Plan, layout: Layout,
         ``(center, scale)`` of the ``p + 1`` columns of ``[X y]`` and of each factor's ``K``
         columns, applied chunk by chunk (no full-size copies): the statistics are those of
         the standardised columns (see :mod:`._standardize`).
+    weights : numpy.ndarray, optional
+        ``(n,)`` row weights: the statistics of ``[Z X y]' diag(weights) [Z X y]`` (the
+        system of one GLMM PIRLS step).  ``None`` means unit weights.
 
     Returns
     -------
@@ -174,7 +178,8 @@ def compute_rows(X: np.ndarray, y: np.ndarray, plan: Plan, layout: Layout,
         xy[p] = y[start:stop]
         if xy_map is not None:
             xy = (xy - xy_map[0][:, None]) / xy_map[1][:, None]
-        fixed += xy @ xy.T
+        wc = None if weights is None else np.asarray(weights[start:stop], dtype=np.float64)
+        fixed += (xy if wc is None else xy * wc) @ xy.T
         xy_ones = x_ones + [False]
         chunk_cols = [_affine([c[start:stop] for c in fac.columns], factor_maps[f])
                       for f, fac in zip(plan.chain, chain)]
@@ -198,10 +203,13 @@ def compute_rows(X: np.ndarray, y: np.ndarray, plan: Plan, layout: Layout,
                 for col, t, t1 in targets + anc + fixed_t:
                     if za1 and t1:
                         if cnt is None:
-                            cnt = np.bincount(g, minlength=fac.m).astype(np.float64)
+                            cnt = (np.bincount(g, minlength=fac.m).astype(np.float64)
+                                   if wc is None else np.bincount(g, weights=wc, minlength=fac.m))
                         out[:, a, col - base] += cnt
                     else:
                         w = t if za1 else (za if t1 else za * t)
+                        if wc is not None:
+                            w = w * wc
                         out[:, a, col - base] += np.bincount(g, weights=w, minlength=fac.m)
     # Own blocks were filled in the upper triangle only.
     for lvl, fac in enumerate(chain):
@@ -209,7 +217,7 @@ def compute_rows(X: np.ndarray, y: np.ndarray, plan: Plan, layout: Layout,
         iu = np.triu_indices(fac.K, 1)
         blk[:, iu[1], iu[0]] = blk[:, iu[0], iu[1]]
     if layout.has_root:
-        _root_rows(X, y, plan, layout, rows, xy_map, factor_maps)
+        _root_rows(X, y, plan, layout, rows, xy_map, factor_maps, weights)
     return rows
 
 
@@ -219,7 +227,7 @@ def _is_ones_col(col: np.ndarray) -> bool:
 
 def _root_rows(X: np.ndarray, y: np.ndarray, plan: Plan, layout: Layout,
                rows: list[np.ndarray], xy_map: ColumnAffine | None,
-               factor_maps: list[ColumnAffine]) -> None:
+               factor_maps: list[ColumnAffine], weights: np.ndarray | None = None) -> None:
     """Fill the crossed (dense root) parts with sparse products, chunk by chunk.
 
     This is the fallback for crossed factors: the root is eliminated as one dense block,
@@ -236,12 +244,17 @@ def _root_rows(X: np.ndarray, y: np.ndarray, plan: Plan, layout: Layout,
         if xy_map is not None:
             xy = (xy - xy_map[0][None, :]) / xy_map[1][None, :]
         zr = sp.hstack([_sparse_z(plan.factors[f], chunk, factor_maps[f]) for f in plan.root]).tocsc()
-        zrt = zr.T.tocsr()
+        if weights is not None:  # weight one side: Z' W Z, Z' W [X y]
+            zrt = (zr.T @ sp.diags(np.asarray(weights[chunk], dtype=np.float64))).tocsr()
+        else:
+            zrt = zr.T.tocsr()
         root[:, :q_root] += (zrt @ zr).toarray()
         root[:, q_root: q_root + p + 1] += zrt @ xy
         for lvl, f in enumerate(plan.chain):
             fac = plan.factors[f]
             zc = _sparse_z(fac, chunk, factor_maps[f]).T.tocsr()
+            if weights is not None:
+                zc = (zc @ sp.diags(np.asarray(weights[chunk], dtype=np.float64))).tocsr()
             block = (zc @ zr).toarray().reshape(fac.m, fac.K, q_root)
             c0 = r_off - layout.offsets[lvl]
             rows[lvl][:, :, c0: c0 + q_root] += block

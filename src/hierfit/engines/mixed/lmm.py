@@ -39,6 +39,7 @@ __all__ = [
     "LmmSolution",
     "OptSummary",
     "RandomBlock",
+    "draw_effects",
     "evaluated_at",
     "fit_lmm",
     "likelihood_ratio_test",
@@ -173,33 +174,46 @@ class LmmSolution:
         b_draws : list of numpy.ndarray
             Per term ``(d, n_groups, k)``.
         """
-        sysm, fz = self._system, self._fz
-        p = self.beta.size
-        d = int(n_draws)
-        # Solve L_full' x = z with L_full' = [[L', R_ZX], [0, R_X]]: x ~ N(0, (L_full L_full')^-1).
-        z_beta = rng.standard_normal((p, d))
-        x_beta = sla.solve_triangular(fz.LM[:p, :p], z_beta, lower=True, trans="T")
-        rhs = []
-        for i in range(sysm.n_random):
-            m, K = fz.L[i].shape[:2]
-            z = rng.standard_normal((m, K, d))
-            rhs.append(z - fz.G[i][:, :, -(p + 1):-1] @ x_beta)
-        x_u = sysm.back_solve(fz, rhs)
-        # Draws in the standardised coordinates of the system, then mapped back.
-        sig_t = self._sigma_t
-        beta_draws = self._std.beta(self._beta_t[None, :] + sig_t * x_beta.T)
-        u_draws = [self._u[i][..., None] + sig_t * x_u[i] for i in range(sysm.n_random)]
-        b_draws = []
-        for t, (f_lvl, f_seg, c0, k, fac) in enumerate(self._iter_terms()):
-            uf = _factor_u(sysm, u_draws, f_lvl, f_seg)  # (m, K, d)
-            bf = np.transpose((self._factor_T[fac] @ uf)[:, c0:c0 + k, :], (2, 0, 1))
-            b_draws.append(np.ascontiguousarray(self._std.ranef(t, bf)))
-        return beta_draws, b_draws
+        return draw_effects(self._system, self._fz, self._std, self._beta_t, self._u,
+                            self._sigma_t, self._iter_terms(), self._factor_T, n_draws, rng)
 
     def _iter_terms(self) -> list[tuple[int, int, int, int, int]]:
         """Per term: (level, root segment, first factor column, k, factor id)."""
         return [(lvl, seg, c0, k, _factor_of(self._system, lvl, seg))
                 for lvl, seg, c0, k in self._term_map]
+
+
+def draw_effects(sysm: System, fz: Factorization, std: Standardization, beta_t: np.ndarray,
+                 u: list[np.ndarray], sigma_t: float,
+                 terms: list[tuple[int, int, int, int, int]], factor_T: list[np.ndarray],
+                 n_draws: int, rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Joint Gaussian draws of ``(beta, b)`` with covariance ``sigma_t^2`` times the inverse of
+    the full mixed-model-equations matrix factorised in ``fz`` (see ``LmmSolution.sample_effects``).
+
+    ``u`` are the per-level spherical modes ``(m, K)`` and ``terms`` lists per term (level,
+    root segment, first factor column, k, factor id); the GLMM core reuses this with its
+    penalised-IRLS system at the mode and ``sigma_t = 1``.
+    """
+    p = beta_t.size
+    d = int(n_draws)
+    # Solve L_full' x = z with L_full' = [[L', R_ZX], [0, R_X]]: x ~ N(0, (L_full L_full')^-1).
+    z_beta = rng.standard_normal((p, d))
+    x_beta = sla.solve_triangular(fz.LM[:p, :p], z_beta, lower=True, trans="T")
+    rhs = []
+    for i in range(sysm.n_random):
+        m, K = fz.L[i].shape[:2]
+        z = rng.standard_normal((m, K, d))
+        rhs.append(z - fz.G[i][:, :, -(p + 1):-1] @ x_beta)
+    x_u = sysm.back_solve(fz, rhs)
+    # Draws in the standardised coordinates of the system, then mapped back.
+    beta_draws = std.beta(beta_t[None, :] + sigma_t * x_beta.T)
+    u_draws = [u[i][..., None] + sigma_t * x_u[i] for i in range(sysm.n_random)]
+    b_draws = []
+    for t, (f_lvl, f_seg, c0, k, fac) in enumerate(terms):
+        uf = _factor_u(sysm, u_draws, f_lvl, f_seg)  # (m, K, d)
+        bf = np.transpose((factor_T[fac] @ uf)[:, c0:c0 + k, :], (2, 0, 1))
+        b_draws.append(np.ascontiguousarray(std.ranef(t, bf)))
+    return beta_draws, b_draws
 
 
 def _factor_of(sysm: System, lvl: int, seg: int) -> int:

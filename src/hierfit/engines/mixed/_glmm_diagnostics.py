@@ -1,0 +1,149 @@
+"""Diagnostics of a GLMM fit as data: the engine turns them into named user warnings.
+
+* PIRLS / outer non-convergence and singular fits (lme4's ``isSingular`` rule).
+* Separation: a fixed effect "running off to infinity" -- the objective keeps falling when
+  the estimate is pushed further out (checked by doubling a large standardised
+  coefficient: a finite optimum rises steeply there) -- or conditional modes running off:
+  a term with a huge SD whose groups have every row at one boundary of the outcome with
+  the fitted mean pinned there; those groups are named.
+* Pearson dispersion ``sum w (y - t mu)^2 / (t V(mu)) / (n - n_params)`` with its chi-square
+  test; flagged as overdispersion for families whose row names an alternative (Poisson ->
+  negative binomial).
+* Rows excluded from the likelihood: non-finite offsets and zero trials.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from hierfit.model.family import Family
+
+__all__ = ["GlmmDiagnostics", "SeparationFlag", "pearson", "pinned_rows", "separated_groups"]
+
+#: Standardised size above which a coefficient or theta is tested for running off.
+SEPARATION_CANDIDATE = 4.0
+#: A fitted mean (per trial) this close to the boundary its outcome sits on is pinned there.
+PINNED = 1e-3
+
+
+@dataclass(frozen=True)
+class SeparationFlag:
+    """One estimate that runs off to infinity.
+
+    Attributes
+    ----------
+    kind : {"fixed", "random"}
+        A fixed effect or a random-effects SD.
+    index : int
+        Column of ``X`` (fixed) or random-effects term (random).
+    column : int or None
+        Column within the term (random).
+    direction : int
+        Sign of the runaway (+1 / -1); +1 for an SD.
+    estimate : float
+        The estimate where the optimiser stopped (caller's coordinates; an SD for random).
+    groups : tuple of int
+        Random: the term's groups whose rows all sit at one boundary of the outcome (all
+        zeros, or all successes), largest conditional modes first (at most 10).
+    """
+
+    kind: str
+    index: int
+    column: int | None
+    direction: int
+    estimate: float
+    groups: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class GlmmDiagnostics:
+    """Everything a user should be warned about, as data.
+
+    Attributes
+    ----------
+    pirls_converged, outer_converged : bool
+        Inner (conditional modes at the optimum) and outer (parameters) convergence.
+    outer_message : str
+    pirls_failures : int
+        Evaluations during the optimisation whose inner loop did not converge.
+    singular : bool
+    singular_terms : list of (int, int)
+    separation : tuple of SeparationFlag
+    pearson_chi2 : float
+    residual_df : int
+    dispersion_ratio : float
+        ``pearson_chi2 / residual_df``.
+    overdispersion_pvalue : float
+        Upper chi-square tail of ``pearson_chi2`` on ``residual_df``.
+    overdispersed : bool
+        Ratio above 1 with p < 0.05, for families with a named alternative.
+    suggested_family : str or None
+        The family row's alternative when ``overdispersed``.
+    nonfinite_offset_rows, zero_trial_rows : int
+        Rows excluded from the likelihood for that reason.
+    nonfinite_offset_index, zero_trial_index : numpy.ndarray
+        Their first (at most 10) row indices.
+    """
+
+    pirls_converged: bool
+    outer_converged: bool
+    outer_message: str
+    pirls_failures: int
+    singular: bool
+    singular_terms: list[tuple[int, int]]
+    separation: tuple[SeparationFlag, ...]
+    pearson_chi2: float
+    residual_df: int
+    dispersion_ratio: float
+    overdispersion_pvalue: float
+    overdispersed: bool
+    suggested_family: str | None
+    nonfinite_offset_rows: int
+    nonfinite_offset_index: np.ndarray
+    zero_trial_rows: int
+    zero_trial_index: np.ndarray
+
+    @property
+    def separated(self) -> bool:
+        """Whether any estimate runs off to infinity."""
+        return bool(self.separation)
+
+
+def pearson(family: Family, y: np.ndarray, mu: np.ndarray, trials: np.ndarray,
+            weights: np.ndarray, disp: float | None, n_params: int
+            ) -> tuple[float, int, float, float]:
+    """Pearson chi-square, residual df, ratio and upper-tail p-value."""
+    use = (weights > 0) & (trials > 0)
+    V = family.variance(mu[use], None if disp is None else np.asarray(disp))
+    t = trials[use]
+    chi2 = float(np.sum(weights[use] * (y[use] - t * mu[use]) ** 2 / (t * np.maximum(V, 1e-300))))
+    df = int(np.count_nonzero(use)) - n_params
+    if df <= 0:
+        return chi2, df, float("nan"), float("nan")
+    return chi2, df, chi2 / df, float(stats.chi2.sf(chi2, df))
+
+
+def pinned_rows(family: Family, y: np.ndarray, mu: np.ndarray, trials: np.ndarray) -> np.ndarray:
+    """Per row: -1 / +1 where the outcome sits at its lower / upper boundary (0, or all
+    trials for a mean bounded by the trials) *and* the fitted mean is pinned there (within
+    ``PINNED`` per trial); 0 otherwise."""
+    upper_bounded = bool(family.link.inverse(np.array([40.0]))[0] <= 1.0)
+    out = np.where((y == 0) & (mu <= PINNED), -1, 0)
+    if upper_bounded:
+        out = np.where((y == trials) & (trials > 0) & (1.0 - mu <= PINNED), 1, out)
+    return out.astype(np.int8)
+
+
+def separated_groups(codes: np.ndarray, n_groups: int, side: np.ndarray, modes: np.ndarray,
+                     weights: np.ndarray) -> tuple[int, ...]:
+    """Groups whose weighted rows all sit at one boundary, largest ``|mode|`` first."""
+    use = weights > 0
+    cnt = np.bincount(codes[use], minlength=n_groups)
+    lo = np.bincount(codes[use], weights=(side[use] == -1), minlength=n_groups)
+    hi = np.bincount(codes[use], weights=(side[use] == 1), minlength=n_groups)
+    sep = np.flatnonzero((cnt > 0) & ((lo == cnt) | (hi == cnt)))
+    order = np.argsort(-np.abs(modes[sep]))
+    return tuple(int(g) for g in sep[order][:10])
