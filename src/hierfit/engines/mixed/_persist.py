@@ -33,29 +33,12 @@ REBUILD_RTOL = 1e-8
 
 def save_solution(sol: LmmSolution, state: StateWriter) -> None:
     """Write what rebuilds ``sol`` exactly: statistics, plan, standardisation, optimum."""
-    sysm, std, opt = sol._system, sol._std, sol.optsum
-    plan = sysm.plan
+    sysm, opt = sol._system, sol.optsum
     state.put("n_obs", sol.n_obs)
-    state.put("p", sysm.layout.p)
     state.put("reml", sol.reml)
-    state.put("factors", [{"blocks": f.blocks, "col_offsets": f.col_offsets, "m": f.m, "K": f.K, "is_ones": f.is_ones}
-                          for f in plan.factors])
-    state.put("chain", plan.chain)
-    state.put("root", plan.root)
-    keys = sorted(plan.parent_maps)
-    state.put("parent_map_keys", [[i, j] for i, j in keys])
-    state.put_arrays("parent_maps", [plan.parent_maps[k] for k in keys])
-    state.put_arrays("raw_rows", sysm.raw_rows)
+    save_system(sysm, state)
     state.put("theta_entries", [list(e) for e in sol.theta_entries])
-    state.put_array("std_x_center", std.x.center)
-    state.put_array("std_x_scale", std.x.scale)
-    state.put("std_x_intercept", std.x.intercept)
-    state.put("std_y", [std.y_center, std.y_scale])
-    state.put("std_has_ones", std.ones_coef is not None)
-    state.put_array("std_ones_coef", std.ones_coef if std.ones_coef is not None else np.zeros(0))
-    state.put_arrays("std_z_center", [m.center for m in std.z])
-    state.put_arrays("std_z_scale", [m.scale for m in std.z])
-    state.put("std_z_intercept", [m.intercept for m in std.z])
+    save_standardization(sol._std, state)
     state.put_array("opt_initial", opt.initial)
     state.put_array("opt_final", opt.final)
     state.put("opt", {"fmin": opt.fmin, "converged": opt.converged, "message": opt.message,
@@ -63,6 +46,7 @@ def save_solution(sol: LmmSolution, state: StateWriter) -> None:
     state.put("timings", sol.timings)
     state.put_array("beta", sol.beta)
     state.put("objective", sol.objective)
+    state.put("log_weights", sol.log_weights)
 
 
 def restore_solution(state: StateReader) -> LmmSolution:
@@ -70,7 +54,7 @@ def restore_solution(state: StateReader) -> LmmSolution:
     try:
         sysm, spec, std, n, p, reml, optsum = _read_parts(state)
         with _single_thread_blas():
-            sol = _assemble(sysm, spec, std, n, p, reml, 0.0, optsum)
+            sol = _assemble(sysm, spec, std, n, p, reml, 0.0, optsum, state.get_float("log_weights"))
     except PersistenceError:
         raise
     except (ValueError, TypeError, KeyError, IndexError, np.linalg.LinAlgError) as exc:
@@ -84,8 +68,36 @@ def restore_solution(state: StateReader) -> LmmSolution:
     return dataclasses.replace(sol, timings=state.get_float_dict("timings"))
 
 
-def _read_parts(state: StateReader) -> tuple[System, ThetaSpec, Standardization, int, int, bool, OptSummary]:
-    n, p, reml = state.get_int("n_obs"), state.get_int("p"), state.get_bool("reml")
+def save_system(sysm: System, state: StateWriter) -> None:
+    """The elimination plan and the per-group statistics of a mixed-model-equations system."""
+    plan = sysm.plan
+    state.put("p", sysm.layout.p)
+    state.put("factors", [{"blocks": f.blocks, "col_offsets": f.col_offsets, "m": f.m, "K": f.K, "is_ones": f.is_ones}
+                          for f in plan.factors])
+    state.put("chain", plan.chain)
+    state.put("root", plan.root)
+    keys = sorted(plan.parent_maps)
+    state.put("parent_map_keys", [[i, j] for i, j in keys])
+    state.put_arrays("parent_maps", [plan.parent_maps[k] for k in keys])
+    state.put_arrays("raw_rows", sysm.raw_rows)
+
+
+def save_standardization(std: Standardization, state: StateWriter) -> None:
+    """The column maps the statistics were gathered under."""
+    state.put_array("std_x_center", std.x.center)
+    state.put_array("std_x_scale", std.x.scale)
+    state.put("std_x_intercept", std.x.intercept)
+    state.put("std_y", [std.y_center, std.y_scale])
+    state.put("std_has_ones", std.ones_coef is not None)
+    state.put_array("std_ones_coef", std.ones_coef if std.ones_coef is not None else np.zeros(0))
+    state.put_arrays("std_z_center", [m.center for m in std.z])
+    state.put_arrays("std_z_scale", [m.scale for m in std.z])
+    state.put("std_z_intercept", [m.intercept for m in std.z])
+
+
+def read_system(state: StateReader) -> System:
+    """The system :func:`save_system` wrote, its statistics' shapes checked against the plan."""
+    p = state.get_int("p")
     factors = []
     for f in _list(state, "factors"):
         if not isinstance(f, dict):
@@ -104,27 +116,43 @@ def _read_parts(state: StateReader) -> tuple[System, ThetaSpec, Standardization,
     expected = [(layout.m[i], layout.sizes[i], layout.total - layout.offsets[i]) for i in range(layout.n_levels)]
     if [r.shape for r in rows] != expected:
         raise state.fail(f"the statistics have shapes {[r.shape for r in rows]}, the plan needs {expected}")
+    return System(plan, layout, rows)
+
+
+def read_theta_spec(state: StateReader) -> ThetaSpec:
+    """Where theta sits in each term's factor, from the saved ``theta_entries``."""
     entries = tuple((int(b), int(i), int(j)) for b, i, j in (_ints(state, e) for e in _list(state, "theta_entries")))
     n_blocks = 1 + max((b for b, _, _ in entries), default=-1)
     block_k = tuple(1 + max(i for bb, i, _ in entries if bb == b) for b in range(n_blocks))
-    spec = ThetaSpec(block_k, entries, np.array([0.0 if i == j else -np.inf for _, i, j in entries]))
+    return ThetaSpec(block_k, entries, np.array([0.0 if i == j else -np.inf for _, i, j in entries]))
+
+
+def read_standardization(state: StateReader, n_blocks: int) -> Standardization:
+    """The column maps :func:`save_standardization` wrote."""
     y = state.get("std_y")
     z_int = _list(state, "std_z_intercept")
     zc, zs = state.get_arrays("std_z_center", ndim=1), state.get_arrays("std_z_scale", ndim=1)
     if not (isinstance(y, list) and len(y) == 2) or not len(z_int) == len(zc) == len(zs) == n_blocks:
         raise state.fail("malformed standardisation")
-    std = Standardization(
+    return Standardization(
         ColumnMap(state.get_array("std_x_center", ndim=1), state.get_array("std_x_scale", ndim=1), _optional_int(state, state.get("std_x_intercept"))),
         float(y[0]), float(y[1]),
         state.get_array("std_ones_coef", ndim=1) if state.get_bool("std_has_ones") else None,
         [ColumnMap(c, s, _optional_int(state, i)) for c, s, i in zip(zc, zs, z_int)],
     )
+
+
+def _read_parts(state: StateReader) -> tuple[System, ThetaSpec, Standardization, int, int, bool, OptSummary]:
+    n, reml = state.get_int("n_obs"), state.get_bool("reml")
+    sysm = read_system(state)
+    spec = read_theta_spec(state)
+    std = read_standardization(state, len(spec.block_k))
     o = state.get_dict("opt")
     optsum = OptSummary(state.get_array("opt_initial", ndim=1), state.get_array("opt_final", ndim=1), float(o["fmin"]),
                         bool(o["converged"]), str(o["message"]), int(o["n_evaluations"]), str(o["optimizer"]), float(o["seconds"]))
     if optsum.final.shape != (spec.size,):
         raise state.fail(f"the optimum has {optsum.final.size} elements; the terms need {spec.size}")
-    return System(plan, layout, rows), spec, std, n, p, reml, optsum
+    return sysm, spec, std, n, sysm.layout.p, reml, optsum
 
 
 def _list(state: StateReader, key: str) -> list[Any]:

@@ -112,6 +112,8 @@ class LmmSolution:
         Wall seconds of the phases: ``data_pass``, ``optimize``, ``finalize``.
     optsum : OptSummary
         The optimisation's record (standardised coordinates).
+    log_weights : float
+        ``sum(log w)`` of the prior weights over the rows with ``w > 0`` (0 without weights).
     """
 
     beta: np.ndarray
@@ -143,6 +145,7 @@ class LmmSolution:
     singular_terms: list[tuple[int, int]]
     timings: dict[str, float]
     optsum: OptSummary
+    log_weights: float
     _system: System = field(repr=False, compare=False)
     _fz: Factorization = field(repr=False, compare=False)
     _u: list[np.ndarray] = field(repr=False, compare=False)
@@ -267,6 +270,9 @@ class LmmDevfun:
         REML criterion (else ML deviance).
     data_seconds : float
         Wall time of the data pass.
+    log_weights : float
+        ``sum(log w)`` over the rows that carry likelihood (0 without prior weights): the
+        Jacobian of residual variances ``sigma^2 / w`` in the reported criterion.
     """
 
     system: System
@@ -277,6 +283,7 @@ class LmmDevfun:
     p: int
     reml: bool
     data_seconds: float
+    log_weights: float = 0.0
 
     def __call__(self, theta_t: np.ndarray) -> float:
         """The criterion at standardised ``theta_t`` (``inf`` where the system is not positive definite)."""
@@ -339,7 +346,8 @@ class OptSummary:
     seconds: float
 
 
-def lmm_devfun(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *, reml: bool = True) -> LmmDevfun:
+def lmm_devfun(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *, reml: bool = True,
+               weights: np.ndarray | None = None) -> LmmDevfun:
     """Gather the sufficient statistics in one pass and return the criterion (``mkLmerDevfun``).
 
     Parameters
@@ -352,6 +360,10 @@ def lmm_devfun(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *, r
         Random-effects terms.  Their order defines the order of ``theta`` and results.
     reml : bool, default True
         REML criterion (True) or ML deviance.
+    weights : numpy.ndarray, optional
+        ``(n,)`` prior weights (lmer's ``weights``): row ``i`` has residual variance
+        ``sigma^2 / w_i``.  Rows of weight 0 are left out of the likelihood (R's ``lm``; lme4
+        itself returns ``logLik = -Inf`` for them), which equals dropping those rows.
 
     Returns
     -------
@@ -374,9 +386,12 @@ def lmm_devfun(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *, r
     if not (np.all(np.isfinite(y)) and np.all(np.isfinite(X))):
         raise ValueError("X and y must be finite (drop missing rows first)")
     n, p = X.shape
+    w, log_weights = _prior_weights(weights, n)
     blocks = tuple(blocks)
     t0 = time.perf_counter()
     plan, _ = make_plan(blocks, n)
+    if w is not None:
+        n = int(np.count_nonzero(w))  # rows that carry likelihood
     layout = make_layout(plan, p)
     # The statistics are those of centred and scaled columns (see _standardize): raw
     # cross-products of a large-mean outcome lose every digit the variances depend on.
@@ -384,9 +399,20 @@ def lmm_devfun(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *, r
                       [blk.correlated for blk in blocks])
     xy_map = (np.append(std.x.center, std.y_center), np.append(std.x.scale, std.y_scale))
     factor_maps = [_factor_map(std, fac.blocks) for fac in plan.factors]
-    sysm = System(plan, layout, compute_rows(X, y, plan, layout, xy_map, factor_maps))
+    sysm = System(plan, layout, compute_rows(X, y, plan, layout, xy_map, factor_maps, weights=w))
     _check_fixed_rank(sysm.raw_rows[-1][0], p)
-    return LmmDevfun(sysm, ThetaSpec.from_blocks(blocks), std, blocks, n, p, reml, time.perf_counter() - t0)
+    return LmmDevfun(sysm, ThetaSpec.from_blocks(blocks), std, blocks, n, p, reml, time.perf_counter() - t0,
+                     log_weights)
+
+
+def _prior_weights(weights: np.ndarray | None, n: int) -> tuple[np.ndarray | None, float]:
+    """Validated prior weights (``None`` for unit weights) and ``sum(log w)`` over ``w > 0``."""
+    if weights is None:
+        return None, 0.0
+    w = np.asarray(weights, dtype=np.float64).ravel()
+    if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0) or not np.any(w > 0):
+        raise ValueError("weights must be (n,), finite, non-negative and not all zero")
+    return w, float(np.sum(np.log(w[w > 0])))
 
 
 def optimize_lmm(devfun: LmmDevfun, *, start_theta: np.ndarray | None = None, maxiter: int = 1000,
@@ -435,18 +461,19 @@ def evaluated_at(devfun: LmmDevfun, theta: np.ndarray | None = None) -> OptSumma
 def lmm_solution(devfun: LmmDevfun, optsum: OptSummary) -> LmmSolution:
     """Every reported quantity at the optimum (``mkMerMod``), in the caller's coordinates."""
     with _single_thread_blas():
-        return _assemble(devfun.system, devfun.spec, devfun.std, devfun.n, devfun.p, devfun.reml, devfun.data_seconds, optsum)
+        return _assemble(devfun.system, devfun.spec, devfun.std, devfun.n, devfun.p, devfun.reml, devfun.data_seconds, optsum,
+                         devfun.log_weights)
 
 
 def fit_lmm(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *,
-            reml: bool = True, start_theta: np.ndarray | None = None,
+            reml: bool = True, weights: np.ndarray | None = None, start_theta: np.ndarray | None = None,
             maxiter: int = 1000, n_starts: int = 1, seed: int = 0,
             optimize: bool = True, gradient: str = "analytic") -> LmmSolution:
     """Fit a linear mixed model by REML or ML: :func:`lmm_devfun` → :func:`optimize_lmm` → :func:`lmm_solution`.
 
     Parameters
     ----------
-    X, y, blocks, reml
+    X, y, blocks, reml, weights
         As :func:`lmm_devfun`.
     start_theta, maxiter, n_starts, seed, gradient
         As :func:`optimize_lmm`.
@@ -458,7 +485,7 @@ def fit_lmm(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *,
     LmmSolution
         The fit; ``converged`` is False (with ``message``) when the optimiser failed.
     """
-    devfun = lmm_devfun(X, y, blocks, reml=reml)
+    devfun = lmm_devfun(X, y, blocks, reml=reml, weights=weights)
     if optimize:
         optsum = optimize_lmm(devfun, start_theta=start_theta, maxiter=maxiter, n_starts=n_starts, seed=seed,
                               gradient=gradient)
@@ -491,7 +518,7 @@ def _check_fixed_rank(xy_cross: np.ndarray, p: int) -> None:
 
 
 def _assemble(sysm: System, spec: ThetaSpec, std: Standardization, n: int, p: int, reml: bool,
-              data_seconds: float, optsum: OptSummary) -> LmmSolution:
+              data_seconds: float, optsum: OptSummary, log_weights: float = 0.0) -> LmmSolution:
     """Compute every reported quantity at the optimum, in the caller's coordinates.
 
     Everything comes from the sufficient statistics in ``sysm`` and the optimum (no rows), so
@@ -504,7 +531,8 @@ def _assemble(sysm: System, spec: ThetaSpec, std: Standardization, n: int, p: in
     plan = sysm.plan
     fT = spec.factor_T(theta_t, plan)
     fz = sysm.factorize(fT, keep=True)
-    obj = std.criterion(profiled_criterion(fz, n, p, reml), n, reml)
+    # prior weights scale each row's residual variance to sigma^2 / w: their Jacobian
+    obj = std.criterion(profiled_criterion(fz, n, p, reml), n, reml) - log_weights
     LM = fz.LM
     RXt = LM[:p, :p]
     beta_t = sla.solve_triangular(RXt, LM[p, :p], lower=True, trans="T") if p else np.zeros(0)
@@ -564,6 +592,7 @@ def _assemble(sysm: System, spec: ThetaSpec, std: Standardization, n: int, p: in
         aic=obj + 2.0 * n_params, bic=obj + np.log(n) * n_params, n_obs=n,
         n_params=n_params, reml=reml, converged=optsum.converged, message=optsum.message,
         n_evaluations=optsum.n_evaluations, singular=bool(sing), singular_terms=sing, timings=timings, optsum=optsum,
+        log_weights=log_weights,
         _system=sysm, _fz=fz, _u=[ui[..., 0] for ui in u], _term_map=term_map,
         _factor_T=fT, _std=std, _beta_t=beta_t, _sigma_t=sigma_t)
 
