@@ -36,11 +36,15 @@ GROUP_COLUMNS = EFFECT_KEYS + ["estimate", "std_error", "lower", "upper", "n_row
 INTERVAL_KINDS = ("confidence", "prediction")
 
 
-def variance_table(design: Design, covariances: list[np.ndarray], sigma: float | None) -> pd.DataFrame:
-    """The variance-components table from each term's ``k × k`` covariance and the residual SD.
+def variance_table(design: Design, covariances: list[np.ndarray], sigma: float | None,
+                   dispersion: str | None = "sigma") -> pd.DataFrame:
+    """The variance-components table from each term's ``k × k`` covariance and the dispersion.
 
     One row per coefficient (variance and SD), one per pair of a correlated term (covariance
-    and correlation; NaN where an SD is 0), and a ``residual`` row unless ``sigma`` is None.
+    and correlation; NaN where an SD is 0), and unless ``sigma`` is None a row for the family's
+    dispersion parameter (``Family.dispersion``): ``residual`` for a gaussian SD, else a
+    ``dispersion`` row named after the parameter (the negative-binomial size ``theta``, whose
+    ``variance`` and ``sd_or_corr`` columns both hold it, as in the simulator's truth).
 
     Examples
     --------
@@ -62,8 +66,10 @@ def variance_table(design: Design, covariances: list[np.ndarray], sigma: float |
             for i in range(len(names)):
                 for j in range(i + 1, len(names)):
                     rows.append({"level": td.level, "term1": names[i], "term2": names[j], "variance": cov[i, j], "sd_or_corr": cor[i, j]})
-    if sigma is not None:
+    if sigma is not None and dispersion == "sigma":
         rows.append({"level": "residual", "term1": "", "term2": "", "variance": sigma**2, "sd_or_corr": sigma})
+    elif sigma is not None and dispersion is not None:
+        rows.append({"level": "dispersion", "term1": dispersion, "term2": "", "variance": sigma, "sd_or_corr": sigma})
     return pd.DataFrame(rows, columns=VARIANCE_COLUMNS)
 
 
@@ -97,8 +103,13 @@ class EngineFit(Protocol):
         """Per-row additive parts on the link scale; they sum to the linear predictor."""
         ...
 
-    def interval(self, design: RowDesign, kind: str, level: float) -> tuple[np.ndarray, np.ndarray] | None:
-        """Lower and upper bounds on the response scale, or ``None`` without uncertainty."""
+    def interval(self, design: RowDesign, kind: str, level: float,
+                 scale: str = "response") -> tuple[np.ndarray, np.ndarray] | None:
+        """Lower and upper bounds, or ``None`` without uncertainty.
+
+        ``scale="link"`` asks for the bounds of the linear predictor (confidence intervals
+        only: the caller refuses link-scale prediction intervals for a non-identity link).
+        """
         ...
 
     def native(self) -> Any:
@@ -141,7 +152,8 @@ class BaseEngineFit(ABC):
     @abstractmethod
     def native_linear_predictor(self, design: RowDesign) -> np.ndarray: ...
 
-    def interval(self, design: RowDesign, kind: str, level: float) -> tuple[np.ndarray, np.ndarray] | None:
+    def interval(self, design: RowDesign, kind: str, level: float,
+                 scale: str = "response") -> tuple[np.ndarray, np.ndarray] | None:
         return None
 
     def native(self) -> Any:
@@ -418,10 +430,11 @@ class LinearEngineFit(BaseEngineFit):
         eta = np.asarray(self.layout.row_matrix(design) @ self.theta).ravel()
         return eta if design.offset is None else eta + design.offset
 
-    def interval(self, design: RowDesign, kind: str, level: float) -> tuple[np.ndarray, np.ndarray] | None:
+    def interval(self, design: RowDesign, kind: str, level: float,
+                 scale: str = "response") -> tuple[np.ndarray, np.ndarray] | None:
         alpha = (1 - level) / 2
         if self.draws is not None:
-            return self._draw_interval(design, kind, alpha, self.family)
+            return self._draw_interval(design, kind, alpha, self.family, scale)
         if self.gaussian is not None:
             return self._gaussian_interval(design, kind, level)
         return None
@@ -447,7 +460,8 @@ class LinearEngineFit(BaseEngineFit):
             var[unseen] += np.einsum("ij,jk,ik->i", z, cov, z)
         return np.sqrt(var)
 
-    def _draw_interval(self, design: RowDesign, kind: str, alpha: float, family: Family) -> tuple[np.ndarray, np.ndarray]:
+    def _draw_interval(self, design: RowDesign, kind: str, alpha: float, family: Family,
+                       scale: str = "response") -> tuple[np.ndarray, np.ndarray]:
         draws = self.uncertainty.draws()
         assert draws is not None
         rng = np.random.default_rng(self.seed)
@@ -461,6 +475,9 @@ class LinearEngineFit(BaseEngineFit):
             eta = self.layout.eta_draws(design, draws.theta, rows)
             if new_sd[rows].any():
                 eta = eta + rng.standard_normal(eta.shape) * new_sd[rows]
+            if scale == "link":  # quantiles of the linear predictor itself (no clipping of the mean)
+                lower[rows], upper[rows] = np.quantile(eta, [alpha, 1 - alpha], axis=0)
+                continue
             mu = family.inverse_link(eta)
             if kind == "prediction":
                 mu = family.sample(rng, mu, None if design.trials is None else design.trials[rows], disp)

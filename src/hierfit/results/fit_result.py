@@ -138,8 +138,10 @@ class FitResult:
         level
             Interval probability, default 0.9.
         scale
-            ``"response"`` (default) or ``"link"`` (the linear predictor; equals the sum of
-            :meth:`decompose`).
+            ``"response"`` (default: the mean -- a probability, an expected count) or
+            ``"link"`` (the linear predictor; equals the sum of :meth:`decompose`). Confidence
+            intervals come on either scale; prediction intervals bound the outcome, so on the
+            link scale only for an identity link.
 
         Returns
         -------
@@ -150,13 +152,18 @@ class FitResult:
         if scale not in ("response", "link"):
             raise SpecError(f"'scale' must be 'response' or 'link'; got {scale!r}.")
         level = _check_level(level)
+        family = self.spec.family
+        if interval == "prediction" and scale == "link" and family.link.name != "identity":
+            raise SpecError(
+                f"Prediction intervals bound the outcome, which has no {family.link.name}-scale value; ask for "
+                "interval='prediction' on scale='response', or interval='confidence' for the linear predictor."
+            )
         design = self._design(data)
         eta = self.engine_fit.contributions(design).to_numpy().sum(axis=1)
-        family = self.spec.family
         pred = eta if scale == "link" else family.inverse_link(eta)
         out = pd.DataFrame({"prediction": pred}, index=data.index)
         if interval is not None:
-            bounds = self.engine_fit.interval(design, interval, level)
+            bounds = self.engine_fit.interval(design, interval, level, scale)
             if bounds is None:
                 able = sorted(n for n, e in ENGINES.items() if e.capabilities.uncertainty != "none")
                 warnings.warn(
@@ -168,10 +175,7 @@ class FitResult:
                 out["lower"] = np.nan
                 out["upper"] = np.nan
             else:
-                lower, upper = bounds
-                if scale == "link" and family.link.name != "identity":
-                    raise SpecError("Intervals are given on the response scale; ask with scale='response'.")
-                out["lower"], out["upper"] = lower, upper
+                out["lower"], out["upper"] = bounds
         out["level_used"] = design.level_used()
         return out
 

@@ -131,11 +131,12 @@ class BayesFit(LinearEngineFit):
             return np.zeros(design.n)
         return super().new_group_sd(design)
 
-    def _draw_interval(self, design: RowDesign, kind: str, alpha: float, family: Family) -> tuple[np.ndarray, np.ndarray]:
+    def _draw_interval(self, design: RowDesign, kind: str, alpha: float, family: Family,
+                       scale: str = "response") -> tuple[np.ndarray, np.ndarray]:
         unseen = any((design.group_index[t.level] < 0).any() for t in design.terms)
         draws = self.draws
         if self.new_groups != "sample" or not unseen or draws is None:
-            return super()._draw_interval(design, kind, alpha, family)
+            return super()._draw_interval(design, kind, alpha, family, scale)
         rng = np.random.default_rng(self.seed + 1)
         lower, upper = np.empty(design.n), np.empty(design.n)
         chunk = max(1, 2_000_000 // max(len(draws), 1))
@@ -149,6 +150,9 @@ class BayesFit(LinearEngineFit):
                     eps = rng.standard_normal((len(lam), new.size, lam.shape[1]))
                     b_new = np.einsum("sjk,snk->snj", lam, eps)
                     eta[:, new] += np.einsum("snj,nj->sn", b_new, td.Z[rows][new])
+            if scale == "link":
+                lower[rows], upper[rows] = np.quantile(eta, [alpha, 1 - alpha], axis=0)
+                continue
             mu = family.inverse_link(eta)
             if kind == "prediction":
                 disp = None if self.sigma_draws is None else self.sigma_draws[:, None]

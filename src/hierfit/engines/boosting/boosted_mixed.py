@@ -136,9 +136,10 @@ class BoostedMixedFit(BaseEngineFit):
         parts["nonlinear"] = self.nonlinear(design)
         return parts
 
-    def interval(self, design: RowDesign, kind: str, level: float) -> tuple[np.ndarray, np.ndarray] | None:
+    def interval(self, design: RowDesign, kind: str, level: float,
+                 scale: str = "response") -> tuple[np.ndarray, np.ndarray] | None:
         """The effects step's intervals shifted by ``f`` (identity link; ``f`` taken as known)."""
-        bounds = self.effects.interval(design, kind, level)
+        bounds = self.effects.interval(design, kind, level, scale)
         if bounds is None:
             return None
         f = self.nonlinear(design)

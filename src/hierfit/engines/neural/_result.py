@@ -82,7 +82,8 @@ class NeuralFit(LinearEngineFit):
             eta = eta + np.where(known, np.einsum("ij,mij->mi", td.Z, picked), 0.0)
         return eta.mean(axis=0)
 
-    def interval(self, design: RowDesign, kind: str, level: float) -> tuple[np.ndarray, np.ndarray] | None:
+    def interval(self, design: RowDesign, kind: str, level: float,
+                 scale: str = "response") -> tuple[np.ndarray, np.ndarray] | None:
         """Quantiles over the draws of ``R theta_d + nonlinear_{member(d)}`` (plus outcome noise).
 
         With only member draws (``bootstrap=True``, a handful), mean ± t_{M-1} × SD instead.
@@ -93,7 +94,7 @@ class NeuralFit(LinearEngineFit):
         R = self.layout_row_matrix(design)
         nl = self.nonlinear_members(design, R)
         if len(self.draws) < MIN_QUANTILE_DRAWS:
-            return self._member_interval(np.asarray(R @ self.draws.T).T + nl, kind, level, family, design.trials)
+            return self._member_interval(np.asarray(R @ self.draws.T).T + nl, kind, level, family, design.trials, scale)
         rng = np.random.default_rng(self.seed)
         owner = self.member_of_draw
         q = [(1 - level) / 2, (1 + level) / 2]
@@ -105,6 +106,9 @@ class NeuralFit(LinearEngineFit):
             eta = np.asarray(R[rows] @ self.draws.T).T + nl[owner][:, rows]
             if new_sd[rows].any():  # unseen groups: their own effect is unknown
                 eta = eta + rng.standard_normal(eta.shape) * new_sd[rows]
+            if scale == "link":
+                lower[rows], upper[rows] = np.quantile(eta, q, axis=0)
+                continue
             mu = family.inverse_link(eta)
             if kind == "prediction":
                 disp = None if self.sigma_draws is None else self.sigma_draws[owner][:, None]
@@ -113,12 +117,14 @@ class NeuralFit(LinearEngineFit):
         return lower, upper
 
     def _member_interval(self, eta: np.ndarray, kind: str, level: float, family: Family,
-                         trials: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+                         trials: np.ndarray | None, scale: str = "response") -> tuple[np.ndarray, np.ndarray]:
         M = eta.shape[0]
         center = eta.mean(axis=0)
         # t with M-1 df: the members' SD is itself estimated from M draws
         tq = stats.t.ppf(0.5 + level / 2, M - 1)
         half = tq * eta.std(axis=0, ddof=1) * self.spread
+        if kind == "confidence" and scale == "link":
+            return center - half, center + half
         if kind == "confidence":
             return family.inverse_link(center - half), family.inverse_link(center + half)
         if family.normal_errors and self.sigma_draws is not None:
