@@ -39,10 +39,12 @@ CHECKS: dict[str, tuple[Severity, str]] = {
     "rank_deficient": ("error", "population-level columns are collinear (warn/ignore: drop the dependent ones, as lme4)"),
     "degenerate_outcome": ("error", "the outcome never varies (always 0, always 1, constant): nothing to estimate"),
     "separation": ("warn", "a predictor splits a binary outcome perfectly: its coefficient is infinite for maximum likelihood"),
+    "zero_trials": ("warn", "binomial rows with zero trials: they carry no information and are left out of the likelihood"),
+    "overdispersion": ("warn", "a Poisson fit's Pearson dispersion is well above 1: its intervals are too narrow"),
 }
 
 #: checks about the data (DataError / DataCheckWarning); the others are about a fit
-DATA_CHECKS = frozenset({"few_groups", "single_row_groups", "rank_deficient", "degenerate_outcome", "separation"})
+DATA_CHECKS = frozenset({"few_groups", "single_row_groups", "rank_deficient", "degenerate_outcome", "separation", "zero_trials"})
 
 FEW_GROUPS = 5
 

@@ -19,7 +19,7 @@ from formulaic import Formula
 from hierfit.checks import Diagnostic, apply_severities, resolve_severities
 from hierfit.design.hierarchy import Hierarchy, build_hierarchy, factorize_factor
 from hierfit.design.columns import expression_variables, offset_vector, trials_vector, weights_vector
-from hierfit.design.outcome import check_enough_rows, outcome_checks
+from hierfit.design.outcome import check_enough_rows, outcome_checks, zero_trials_check
 from hierfit.design.rank import rank_check
 from hierfit.exceptions import DataError, SpecError
 from hierfit.formula import INTERCEPT, GroupTerm
@@ -245,6 +245,7 @@ def build_design(spec: ModelSpec, data: pd.DataFrame, *, checks: Mapping[str, st
     check_enough_rows(len(y), names)
     dropped, found = rank_check(X, names, severities["rank_deficient"])
     found += outcome_checks(spec, y, trials, X, names)
+    found += zero_trials_check(trials, data.index)
     found = apply_severities(found, severities, stacklevel=3)
     X, names = _drop_columns(X, names, dropped)
     hierarchy, group_index = build_hierarchy(spec, data)

@@ -8,11 +8,15 @@
   perfectly (complete separation: every 1 above a threshold, every 0 below; quasi-complete when
   they meet at the threshold). Its coefficient is then infinite for maximum likelihood and
   large and unstable everywhere else.
+* ``zero_trials`` (warn by default): binomial rows with no trials, named by their row labels;
+  the fit leaves them out of the likelihood (as glmer, whose weights are the trials).
 
 A row count at or below the number of population coefficients is refused outright.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -21,7 +25,7 @@ from hierfit.exceptions import DataError
 from hierfit.formula import INTERCEPT
 from hierfit.model import ModelSpec
 
-__all__ = ["check_enough_rows", "outcome_checks"]
+__all__ = ["check_enough_rows", "outcome_checks", "zero_trials_check"]
 
 
 def check_enough_rows(n: int, x_names: tuple[str, ...]) -> None:
@@ -33,6 +37,26 @@ def check_enough_rows(n: int, x_names: tuple[str, ...]) -> None:
             f"{'s' if p != 1 else ''} ({', '.join(x_names)}); it needs more rows than coefficients (at least {p + 1}), "
             "and many more to estimate how groups differ. Fit more data or a smaller formula."
         )
+
+
+def zero_trials_check(trials: np.ndarray | None, labels: Sequence[object]) -> list[Diagnostic]:
+    """``zero_trials``: binomial rows with no trials (``cbind(0, 0)``), named by their row labels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> [d.check for d in zero_trials_check(np.array([3.0, 0.0, 2.0]), ["a", "b", "c"])]
+    ['zero_trials']
+    """
+    if trials is None or not (trials == 0).any():
+        return []
+    zero = np.flatnonzero(trials == 0)
+    shown = ", ".join(repr(labels[i]) for i in zero[:5]) + (", ..." if zero.size > 5 else "")
+    return [Diagnostic(
+        "zero_trials",
+        f"{zero.size} row{'s have' if zero.size != 1 else ' has'} zero trials (successes + failures = 0; rows {shown}): "
+        "they carry no information and are left out of the likelihood. Drop them, or check how the failures were computed.",
+    )]
 
 
 def _proportion(y: np.ndarray, trials: np.ndarray | None) -> np.ndarray:
