@@ -27,6 +27,8 @@ def fit(
     national: str = DEFAULT_NATIONAL,
     hierarchy: Sequence[str] | None = None,
     priors: Mapping[str, Prior] | None = None,
+    weights: str | None = None,
+    offset: str | None = None,
     checks: Mapping[str, str] | None = None,
     **engine_options: Any,
 ) -> FitResult:
@@ -55,6 +57,12 @@ def fit(
         every child must then have exactly one parent.
     priors
         Engine-neutral priors for Bayesian engines (see :mod:`hierfit.priors`).
+    weights
+        A column of prior weights (lme4's ``weights``): each row's log-likelihood is multiplied
+        by its weight (gaussian: residual variance ``sigma^2 / w``); rows of weight 0 are left out.
+    offset
+        A column added to the linear predictor with coefficient 1 (e.g. ``log(exposure)``),
+        like ``offset(...)`` in the formula.
     checks
         Severity per named check, e.g. ``{"single_row_groups": "ignore"}``.
     **engine_options
@@ -69,9 +77,10 @@ def fit(
     >>> result.group_effects(kind="total").iloc[0][["level", "group", "term"]].tolist()
     ['national', 'United_state', 'Intercept']
     """
-    if isinstance(formula, ModelSpec) and (family or link or national != DEFAULT_NATIONAL or hierarchy or priors):
-        raise SpecError("Pass family/link/national/hierarchy/priors either in the ModelSpec or to fit(), not both.")
-    spec = make_spec(formula, family=family or "gaussian", link=link, national=national, hierarchy=hierarchy, priors=priors)
+    if isinstance(formula, ModelSpec) and (family or link or national != DEFAULT_NATIONAL or hierarchy or priors or weights or offset):
+        raise SpecError("Pass family/link/national/hierarchy/priors/weights/offset either in the ModelSpec or to fit(), not both.")
+    spec = make_spec(formula, family=family or "gaussian", link=link, national=national, hierarchy=hierarchy, priors=priors,
+                     weights=weights, offset=offset)
     name = engine if engine is not None else default_engine()
     # fail on a bad engine name or a spec it cannot fit before the (possibly long) design pass
     check_capabilities(get_engine(name), spec)

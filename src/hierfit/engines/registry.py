@@ -105,16 +105,18 @@ ENGINES: dict[str, EngineEntry] = {
     "mixed": EngineEntry(
         name="mixed",
         module="hierfit.engines.mixed.engine",
-        summary="REML/ML linear mixed model with lme4's results, from per-group sufficient statistics (cost per evaluation independent of rows).",
+        summary="Maximum-likelihood mixed models with lme4's results: REML/ML for gaussian outcomes from per-group sufficient statistics, "
+        "Laplace/adaptive quadrature GLMMs (glmer, NB2 as glmmTMB) by penalised IRLS over the tree of groups.",
         capabilities=Capabilities(
             uncertainty="frequentist",
             pooling="partial",
             varying_slopes=True,
             correlated_slopes=True,
-            families=("gaussian",),
+            families=("gaussian", "bernoulli", "binomial", "poisson", "negative_binomial"),
             decomposition="exact",
             needs_group_terms=True,
             offsets=True,
+            weights=True,
         ),
     ),
     "pymc": EngineEntry(

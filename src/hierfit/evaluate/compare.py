@@ -35,9 +35,12 @@ def compare(
     cv: CVScheme | str | int | None = "kfold",
     *,
     family: str = "gaussian",
+    link: str | None = None,
     national: str = DEFAULT_NATIONAL,
     hierarchy: Sequence[str] | None = None,
     priors: Mapping[str, Prior] | None = None,
+    weights: str | None = None,
+    offset: str | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     truth: Any = None,
     level: float = 0.9,
@@ -60,7 +63,7 @@ def compare(
         ``"kfold"`` / ``"kfold:K"`` (rows), a level name such as ``"submarket"`` or
         ``"market:5"`` (hold out whole groups of that level, keeping their parents), an int
         (K-fold) or a :class:`CVScheme`.
-    family, national, hierarchy, priors
+    family, link, national, hierarchy, priors, weights, offset
         As in :func:`hierfit.fit` (only with a formula).
     options
         Engine options per engine, e.g. ``{"pymc": {"draws": 500}}``.
@@ -100,7 +103,8 @@ def compare(
     if isinstance(spec_or_formula, ModelSpec):
         spec = spec_or_formula
     else:
-        spec = make_spec(spec_or_formula, family=family, national=national, hierarchy=hierarchy, priors=priors)
+        spec = make_spec(spec_or_formula, family=family, link=link, national=national, hierarchy=hierarchy, priors=priors,
+                         weights=weights, offset=offset)
     names = _resolve_engines(engines)
     options = dict(options or {})
     unknown = sorted(set(options) - set(names))

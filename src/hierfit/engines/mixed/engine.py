@@ -1,35 +1,45 @@
-"""Engine ``mixed``: exact REML/ML linear mixed models with lme4's results, fast.
+"""Engine ``mixed``: exact mixed models with lme4's results, fast -- gaussian (REML/ML, lmer) and
+bernoulli, binomial, poisson and negative-binomial outcomes (Laplace / adaptive quadrature,
+glmer; NB2 as glmer.nb / glmmTMB).
 
-The numerical core (:mod:`.lmm`) evaluates lme4's profiled criterion from per-group
-sufficient statistics gathered in one pass over the data, so each likelihood evaluation costs
-the same at 5 thousand or 5 million rows. This module maps a hierfit ``Design`` onto that core
-and its solution onto the result contract:
-
-* fixed effects with lme4's ``vcov`` and Wald intervals;
-* variance components as lme4's ``as.data.frame(VarCorr(fit))``;
-* group effects are the conditional modes (BLUPs); their intervals, those of totals
-  (national + market + submarket) and of predictions come from joint draws of (beta, b) given
-  the variance parameters (as ``arm::sim``), so they carry all correlations and the
-  uncertainty of the national level.
+The linear core (:mod:`.lmm`) evaluates lme4's profiled criterion from per-group sufficient
+statistics gathered in one pass over the data, so each likelihood evaluation costs the same at
+5 thousand or 5 million rows. The GLMM core (:mod:`.glmm`) runs penalised IRLS with one pass
+over the rows per step and block elimination along the tree of groups. This module maps a
+hierfit ``Design`` onto the cores and their solutions onto the result contract
+(:mod:`._fits`); prior weights and offsets reach both cores.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from hierfit.checks import Diagnostic
-from hierfit.design import Design, RowDesign
-from hierfit.engines.base import FIXED_COLUMNS, GROUP_COLUMNS, Draws, LazyDraws, LinearEngineFit, NoUncertainty, variance_table
-from hierfit.engines.mixed._persist import restore_solution, save_solution
-from hierfit.engines.mixed.lmm import LmmSolution, RandomBlock, fit_lmm
+from hierfit.design import Design
+from hierfit.engines.base import LazyDraws, NoUncertainty
 from hierfit.engines.options import option
-from hierfit.engines.state import LoadContext, StateReader, StateWriter
-from hierfit.exceptions import SpecError
+from hierfit.engines.state import LoadContext, StateReader
+from hierfit.exceptions import EngineError, SpecError
 from hierfit.model import ModelSpec
+
+from ._fit_diagnostics import glmm_diagnostics, lmm_diagnostics
+from ._fits import GlmmFit, MixedFit
+from ._glmm_persist import restore_glmm
+from ._persist import restore_solution
+from .glmm import fit_glmm
+from .lmm import RandomBlock, fit_lmm
+
+__all__ = ["FAST_OPTIONS", "OPTIONS", "GlmmFit", "MixedFit", "fit", "likelihood_ratio", "load", "random_blocks"]
+
+#: rows above which a fit shows a progress display by default (on a terminal)
+PROGRESS_ROWS = 200_000
 
 
 @dataclass(frozen=True)
@@ -39,26 +49,43 @@ class OPTIONS:
     Attributes
     ----------
     reml
-        REML (default, as lme4) or maximum likelihood (``False``; needed to compare models
-        with different population terms by likelihood ratio).
+        Gaussian outcomes: REML (the default, as lme4) or maximum likelihood (``False``;
+        needed to compare models with different population terms by likelihood ratio).
+        Other families are fitted by maximum likelihood, as glmer; ``reml=True`` is refused
+        for them.
+    n_agq
+        GLMMs: 1 for the Laplace approximation (glmer's default), more for adaptive
+        Gauss-Hermite quadrature with that many nodes (glmer's ``nAGQ``; only for a model
+        with a single scalar group-level term, e.g. ``(1 | district)``).
+    information
+        GLMMs: the weights of the Laplace log-determinant -- ``"expected"`` (Fisher
+        information: glmer, glmer.nb) or ``"observed"`` (the Hessian: glmmTMB). They differ
+        only for non-canonical links and the negative binomial. ``None``: ``"observed"``
+        for ``negative_binomial`` (glmmTMB's nbinom2), ``"expected"`` otherwise.
     n_draws
         Joint draws of (beta, b) used for intervals on totals and predictions.
     maxiter
         Optimiser iteration cap.
     n_starts
-        Extra seeded random restarts of the optimiser (the best optimum wins).
+        Gaussian outcomes: extra seeded random restarts of the optimiser (the best optimum wins).
     seed
         Seed for restarts and draws.
+    progress
+        Show a live display (elapsed time) while fitting; ``None``: when stderr is a terminal
+        and the data have more than 200,000 rows.
     """
 
-    reml: bool = True
+    reml: bool | None = None
+    n_agq: int = option(1, ge=1, le=25)
+    information: Literal["expected", "observed"] | None = None
     n_draws: int = option(1000, ge=10)
     maxiter: int = option(1000, ge=1)
     n_starts: int = option(1, ge=1)
     seed: int = 0
+    progress: bool | None = None
 
 
-FAST_OPTIONS: dict[str, object] = {"n_draws": 400}
+FAST_OPTIONS: dict[str, object] = {"n_draws": 400, "progress": False}
 
 
 def random_blocks(design: Design) -> list[RandomBlock]:
@@ -75,86 +102,75 @@ def random_blocks(design: Design) -> list[RandomBlock]:
     return blocks
 
 
-class MixedFit(LinearEngineFit):
-    """Result of the ``mixed`` engine; ``native()`` is the core's :class:`LmmSolution`."""
+def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> MixedFit | GlmmFit:
+    """Fit by REML/ML (gaussian) or by Laplace / adaptive quadrature (other families)."""
+    family = spec.family
+    _check_options(design, spec, options)
+    with _progress(options.progress, design.n, family.name):
+        if family.normal_errors:
+            # an offset is a known part of the mean: the gaussian model of y - offset is the same model
+            y = design.y if design.offset is None else design.y - design.offset
+            sol = fit_lmm(design.X, y, random_blocks(design), reml=options.reml is not False, weights=design.weights,
+                          maxiter=options.maxiter, n_starts=options.n_starts, seed=options.seed)
+            return MixedFit(design, sol, options.n_draws, options.seed, lmm_diagnostics(design, sol))
+        glmm = fit_glmm(design.X, design.y, random_blocks(design), family, trials=design.trials, weights=design.weights,
+                        offset=design.offset, n_agq=options.n_agq, information=options.information, maxiter=options.maxiter)
+    return GlmmFit(design, glmm, options.n_draws, options.seed, glmm_diagnostics(design, glmm))
 
-    def __init__(self, design: Design, solution: LmmSolution, options: OPTIONS, diagnostics: list[Diagnostic]) -> None:
-        self.solution = solution
-        self.n_draws = options.n_draws
-        super().__init__(
-            engine="mixed",
-            design=design,
-            beta=solution.beta,
-            b=solution.ranef,
-            sigma=solution.sigma,
-            variance_table=variance_table(design, solution.covariances, solution.sigma),
-            # joint draws of (beta, b) are made on first use: a fit that only needs estimates
-            # never pays for them
-            uncertainty=LazyDraws(self._joint_draws),
-            statistics=_statistics(solution),
-            diagnostics=diagnostics,
-            seed=options.seed,
+
+def _check_options(design: Design, spec: ModelSpec, options: OPTIONS) -> None:
+    """Refuse options that do not apply to this model, naming what would."""
+    family = spec.family
+    if family.normal_errors:
+        if options.n_agq != 1:
+            raise EngineError(
+                f"Engine 'mixed': option 'n_agq' ({options.n_agq}) applies to non-gaussian families (quadrature of a "
+                "GLMM likelihood); a gaussian model's likelihood is exact. Drop n_agq."
+            )
+        return
+    if options.reml:
+        raise EngineError(
+            f"Engine 'mixed': REML is defined for gaussian outcomes; a {family.name} model is fitted by maximum "
+            "likelihood (Laplace, or n_agq > 1 for quadrature), as glmer. Drop reml=True."
         )
-
-    def _joint_draws(self) -> Draws:
-        beta, b = self.solution.sample_effects(self.n_draws, np.random.default_rng(self.seed))
-        return Draws(self.layout.flatten(beta, b), np.full(self.n_draws, self.solution.sigma))
-
-    def native(self) -> LmmSolution:
-        return self.solution
-
-    def native_linear_predictor(self, design: RowDesign) -> np.ndarray:
-        """``X beta + Z b`` from the solver's solution (conditional modes; unseen groups add 0)."""
-        eta = design.X @ self.solution.beta
-        if design.offset is not None:
-            eta = eta + design.offset
-        for td, b in zip(design.terms, self.solution.ranef):
-            idx = design.group_index[td.level]
-            known = idx >= 0
-            eta = eta + np.where(known, np.einsum("ij,ij->i", td.Z, b[np.where(known, idx, 0)]), 0.0)
-        return eta
-
-    def fixed_effects(self, level: float) -> pd.DataFrame:
-        """lme4's estimates and standard errors; Wald intervals (``confint(method="Wald")``)."""
-        z = stats.norm.ppf(0.5 + level / 2)
-        est, se = self.solution.beta, self.solution.se_beta
-        return pd.DataFrame(
-            {"term": list(self.layout.x_names), "estimate": est, "std_error": se, "lower": est - z * se, "upper": est + z * se}
-        )[FIXED_COLUMNS]
-
-    def group_effects(self, level: float) -> pd.DataFrame:
-        """Conditional modes; intervals from joint draws of (beta, b) given the variances.
-
-        lme4's ``condVar`` SDs are conditional on beta as well and understate the error of a
-        deviation when the national level itself is uncertain (10 markets: 65% coverage for a
-        nominal 90%, see benchmarks/RESULTS.md); the joint draws give Henderson's prediction
-        error variance instead. lme4's values stay available as ``native().ranef_condsd``.
-        National rows use lme4's ``vcov`` (Wald), which the draws reproduce.
-        """
-        table = super().group_effects(level)
-        national = (table["level"] == "national").to_numpy()
-        fe = self.fixed_effects(level).set_index("term")
-        for col in ("std_error", "lower", "upper"):
-            table.loc[national, col] = fe.loc[table.loc[national, "term"], col].to_numpy()
-        return table[GROUP_COLUMNS]
-
-    def summary_lines(self) -> list[str]:
-        s = self.solution
-        crit = f"REML criterion {s.reml_criterion:.4f}" if s.reml else f"deviance {s.deviance:.4f}"
-        return [f"{'REML' if s.reml else 'ML'} fit: {crit}; logLik {s.loglik:.4f}; AIC {s.aic:.4f}; BIC {s.bic:.4f}; "
-                f"{s.n_evaluations} evaluations; converged: {s.converged}"]
-
-    def save(self, state: StateWriter) -> None:
-        """The linear parts and the solution's statistics; the joint draws are regenerated, not saved."""
-        self.save_linear(state, uncertainty=False)
-        state.put("n_draws", self.n_draws)
-        save_solution(self.solution, state.child("lmm"))
+    if options.n_agq > 1:
+        scalar = [td for td in design.terms if td.Z.shape[1] == 1]
+        if len(design.terms) != 1 or not scalar:
+            terms = ", ".join(f"{td.level} ({', '.join(td.coefficients)})" for td in design.terms)
+            raise EngineError(
+                f"Engine 'mixed': n_agq={options.n_agq} (adaptive Gauss-Hermite quadrature) needs exactly one group-level "
+                f"term with a single coefficient, as in glmer, e.g. (1 | district); this model has: {terms}. "
+                "Use n_agq=1 (Laplace) for it."
+            )
 
 
-def load(state: StateReader, context: LoadContext) -> MixedFit:
-    """Rebuild a :class:`MixedFit`: the solution from its statistics, the draws from it and the seed."""
-    fit = MixedFit.restore(state, context, uncertainty=NoUncertainty())
-    fit.solution = restore_solution(state.child("lmm"))
+@contextlib.contextmanager
+def _progress(enabled: bool | None, n_rows: int, family: str) -> Iterator[None]:
+    """A live display with the elapsed time while the core fits (it has no iteration count to show)."""
+    if enabled is None:
+        enabled = n_rows > PROGRESS_ROWS and bool(getattr(sys.stderr, "isatty", lambda: False)())
+    if not enabled:
+        yield
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    what = "linear mixed model" if family == "gaussian" else f"{family} GLMM"
+    with Progress(SpinnerColumn(), TextColumn(f"mixed: fitting a {what} on {n_rows:,} rows"), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        bar.add_task("fit", total=None)
+        yield
+
+
+def load(state: StateReader, context: LoadContext) -> MixedFit | GlmmFit:
+    """Rebuild a fit: an LMM from its statistics, a GLMM from its saved solution; draws from them and the seed."""
+    core = state.get_str("core")
+    if core not in ("lmm", "glmm"):
+        raise state.fail(f"unknown mixed-model core {core!r}")
+    cls: Any = MixedFit if core == "lmm" else GlmmFit
+    fit = cls.restore(state, context, uncertainty=NoUncertainty())
+    fit.solution = (restore_solution(state.child("lmm")) if core == "lmm"
+                    else restore_glmm(state.child("glmm"), context.spec.family))
     fit.n_draws = state.get_int("n_draws")
     rebuilt = fit.layout.flatten(fit.solution.beta, fit.solution.ranef)
     scale = max(1.0, float(np.abs(fit.theta).max(initial=0.0)))
@@ -164,87 +180,53 @@ def load(state: StateReader, context: LoadContext) -> MixedFit:
     return fit
 
 
-def _statistics(sol: LmmSolution) -> dict[str, float]:
-    out = {
-        "n_obs": float(sol.n_obs),
-        "n_params": float(sol.n_params),
-        "sigma": sol.sigma,
-        "loglik": sol.loglik,
-        "aic": sol.aic,
-        "bic": sol.bic,
-        "n_evaluations": float(sol.n_evaluations),
-    }
-    if sol.reml_criterion is not None:
-        out["reml_criterion"] = float(sol.reml_criterion)
-    if sol.deviance is not None:
-        out["deviance"] = float(sol.deviance)
-    return out
-
-
-def _diagnostics(design: Design, sol: LmmSolution) -> list[Diagnostic]:
-    found = []
-    if not sol.converged:
-        found.append(
-            Diagnostic(
-                "convergence",
-                f"The optimiser did not converge ({sol.message}). Rescale predictors, simplify the "
-                "group-level terms, or retry with n_starts=5 / a larger maxiter.",
-            )
-        )
-    if sol.singular:
-        parts = []
-        for t, col in sol.singular_terms:
-            td = design.terms[t]
-            parts.append(f"{td.coefficients[col]!r} at level {td.level!r}")
-        found.append(
-            Diagnostic(
-                "singular",
-                "Singular fit: the variance of " + ", ".join(parts) + " is estimated at (or near) zero, "
-                "or a correlation at ±1. Simplify the model (drop that varying term, or use '||' to drop "
-                "the correlation), or use engine='pymc' whose priors keep variances off the boundary.",
-            )
-        )
-    return found
-
-
-def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> MixedFit:
-    """Fit by REML or ML with the sufficient-statistic core."""
-    # an offset is a known part of the mean: the gaussian model of y - offset is the same model
-    y = design.y if design.offset is None else design.y - design.offset
-    sol = fit_lmm(design.X, y, random_blocks(design), reml=options.reml, maxiter=options.maxiter, n_starts=options.n_starts, seed=options.seed)
-    return MixedFit(design, sol, options, _diagnostics(design, sol))
-
-
 def likelihood_ratio(small, big) -> pd.DataFrame:
     """Likelihood-ratio comparison of two nested ``mixed`` fits, like lme4's ``anova()``.
 
-    Both fits must use ML (``reml=False``), or REML with identical population terms.
+    Gaussian fits must both use ML (``reml=False``), or REML with identical population terms.
+    GLMMs (always ML) must share their family, their quadrature (``n_agq``) and their rows.
 
     Returns
     -------
     DataFrame with rows for each model: ``npar, AIC, BIC, logLik, deviance, Chisq, Df, p_value``.
+    For a variance on the boundary the p-value is conservative (lme4's ``anova`` reports the same).
     """
-    from hierfit.engines.mixed.lmm import likelihood_ratio_test
-
     for f in (small, big):
         if getattr(f, "engine", None) != "mixed":
             raise SpecError(f"Likelihood-ratio tests compare fits of engine 'mixed'; got {getattr(f, 'engine', f)!r}.")
-    a, b = small.native(), big.native()
-    if a.n_params > b.n_params:
-        a, b = b, a
+    if small.native().n_params > big.native().n_params:
         small, big = big, small
-    if a.reml != b.reml or (a.reml and list(small.fixed_effects().term) != list(big.fixed_effects().term)):
-        raise SpecError(
-            "These fits cannot be compared by likelihood ratio: refit both with reml=False "
-            "(REML likelihoods are comparable only with identical population terms)."
-        )
-    stat, df, p = likelihood_ratio_test(a, b)
+    a, b = small.native(), big.native()
+    _check_comparable(small, big)
+    stat = max(0.0, 2.0 * (b.loglik - a.loglik))
+    df = b.n_params - a.n_params
+    p = float(stats.chi2.sf(stat, df)) if df > 0 else float("nan")
     rows = []
-    for name, s in (("small", a), ("big", b)):
-        rows.append({"model": name, "formula": (small if name == "small" else big).spec.text, "npar": s.n_params,
+    for name, fit_, s in (("small", small, a), ("big", big, b)):
+        rows.append({"model": name, "formula": fit_.spec.text, "npar": s.n_params,
                      "AIC": s.aic, "BIC": s.bic, "logLik": s.loglik, "deviance": -2 * s.loglik})
     out = pd.DataFrame(rows)
     out["Chisq"] = [np.nan, stat]
     out["Df"] = [np.nan, df]
     out["p_value"] = [np.nan, p]
     return out
+
+
+def _check_comparable(small, big) -> None:
+    a, b = small.native(), big.native()
+    fam_a, fam_b = small.spec.family, big.spec.family
+    if (fam_a.name, fam_a.link.name) != (fam_b.name, fam_b.link.name):
+        raise SpecError(f"These fits cannot be compared by likelihood ratio: their families differ ({fam_a} vs {fam_b}).")
+    if a.n_obs != b.n_obs:
+        raise SpecError(f"These fits cannot be compared by likelihood ratio: they use different rows ({a.n_obs} vs {b.n_obs}).")
+    if fam_a.normal_errors:
+        if a.reml != b.reml or (a.reml and list(small.fixed_effects().term) != list(big.fixed_effects().term)):
+            raise SpecError(
+                "These fits cannot be compared by likelihood ratio: refit both with reml=False "
+                "(REML likelihoods are comparable only with identical population terms)."
+            )
+    elif a.n_agq != b.n_agq:
+        raise SpecError(
+            f"These fits cannot be compared by likelihood ratio: one uses n_agq={a.n_agq}, the other n_agq={b.n_agq} "
+            "(different approximations of the likelihood). Refit both with the same n_agq."
+        )
