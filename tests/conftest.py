@@ -61,9 +61,16 @@ def small_sim() -> hierfit.Simulation:
 CONFORMANCE_FORMULA = "y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)"
 
 
+def family_sim(family: str) -> hierfit.Simulation:
+    """:func:`small_sim`'s tree with an outcome of ``family`` (binomial: 10 trials per row)."""
+    return hierfit.simulate(n_markets=5, n_submarkets=3, rows_per_submarket=30, seed=7, national_name="United_state",
+                            family=family, national=0.5 if family in ("poisson", "negative_binomial") else 1.0)
+
+
 @pytest.fixture(scope="session")
 def fits(small_sim):
-    """``fits(name)``: engine ``name``'s quick fit (its FAST_OPTIONS) of :func:`small_sim`, made once.
+    """``fits(name, family="gaussian")``: engine ``name``'s quick fit (its FAST_OPTIONS) of
+    :func:`small_sim` (or its :func:`family_sim` for another family), made once.
 
     Shared by the conformance suite and the persistence tests, so the slow Bayesian fits are
     made once per session. An engine whose optional dependencies are missing is skipped.
@@ -73,16 +80,32 @@ def fits(small_sim):
     from hierfit.engines import ENGINES
     from hierfit.exceptions import HierfitWarning
 
-    cache: dict[str, hierfit.FitResult] = {}
+    cache: dict[tuple[str, str], hierfit.FitResult] = {}
 
-    def get(name: str) -> hierfit.FitResult:
-        if name not in cache:
+    def get(name: str, family: str = "gaussian") -> hierfit.FitResult:
+        if (name, family) not in cache:
             entry = ENGINES[name]
             if not entry.available:
                 pytest.skip(f"engine {name!r} not installed: pip install 'hierfit[{entry.extra or name}]'")
+            sim = small_sim if family == "gaussian" else family_sim(family)
+            formula = CONFORMANCE_FORMULA if family == "gaussian" else sim.formula
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", HierfitWarning)
-                cache[name] = hierfit.fit(CONFORMANCE_FORMULA, small_sim.data, engine=name, national="United_state", **entry.fast_options())
-        return cache[name]
+                cache[name, family] = hierfit.fit(formula, sim.data, engine=name, national="United_state", family=family,
+                                                  **entry.fast_options())
+        return cache[name, family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def family_data(small_sim):
+    """``family_data(family)``: the rows :func:`fits` fitted for that family."""
+    cache: dict[str, object] = {"gaussian": small_sim.data}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = family_sim(family).data
+        return cache[family]
 
     return get

@@ -1,8 +1,9 @@
-"""One contract, every engine: each registered and installed engine passes the same checks.
+"""One contract, every engine and family: each registered and installed engine passes the same
+checks for every outcome family the registry says it fits.
 
-Fits use each engine module's ``FAST_OPTIONS`` on a small simulated tree and are made once per
-session (the ``fits`` fixture of ``tests/conftest.py``). An engine whose optional dependencies
-are missing is skipped with the install hint.
+Fits use each engine module's ``FAST_OPTIONS`` on a small simulated tree (one outcome per
+family) and are made once per session (the ``fits`` fixture of ``tests/conftest.py``). An
+engine whose optional dependencies are missing is skipped with the install hint.
 """
 
 from __future__ import annotations
@@ -21,17 +22,14 @@ VARIANCE = ["level", "term1", "term2", "variance", "sd_or_corr"]
 GROUP = ["level", "group", "parent", "term", "kind", "estimate", "std_error", "lower", "upper", "n_rows"]
 
 
-@pytest.fixture(scope="session")
-def conformance_data(small_sim) -> pd.DataFrame:
-    return small_sim.data
+#: every (engine, family) pair the registry declares
+PAIRS = [(e, f) for e in sorted(ENGINES) for f in ENGINES[e].capabilities.families]
+PAIR_IDS = [f"{e}-{f}" for e, f in PAIRS]
 
 
-ENGINE_NAMES = sorted(ENGINES)
-
-
-@pytest.mark.parametrize("engine", ENGINE_NAMES)
-def test_tables_follow_the_contract(engine, fits) -> None:
-    fit = fits(engine)
+@pytest.mark.parametrize("engine,family", PAIRS, ids=PAIR_IDS)
+def test_tables_follow_the_contract(engine, family, fits) -> None:
+    fit = fits(engine, family)
     fe = fit.fixed_effects()
     assert list(fe.columns) == FIXED
     assert fe.term.tolist() == ["Intercept", "x1", "x2"]
@@ -45,9 +43,9 @@ def test_tables_follow_the_contract(engine, fits) -> None:
     assert fit.summary().startswith(f"hierfit fit -- engine '{engine}'")
 
 
-@pytest.mark.parametrize("engine", ENGINE_NAMES)
-def test_totals_are_national_plus_deviations(engine, fits) -> None:
-    ge = fits(engine).group_effects().set_index(["level", "group", "term", "kind"])["estimate"]
+@pytest.mark.parametrize("engine,family", PAIRS, ids=PAIR_IDS)
+def test_totals_are_national_plus_deviations(engine, family, fits) -> None:
+    ge = fits(engine, family).group_effects().set_index(["level", "group", "term", "kind"])["estimate"]
     national = ge["national", "United_state", "Intercept", "total"]
     for (level, group, term, kind), value in ge.items():
         if level != "submarket" or kind != "total":
@@ -57,12 +55,13 @@ def test_totals_are_national_plus_deviations(engine, fits) -> None:
         assert value == pytest.approx(expected, abs=1e-8)
 
 
-@pytest.mark.parametrize("engine", ENGINE_NAMES)
-def test_prediction_and_decomposition_equal_the_engines_own_prediction(engine, fits, conformance_data) -> None:
+@pytest.mark.parametrize("engine,family", PAIRS, ids=PAIR_IDS)
+def test_prediction_and_decomposition_equal_the_engines_own_prediction(engine, family, fits, family_data) -> None:
     """``predict`` and ``decompose`` against the engine's native computation of the linear
     predictor (the booster's raw score, the network's forward pass, X beta + Z b from the
     solver's solution, the posterior mean): a wrong map from estimates to rows fails here."""
-    fit = fits(engine)
+    fit = fits(engine, family)
+    conformance_data = family_data(family)
     parts = fit.decompose(conformance_data)
     assert parts.columns[0] == "national"
     assert {"market[Intercept]", "market[x1]", "submarket[Intercept]", "population"} <= set(parts.columns)
@@ -76,9 +75,10 @@ def test_prediction_and_decomposition_equal_the_engines_own_prediction(engine, f
     pd.testing.assert_index_equal(parts.index, conformance_data.index)
 
 
-@pytest.mark.parametrize("engine", ENGINE_NAMES)
-def test_predict_keeps_rows_and_order(engine, fits, conformance_data) -> None:
-    fit = fits(engine)
+@pytest.mark.parametrize("engine,family", PAIRS, ids=PAIR_IDS)
+def test_predict_keeps_rows_and_order(engine, family, fits, family_data) -> None:
+    fit = fits(engine, family)
+    conformance_data = family_data(family)
     perm = conformance_data.sample(frac=1.0, random_state=1)
     a = fit.predict(conformance_data, interval="prediction")
     b = fit.predict(perm, interval="prediction")
@@ -86,15 +86,27 @@ def test_predict_keeps_rows_and_order(engine, fits, conformance_data) -> None:
     pd.testing.assert_index_equal(b.index, perm.index)
     np.testing.assert_allclose(b.prediction.to_numpy(), a.loc[perm.index].prediction.to_numpy(), rtol=1e-10, atol=1e-10)
     if ENGINES[engine].capabilities.uncertainty != "none":
-        assert (a.lower <= a.prediction).all() and (a.prediction <= a.upper).all()
+        # a mean lies inside its confidence interval; a discrete outcome's prediction quantiles
+        # may both sit on one side of a small mean, so they only have to be ordered
+        c = fit.predict(conformance_data, interval="confidence")
+        assert (c.lower <= c.prediction).all() and (c.prediction <= c.upper).all()
+        assert (a.lower <= a.upper).all()
+        if fit.spec.family.normal_errors:
+            assert (a.lower <= a.prediction).all() and (a.prediction <= a.upper).all()
+        # link-scale confidence bounds are the linear predictor's: the link of the response bounds
+        # (up to the interpolation between draws, which a nonlinear link does not commute with)
+        cl = fit.predict(conformance_data, interval="confidence", scale="link")
+        np.testing.assert_allclose(fit.spec.family.inverse_link(cl[["lower", "upper"]].to_numpy()),
+                                   c[["lower", "upper"]].to_numpy(), rtol=2e-3, atol=1e-9)
     else:
         assert a.lower.isna().all()
 
 
-@pytest.mark.parametrize("engine", ENGINE_NAMES)
-def test_save_load_round_trip(engine, fits, conformance_data, tmp_path) -> None:
+@pytest.mark.parametrize("engine,family", PAIRS, ids=PAIR_IDS)
+def test_save_load_round_trip(engine, family, fits, family_data, tmp_path) -> None:
     """A loaded fit is the saved one: every table, prediction, seeded interval and part, exactly."""
-    fit = fits(engine)
+    fit = fits(engine, family)
+    conformance_data = family_data(family)
     fit.save(tmp_path / "fit")
     back = hierfit.load(tmp_path / "fit")
     assert back.engine == engine and type(back.engine_fit) is type(fit.engine_fit)
@@ -122,10 +134,10 @@ def test_save_load_round_trip(engine, fits, conformance_data, tmp_path) -> None:
     np.testing.assert_array_equal(back.engine_fit.native_linear_predictor(back.encoding.apply(conformance_data)), native)
 
 
-@pytest.mark.parametrize("engine", ENGINE_NAMES)
-def test_unseen_groups_fall_back(engine, fits, conformance_data) -> None:
-    fit = fits(engine)
-    rows = conformance_data.head(3).copy()
+@pytest.mark.parametrize("engine,family", PAIRS, ids=PAIR_IDS)
+def test_unseen_groups_fall_back(engine, family, fits, family_data) -> None:
+    fit = fits(engine, family)
+    rows = family_data(family).head(3).copy()
     rows.loc[rows.index[0], "submarket"] = "Sub_new"
     rows.loc[rows.index[1], "market"] = "Market_new"
     with pytest.warns(hierfit.UnseenGroupsWarning, match="Market_new"):
