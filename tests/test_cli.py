@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -113,3 +114,33 @@ def test_effects_and_predict_refuse_a_damaged_fit(runner, tmp_path) -> None:
         assert res.exit_code == 2, res.output
         assert "engine/state.json does not match its SHA-256" in res.output
     assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.filterwarnings("ignore::hierfit.exceptions.FitWarning")  # the model leaves out the submarkets
+def test_fit_and_compare_take_weights_offset_and_glmm_options(runner, tmp_path) -> None:
+    data = tmp_path / "counts.csv"
+    res = runner.invoke(main, ["simulate", "--out", str(data), "--family", "poisson", "--exposure", "--n-markets", "6",
+                               "--n-submarkets", "3", "--rows", "15", "--seed", "3"])
+    assert res.exit_code == 0, res.output
+    frame = pd.read_csv(data)
+    frame["log_exposure"] = np.log(frame.exposure)
+    frame["w"] = 1 + frame.index % 2
+    frame.to_csv(data, index=False)
+    formula = "y ~ x1 + x2 + (1 | market)"
+    res = runner.invoke(main, ["fit", str(data), "--formula", formula, "--family", "poisson", "--offset", "log_exposure",
+                               "--weights", "w", "--out", str(tmp_path / "fit")])
+    assert res.exit_code == 0, res.output
+    import hierfit
+
+    direct = hierfit.fit(formula, frame, engine="mixed", family="poisson", offset="log_exposure", weights="w")
+    saved = hierfit.load(tmp_path / "fit")
+    assert saved.statistics["loglik"] == pytest.approx(direct.statistics["loglik"], rel=1e-10)
+    # a GLMM option through -o: adaptive quadrature on the single scalar term changes the likelihood
+    res = runner.invoke(main, ["fit", str(data), "--formula", formula, "--family", "poisson", "--offset", "log_exposure",
+                               "-o", "n_agq=7", "--out", str(tmp_path / "agq")])
+    assert res.exit_code == 0, res.output
+    assert hierfit.load(tmp_path / "agq").statistics["n_agq"] == 7
+    res = runner.invoke(main, ["compare", str(data), "--formula", formula, "--family", "poisson", "--offset", "log_exposure",
+                               "-e", "mixed,ols", "--folds", "3"])
+    assert res.exit_code == 0, res.output
+    assert "mixed" in res.output and "ols" in res.output

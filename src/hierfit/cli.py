@@ -123,9 +123,12 @@ def simulate(out, truth_out, n_markets, n_submarkets, rows_per_submarket, unbala
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), callback=_output, help="Directory to save the fit in.")
 @click.option("--family", default="gaussian", show_default=True)
 @click.option("--national", default="national", show_default=True, help="Name of the national root.")
-@click.option("--option", "-o", "options", multiple=True, help="Engine option key=value (repeatable).")
+@click.option("--link", default=None, help="Link function (default: the family's canonical link; binomial also probit, cloglog).")
+@click.option("--weights", "weights", default=None, help="Column of prior weights (lme4 semantics: a row of weight w counts as w rows).")
+@click.option("--offset", "offset", default=None, help="Column added to the linear predictor as is (a log exposure for counts).")
+@click.option("--option", "-o", "options", multiple=True, help="Engine option key=value (repeatable), e.g. n_agq=9.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing hierfit save in --out (never a folder of other files).")
-def fit(data, formula, engine, out, family, national, options, overwrite) -> None:
+def fit(data, formula, engine, out, family, national, link, weights, offset, options, overwrite) -> None:
     """Fit a model to DATA and save it to --out (atomically: readers see the old save or the new one)."""
     import hierfit
     from hierfit.io import read_table
@@ -134,7 +137,8 @@ def fit(data, formula, engine, out, family, national, options, overwrite) -> Non
     # refuse an occupied --out before the (possibly long) fit, not after it
     check_target(out, overwrite)
     frame = read_table(data)
-    result = hierfit.fit(formula, frame, engine=engine, family=family, national=national, **_parse_options(options))
+    result = hierfit.fit(formula, frame, engine=engine, family=family, link=link, national=national, weights=weights,
+                         offset=offset, **_parse_options(options))
     result.save(out, overwrite=overwrite)
     click.echo(result.summary())
     click.echo(f"\nsaved to {out}")
@@ -242,6 +246,9 @@ def engines() -> None:
 @click.option("--out", "out", type=click.Path(file_okay=False), callback=_output, help="Directory to save the comparison in (fits, tables, report.html).")
 @click.option("--family", default="gaussian", show_default=True)
 @click.option("--national", default="national", show_default=True, help="Name of the national root.")
+@click.option("--link", default=None, help="Link function (default: the family's canonical link; binomial also probit, cloglog).")
+@click.option("--weights", "weights", default=None, help="Column of prior weights (lme4 semantics: a row of weight w counts as w rows).")
+@click.option("--offset", "offset", default=None, help="Column added to the linear predictor as is (a log exposure for counts).")
 @click.option("--option", "-o", "options", multiple=True, help="Engine option ENGINE.key=value (repeatable), e.g. pymc.draws=500.")
 @click.option("--fast", is_flag=True, help="Start from each engine's FAST_OPTIONS (quick fits).")
 @click.option("--level", default=0.9, show_default=True, help="Prediction-interval probability.")
@@ -249,7 +256,8 @@ def engines() -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed of the fold assignment.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Also write DIR/report.html (with --out).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing hierfit save in --out (never a folder of other files).")
-def compare(data, formula, engines, cv, folds, out, family, national, options, fast, level, time_budget, seed, report, overwrite) -> None:
+def compare(data, formula, engines, cv, folds, out, family, national, link, weights, offset, options, fast, level, time_budget, seed,
+            report, overwrite) -> None:
     """Fit several engines to DATA, cross-validate them, and print the scores."""
     import warnings
 
@@ -276,7 +284,8 @@ def compare(data, formula, engines, cv, folds, out, family, national, options, f
     scheme = parse_cv(cv if ":" in cv else f"{cv}:{folds}", seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # failures are echoed below, one line each
-        comp = run(formula, frame, engines=names, cv=scheme, family=family, national=national, options=per_engine, level=level, time_budget=time_budget, progress=True)
+        comp = run(formula, frame, engines=names, cv=scheme, family=family, link=link, national=national, weights=weights,
+                   offset=offset, options=per_engine, level=level, time_budget=time_budget, progress=True)
     with _wide_pandas():
         click.echo(comp.summary().to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for note in comp.notes:
