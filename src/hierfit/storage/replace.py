@@ -6,6 +6,7 @@ import errno
 import os
 import shutil
 import stat
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -129,7 +130,10 @@ def check_target(path: str | Path, overwrite: bool = False) -> None:
 
 
 def _check_target(path: Path, overwrite: bool, *, remove_empty: bool = True) -> bool:
-    """Refuse targets hierfit must not replace; True when ``path`` is a non-empty hierfit save."""
+    """Refuse targets hierfit must not replace; True when ``path`` is a non-empty hierfit save.
+
+    False when it is absent or empty, or was just swapped by another saver (look again).
+    """
     for parent in path.parents:
         if saved_kind(parent) is not None:
             raise PersistenceError(
@@ -156,6 +160,8 @@ def _check_target(path: Path, overwrite: bool, *, remove_empty: bool = True) -> 
                 pass
         return False
     if saved_kind(path) is None:
+        if _swapped_meanwhile(path, entries):
+            return False  # another saver's swap: the caller tries its rename again
         shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
         raise PersistenceError(
             f"{path} is a folder with other files ({shown}), not a hierfit save. A save replaces its whole "
@@ -164,6 +170,24 @@ def _check_target(path: Path, overwrite: bool, *, remove_empty: bool = True) -> 
     if not overwrite:
         raise PersistenceError(f"{path} already holds a hierfit save; pass overwrite=True (command line: --overwrite) to replace it.")
     return True
+
+
+def _swapped_meanwhile(path: Path, entries: list[str]) -> bool:
+    """Whether another process replaced ``path`` between its listing and the manifest peek.
+
+    A concurrent saver renames the folder away and a fresh save into place; a reader of that
+    moment lists a save but finds no manifest. Looking a few more times tells that race (the
+    folder vanished, or is a save again) from a folder of other files, which stays as it is.
+    """
+    for _ in range(3):
+        try:
+            now = sorted(os.listdir(path))
+        except (FileNotFoundError, NotADirectoryError):
+            return True
+        if saved_kind(path) is not None or now != entries:
+            return True
+        time.sleep(0.001)
+    return False
 
 
 def _fsync_tree(root: Path) -> None:
