@@ -95,7 +95,7 @@ CATALOGUE: dict[str, tuple[Callable[[pd.DataFrame], Any], type[HierfitError], st
     "option out of range (maxiter=0)": (_fit("y ~ x1 + (1 | market)", engine="mixed", maxiter=0), EngineError,
                                         "option 'maxiter' must be an integer >= 1; got 0"),
     "bool option given a string (reml='no')": (_fit("y ~ x1 + (1 | market)", engine="mixed", reml="no"), EngineError,
-                                               "option 'reml' must be True or False; got 'no'"),
+                                               "option 'reml' must be True or False (or None); got 'no'"),
     "negative count option (num_boost_round=-5)": (_fit("y ~ x1 + (1 | market)", engine="lightgbm", num_boost_round=-5),
                                                    EngineError, "'num_boost_round' must be an integer >= 1; got -5"),
     "choice option (slope_features='x')": (_fit("y ~ x1 + (1 | market)", engine="lightgbm", slope_features="x"), EngineError,

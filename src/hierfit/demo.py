@@ -35,7 +35,7 @@ def demo_options(name: str) -> dict[str, Any]:
     Examples
     --------
     >>> demo_options("mixed")
-    {'n_draws': 400}
+    {'n_draws': 400, 'progress': False}
     """
     entry = ENGINES[name]
     options = entry.fast_options()

@@ -234,7 +234,7 @@ def check_capabilities(entry: EngineEntry, spec: ModelSpec) -> None:
     >>> check_capabilities(get_engine("ols"), make_spec("y ~ x + (1 | g)", family="poisson"))
     Traceback (most recent call last):
     ...
-    hierfit.exceptions.SpecError: Engine 'ols' fits the families: gaussian; got family='poisson'. Engines for 'poisson': lightgbm, neural, pymc, stan (see `hierfit engines`).
+    hierfit.exceptions.SpecError: Engine 'ols' fits the families: gaussian; got family='poisson'. Engines for 'poisson': lightgbm, mixed, neural, pymc, stan (see `hierfit engines`).
     """
     caps = entry.capabilities
     family = spec.family.name

@@ -106,7 +106,8 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> MixedFit | GlmmFit
     """Fit by REML/ML (gaussian) or by Laplace / adaptive quadrature (other families)."""
     family = spec.family
     _check_options(design, spec, options)
-    with _progress(options.progress, design.n, family.name):
+    what = "linear mixed model" if family.normal_errors else f"{family.name} GLMM"
+    with _progress(options.progress, design.n, what):
         if family.normal_errors:
             # an offset is a known part of the mean: the gaussian model of y - offset is the same model
             y = design.y if design.offset is None else design.y - design.offset
@@ -145,7 +146,7 @@ def _check_options(design: Design, spec: ModelSpec, options: OPTIONS) -> None:
 
 
 @contextlib.contextmanager
-def _progress(enabled: bool | None, n_rows: int, family: str) -> Iterator[None]:
+def _progress(enabled: bool | None, n_rows: int, what: str) -> Iterator[None]:
     """A live display with the elapsed time while the core fits (it has no iteration count to show)."""
     if enabled is None:
         enabled = n_rows > PROGRESS_ROWS and bool(getattr(sys.stderr, "isatty", lambda: False)())
@@ -155,7 +156,6 @@ def _progress(enabled: bool | None, n_rows: int, family: str) -> Iterator[None]:
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    what = "linear mixed model" if family == "gaussian" else f"{family} GLMM"
     with Progress(SpinnerColumn(), TextColumn(f"mixed: fitting a {what} on {n_rows:,} rows"), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True) as bar:
         bar.add_task("fit", total=None)
