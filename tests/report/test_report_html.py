@@ -67,6 +67,13 @@ def test_shrinkage_section_when_ols_and_a_partial_engine_are_compared(report_fil
     assert ("<h2>Shrinkage</h2>" in html) == has_partial
 
 
+def test_every_id_on_the_page_is_unique(report_file):
+    """Inline SVG figures each bring matplotlib's ids (patch_1, text_1, ...): they are prefixed."""
+    ids = re.findall(r'\bid="([^"]+)"', report_file.read_text())
+    assert len(ids) > 20
+    assert len(ids) == len(set(ids)), sorted({i for i in ids if ids.count(i) > 1})[:5]
+
+
 def test_report_source_can_be_a_saved_comparison_directory(report_comparison, tmp_path):
     from hierfit.evaluate import Comparison
     from hierfit.report.build import _load
@@ -124,7 +131,13 @@ def test_boosting_fits_show_their_first_tree_or_say_they_kept_none(report_sim):
     html = build_report(lgb)
     page = _parse(html)
     assert "Boosted trees" in page.h2
-    assert any(img.get("alt") == "lightgbm tree 0" for img in page.images)
+    n_trees = lgb.engine_fit.num_iteration
+    # one numbering, from 1, in the heading, the figure and the text dump
+    assert f"Tree 1 of {n_trees} (" in html and f"tree 1 of {n_trees}" in html
+    assert not re.search(r"[Tt]ree 0 of", html)
+    # inline SVG at natural size, its text real text (found by the browser's search)
+    figure = re.search(r'<div class="svg-plot" data-what="lightgbm tree 1[^"]*"><svg [^>]*width="([0-9.]+)pt"', html)
+    assert figure and "<text " in html
     assert "could not be drawn" not in html
     assert bm.statistics["n_trees"] == 0  # linear data: the mixed model alone
     assert "boosted-mixed kept no trees" in build_report(bm)

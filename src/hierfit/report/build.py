@@ -24,11 +24,14 @@ from hierfit.report.html import (
     h3,
     img,
     pre,
+    svg_figure,
     table_html,
     text,
 )
 
 MAX_EFFECT_ROWS = 400
+#: levels of a boosted tree drawn at page width; the whole tree opens below at natural size
+TREE_TOP_LEVELS = 4
 
 
 def build_report(
@@ -212,15 +215,20 @@ def _effects_sections(page: Page, fits: dict, main: str, data: pd.DataFrame | No
 
 
 def _trees_section(page: Page, fits: dict) -> None:
-    """The first tree of each boosting fit, nodes coloured by kind (group level, slope, predictor)."""
-    from hierfit.plots.trees import plot_tree, tree_text
+    """The first tree of each boosting fit, nodes coloured by kind (group level, slope, predictor).
+
+    Trees are inline SVG at natural size, so labels stay legible: the top levels fit the page,
+    and the whole tree (often thousands of pixels wide) opens below in a box that scrolls.
+    """
+    from hierfit.plots.trees import TreeDisplay
 
     boosted = {n: r for n, r in fits.items() if hasattr(r.engine_fit, "booster") and hasattr(r.engine_fit, "num_iteration")}
     if not boosted:
         return
     s = page.section("Boosted trees")
     s.append(text("The first tree of each boosting engine; nodes are coloured by what they split on: a group level, a "
-                  "varying-slope column, or a population predictor. boosted-mixed's trees never split on a group."))
+                  "varying-slope column, or a population predictor. boosted-mixed's trees never split on a group. "
+                  "Trees are numbered from 1 (LightGBM's tree_index counts from 0)."))
     for name, r in boosted.items():
         s.append(h3(name))
         n_trees = int(r.engine_fit.num_iteration)
@@ -228,9 +236,23 @@ def _trees_section(page: Page, fits: dict) -> None:
             s.append(text(f"{name} kept no trees: on the validation rows they did not beat the mixed model alone beyond "
                           "noise, so this fit is the mixed model.", "note"))
             continue
-        s.append(text(f"Tree 1 of {n_trees}."))
-        s.append(_plot(lambda r=r: plot_tree(r, 0), f"{name} tree 0"))
-        s.append(details(f"{name}: tree 0 as text", pre(tree_text(r, 0))))
+        try:
+            tree = TreeDisplay.read(r, 0)
+        except Exception as exc:  # shown in the report instead of losing the page
+            s.append(failed_plot(f"{name} tree 1", exc))
+            continue
+        slug = "".join(c if c.isalnum() else "-" for c in name)
+        n_nodes, levels = len(tree.nodes), tree.depth + 1
+        if levels > TREE_TOP_LEVELS:
+            s.append(text(f"Tree 1 of {n_trees} ({n_nodes} nodes in {levels} levels): the top {TREE_TOP_LEVELS} levels; "
+                          "a dashed node says how many leaves hang below it."))
+            s.append(_svg(lambda: tree.plot(max_depth=TREE_TOP_LEVELS - 1).figure_, f"{name} tree 1, top levels", f"{slug}-top"))
+            s.append(details(f"{name}: the whole of tree 1, at full size (scroll sideways)",
+                             _svg(lambda: tree.plot().figure_, f"{name} tree 1", f"{slug}-all")))
+        else:
+            s.append(text(f"Tree 1 of {n_trees} ({n_nodes} nodes in {levels} levels)."))
+            s.append(_svg(lambda: tree.plot().figure_, f"{name} tree 1", f"{slug}-all"))
+        s.append(details(f"{name}: tree 1 as text", pre(tree.text())))
 
 
 def _diagnostics_section(page: Page, fits: dict, fold_diagnostics: list[dict]) -> None:
@@ -294,14 +316,20 @@ def _preferred(comp) -> str:
     return next(iter(comp.fits))
 
 
-def _plot(draw, what: str) -> str:
+def _plot(draw, what: str, render=img) -> str:
+    """``render(draw(), what)``: a figure as HTML (a PNG by default), or a note if it fails."""
     try:
-        return img(draw(), what)
+        return render(draw(), what)
     except Exception as exc:  # shown in the report instead of losing the page
         import matplotlib.pyplot as plt
 
         plt.close("all")
         return failed_plot(what, exc)
+
+
+def _svg(draw, what: str, prefix: str) -> str:
+    """Like :func:`_plot`, as inline SVG at natural size (ids prefixed with ``prefix``)."""
+    return _plot(draw, what, lambda fig, alt: svg_figure(fig, alt, prefix))
 
 
 def _comparison_display():
