@@ -65,6 +65,19 @@ def test_shrinkage_section_when_ols_and_a_partial_engine_are_compared(report_fil
     html = report_file.read_text()
     has_partial = "mixed" in report_comparison.fits
     assert ("<h2>Shrinkage</h2>" in html) == has_partial
+    if has_partial:
+        # ols is the no-pooling reference whenever it was fitted, even beside another
+        # no-pooling engine (lightgbm) that comes first in the comparison
+        assert "no pooling (ols) against partial pooling" in html
+
+
+def test_shrinkage_reference_is_ols_whatever_the_order_of_the_fits(report_comparison):
+    from hierfit.report.build import _no_pooling_reference
+
+    fits = report_comparison.fits
+    assert _no_pooling_reference(dict(reversed(list(fits.items())))) == "ols"
+    others = {n: r for n, r in fits.items() if n != "ols"}
+    assert _no_pooling_reference(others) == ("lightgbm" if "lightgbm" in others else None)
 
 
 def test_every_id_on_the_page_is_unique(report_file):

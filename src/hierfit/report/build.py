@@ -187,14 +187,14 @@ def _effects_sections(page: Page, fits: dict, main: str, data: pd.DataFrame | No
         for term in terms:
             s.append(h3(f"{lv.name}: {term}"))
             s.append(_plot(lambda lv=lv, term=term: CaterpillarDisplay.from_result(fits, level=lv.name, term=term, truth=truth).figure_, f"caterpillar {lv.name} {term}"))
-    no_pool = [n for n in fits if ENGINES.get(n) and ENGINES[n].capabilities.pooling == "none"]
+    no_pool = _no_pooling_reference(fits)
     partial = [n for n in fits if ENGINES.get(n) and ENGINES[n].capabilities.pooling == "partial"]
-    if no_pool and partial:
+    if no_pool is not None and partial:
         s = page.section("Shrinkage")
         p = main if main in partial else partial[0]
-        s.append(text(f"Deviations of each group from its parent: no pooling ({no_pool[0]}) against partial pooling ({p})."))
+        s.append(text(f"Deviations of each group from its parent: no pooling ({no_pool}) against partial pooling ({p})."))
         for lv in fit.hierarchy.levels:
-            s.append(_plot(lambda lv=lv: ShrinkageDisplay.from_results(fits[no_pool[0]], fits[p], level=lv.name).figure_, f"shrinkage {lv.name}"))
+            s.append(_plot(lambda lv=lv: ShrinkageDisplay.from_results(fits[no_pool], fits[p], level=lv.name).figure_, f"shrinkage {lv.name}"))
     if data is not None and fit.spec.response in data.columns:
         s = page.section("Predictive checks")
         s.append(text("Observed outcomes against data replicated from each fit, on the fitted rows; the PIT histogram is flat when the predictive distribution is calibrated."))
@@ -212,6 +212,16 @@ def _effects_sections(page: Page, fits: dict, main: str, data: pd.DataFrame | No
         if len(vc):
             s.append(table_html(vc))
         s.append(details(f"{name}: group effects (deviation and total)", table_html(r.group_effects(), max_rows=MAX_EFFECT_ROWS)))
+
+
+def _no_pooling_reference(fits: dict) -> str | None:
+    """The no-pooling fit to measure shrinkage against: ``ols`` (one dummy per group, exactly
+    no pooling) whenever it was fitted, else the first engine that declares no pooling."""
+    from hierfit.engines import ENGINES
+
+    if "ols" in fits:
+        return "ols"
+    return next((n for n in fits if ENGINES.get(n) and ENGINES[n].capabilities.pooling == "none"), None)
 
 
 def _trees_section(page: Page, fits: dict) -> None:
