@@ -155,3 +155,28 @@ def test_boosting_fits_show_their_first_tree_or_say_they_kept_none(report_sim):
     assert bm.statistics["n_trees"] == 0  # linear data: the mixed model alone
     assert "boosted-mixed kept no trees" in build_report(bm)
     assert "Boosted trees" not in _parse(build_report(hierfit.fit(report_sim.formula, report_sim.data, engine="ols"))).h2
+
+
+def test_better_than_claims_need_a_paired_difference_beyond_noise(report_comparison):
+    """An RMSE ratio of 0.9994 is not 'better': the verdict comes from per-fold paired
+    differences and their standard error, and says 'indistinguishable' within 2 SE."""
+    import dataclasses
+
+    import pandas as pd
+
+    from hierfit.report.build import _verdict
+
+    summary = pd.DataFrame({"engine": ["ols", "mixed"], "pooling": ["none", "partial"], "rmse": [1.0, 0.9994]})
+    base = [1.0, 1.3, 0.8, 1.1, 0.9]
+    jitter = [0.02, -0.03, 0.01, 0.02, -0.02]
+
+    def verdict(shift: float) -> str:
+        rows = [{"engine": "ols", "fold": k, "rmse": v} for k, v in enumerate(base)]
+        rows += [{"engine": "mixed", "fold": k, "rmse": v + shift + j} for k, (v, j) in enumerate(zip(base, jitter))]
+        return _verdict(dataclasses.replace(report_comparison, engines=["ols", "mixed"], fold_rows=rows), summary)
+
+    noise = verdict(-0.0006)
+    assert "mixed (0.9994) is indistinguishable from no pooling (ols, 1.0000): RMSE difference -0.0006 ± 0.0" in noise
+    assert "better than" not in noise and "paired over 5 folds" in noise
+    assert "mixed (0.9994) is better than no pooling (ols, 1.0000)" in verdict(-0.08)
+    assert "worse than no pooling" in verdict(+0.08)

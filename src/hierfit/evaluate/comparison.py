@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from hierfit.evaluate.metrics import METRICS, RECOVERY_COLUMNS, score
+from hierfit.evaluate.paired import paired_differences
 from hierfit.evaluate.splits import CVScheme
 from hierfit.exceptions import HierfitError, PersistenceError
 from hierfit.model import ModelSpec
@@ -141,6 +142,24 @@ class Comparison:
         pooled = self.summary().melt(id_vars=["engine"], value_vars=list(METRICS), var_name="metric")
         pooled.insert(1, "fold", "all")
         return pd.concat([per_fold, pooled], ignore_index=True)[["engine", "fold", "metric", "value"]]
+
+    def paired(self, reference: str = "ols", metric: str = "rmse") -> pd.DataFrame:
+        """Every other engine against ``reference`` on ``metric``, fold by fold.
+
+        The mean of the per-fold differences, its standard error, and a verdict that says
+        ``better`` or ``worse`` only beyond noise (more than 2 SE), else ``indistinguishable``;
+        see :func:`hierfit.evaluate.paired.paired_differences`.
+
+        Examples
+        --------
+        >>> import hierfit
+        >>> sim = hierfit.simulate(n_markets=6, n_submarkets=4, rows_per_submarket=20, seed=1)
+        >>> comp = hierfit.compare(sim.formula, sim.data, engines=["ols", "mixed"], cv="submarket:4", progress=False)
+        >>> row = comp.paired("ols").iloc[0]
+        >>> row.engine, int(row.n_folds), row.verdict in ("better", "worse", "indistinguishable")
+        ('mixed', 4, True)
+        """
+        return paired_differences(self.folds, reference, metric, engines=[e for e in self.engines if e != reference])
 
     def best(self, metric: str = "rmse") -> str:
         """The engine with the best pooled ``metric``."""

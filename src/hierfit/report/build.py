@@ -117,9 +117,12 @@ def _comparison_page(comp, title: str | None) -> Page:
         page.section("Data").append(data_summary(comp.data, comp.spec.response, first.hierarchy))
     s = page.section("Engine comparison")
     summary = comp.summary()
-    s.append(text("Scores of held-out rows, pooled over folds. MLPD is the mean log predictive density (higher is better; NaN where the engine has no predictive distribution); coverage should be near the interval level."))
-    s.append(_verdict(summary))
+    s.append(text("Scores of held-out rows, pooled over folds. MLPD is the mean log predictive density (higher is better; NaN where the engine has no predictive distribution); coverage should be near the interval level. Engines are called better or worse than another only when their paired difference over the same folds exceeds twice its standard error; otherwise indistinguishable."))
+    s.append(_verdict(comp, summary))
     s.append(table_html(summary))
+    paired = _paired_table(comp)
+    if len(paired):
+        s.append(details(f"paired differences over folds against {paired['reference'].iloc[0]} (RMSE, MLPD)", table_html(paired)))
     if len(comp.folds):
         s.append(_plot(lambda: _comparison_display().from_comparison(comp).figure_, "engine comparison chart"))
         s.append(details("scores per fold", table_html(comp.folds)))
@@ -292,19 +295,36 @@ def _spec_html(spec, extra: dict[str, str]) -> str:
     return table_html(pd.DataFrame({"": list(rows), "value": list(rows.values())}), classes="data kv")
 
 
-def _verdict(summary: pd.DataFrame) -> str:
-    """One sentence: the best held-out RMSE, and each partial-pooling engine against ``ols``."""
-    s = summary.dropna(subset=["rmse"])
+def _verdict(comp, summary: pd.DataFrame) -> str:
+    """The best held-out RMSE, and each partial-pooling engine against ``ols`` (no pooling):
+    every "better than" comes from the paired comparison over folds, with its standard error
+    (``Comparison.paired``); within 2 SE the engines are called indistinguishable."""
+    from hierfit.evaluate.paired import describe
+
+    s = summary.dropna(subset=["rmse"]).sort_values("rmse", kind="stable")
     if s.empty:
         return text("No engine was cross-validated.", "warn")
-    best = s.loc[s["rmse"].idxmin()]
+    best = s.iloc[0]
     parts = [f"Lowest held-out RMSE: {best.engine} ({best.rmse:.4f})."]
+    if len(s) > 1:
+        nxt = s.iloc[1]
+        row = comp.paired(str(nxt.engine), "rmse").set_index("engine").loc[best.engine]
+        parts[0] = parts[0][:-1] + f", {describe(row, f'the next, {nxt.engine} ({nxt.rmse:.4f})')}."
     if "ols" in set(s["engine"]):
         ref = float(s.set_index("engine").loc["ols", "rmse"])
+        paired = comp.paired("ols", "rmse").set_index("engine")
         for r in s[s["pooling"] == "partial"].itertuples():
-            word = "better than" if r.rmse < ref else "not better than"
-            parts.append(f"{r.engine}: {r.rmse:.4f}, {word} no pooling (ols {ref:.4f}; ratio {r.rmse / ref:.4f}).")
+            parts.append(f"{r.engine} ({r.rmse:.4f}) is {describe(paired.loc[r.engine], f'no pooling (ols, {ref:.4f})')}.")
     return text(" ".join(parts), "note")
+
+
+def _paired_table(comp) -> pd.DataFrame:
+    """Every engine against ``ols`` (else the first engine with folds) on RMSE and MLPD."""
+    engines = list(dict.fromkeys(comp.folds["engine"]))
+    if len(engines) < 2:
+        return pd.DataFrame()
+    reference = "ols" if "ols" in engines else engines[0]
+    return pd.concat([comp.paired(reference, m) for m in ("rmse", "mlpd")], ignore_index=True)
 
 
 def _preferred(comp) -> str:
