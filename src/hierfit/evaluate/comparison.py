@@ -103,10 +103,14 @@ class Comparison:
         return pd.concat(self.recovery_parts, ignore_index=True)[RECOVERY_COLUMNS]
 
     def summary(self) -> pd.DataFrame:
-        """One row per engine: scores pooled over all held-out rows, mean fit time per fold.
+        """One row per engine: scores pooled over all held-out rows, mean fit time per fold,
+        and, when a truth was given, recovery of the truth.
 
         Pooling over rows (rather than averaging fold scores) weighs every held-out row alike
-        when folds differ in size, as leave-groups-out folds do.
+        when folds differ in size, as leave-groups-out folds do. With a truth, one column
+        ``recovery_rmse_<level>[<term>]`` per level and term holds the RMSE of the full-data
+        fit's total effects (national + deviations down to the group) against the true ones;
+        :attr:`recovery` has every row (deviations, coverage, population coefficients).
         """
         from hierfit.engines import ENGINES
 
@@ -133,7 +137,16 @@ class Comparison:
             row["full_fit_seconds"] = float(full.timings.get("fit_seconds", np.nan)) if full is not None else np.nan
             row["mlpd_method"] = ",".join(sorted(set(f["mlpd_method"]))) if len(f) else ""
             rows.append(row)
-        return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+        table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+        return table.join(self._recovery_columns(), on="engine") if len(self.recovery) else table
+
+    def _recovery_columns(self) -> pd.DataFrame:
+        """RMSE of total effects against the truth, engines by ``recovery_rmse_<level>[<term>]``."""
+        rec = self.recovery
+        total = rec[(rec["kind"] == "total") & (rec["level"] != "fixed")]
+        wide = total.pivot_table(index="engine", columns=["level", "term"], values="rmse", sort=False)
+        wide.columns = [f"recovery_rmse_{level}[{term}]" for level, term in wide.columns]
+        return wide
 
     def tidy(self) -> pd.DataFrame:
         """Long table ``engine, fold, metric, value``; ``fold == "all"`` holds the pooled scores."""

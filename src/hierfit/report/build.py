@@ -108,6 +108,8 @@ def _load(source: Any) -> Any:
 
 # -- pages -------------------------------------------------------------------------------------
 def _comparison_page(comp, title: str | None) -> Page:
+    from hierfit.evaluate.comparison import SUMMARY_COLUMNS
+
     fits = comp.fits
     page = Page(title or "hierfit engine comparison", f"{comp.spec.text} · {comp.cv.describe()}")
     s = page.section("Model")
@@ -119,7 +121,7 @@ def _comparison_page(comp, title: str | None) -> Page:
     summary = comp.summary()
     s.append(text("Scores of held-out rows, pooled over folds. MLPD is the mean log predictive density (higher is better; NaN where the engine has no predictive distribution); coverage should be near the interval level. Engines are called better or worse than another only when their paired difference over the same folds exceeds twice its standard error; otherwise indistinguishable."))
     s.append(_verdict(comp, summary))
-    s.append(table_html(summary))
+    s.append(table_html(summary[SUMMARY_COLUMNS]))  # recovery has its own section below
     paired = _paired_table(comp)
     if len(paired):
         s.append(details(f"paired differences over folds against {paired['reference'].iloc[0]} (RMSE, MLPD)", table_html(paired)))
