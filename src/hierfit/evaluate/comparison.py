@@ -41,7 +41,7 @@ from hierfit.storage import MANIFEST, SavedFiles, atomic_save, new_manifest, rea
 DIAGNOSTIC_COLUMNS = ["engine", "fold", "check", "message"]
 FOLD_COLUMNS = [
     "engine", "fold", "n_train", "n_test", "rmse", "mae", "mlpd", "coverage", "width",
-    "fit_seconds", "predict_seconds", "mlpd_method", "n_diagnostics",
+    "fit_seconds", "predict_seconds", "mlpd_method", "n_diagnostics", "threads",
 ]  # fmt: skip
 PREDICTION_COLUMNS = ["engine", "row", "fold", "y", "prediction", "lower", "upper", "logpd", "level_used"]
 SUMMARY_COLUMNS = ["engine", "pooling", "uncertainty", "n_folds", "rmse", "mae", "mlpd", "coverage", "width", "fit_seconds", "full_fit_seconds", "mlpd_method"]
