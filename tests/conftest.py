@@ -31,18 +31,21 @@ REFERENCE_FORMULA = "y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)"
 QUICK_ENGINES = ["ols", "mixed"]
 
 
-def quick_comparison(sim: hierfit.Simulation, cv: str = "submarket:3") -> hierfit.Comparison:
-    """``compare`` of the :data:`QUICK_ENGINES` (quick-fit options) on a simulation, with its truth."""
+def quick_comparison(sim: hierfit.Simulation, cv: str = "submarket:3", engines: list[str] | None = None,
+                     options: dict[str, dict[str, Any]] | None = None, **kwargs: Any) -> hierfit.Comparison:
+    """``compare`` of ``engines`` (default :data:`QUICK_ENGINES`) with their quick-fit options
+    (updated by ``options``) on a simulation, with its truth."""
     import warnings
 
     from hierfit.engines import ENGINES
     from hierfit.evaluate import compare
 
-    options = {n: ENGINES[n].fast_options() for n in QUICK_ENGINES}
+    names = engines or QUICK_ENGINES
+    opts = {n: {**ENGINES[n].fast_options(), **(options or {}).get(n, {})} for n in names}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return compare(sim.formula, sim.data, engines=QUICK_ENGINES, cv=cv, national="United_state", truth=sim.truth,
-                       options=options, progress=False)
+        return compare(sim.formula, sim.data, engines=names, cv=cv, national="United_state", truth=sim.truth,
+                       options=opts, progress=False, **kwargs)
 
 
 @pytest.fixture(scope="session")

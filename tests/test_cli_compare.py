@@ -42,6 +42,34 @@ def test_compare_prints_scores_and_saves_a_comparison_with_report(files):
     assert json.loads((out / "hierfit.json").read_text())["cv"]["level"] is None
 
 
+def test_compare_with_the_truth_file_of_simulate_scores_recovery(files):
+    """`simulate --truth` writes the file `compare --truth` reads: recovery joins the scores,
+    the saved comparison and its report."""
+    out = files / "cmp-truth"
+    res = CliRunner().invoke(main, ["compare", str(files / "data.csv"), "-f", FORMULA, "-e", "ols", "--cv", "submarket", "--folds", "3",
+                                    "--truth", str(files / "truth.csv"), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "recovery_rmse_submarket[Intercept]" in res.output and "recovery_rmse_market[x1]" in res.output
+    assert json.loads((out / "hierfit.json").read_text())["truth"] is True
+    html = (out / "report.html").read_text()
+    assert "<h2>Recovery of the truth</h2>" in html
+    from hierfit.evaluate import Comparison
+
+    rmse = Comparison.load(out).summary().set_index("engine").loc["ols", "recovery_rmse_submarket[Intercept]"]
+    assert 0 < rmse < 0.6  # 15 rows per submarket: totals known to about 1/sqrt(15) = 0.26
+    # without --truth: no recovery
+    res = CliRunner().invoke(main, ["compare", str(files / "data.csv"), "-f", FORMULA, "-e", "ols", "--cv", "kfold:2"])
+    assert res.exit_code == 0 and "recovery_rmse" not in res.output
+
+
+def test_compare_refuses_a_truth_file_without_the_effect_columns(files):
+    res = CliRunner().invoke(main, ["compare", str(files / "data.csv"), "-f", FORMULA, "-e", "ols", "--cv", "kfold:2",
+                                    "--truth", str(files / "data.csv")])
+    assert res.exit_code == 2
+    assert "error: 'truth' must be a simulation's truth (sim.truth) or a table with columns estimate, group, kind, level, term" in res.output
+    assert "hierfit simulate --truth FILE" in res.output and "rmse" not in res.output
+
+
 def test_report_command_on_comparison_and_fit_dirs(files):
     runner = CliRunner()
     cmp_dir = files / "cmp2"

@@ -254,16 +254,19 @@ def engines() -> None:
 @click.option("--level", default=0.9, show_default=True, help="Prediction-interval probability.")
 @click.option("--time-budget", type=float, default=None, help="Seconds for the whole comparison; slow engines are then fitted but not cross-validated.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the fold assignment.")
+@click.option("--truth", "truth", type=click.Path(dir_okay=False), default=None,
+              help="True group effects (from `hierfit simulate --truth`): adds recovery of the truth to the scores and report.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Also write DIR/report.html (with --out).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing hierfit save in --out (never a folder of other files).")
 def compare(data, formula, engines, cv, folds, out, family, national, link, weights, offset, options, fast, level, time_budget, seed,
-            report, overwrite) -> None:
+            truth, report, overwrite) -> None:
     """Fit several engines to DATA, cross-validate them, and print the scores."""
     import warnings
 
     from hierfit.engines import get_engine
     from hierfit.evaluate import available_engines, parse_cv
     from hierfit.evaluate import compare as run
+    from hierfit.evaluate.metrics import truth_effects
     from hierfit.io import read_table
     from hierfit.storage import check_target
 
@@ -281,11 +284,12 @@ def compare(data, formula, engines, cv, folds, out, family, national, link, weig
             raise click.BadParameter(f"Engine options are ENGINE.key=value; got {pair!r}.", param_hint="--option")
         per_engine.setdefault(target, {}).update(_parse_options((rest,)))
     frame = read_table(data)
+    true = truth_effects(read_table(truth)) if truth else None  # a bad file fails before any fit
     scheme = parse_cv(cv if ":" in cv else f"{cv}:{folds}", seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # failures are echoed below, one line each
         comp = run(formula, frame, engines=names, cv=scheme, family=family, link=link, national=national, weights=weights,
-                   offset=offset, options=per_engine, level=level, time_budget=time_budget, progress=True)
+                   offset=offset, options=per_engine, truth=true, level=level, time_budget=time_budget, progress=True)
     with _wide_pandas():
         click.echo(comp.summary().to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for note in comp.notes:

@@ -39,6 +39,7 @@ def test_tables_follow_the_contract(engine, family, fits) -> None:
     assert ge.iloc[0][["level", "group", "term"]].tolist() == ["national", "United_state", "Intercept"]
     assert set(ge.kind) == {"deviation", "total"}
     assert set(ge.level) == {"national", "market", "submarket"}
+    assert (ge.n_rows > 0).all() and (ge.loc[ge.level == "national", "n_rows"] == fit.n_obs).all()
     assert ((ge.lower <= ge.estimate + 1e-9) | ge.lower.isna()).all()
     assert fit.summary().startswith(f"hierfit fit -- engine '{engine}'")
 

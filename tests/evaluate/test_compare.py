@@ -31,7 +31,7 @@ def test_every_row_is_predicted_once_per_engine_out_of_fold(submarket_comparison
 def test_summary_pools_the_out_of_fold_rows(submarket_comparison):
     comp = submarket_comparison
     summary = comp.summary()
-    assert list(summary.columns) == SUMMARY_COLUMNS
+    assert list(summary.columns)[: len(SUMMARY_COLUMNS)] == SUMMARY_COLUMNS
     assert list(summary.engine) == comp.engines
     assert (summary.n_folds == 3).all()
     for _, row in summary.iterrows():
@@ -59,8 +59,26 @@ def test_recovery_is_reported_per_engine_and_level(submarket_comparison):
     assert (sub.rmse < 0.35).all()
 
 
+def test_summary_shows_recovery_of_the_truth_per_level(submarket_comparison, small_sim):
+    """As the README says: with a truth, summary() has the RMSE of total effects per level and term."""
+    summary = submarket_comparison.summary().set_index("engine")
+    recovery_columns = [c for c in summary.columns if c.startswith("recovery_rmse_")]
+    assert recovery_columns == ["recovery_rmse_national[Intercept]", "recovery_rmse_national[x1]", "recovery_rmse_market[Intercept]",
+                                "recovery_rmse_market[x1]", "recovery_rmse_submarket[Intercept]"]
+    rec = submarket_comparison.recovery.query("kind == 'total'").set_index(["engine", "level", "term"]).rmse
+    for name in submarket_comparison.engines:
+        assert summary.loc[name, "recovery_rmse_submarket[Intercept]"] == rec[name, "submarket", "Intercept"]
+        assert summary.loc[name, "recovery_rmse_market[x1]"] == rec[name, "market", "x1"]
+    # by hand: the partial-pooling fit's submarket totals against the truth
+    est = submarket_comparison.fits["mixed"].group_effects("total").query("level == 'submarket' and term == 'Intercept'")
+    true = small_sim.truth.group_effects("total").query("level == 'submarket' and term == 'Intercept'")
+    err = est.set_index("group").estimate - true.set_index("group").estimate
+    assert summary.loc["mixed", "recovery_rmse_submarket[Intercept]"] == pytest.approx(np.sqrt(np.mean(err**2)))
+
+
 def test_leave_market_out_falls_back_to_national(small_sim):
     comp = compare(small_sim.formula, small_sim.data, engines=["ols"], cv="market:3", progress=False)
+    assert list(comp.summary().columns) == SUMMARY_COLUMNS, "without a truth, no recovery columns"
     assert set(comp.predictions.level_used) == {"national"}
     # predicting unseen markets is much harder than unseen submarkets
     assert comp.summary().rmse.iloc[0] > 1.1

@@ -123,3 +123,44 @@ def test_a_fit_without_trees_says_why() -> None:
     assert bm.statistics["n_trees"] == 0
     with pytest.raises(SpecError, match="uses no trees"):
         plot_tree(bm)
+
+
+def _label_boxes(fig):
+    """Window extents (pixels at the figure's dpi) of every node label's box, by node id."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    return {t.get_gid().split("|")[1]: (t, t.get_bbox_patch().get_window_extent(renderer)) for t in fig.axes[0].texts if t.get_gid()}
+
+
+def test_labels_are_legible_at_natural_size_and_never_overlap(tree_fits) -> None:
+    """At 96 dpi (a browser's 100%), each label line is at least 9 px high and no two node
+    boxes overlap, so the figure can be shown unscaled rather than squeezed to a page."""
+    fig = plot_tree(tree_fits[0], tree_index=0)
+    fig.set_dpi(96)
+    boxes = _label_boxes(fig)
+    renderer = fig.canvas.get_renderer()
+    for text, _ in boxes.values():
+        lines = text.get_text().count("\n") + 1
+        assert text.get_window_extent(renderer).height / lines >= 9
+    extents = [box for _, box in boxes.values()]
+    for i, a in enumerate(extents):
+        for b in extents[i + 1:]:
+            assert not a.overlaps(b), "two node labels overlap"
+
+
+def test_top_levels_only_and_one_numbering(tree_fits) -> None:
+    d = TreeDisplay.read(tree_fits[0], tree_index=2)
+    assert d.depth >= 3, "the test needs a tree deeper than the cut"
+    d.plot(max_depth=2)
+    boxes = _label_boxes(d.figure_)
+    assert set(boxes) == {n.id for n in d.nodes if n.depth <= 2}
+    cut = {nid: text.get_text() for nid, (text, _) in boxes.items() if "leaves below" in text.get_text()}
+    assert cut, "a node cut at the last drawn level says what hangs below it"
+    shown_leaves = sum(n.kind == "leaf" for n in d.nodes if n.depth <= 2)
+    hidden = sum(int(label.rsplit("... ", 1)[1].split()[0]) for label in cut.values())
+    assert shown_leaves + hidden == sum(n.kind == "leaf" for n in d.nodes)
+    # humans count trees from 1, the argument from 0: both say so the same way everywhere
+    assert d.ax_.get_title(loc="left").startswith(f"tree 3 of {d.n_trees}, top 3 of {d.depth + 1} levels")
+    assert d.text().splitlines()[0].startswith(f"tree 3 of {d.n_trees} (tree_index 2;")
+    with pytest.raises(SpecError, match="max_depth"):
+        d.plot(max_depth=-1)

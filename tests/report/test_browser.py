@@ -2,8 +2,8 @@
 
 Uses Selenium with the system chromedriver (Debian: ``apt-get install chromium
 chromium-driver``; ``make test`` installs them when root). Without them the test is skipped
-with the reason printed -- never silently. A screenshot is kept under the pytest tmp dir and
-its path printed.
+with the reason printed -- never silently. Screenshots (the report's top, and its LightGBM
+tree) are kept under the pytest tmp dir and their paths printed.
 """
 
 from __future__ import annotations
@@ -26,6 +26,15 @@ FLAGS = [
 ]
 
 IMAGES_JS = "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight]);"
+
+#: per inline-SVG figure: what it shows, its text lines' rendered heights (CSS px), its drawn
+#: width and the width its SVG declares (pt; 1 pt = 4/3 px at 100% zoom)
+SVG_TEXT_JS = """
+return Array.from(document.querySelectorAll('div.svg-plot')).map(div => {
+  const svg = div.querySelector('svg');
+  const heights = Array.from(svg.querySelectorAll('text')).map(t => t.getBoundingClientRect().height);
+  return [div.dataset.what, heights, svg.getBoundingClientRect().width, parseFloat(svg.getAttribute('width'))];
+});"""
 
 
 def _skip(reason: str) -> None:
@@ -92,6 +101,29 @@ def test_report_renders_with_all_images_and_no_console_errors(browser, report_fi
     assert browser.save_screenshot(str(shot))
     print(f"report screenshot: {shot}")
     assert shot.stat().st_size > 10_000
+
+
+def test_boosted_tree_text_is_legible_at_100_percent_zoom(browser, report_file, report_comparison, tmp_path_factory):
+    """The LightGBM tree's labels render at least 9 px high: its figures are drawn at natural
+    size (top levels on the page, the whole tree in a box that scrolls), never shrunk to fit."""
+    if "lightgbm" not in report_comparison.fits:
+        _skip("lightgbm is not installed: pip install 'hierfit[lightgbm]'.")
+    browser.set_window_size(1400, 1000)
+    _, errors = _inspect(browser, report_file.resolve().as_uri())
+    assert not errors, f"console errors: {errors}"
+    assert browser.execute_script("return window.devicePixelRatio") == 1  # 100% zoom
+    browser.execute_script("document.querySelectorAll('details').forEach(d => { d.open = true; });")
+    trees = [f for f in browser.execute_script(SVG_TEXT_JS) if f[0].startswith("lightgbm tree 1")]
+    assert [what for what, *_ in trees] == ["lightgbm tree 1, top levels", "lightgbm tree 1"]
+    for what, heights, width, declared_pt in trees:
+        print(f"{what}: {len(heights)} text lines, rendered height {min(heights):.1f}-{max(heights):.1f} px, "
+              f"figure {width:.0f} px wide")
+        assert len(heights) > 20 and min(heights) >= 9
+        assert width == pytest.approx(declared_pt * 4 / 3, abs=1), "drawn at natural size, not scaled"
+    browser.execute_script("document.querySelector('div.svg-plot').scrollIntoView();")
+    shot = Path(tmp_path_factory.mktemp("screenshots")) / "report-tree.png"
+    assert browser.save_screenshot(str(shot))
+    print(f"tree screenshot: {shot}")
 
 
 def test_the_check_catches_broken_images_and_console_errors(browser, tmp_path):

@@ -65,6 +65,26 @@ def test_shrinkage_section_when_ols_and_a_partial_engine_are_compared(report_fil
     html = report_file.read_text()
     has_partial = "mixed" in report_comparison.fits
     assert ("<h2>Shrinkage</h2>" in html) == has_partial
+    if has_partial:
+        # ols is the no-pooling reference whenever it was fitted, even beside another
+        # no-pooling engine (lightgbm) that comes first in the comparison
+        assert "no pooling (ols) against partial pooling" in html
+
+
+def test_shrinkage_reference_is_ols_whatever_the_order_of_the_fits(report_comparison):
+    from hierfit.report.build import _no_pooling_reference
+
+    fits = report_comparison.fits
+    assert _no_pooling_reference(dict(reversed(list(fits.items())))) == "ols"
+    others = {n: r for n, r in fits.items() if n != "ols"}
+    assert _no_pooling_reference(others) == ("lightgbm" if "lightgbm" in others else None)
+
+
+def test_every_id_on_the_page_is_unique(report_file):
+    """Inline SVG figures each bring matplotlib's ids (patch_1, text_1, ...): they are prefixed."""
+    ids = re.findall(r'\bid="([^"]+)"', report_file.read_text())
+    assert len(ids) > 20
+    assert len(ids) == len(set(ids)), sorted({i for i in ids if ids.count(i) > 1})[:5]
 
 
 def test_report_source_can_be_a_saved_comparison_directory(report_comparison, tmp_path):
@@ -124,8 +144,39 @@ def test_boosting_fits_show_their_first_tree_or_say_they_kept_none(report_sim):
     html = build_report(lgb)
     page = _parse(html)
     assert "Boosted trees" in page.h2
-    assert any(img.get("alt") == "lightgbm tree 0" for img in page.images)
+    n_trees = lgb.engine_fit.num_iteration
+    # one numbering, from 1, in the heading, the figure and the text dump
+    assert f"Tree 1 of {n_trees} (" in html and f"tree 1 of {n_trees}" in html
+    assert not re.search(r"[Tt]ree 0 of", html)
+    # inline SVG at natural size, its text real text (found by the browser's search)
+    figure = re.search(r'<div class="svg-plot" data-what="lightgbm tree 1[^"]*"><svg [^>]*width="([0-9.]+)pt"', html)
+    assert figure and "<text " in html
     assert "could not be drawn" not in html
     assert bm.statistics["n_trees"] == 0  # linear data: the mixed model alone
     assert "boosted-mixed kept no trees" in build_report(bm)
     assert "Boosted trees" not in _parse(build_report(hierfit.fit(report_sim.formula, report_sim.data, engine="ols"))).h2
+
+
+def test_better_than_claims_need_a_paired_difference_beyond_noise(report_comparison):
+    """An RMSE ratio of 0.9994 is not 'better': the verdict comes from per-fold paired
+    differences and their standard error, and says 'indistinguishable' within 2 SE."""
+    import dataclasses
+
+    import pandas as pd
+
+    from hierfit.report.build import _verdict
+
+    summary = pd.DataFrame({"engine": ["ols", "mixed"], "pooling": ["none", "partial"], "rmse": [1.0, 0.9994]})
+    base = [1.0, 1.3, 0.8, 1.1, 0.9]
+    jitter = [0.02, -0.03, 0.01, 0.02, -0.02]
+
+    def verdict(shift: float) -> str:
+        rows = [{"engine": "ols", "fold": k, "rmse": v} for k, v in enumerate(base)]
+        rows += [{"engine": "mixed", "fold": k, "rmse": v + shift + j} for k, (v, j) in enumerate(zip(base, jitter))]
+        return _verdict(dataclasses.replace(report_comparison, engines=["ols", "mixed"], fold_rows=rows), summary)
+
+    noise = verdict(-0.0006)
+    assert "mixed (0.9994) is indistinguishable from no pooling (ols, 1.0000): RMSE difference -0.0006 ± 0.0" in noise
+    assert "better than" not in noise and "paired over 5 folds" in noise
+    assert "mixed (0.9994) is better than no pooling (ols, 1.0000)" in verdict(-0.08)
+    assert "worse than no pooling" in verdict(+0.08)

@@ -49,3 +49,23 @@ def test_group_effects_kind(small_sim) -> None:
     assert set(fit.group_effects("total").kind) == {"total"}
     with pytest.raises(SpecError, match="'kind' must be one of"):
         fit.group_effects("totals")
+
+
+def test_group_row_counts_are_real_at_every_level(small_sim) -> None:
+    """``n_rows`` counts fitted rows: the root holds all of them, each level's groups share them."""
+    fit = hierfit.fit(small_sim.formula, small_sim.data, engine="ols")
+    ge = fit.group_effects()
+    n = len(small_sim.data)
+    assert fit.n_obs == n and (ge.n_rows > 0).all()
+    assert (ge.loc[ge.level == "national", "n_rows"] == n).all()
+    for (level, term, kind), g in ge[ge.level != "national"].groupby(["level", "term", "kind"]):
+        assert g.n_rows.sum() == n, (level, term, kind)
+    sizes = small_sim.data.groupby("market").size()
+    markets = ge[(ge.level == "market") & (ge.term == "Intercept") & (ge.kind == "total")].set_index("group").n_rows
+    assert markets.to_dict() == sizes.to_dict()
+    assert fit.engine_fit.group_effects(0.9).query("level == 'national'").n_rows.eq(n).all()  # the engine's own table too
+
+
+def test_a_fit_without_levels_counts_its_rows_at_the_root(small_sim) -> None:
+    ge = hierfit.fit("y ~ x1", small_sim.data.head(37), engine="ols").group_effects()
+    assert set(ge.level) == {"national"} and (ge.n_rows == 37).all()

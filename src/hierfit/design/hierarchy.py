@@ -64,6 +64,12 @@ class Hierarchy:
     def names(self) -> tuple[str, ...]:
         return tuple(lv.name for lv in self.levels)
 
+    @property
+    def n_rows(self) -> int:
+        """Rows under the national root: every level's groups partition them, so the top
+        level's sizes sum to the count (0 for a tree without levels, which keeps no sizes)."""
+        return int(np.sum(self.levels[0].sizes)) if self.levels else 0
+
     def level(self, name: str) -> Level:
         for lv in self.levels:
             if lv.name == name:

@@ -137,7 +137,8 @@ class ParameterLayout:
 
         Deviations are a group's own coefficient; totals add the population coefficient of the
         same name (``Intercept`` is the national level) and every ancestor's deviation.
-        The national rows carry the population coefficients that some level varies.
+        The national rows carry the population coefficients that some level varies; their
+        ``n_rows`` is every row under the root.
         """
         rows: list[dict] = []
         cols: list[np.ndarray] = []
@@ -147,7 +148,7 @@ class ParameterLayout:
         for c in [c for c in self.x_names if c in varied or c == INTERCEPT]:
             j = self.x_names.index(c)
             for kind in ("deviation", "total"):
-                rows.append(dict(level=NATIONAL_LEVEL, group=hierarchy.national, parent="", term=c, kind=kind, n_rows=-1))
+                rows.append(dict(level=NATIONAL_LEVEL, group=hierarchy.national, parent="", term=c, kind=kind, n_rows=hierarchy.n_rows))
                 r_idx.append(np.array([n_rows]))
                 cols.append(np.array([j]))
                 n_rows += 1

@@ -5,12 +5,15 @@
 * :class:`CVScheme` / :func:`parse_cv` say how rows are split into folds;
 * :func:`predictive` gives a fit's predictive distribution at new rows (densities, CDF,
   replicates), :func:`score` scores held-out rows, :func:`recovery` compares effects with a
-  simulation's truth.
+  simulation's truth;
+* :func:`paired_differences` (``Comparison.paired``) compares engines fold by fold, with the
+  standard error of the mean difference, and calls one better only beyond noise.
 """
 
 from hierfit.evaluate.compare import available_engines, compare
 from hierfit.evaluate.comparison import Comparison, is_comparison_dir
 from hierfit.evaluate.metrics import METRICS, recovery, score
+from hierfit.evaluate.paired import paired_differences
 from hierfit.evaluate.predictive import Predictive, predictive
 from hierfit.evaluate.splits import CVScheme, parse_cv
 
@@ -22,6 +25,7 @@ __all__ = [
     "available_engines",
     "compare",
     "is_comparison_dir",
+    "paired_differences",
     "parse_cv",
     "predictive",
     "recovery",

@@ -4,14 +4,22 @@ For every engine: one fit on all the data (kept for effects tables, plots and th
 then one fit per fold, scored on the held-out rows. Every engine sees the same folds. When
 the data came from :func:`hierfit.simulate`, ``truth=sim.truth`` adds the error of every
 level's effects against the truth.
+
+Folds run one after another in this process, or, with ``workers=W``, ``W`` at a time in worker
+processes (forkserver on Unix, which starts them from a clean process: no threads or OpenMP
+pools inherited). Each fit in a worker gets ``cores // W`` native threads and each full-data
+fit every core (:mod:`hierfit.engines.threads`), so thread pools never outnumber the cores.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,11 +27,12 @@ import pandas as pd
 
 from hierfit.design import Design, build_design
 from hierfit.engines import ENGINES, get_engine
+from hierfit.engines.threads import fold_budget, limit_threads, thread_budget
 from hierfit.evaluate.comparison import Comparison
 from hierfit.evaluate.metrics import recovery, score, truth_effects
 from hierfit.evaluate.predictive import predictive
 from hierfit.evaluate.splits import CVScheme, parse_cv
-from hierfit.exceptions import EngineError, HierfitError, HierfitWarning
+from hierfit.exceptions import EngineError, HierfitError, HierfitWarning, SpecError
 from hierfit.fitting import fit_design
 from hierfit.model import DEFAULT_NATIONAL, ModelSpec, Prior, make_spec
 
@@ -46,6 +55,7 @@ def compare(
     level: float = 0.9,
     checks: Mapping[str, str] | None = None,
     time_budget: float | None = None,
+    workers: int = 1,
     progress: bool = True,
     seed: int = 0,
 ) -> Comparison:
@@ -80,6 +90,13 @@ def compare(
         and once the budget is spent the remaining engines are not fitted (at least one
         always is; a posterior sampler, which may compile first, starts only with a quarter
         of the budget left). Both are said in ``notes``. A single fit is never interrupted.
+    workers
+        Folds fitted at once, each in a worker process (default 1: one after another here).
+        Each fold's fit then gets ``cores // workers`` threads for its native pools
+        (LightGBM, BLAS) and each full-data fit every core; ``folds["threads"]`` records what
+        each fold's fit used. Posterior samplers' folds stay here, one at a time (their chains
+        are processes already). Worker processes import the calling script, so a script that
+        passes ``workers`` needs the usual ``if __name__ == "__main__":`` guard.
     progress
         Show a progress bar over engines x folds (rich, on stderr).
     seed
@@ -105,6 +122,8 @@ def compare(
     else:
         spec = make_spec(spec_or_formula, family=family, link=link, national=national, hierarchy=hierarchy, priors=priors,
                          weights=weights, offset=offset)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise SpecError(f"'workers' must be a positive integer (folds fitted at once); got {workers!r}.")
     names = _resolve_engines(engines)
     options = dict(options or {})
     unknown = sorted(set(options) - set(names))
@@ -117,11 +136,13 @@ def compare(
     comp = Comparison(spec=spec, cv=scheme, level=level, engines=list(names), data=data.reset_index(drop=True), truth=true_effects)
     comp.fold_of_row = fold_of_row
     budget = _Budget(time_budget)
-    with _Progress(progress, total=len(names) * (scheme.folds + 1)) as bar:
+    with _Progress(progress, total=len(names) * (scheme.folds + 1)) as bar, _FoldWorkers(comp, data, workers) as pool:
         # Quick engines first, each fitted and then cross-validated before the next starts,
         # so a time budget is spent on finishing engines rather than on starting them.
         for name in sorted(names, key=_expected_cost):
-            _fit_and_cross_validate(comp, design, data, name, checks, options.get(name, {}), truth, budget, bar)
+            if _expected_cost(name) == 2:
+                pool.close()  # no pool thread may be alive when a sampler forks its chains
+            _fit_and_cross_validate(comp, design, data, name, checks, options.get(name, {}), truth, budget, bar, pool)
     for name, message in comp.failures.items():
         warnings.warn(f"Engine {name!r} failed in compare(): {message}", HierfitWarning, stacklevel=2)
     return comp
@@ -139,7 +160,7 @@ class _Budget:
 
 
 def _fit_and_cross_validate(comp: Comparison, design: Design, data: pd.DataFrame, name: str, checks: Any,
-                            opts: Mapping[str, Any], truth: Any, budget: _Budget, bar: _Progress) -> None:
+                            opts: Mapping[str, Any], truth: Any, budget: _Budget, bar: _Progress, pool: _FoldWorkers) -> None:
     """One engine: fit on all rows, score recovery, then every fold (each step as the budget allows)."""
     folds = comp.cv.folds
     left = budget.left()
@@ -160,7 +181,8 @@ def _fit_and_cross_validate(comp: Comparison, design: Design, data: pd.DataFrame
     bar.advance(1)
     if truth is not None:
         comp.recovery_parts.append(recovery(comp.fits[name], truth, engine=name, level=comp.level))
-    estimate = comp.fits[name].timings.get("fit_seconds", 0.0) * folds
+    workers = min(pool.workers, folds)
+    estimate = comp.fits[name].timings.get("fit_seconds", 0.0) * -(-folds // workers)
     left = budget.left()
     if left is not None and estimate > left:
         comp.notes.append(
@@ -169,12 +191,16 @@ def _fit_and_cross_validate(comp: Comparison, design: Design, data: pd.DataFrame
         )
         bar.advance(folds)
         return
-    for k in range(folds):
-        bar.describe(f"{name}: fold {k + 1}/{folds}")
+    bar.describe(f"{name}: {folds} folds" + (f", {workers} at a time" if workers > 1 else ""))
+    pending = [pool.run(name, k, checks, opts) for k in range(folds)]
+    for k, outcome in enumerate(pending):
         try:
-            _run_fold(comp, comp.spec, data, name, k, checks, opts)
-        except Exception as exc:
+            _keep_fold(comp, outcome if isinstance(outcome, FoldOutput) else outcome.result())
+        except Exception as exc:  # the first failing fold ends the engine's cross-validation
             comp.failures[name] = f"fold {k + 1}: {_first_lines(exc)}"
+            for later in pending[k + 1:]:
+                if isinstance(later, Future):
+                    later.cancel()
             bar.advance(folds - k)
             return
         bar.advance(1)
@@ -241,54 +267,130 @@ def _quiet_fit(design, name: str, checks, opts: Mapping[str, Any]):
         return fit_design(design, engine=name, checks=checks, **dict(opts))
 
 
-def _run_fold(comp: Comparison, spec: ModelSpec, data: pd.DataFrame, name: str, k: int, checks, opts) -> None:
-    assert comp.fold_of_row is not None
-    test = comp.fold_of_row == k
+@dataclass(frozen=True)
+class FoldOutput:
+    """One engine's fit on one fold's training rows, scored on its held-out rows."""
+
+    row: dict[str, Any]
+    predictions: pd.DataFrame
+    diagnostics: list[dict[str, Any]]
+
+
+def run_fold(spec: ModelSpec, data: pd.DataFrame, fold_of_row: np.ndarray, name: str, k: int, checks: Any,
+             opts: Mapping[str, Any], level: float) -> FoldOutput:
+    """Fit ``name`` on every row outside fold ``k`` and score the rows of fold ``k``.
+
+    A pure function of its arguments (it runs in worker processes too); ``row["threads"]`` is
+    the thread count the fit's engine used (:attr:`hierfit.engines.threads.ThreadUse.used`).
+    """
+    test = fold_of_row == k
     train_data, test_data = data.iloc[~test], data.iloc[test]
     try:
         train_design = build_design(spec, train_data)
     except HierfitError as exc:
         raise HierfitError(f"the training rows of fold {k + 1} do not make a design: {exc}") from None
-    result = _quiet_fit(train_design, name, checks, opts)
+    with limit_threads(thread_budget()) as use:  # records what the engine takes
+        result = _quiet_fit(train_design, name, checks, opts)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # held-out groups fall back to their parent by design
         t0 = time.perf_counter()
-        pred = result.predict(test_data, interval="prediction", level=comp.level)
+        pred = result.predict(test_data, interval="prediction", level=level)
         dist = predictive(result, test_data)
         predict_seconds = time.perf_counter() - t0
     y = test_data[spec.response].to_numpy(dtype=float)
     logpd = dist.logpdf(y)
     scores = score(y, pred["prediction"].to_numpy(), pred["lower"].to_numpy(), pred["upper"].to_numpy(), logpd)
-    comp.fold_rows.append(
+    row = {
+        "engine": name,
+        "fold": k,
+        "n_train": int((~test).sum()),
+        "n_test": int(test.sum()),
+        **scores,
+        "fit_seconds": float(result.timings.get("fit_seconds", np.nan)),
+        "predict_seconds": predict_seconds,
+        "mlpd_method": dist.method,
+        "n_diagnostics": len(result.diagnostics),
+        "threads": use.used,
+    }
+    predictions = pd.DataFrame(
         {
             "engine": name,
+            "row": np.flatnonzero(test),
             "fold": k,
-            "n_train": int((~test).sum()),
-            "n_test": int(test.sum()),
-            **scores,
-            "fit_seconds": float(result.timings.get("fit_seconds", np.nan)),
-            "predict_seconds": predict_seconds,
-            "mlpd_method": dist.method,
-            "n_diagnostics": len(result.diagnostics),
+            "y": y,
+            "prediction": pred["prediction"].to_numpy(),
+            "lower": pred["lower"].to_numpy(),
+            "upper": pred["upper"].to_numpy(),
+            "logpd": logpd,
+            "level_used": pred["level_used"].to_numpy(),
         }
     )
-    comp.prediction_parts.append(
-        pd.DataFrame(
-            {
-                "engine": name,
-                "row": np.flatnonzero(test),
-                "fold": k,
-                "y": y,
-                "prediction": pred["prediction"].to_numpy(),
-                "lower": pred["lower"].to_numpy(),
-                "upper": pred["upper"].to_numpy(),
-                "logpd": logpd,
-                "level_used": pred["level_used"].to_numpy(),
-            }
-        )
-    )
-    for d in result.diagnostics:
-        comp.fold_diagnostics.append({"engine": name, "fold": k, "check": d.check, "message": d.message})
+    diagnostics = [{"engine": name, "fold": k, "check": d.check, "message": d.message} for d in result.diagnostics]
+    return FoldOutput(row, predictions, diagnostics)
+
+
+def _keep_fold(comp: Comparison, out: FoldOutput) -> None:
+    comp.fold_rows.append(out.row)
+    comp.prediction_parts.append(out.predictions)
+    comp.fold_diagnostics.extend(out.diagnostics)
+
+
+class _FoldWorkers:
+    """Where folds are fitted: here, one at a time (``workers == 1``, or after :meth:`close`),
+    or in a pool of ``workers`` processes started at the first fold and kept for the
+    comparison, each fit in them with ``cores // workers`` threads."""
+
+    def __init__(self, comp: Comparison, data: pd.DataFrame, workers: int) -> None:
+        assert comp.fold_of_row is not None
+        self.comp = comp
+        self.args = (comp.spec, data, comp.fold_of_row)
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def run(self, name: str, k: int, checks: Any, opts: Mapping[str, Any]) -> FoldOutput | Future:
+        """Fold ``k`` of engine ``name``: its :class:`FoldOutput`, or a ``Future`` of it."""
+        if self.workers == 1:
+            return run_fold(*self.args, name, k, checks, opts, self.comp.level)
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=_worker_context(), initializer=_start_worker,
+                                             initargs=(*self.args, fold_budget(self.workers)))
+        return self._pool.submit(_worker_fold, name, k, checks, dict(opts), self.comp.level)
+
+    def close(self) -> None:
+        """Stop the pool (waiting for running folds); later folds run here."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = None
+        self.workers = 1
+
+    def __enter__(self) -> _FoldWorkers:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _worker_context() -> Any:
+    """A forkserver context (Unix), else spawn: workers start from a fresh process, never a
+    fork of this one (its threads' locks and LightGBM's OpenMP pool would be inherited)."""
+    methods = multiprocessing.get_all_start_methods()
+    if "forkserver" in methods:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["hierfit.evaluate.compare"])  # imported once, not per worker
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+_WORKER: dict[str, Any] = {}  # a worker process's data, spec and thread budget (set once)
+
+
+def _start_worker(spec: ModelSpec, data: pd.DataFrame, fold_of_row: np.ndarray, threads: int) -> None:
+    _WORKER.update(spec=spec, data=data, fold_of_row=fold_of_row, threads=threads)
+
+
+def _worker_fold(name: str, k: int, checks: Any, opts: Mapping[str, Any], level: float) -> FoldOutput:
+    with limit_threads(_WORKER["threads"]):
+        return run_fold(_WORKER["spec"], _WORKER["data"], _WORKER["fold_of_row"], name, k, checks, opts, level)
 
 
 class _Progress:

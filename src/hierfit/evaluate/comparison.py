@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from hierfit.evaluate.metrics import METRICS, RECOVERY_COLUMNS, score
+from hierfit.evaluate.paired import paired_differences
 from hierfit.evaluate.splits import CVScheme
 from hierfit.exceptions import HierfitError, PersistenceError
 from hierfit.model import ModelSpec
@@ -40,7 +41,7 @@ from hierfit.storage import MANIFEST, SavedFiles, atomic_save, new_manifest, rea
 DIAGNOSTIC_COLUMNS = ["engine", "fold", "check", "message"]
 FOLD_COLUMNS = [
     "engine", "fold", "n_train", "n_test", "rmse", "mae", "mlpd", "coverage", "width",
-    "fit_seconds", "predict_seconds", "mlpd_method", "n_diagnostics",
+    "fit_seconds", "predict_seconds", "mlpd_method", "n_diagnostics", "threads",
 ]  # fmt: skip
 PREDICTION_COLUMNS = ["engine", "row", "fold", "y", "prediction", "lower", "upper", "logpd", "level_used"]
 SUMMARY_COLUMNS = ["engine", "pooling", "uncertainty", "n_folds", "rmse", "mae", "mlpd", "coverage", "width", "fit_seconds", "full_fit_seconds", "mlpd_method"]
@@ -102,10 +103,14 @@ class Comparison:
         return pd.concat(self.recovery_parts, ignore_index=True)[RECOVERY_COLUMNS]
 
     def summary(self) -> pd.DataFrame:
-        """One row per engine: scores pooled over all held-out rows, mean fit time per fold.
+        """One row per engine: scores pooled over all held-out rows, mean fit time per fold,
+        and, when a truth was given, recovery of the truth.
 
         Pooling over rows (rather than averaging fold scores) weighs every held-out row alike
-        when folds differ in size, as leave-groups-out folds do.
+        when folds differ in size, as leave-groups-out folds do. With a truth, one column
+        ``recovery_rmse_<level>[<term>]`` per level and term holds the RMSE of the full-data
+        fit's total effects (national + deviations down to the group) against the true ones;
+        :attr:`recovery` has every row (deviations, coverage, population coefficients).
         """
         from hierfit.engines import ENGINES
 
@@ -132,7 +137,16 @@ class Comparison:
             row["full_fit_seconds"] = float(full.timings.get("fit_seconds", np.nan)) if full is not None else np.nan
             row["mlpd_method"] = ",".join(sorted(set(f["mlpd_method"]))) if len(f) else ""
             rows.append(row)
-        return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+        table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+        return table.join(self._recovery_columns(), on="engine") if len(self.recovery) else table
+
+    def _recovery_columns(self) -> pd.DataFrame:
+        """RMSE of total effects against the truth, engines by ``recovery_rmse_<level>[<term>]``."""
+        rec = self.recovery
+        total = rec[(rec["kind"] == "total") & (rec["level"] != "fixed")]
+        wide = total.pivot_table(index="engine", columns=["level", "term"], values="rmse", sort=False)
+        wide.columns = [f"recovery_rmse_{level}[{term}]" for level, term in wide.columns]
+        return wide
 
     def tidy(self) -> pd.DataFrame:
         """Long table ``engine, fold, metric, value``; ``fold == "all"`` holds the pooled scores."""
@@ -141,6 +155,24 @@ class Comparison:
         pooled = self.summary().melt(id_vars=["engine"], value_vars=list(METRICS), var_name="metric")
         pooled.insert(1, "fold", "all")
         return pd.concat([per_fold, pooled], ignore_index=True)[["engine", "fold", "metric", "value"]]
+
+    def paired(self, reference: str = "ols", metric: str = "rmse") -> pd.DataFrame:
+        """Every other engine against ``reference`` on ``metric``, fold by fold.
+
+        The mean of the per-fold differences, its standard error, and a verdict that says
+        ``better`` or ``worse`` only beyond noise (more than 2 SE), else ``indistinguishable``;
+        see :func:`hierfit.evaluate.paired.paired_differences`.
+
+        Examples
+        --------
+        >>> import hierfit
+        >>> sim = hierfit.simulate(n_markets=6, n_submarkets=4, rows_per_submarket=20, seed=1)
+        >>> comp = hierfit.compare(sim.formula, sim.data, engines=["ols", "mixed"], cv="submarket:4", progress=False)
+        >>> row = comp.paired("ols").iloc[0]
+        >>> row.engine, int(row.n_folds), row.verdict in ("better", "worse", "indistinguishable")
+        ('mixed', 4, True)
+        """
+        return paired_differences(self.folds, reference, metric, engines=[e for e in self.engines if e != reference])
 
     def best(self, metric: str = "rmse") -> str:
         """The engine with the best pooled ``metric``."""

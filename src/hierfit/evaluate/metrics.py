@@ -56,14 +56,20 @@ def score(y: np.ndarray, prediction: np.ndarray, lower: np.ndarray, upper: np.nd
 
 
 def truth_effects(truth: Any) -> pd.DataFrame:
-    """The true effects table from a :class:`hierfit.simulation.Truth` or a DataFrame."""
+    """The true effects table from a :class:`hierfit.simulation.Truth` or a DataFrame.
+
+    Group labels are read as text, so a table read back from CSV (where ``1`` may come back as
+    a number) still matches the fitted groups.
+    """
     table = truth.group_effects() if hasattr(truth, "group_effects") else truth
-    if not isinstance(table, pd.DataFrame) or not {"level", "group", "term", "kind", "estimate"} <= set(table.columns):
+    needed = ["estimate", "group", "kind", "level", "term"]
+    if not isinstance(table, pd.DataFrame) or not set(needed) <= set(table.columns):
+        found = f" (its columns: {', '.join(map(str, table.columns))})" if isinstance(table, pd.DataFrame) else ""
         raise DataError(
-            "'truth' must be a simulation's truth (sim.truth) or a DataFrame with columns "
-            f"level, group, term, kind, estimate; got {type(truth).__name__}."
+            f"'truth' must be a simulation's truth (sim.truth) or a table with columns {', '.join(needed)}, as "
+            f"`hierfit simulate --truth FILE` writes; got {type(truth).__name__}{found}."
         )
-    return table
+    return table.assign(group=table["group"].astype(str))
 
 
 def recovery(result, truth: Any, engine: str | None = None, level: float = 0.9) -> pd.DataFrame:

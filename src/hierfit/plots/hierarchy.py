@@ -128,7 +128,7 @@ class HierarchyTreeDisplay:
         root_est = float(nat["estimate"].iloc[0]) if len(nat) else (0.0 if kind == "deviation" else np.nan)
         root = _Node(
             "national", hierarchy.national, 0, root_est,
-            float(nat["lower"].iloc[0]) if len(nat) else np.nan, float(nat["upper"].iloc[0]) if len(nat) else np.nan, -1,
+            float(nat["lower"].iloc[0]) if len(nat) else np.nan, float(nat["upper"].iloc[0]) if len(nat) else np.nan, int(getattr(result, "n_obs", hierarchy.n_rows)),
         )  # fmt: skip
         nodes = {("national", hierarchy.national): root}
         for lv in hierarchy.levels:

@@ -11,10 +11,19 @@ categories of the fitted tree -- and is drawn with matplotlib alone (no graphviz
 :func:`plot_tree` and :func:`tree_text` are the one-call forms. Each drawn node's text artist
 carries ``gid = "<kind>|<node id>"`` (``s3`` = split 3, ``l5`` = leaf 5), so a figure can be
 checked against the dump.
+
+Trees are drawn at a size where their text is legible without zooming: each leaf gets a slot
+as wide as the longest (wrapped) label, so a 31-leaf tree is a wide figure meant to be shown
+at natural size and scrolled, not shrunk to a page. ``plot(max_depth=k)`` draws only the top
+``k`` levels (a cut node says how many leaves hang below it), which fits a page.
+
+Numbering: people read trees as "tree 1 of 109"; the ``tree_index`` argument counts from 0,
+as LightGBM does, so tree 1 is ``tree_index=0``.
 """
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +34,11 @@ from hierfit.plots._common import new_axes
 LEVEL_COLOURS = ["#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#999999"]
 FIXED_COLOURS = {"slope": "#D55E00", "predictor": "#0072B2", "leaf": "#EEEEEE"}
 MAX_CATEGORIES_SHOWN = 3
+#: text size (points) of node labels, branch labels and the legend: at natural size one point is
+#: 1.33 CSS pixels, so 8 pt renders as 10.7 px text (lines about 12 px high)
+FONT_SIZE = 8.0
+#: characters per line of a wrapped node label
+LABEL_WIDTH = 18
 
 
 @dataclass(frozen=True)
@@ -188,40 +202,110 @@ class TreeDisplay:
         """Same as :meth:`from_model` for a fitted ``lightgbm`` / ``boosted-mixed`` result."""
         return cls.from_model(result, tree_index, ax=ax)
 
-    def plot(self, ax: Any = None) -> TreeDisplay:
-        """Draw the tree; keep ``ax_`` and ``figure_``; return the display."""
+    @property
+    def depth(self) -> int:
+        """Depth of the deepest node (the root is depth 0)."""
+        return max(n.depth for n in self.nodes)
+
+    def plot(self, ax: Any = None, max_depth: int | None = None) -> TreeDisplay:
+        """Draw the tree (its top ``max_depth`` levels when given); keep ``ax_`` and ``figure_``.
+
+        A new figure is sized so that labels keep :data:`FONT_SIZE` at natural size: show it
+        unscaled (the report scrolls it) rather than fitted to a page.
+        """
         from matplotlib.patches import Patch
 
-        n_leaves = sum(n.kind == "leaf" for n in self.nodes)
-        depth = max(n.depth for n in self.nodes)
-        fig, ax = new_axes(ax, (max(6.0, 1.4 * n_leaves), max(3.0, 1.2 * (depth + 1))))
-        where = {n.id: n for n in self.nodes}
-        for n in self.nodes:
+        if max_depth is not None and (not isinstance(max_depth, int) or max_depth < 0):
+            raise SpecError(f"'max_depth' must be a non-negative integer or None; got {max_depth!r}.")
+        shown, x, hidden = self._layout(max_depth)
+        labels = {n.id: self._label(n, hidden.get(n.id, 0)) for n in shown}
+        slots = max(x.values()) + 1
+        depth = max(n.depth for n in shown)
+        fig, ax = new_axes(ax, _figure_size(labels.values(), slots, depth))
+        where = {n.id: n for n in shown}
+        for n in shown:
             if n.parent is not None:
                 p = where[n.parent]
-                ax.plot([p.x, n.x], [-p.depth, -n.depth], color="#888888", lw=0.8, zorder=1)
-                ax.text((p.x + n.x) / 2, -(p.depth + n.depth) / 2, n.branch, fontsize=6, color="#555555", ha="center", va="center", zorder=2)
-        for n in self.nodes:
-            t = ax.text(n.x, -n.depth, n.text, ha="center", va="center", fontsize=6, zorder=3,
-                        bbox=dict(boxstyle="round,pad=0.3", fc=self.colours[n.kind], ec="#333333", lw=0.5))
+                ax.plot([x[p.id], x[n.id]], [-p.depth, -n.depth], color="#888888", lw=0.8, zorder=1)
+                ax.text((x[p.id] + x[n.id]) / 2, -(p.depth + n.depth) / 2, n.branch, fontsize=FONT_SIZE, color="#555555",
+                        ha="center", va="center", zorder=2, bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none"))
+        for n in shown:
+            t = ax.text(x[n.id], -n.depth, labels[n.id], ha="center", va="center", fontsize=FONT_SIZE, zorder=3,
+                        bbox=dict(boxstyle="round,pad=0.3", fc=self.colours[n.kind], ec="#333333", lw=0.5,
+                                  ls="--" if n.id in hidden else "-"))
             t.set_gid(f"{n.kind}|{n.id}")
-        ax.set_xlim(-0.7, max(n_leaves - 0.3, 0.7))
-        ax.set_ylim(-depth - 0.6, 0.6)
+        ax.set_xlim(-0.5, slots - 0.5)
+        ax.set_ylim(-depth - 0.5, 0.5)
         ax.axis("off")
         handles = [Patch(facecolor=self.colours[k], edgecolor="#333333", label=kind_label(k)) for k in self.kinds]
-        ax.legend(handles=handles, loc="upper right", fontsize=7, frameon=False)
-        ax.set_title(f"tree {self.tree_index} of {self.n_trees}", fontsize=9)
+        # legend and title at the left, above the tree: a wide tree is scrolled from its left edge
+        ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=len(handles), fontsize=FONT_SIZE,
+                  frameon=False, borderaxespad=0.2)
+        cut = f", top {max_depth + 1} of {self.depth + 1} levels" if max_depth is not None and max_depth < self.depth else ""
+        ax.set_title(f"{self.title()}{cut}", fontsize=FONT_SIZE + 2, loc="left", pad=2.6 * FONT_SIZE + 4)
         self.figure_ = fig
         self.ax_ = ax
         return self
 
+    def title(self) -> str:
+        """``tree 1 of 109``: counted from 1 (``tree_index`` counts from 0)."""
+        return f"tree {self.tree_index + 1} of {self.n_trees}"
+
+    def _layout(self, max_depth: int | None) -> tuple[list[TreeNode], dict[str, float], dict[str, int]]:
+        """Nodes to draw, their x (slots left to right, parents centred over their children),
+        and the number of leaves below each cut node."""
+        shown = [n for n in self.nodes if max_depth is None or n.depth <= max_depth]
+        children: dict[str, list[str]] = {}
+        for n in self.nodes:  # preorder, left child first
+            if n.parent is not None:
+                children.setdefault(n.parent, []).append(n.id)
+        leaves_below: dict[str, int] = {}
+        for n in reversed(self.nodes):
+            kids = children.get(n.id, [])
+            leaves_below[n.id] = sum(leaves_below[k] for k in kids) if kids else 1
+        keep = {n.id for n in shown}
+        x: dict[str, float] = {}
+        next_slot = [0]
+
+        def place(nid: str) -> float:
+            kids = [k for k in children.get(nid, []) if k in keep]
+            if not kids:
+                x[nid] = float(next_slot[0])
+                next_slot[0] += 1
+            else:
+                xs = [place(k) for k in kids]
+                x[nid] = (xs[0] + xs[-1]) / 2
+            return x[nid]
+
+        place(self.nodes[0].id)
+        hidden = {n.id: leaves_below[n.id] for n in shown if children.get(n.id) and n.depth == max_depth}
+        return shown, x, hidden
+
+    @staticmethod
+    def _label(node: TreeNode, leaves_hidden: int) -> str:
+        lines = [textwrap.fill(line, LABEL_WIDTH, break_long_words=False) for line in node.text.split("\n")]
+        if leaves_hidden:
+            lines.append(f"... {leaves_hidden} leaves below")
+        return "\n".join(lines)
+
     def text(self) -> str:
         """An indented dump naming each split's kind."""
-        lines = [f"tree {self.tree_index} of {self.n_trees} (the national root is constant, so never a split)"]
+        lines = [f"{self.title()} (tree_index {self.tree_index}; the national root is constant, so never a split)"]
         for n in self.nodes:
             prefix = "  " * n.depth + (f"{n.branch}: " if n.branch else "")
             lines.append(prefix + self.details[n.id])
         return "\n".join(lines)
+
+
+def _figure_size(labels: Any, slots: float, depth: int) -> tuple[float, float]:
+    """Inches that fit ``slots`` labels side by side and ``depth + 1`` rows of them at
+    :data:`FONT_SIZE` (DejaVu Sans averages about 0.6 em a character)."""
+    split = [label.split("\n") for label in labels]
+    chars = max(len(line) for lines in split for line in lines)
+    rows = max(len(lines) for lines in split)
+    slot = max(72.0, 0.62 * FONT_SIZE * chars + 16)  # points
+    step = max(54.0, 1.25 * FONT_SIZE * rows + 26)
+    return max(6.0, slots * slot / 72 + 0.4), (depth + 1) * step / 72 + 0.9
 
 
 def plot_tree(model: Any, tree_index: int = 0, ax: Any = None, feature_kinds: Mapping[str, str] | None = None) -> Any:

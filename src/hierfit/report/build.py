@@ -24,11 +24,14 @@ from hierfit.report.html import (
     h3,
     img,
     pre,
+    svg_figure,
     table_html,
     text,
 )
 
 MAX_EFFECT_ROWS = 400
+#: levels of a boosted tree drawn at page width; the whole tree opens below at natural size
+TREE_TOP_LEVELS = 4
 
 
 def build_report(
@@ -105,6 +108,8 @@ def _load(source: Any) -> Any:
 
 # -- pages -------------------------------------------------------------------------------------
 def _comparison_page(comp, title: str | None) -> Page:
+    from hierfit.evaluate.comparison import SUMMARY_COLUMNS
+
     fits = comp.fits
     page = Page(title or "hierfit engine comparison", f"{comp.spec.text} · {comp.cv.describe()}")
     s = page.section("Model")
@@ -114,9 +119,12 @@ def _comparison_page(comp, title: str | None) -> Page:
         page.section("Data").append(data_summary(comp.data, comp.spec.response, first.hierarchy))
     s = page.section("Engine comparison")
     summary = comp.summary()
-    s.append(text("Scores of held-out rows, pooled over folds. MLPD is the mean log predictive density (higher is better; NaN where the engine has no predictive distribution); coverage should be near the interval level."))
-    s.append(_verdict(summary))
-    s.append(table_html(summary))
+    s.append(text("Scores of held-out rows, pooled over folds. MLPD is the mean log predictive density (higher is better; NaN where the engine has no predictive distribution); coverage should be near the interval level. Engines are called better or worse than another only when their paired difference over the same folds exceeds twice its standard error; otherwise indistinguishable."))
+    s.append(_verdict(comp, summary))
+    s.append(table_html(summary[SUMMARY_COLUMNS]))  # recovery has its own section below
+    paired = _paired_table(comp)
+    if len(paired):
+        s.append(details(f"paired differences over folds against {paired['reference'].iloc[0]} (RMSE, MLPD)", table_html(paired)))
     if len(comp.folds):
         s.append(_plot(lambda: _comparison_display().from_comparison(comp).figure_, "engine comparison chart"))
         s.append(details("scores per fold", table_html(comp.folds)))
@@ -184,14 +192,14 @@ def _effects_sections(page: Page, fits: dict, main: str, data: pd.DataFrame | No
         for term in terms:
             s.append(h3(f"{lv.name}: {term}"))
             s.append(_plot(lambda lv=lv, term=term: CaterpillarDisplay.from_result(fits, level=lv.name, term=term, truth=truth).figure_, f"caterpillar {lv.name} {term}"))
-    no_pool = [n for n in fits if ENGINES.get(n) and ENGINES[n].capabilities.pooling == "none"]
+    no_pool = _no_pooling_reference(fits)
     partial = [n for n in fits if ENGINES.get(n) and ENGINES[n].capabilities.pooling == "partial"]
-    if no_pool and partial:
+    if no_pool is not None and partial:
         s = page.section("Shrinkage")
         p = main if main in partial else partial[0]
-        s.append(text(f"Deviations of each group from its parent: no pooling ({no_pool[0]}) against partial pooling ({p})."))
+        s.append(text(f"Deviations of each group from its parent: no pooling ({no_pool}) against partial pooling ({p})."))
         for lv in fit.hierarchy.levels:
-            s.append(_plot(lambda lv=lv: ShrinkageDisplay.from_results(fits[no_pool[0]], fits[p], level=lv.name).figure_, f"shrinkage {lv.name}"))
+            s.append(_plot(lambda lv=lv: ShrinkageDisplay.from_results(fits[no_pool], fits[p], level=lv.name).figure_, f"shrinkage {lv.name}"))
     if data is not None and fit.spec.response in data.columns:
         s = page.section("Predictive checks")
         s.append(text("Observed outcomes against data replicated from each fit, on the fitted rows; the PIT histogram is flat when the predictive distribution is calibrated."))
@@ -211,16 +219,31 @@ def _effects_sections(page: Page, fits: dict, main: str, data: pd.DataFrame | No
         s.append(details(f"{name}: group effects (deviation and total)", table_html(r.group_effects(), max_rows=MAX_EFFECT_ROWS)))
 
 
+def _no_pooling_reference(fits: dict) -> str | None:
+    """The no-pooling fit to measure shrinkage against: ``ols`` (one dummy per group, exactly
+    no pooling) whenever it was fitted, else the first engine that declares no pooling."""
+    from hierfit.engines import ENGINES
+
+    if "ols" in fits:
+        return "ols"
+    return next((n for n in fits if ENGINES.get(n) and ENGINES[n].capabilities.pooling == "none"), None)
+
+
 def _trees_section(page: Page, fits: dict) -> None:
-    """The first tree of each boosting fit, nodes coloured by kind (group level, slope, predictor)."""
-    from hierfit.plots.trees import plot_tree, tree_text
+    """The first tree of each boosting fit, nodes coloured by kind (group level, slope, predictor).
+
+    Trees are inline SVG at natural size, so labels stay legible: the top levels fit the page,
+    and the whole tree (often thousands of pixels wide) opens below in a box that scrolls.
+    """
+    from hierfit.plots.trees import TreeDisplay
 
     boosted = {n: r for n, r in fits.items() if hasattr(r.engine_fit, "booster") and hasattr(r.engine_fit, "num_iteration")}
     if not boosted:
         return
     s = page.section("Boosted trees")
     s.append(text("The first tree of each boosting engine; nodes are coloured by what they split on: a group level, a "
-                  "varying-slope column, or a population predictor. boosted-mixed's trees never split on a group."))
+                  "varying-slope column, or a population predictor. boosted-mixed's trees never split on a group. "
+                  "Trees are numbered from 1 (LightGBM's tree_index counts from 0)."))
     for name, r in boosted.items():
         s.append(h3(name))
         n_trees = int(r.engine_fit.num_iteration)
@@ -228,9 +251,23 @@ def _trees_section(page: Page, fits: dict) -> None:
             s.append(text(f"{name} kept no trees: on the validation rows they did not beat the mixed model alone beyond "
                           "noise, so this fit is the mixed model.", "note"))
             continue
-        s.append(text(f"Tree 1 of {n_trees}."))
-        s.append(_plot(lambda r=r: plot_tree(r, 0), f"{name} tree 0"))
-        s.append(details(f"{name}: tree 0 as text", pre(tree_text(r, 0))))
+        try:
+            tree = TreeDisplay.read(r, 0)
+        except Exception as exc:  # shown in the report instead of losing the page
+            s.append(failed_plot(f"{name} tree 1", exc))
+            continue
+        slug = "".join(c if c.isalnum() else "-" for c in name)
+        n_nodes, levels = len(tree.nodes), tree.depth + 1
+        if levels > TREE_TOP_LEVELS:
+            s.append(text(f"Tree 1 of {n_trees} ({n_nodes} nodes in {levels} levels): the top {TREE_TOP_LEVELS} levels; "
+                          "a dashed node says how many leaves hang below it."))
+            s.append(_svg(lambda: tree.plot(max_depth=TREE_TOP_LEVELS - 1).figure_, f"{name} tree 1, top levels", f"{slug}-top"))
+            s.append(details(f"{name}: the whole of tree 1, at full size (scroll sideways)",
+                             _svg(lambda: tree.plot().figure_, f"{name} tree 1", f"{slug}-all")))
+        else:
+            s.append(text(f"Tree 1 of {n_trees} ({n_nodes} nodes in {levels} levels)."))
+            s.append(_svg(lambda: tree.plot().figure_, f"{name} tree 1", f"{slug}-all"))
+        s.append(details(f"{name}: tree 1 as text", pre(tree.text())))
 
 
 def _diagnostics_section(page: Page, fits: dict, fold_diagnostics: list[dict]) -> None:
@@ -260,19 +297,36 @@ def _spec_html(spec, extra: dict[str, str]) -> str:
     return table_html(pd.DataFrame({"": list(rows), "value": list(rows.values())}), classes="data kv")
 
 
-def _verdict(summary: pd.DataFrame) -> str:
-    """One sentence: the best held-out RMSE, and each partial-pooling engine against ``ols``."""
-    s = summary.dropna(subset=["rmse"])
+def _verdict(comp, summary: pd.DataFrame) -> str:
+    """The best held-out RMSE, and each partial-pooling engine against ``ols`` (no pooling):
+    every "better than" comes from the paired comparison over folds, with its standard error
+    (``Comparison.paired``); within 2 SE the engines are called indistinguishable."""
+    from hierfit.evaluate.paired import describe
+
+    s = summary.dropna(subset=["rmse"]).sort_values("rmse", kind="stable")
     if s.empty:
         return text("No engine was cross-validated.", "warn")
-    best = s.loc[s["rmse"].idxmin()]
+    best = s.iloc[0]
     parts = [f"Lowest held-out RMSE: {best.engine} ({best.rmse:.4f})."]
+    if len(s) > 1:
+        nxt = s.iloc[1]
+        row = comp.paired(str(nxt.engine), "rmse").set_index("engine").loc[best.engine]
+        parts[0] = parts[0][:-1] + f", {describe(row, f'the next, {nxt.engine} ({nxt.rmse:.4f})')}."
     if "ols" in set(s["engine"]):
         ref = float(s.set_index("engine").loc["ols", "rmse"])
+        paired = comp.paired("ols", "rmse").set_index("engine")
         for r in s[s["pooling"] == "partial"].itertuples():
-            word = "better than" if r.rmse < ref else "not better than"
-            parts.append(f"{r.engine}: {r.rmse:.4f}, {word} no pooling (ols {ref:.4f}; ratio {r.rmse / ref:.4f}).")
+            parts.append(f"{r.engine} ({r.rmse:.4f}) is {describe(paired.loc[r.engine], f'no pooling (ols, {ref:.4f})')}.")
     return text(" ".join(parts), "note")
+
+
+def _paired_table(comp) -> pd.DataFrame:
+    """Every engine against ``ols`` (else the first engine with folds) on RMSE and MLPD."""
+    engines = list(dict.fromkeys(comp.folds["engine"]))
+    if len(engines) < 2:
+        return pd.DataFrame()
+    reference = "ols" if "ols" in engines else engines[0]
+    return pd.concat([comp.paired(reference, m) for m in ("rmse", "mlpd")], ignore_index=True)
 
 
 def _preferred(comp) -> str:
@@ -294,14 +348,20 @@ def _preferred(comp) -> str:
     return next(iter(comp.fits))
 
 
-def _plot(draw, what: str) -> str:
+def _plot(draw, what: str, render=img) -> str:
+    """``render(draw(), what)``: a figure as HTML (a PNG by default), or a note if it fails."""
     try:
-        return img(draw(), what)
+        return render(draw(), what)
     except Exception as exc:  # shown in the report instead of losing the page
         import matplotlib.pyplot as plt
 
         plt.close("all")
         return failed_plot(what, exc)
+
+
+def _svg(draw, what: str, prefix: str) -> str:
+    """Like :func:`_plot`, as inline SVG at natural size (ids prefixed with ``prefix``)."""
+    return _plot(draw, what, lambda fig, alt: svg_figure(fig, alt, prefix))
 
 
 def _comparison_display():

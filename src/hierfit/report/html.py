@@ -2,6 +2,8 @@
 
 The page needs nothing but itself: CSS is inline, images are ``data:image/png;base64`` URIs,
 and there is no script, so it opens the same from a mail attachment as from a web server.
+Figures too wide for a page (LightGBM trees) are inline SVG at natural size in a box that
+scrolls: their text stays real text, legible at 100% zoom and found by the browser's search.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -32,6 +35,8 @@ table.data th { background: #f3f5f7; }
 table.data td:first-child, table.data th:first-child { text-align: left; }
 table.kv td { text-align: left; }
 img.plot { max-width: 100%; height: auto; border: 1px solid #eaeef2; margin: 6px 0; display: block; }
+div.svg-plot { overflow: auto; max-height: 85vh; border: 1px solid #eaeef2; margin: 6px 0; background: white; }
+div.svg-plot svg { display: block; max-width: none; }
 pre { background: #f6f8fa; padding: 8px 12px; font-size: 12px; overflow-x: auto; }
 .warn { background: #fff8c5; border-left: 4px solid #d4a72c; padding: 6px 10px; margin: 6px 0; font-size: 13px; }
 .ok { background: #dafbe1; border-left: 4px solid #2da44e; padding: 6px 10px; margin: 6px 0; font-size: 13px; }
@@ -48,6 +53,32 @@ def figure_to_data_uri(fig, dpi: int = 90) -> str:
     fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def figure_to_svg(fig, prefix: str) -> str:
+    """A figure as an inline ``<svg>`` element at natural size (1 pt = 1.33 px), text as text.
+
+    Every id in it is prefixed with ``prefix`` (and so is every reference to one), so several
+    figures on one page never share an id: matplotlib names groups ``patch_1``, ``text_1``...
+    in every file. The figure is closed afterwards.
+    """
+    import matplotlib.pyplot as plt
+
+    buf = io.StringIO()
+    with plt.rc_context({"svg.fonttype": "none"}):  # <text> the browser draws, not glyph outlines
+        fig.savefig(buf, format="svg", facecolor="white", metadata={"Date": None})
+    plt.close(fig)
+    svg = buf.getvalue()
+    svg = svg[svg.index("<svg"):]  # drop the XML declaration and DOCTYPE (not allowed inline)
+    svg = re.sub(r"\s*<metadata>.*?</metadata>", "", svg, flags=re.S)  # RDF naming outside schemas
+    svg = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{prefix}-{m.group(1)}"', svg)
+    svg = re.sub(r"url\(#([^)]+)\)", lambda m: f"url(#{prefix}-{m.group(1)})", svg)
+    return re.sub(r'href="#([^"]+)"', lambda m: f'href="#{prefix}-{m.group(1)}"', svg)
+
+
+def svg_figure(fig, alt: str, prefix: str) -> str:
+    """A figure as inline SVG at natural size in a scrolling box (see :func:`figure_to_svg`)."""
+    return f'<div class="svg-plot" data-what="{html.escape(alt)}">{figure_to_svg(fig, prefix)}</div>'
 
 
 def table_html(frame: pd.DataFrame, digits: int = 4, max_rows: int | None = None, classes: str = "data") -> str:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from hierfit.checks import Diagnostic
-from hierfit.design import DesignEncoding, RowDesign
+from hierfit.design import NATIONAL_LEVEL, DesignEncoding, RowDesign
 from hierfit.design.hierarchy import Hierarchy
 from hierfit.engines import ENGINES
 from hierfit.engines.base import EngineFit
@@ -83,11 +83,15 @@ class FitResult:
         """Every group's effect: its deviation from its parent, and/or its total.
 
         Columns ``level, group, parent, term, kind, estimate, std_error, lower, upper, n_rows``.
-        The national root is the first row(s) (``level == "national"``).
+        The national root is the first row(s) (``level == "national"``); its ``n_rows`` is
+        every fitted row.
         """
         if kind not in ("deviation", "total", "both"):
             raise SpecError(f"'kind' must be one of: both, deviation, total. Got {kind!r}.")
         table = self.engine_fit.group_effects(_check_level(level))
+        # The root holds every fitted row; a tree without levels has no sizes to sum, so the
+        # count comes from here, which knows it for every engine.
+        table.loc[table["level"] == NATIONAL_LEVEL, "n_rows"] = self.n_obs
         if kind != "both":
             table = table[table["kind"] == kind].reset_index(drop=True)
         return table

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from hierfit.engines.state import StateReader, StateWriter
+from hierfit.engines.threads import threads_for
 from hierfit.exceptions import PersistenceError
 
 BOOSTER_FILE = "booster.txt"
@@ -27,7 +28,8 @@ def lgb_params(options: Any, objective: str) -> dict[str, Any]:
         "seed": options.seed,
         "deterministic": True,
         "force_row_wise": True,
-        "num_threads": options.num_threads,
+        # 0: from the work around the fit (every core alone, one per fold worker in compare)
+        "num_threads": threads_for(options.num_threads),
         "verbosity": -1,
     }
     params.update(dict(options.params))

@@ -77,6 +77,10 @@ class OPTIONS:
         Rows held out from the trees to choose the number of rounds (``"random"`` or ``"grouped"``).
     verbose
         Print one progress line per round (0 = quiet).
+    num_threads
+        LightGBM's threads; ``0`` (default): from the work around the fit -- every core for a
+        single fit, ``cores // workers`` per fold worker inside ``compare`` (see
+        :mod:`hierfit.engines.threads`).
     """
 
     effects_engine: str = "mixed"
@@ -97,7 +101,7 @@ class OPTIONS:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-FAST_OPTIONS: dict[str, Any] = {"trees_per_round": 10, "learning_rate": 0.1, "max_rounds": 20, "patience": 2, "num_threads": 1}
+FAST_OPTIONS: dict[str, Any] = {"trees_per_round": 10, "learning_rate": 0.1, "max_rounds": 20, "patience": 2}
 
 
 class BoostedMixedFit(BaseEngineFit):

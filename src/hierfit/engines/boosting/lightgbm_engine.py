@@ -93,6 +93,10 @@ class OPTIONS:
         averaged over this many paths drawn once at fit time (see ``_partial``).
     verbose
         Print LightGBM's validation loss every ``verbose`` rounds (0 = quiet).
+    num_threads
+        LightGBM's threads; ``0`` (default): from the work around the fit -- every core for a
+        single fit, ``cores // workers`` per fold worker inside ``compare`` (see
+        :mod:`hierfit.engines.threads`).
     params
         Extra LightGBM parameters (override the ones above).
     """
@@ -116,7 +120,7 @@ class OPTIONS:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-FAST_OPTIONS: dict[str, Any] = {"num_boost_round": 300, "learning_rate": 0.1, "early_stopping_rounds": 20, "pd_rows_per_group": 20, "num_threads": 1}
+FAST_OPTIONS: dict[str, Any] = {"num_boost_round": 300, "learning_rate": 0.1, "early_stopping_rounds": 20, "pd_rows_per_group": 20}
 
 
 class LightGBMFit(BaseEngineFit):
