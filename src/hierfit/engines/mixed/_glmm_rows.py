@@ -30,6 +30,9 @@ from ._glmm_kernels import HAVE_NUMBA
 
 __all__ = ["RowModel", "RowTerms", "working_response"]
 
+#: rows per chunk of the one-off constant of the compiled passes (bounds its temporaries)
+CONST_CHUNK = 1 << 16
+
 
 @dataclass
 class RowTerms:
@@ -199,12 +202,17 @@ class RowModel:
         """``sum w log p - (fast pass value)``: the eta-free part (binomial coefficients, y!)."""
         if disp not in self._const:
             assert self._fast is not None
-            eta0 = self.start_eta()
-            n = self.n
-            ll_var = self._fast[1](eta0, self.y, self.t, self.pw, False, np.empty(n),
-                                   np.empty(n), np.empty(n))
-            ll = self.family.logpdf(self.y, self.family.link.inverse(eta0), self.t, _arr(disp))
-            self._const[disp] = float(np.sum(self.pw * ll)) - ll_var
+            fam, total = self.family, 0.0
+            # in chunks: the generic log-density makes a dozen temporaries per row, which on
+            # the whole data would be the fit's peak memory (the sum is all that is kept)
+            for lo in range(0, self.n, CONST_CHUNK):
+                y, t, pw = (a[lo:lo + CONST_CHUNK] for a in (self.y, self.t, self.pw))
+                eta0 = np.asarray(fam.link.link(fam.start(y, t)), dtype=float)
+                k = y.size
+                ll_var = self._fast[1](eta0, y, t, pw, False, np.empty(k), np.empty(k), np.empty(k))
+                ll = fam.logpdf(y, fam.link.inverse(eta0), t, _arr(disp))
+                total += float(np.sum(pw * ll)) - ll_var
+            self._const[disp] = total
         return self._const[disp]
 
     def terms(self, eta: np.ndarray, disp: float | None, grad: bool = False) -> RowTerms:
