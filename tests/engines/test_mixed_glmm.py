@@ -309,3 +309,17 @@ def test_predictions_on_both_scales_and_for_new_groups() -> None:
     with pytest.warns(hierfit.UnseenGroupsWarning):
         fallback = fit.predict(new)
     assert (fallback.level_used == "nation").all()
+
+
+def test_negative_binomial_on_poisson_counts_says_to_fit_poisson() -> None:
+    # seeded Poisson counts whose NB size estimate runs off to infinity (no overdispersion)
+    sim = hierfit.simulate(seed=0, family="poisson", n_markets=6, n_submarkets=3, rows_per_submarket=20, national=0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        nb = hierfit.fit(sim.formula, sim.data, engine="mixed", family="negative_binomial")
+    messages = [str(w.message) for w in caught if issubclass(w.category, HierfitWarning)]
+    assert len(messages) == 1 and "no overdispersion" in messages[0] and "family='poisson'" in messages[0], messages
+    pois = hierfit.fit(sim.formula, sim.data, engine="mixed", family="poisson")
+    assert nb.statistics["nb_theta"] > 1e4
+    assert nb.statistics["loglik"] == pytest.approx(pois.statistics["loglik"], abs=1e-2)
+    np.testing.assert_allclose(nb.fixed_effects().estimate, pois.fixed_effects().estimate, atol=1e-3)

@@ -16,6 +16,8 @@ from .lmm import LmmSolution
 
 #: at most this many group or row names in one message
 _SHOWN = 5
+#: largest count / NB size below which the size is taken to have run off to infinity
+POISSON_LIMIT = 1e-3
 
 
 def lmm_diagnostics(design: Design, sol: LmmSolution) -> list[Diagnostic]:
@@ -36,14 +38,23 @@ def glmm_diagnostics(design: Design, sol: GlmmSolution) -> list[Diagnostic]:
     """Convergence, singular fits, separation and overdispersion of a GLMM."""
     d = sol.diagnostics
     found = []
-    if not d.pirls_converged:
+    if _at_poisson_limit(design, sol):
+        # theta -> infinity has no finite optimum, so the optimiser (and PIRLS at a huge theta)
+        # report non-convergence; the cause, and the fix, is the missing overdispersion
+        found.append(Diagnostic(
+            "convergence",
+            f"The negative-binomial size theta ran off to {sol.nb_theta:.3g}: these counts show no overdispersion "
+            "(their variance is their mean), so theta has no finite estimate and the fit is the Poisson limit. "
+            "Refit with family='poisson'.",
+        ))
+    elif not d.pirls_converged:
         found.append(Diagnostic(
             "convergence",
             "Penalised IRLS did not converge at the final estimates, so the conditional modes (and the Laplace "
             "likelihood) are not reliable. Look for separation or extreme offsets, simplify the group-level terms, "
             "or retry with a larger maxiter.",
         ))
-    if not d.outer_converged:
+    if not d.outer_converged and not _at_poisson_limit(design, sol):
         found.append(Diagnostic(
             "convergence",
             f"The optimiser of the variance parameters and fixed effects did not converge ({d.outer_message}). "
@@ -65,6 +76,14 @@ def glmm_diagnostics(design: Design, sol: GlmmSolution) -> list[Diagnostic]:
             f"family={d.suggested_family!r}, or add an observation-level term such as (1 | row_id).",
         ))
     return found  # zero-trial rows are a data check (hierfit.design.outcome), named by their labels
+
+
+def _at_poisson_limit(design: Design, sol: GlmmSolution) -> bool:
+    """An estimated NB size so large that the overdispersion ``mu / theta`` is under 0.1% at the largest count."""
+    if sol.nb_theta is None or not design.spec.family.has_dispersion:
+        return False
+    largest = max(1.0, float(design.y.max(initial=0.0)))
+    return largest / float(sol.nb_theta) < POISSON_LIMIT
 
 
 def _singular(design: Design, terms: list[tuple[int, int]]) -> Diagnostic:
