@@ -177,7 +177,9 @@ def compute_rows(X: np.ndarray, y: np.ndarray, plan: Plan, layout: Layout,
         xy[:p] = X[start:stop].T
         xy[p] = y[start:stop]
         if xy_map is not None:
-            xy = (xy - xy_map[0][:, None]) / xy_map[1][:, None]
+            # in place: two chunk-sized temporaries here were the fit's peak memory
+            xy -= xy_map[0][:, None]
+            xy /= xy_map[1][:, None]
         wc = None if weights is None else np.asarray(weights[start:stop], dtype=np.float64)
         fixed += (xy if wc is None else xy * wc) @ xy.T
         xy_ones = x_ones + [False]
