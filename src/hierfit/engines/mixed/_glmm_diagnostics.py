@@ -28,6 +28,9 @@ SEPARATION_CANDIDATE = 4.0
 #: A fitted mean (per trial) this close to the boundary its outcome sits on is pinned there.
 PINNED = 1e-3
 
+#: rows per chunk of the end-of-fit row statistics (bounds their temporaries)
+STAT_CHUNK = 1 << 16
+
 
 @dataclass(frozen=True)
 class SeparationFlag:
@@ -116,11 +119,16 @@ def pearson(family: Family, y: np.ndarray, mu: np.ndarray, trials: np.ndarray,
             weights: np.ndarray, disp: float | None, n_params: int
             ) -> tuple[float, int, float, float]:
     """Pearson chi-square, residual df, ratio and upper-tail p-value."""
-    use = (weights > 0) & (trials > 0)
-    V = family.variance(mu[use], None if disp is None else np.asarray(disp))
-    t = trials[use]
-    chi2 = float(np.sum(weights[use] * (y[use] - t * mu[use]) ** 2 / (t * np.maximum(V, 1e-300))))
-    df = int(np.count_nonzero(use)) - n_params
+    chi2, used = 0.0, 0
+    d = None if disp is None else np.asarray(disp)
+    for lo in range(0, y.size, STAT_CHUNK):  # in chunks: a dozen temporaries per row otherwise
+        sl = slice(lo, lo + STAT_CHUNK)
+        use = (weights[sl] > 0) & (trials[sl] > 0)
+        m, t = mu[sl][use], trials[sl][use]
+        V = family.variance(m, d)
+        chi2 += float(np.sum(weights[sl][use] * (y[sl][use] - t * m) ** 2 / (t * np.maximum(V, 1e-300))))
+        used += int(np.count_nonzero(use))
+    df = used - n_params
     if df <= 0:
         return chi2, df, float("nan"), float("nan")
     return chi2, df, chi2 / df, float(stats.chi2.sf(chi2, df))

@@ -121,7 +121,9 @@ class Problem:
         """``X_t beta_t + offset`` (computed as ``X (M beta_t)``: one BLAS pass)."""
         if self.p == 0:
             return self.offset.copy()
-        return self.X @ (self.xmap.matrix() @ beta_t) + self.offset
+        out = self.X @ (self.xmap.matrix() @ beta_t)
+        out += self.offset  # in place: one row-sized array, not two (memory is per row)
+        return out
 
     # ------------------------------------------------------------------ Lambda
     def lam(self, Ts: list[np.ndarray], v: np.ndarray, transpose: bool = False) -> np.ndarray:
@@ -390,10 +392,11 @@ def pirls_joint(prob: Problem, Ts: list[np.ndarray], disp: float | None,
         assert eta0 is not None
         beta, u = np.zeros(p), np.zeros(prob.q)
         raw = _joint_pass(prob, Ts, disp, beta, u, xb=np.asarray(eta0, dtype=float))[1]
+        eta0 = None  # drop the start's row-sized array before the next passes allocate theirs
         pd_old = np.inf
     else:
         beta, u = warm
-        pd_old, raw = _joint_pass(prob, Ts, disp, beta, u)
+        pd_old, raw, _ = _joint_pass(prob, Ts, disp, beta, u)
     first = warm is None
     RX = np.eye(p)
     for it in range(maxit):
@@ -409,7 +412,7 @@ def pirls_joint(prob: Problem, Ts: list[np.ndarray], disp: float | None,
         for _ in range(40):
             b_try = beta + step * (beta_new - beta) if (it or not first) else beta_new
             u_try = u + step * (u_new - u) if (it or not first) else u_new
-            pd, raw_try = _joint_pass(prob, Ts, disp, b_try, u_try)
+            pd, raw_try, _ = _joint_pass(prob, Ts, disp, b_try, u_try)
             if np.isfinite(pd) and pd <= pd_old + 1e-13 * abs(pd):
                 break
             step *= 0.5
@@ -431,8 +434,17 @@ def full_system(prob: Problem, Ts: list[np.ndarray], disp: float | None, beta: n
     return raw
 
 
+def full_system_and_eta(prob: Problem, Ts: list[np.ndarray], disp: float | None, beta: np.ndarray,
+                        u: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """:func:`full_system` and the linear predictor of its pass (callers drop theirs first:
+    the end of a fit holds the most row-sized arrays)."""
+    _, raw, eta = _joint_pass(prob, Ts, disp, beta, u)
+    return raw, eta
+
+
 def _joint_pass(prob: Problem, Ts: list[np.ndarray], disp: float | None, beta: np.ndarray,
-                u: np.ndarray, xb: np.ndarray | None = None) -> tuple[float, list[np.ndarray]]:
+                u: np.ndarray, xb: np.ndarray | None = None
+                ) -> tuple[float, list[np.ndarray], np.ndarray]:
     """``pd`` at ``(beta, u)`` and the joint system of the next step (fused when possible).
 
     ``xb`` overrides ``X beta + offset`` (the start's linear predictor, with ``u = 0``).
@@ -447,9 +459,10 @@ def _joint_pass(prob: Problem, Ts: list[np.ndarray], disp: float | None, beta: n
         flat = np.zeros(size)
         E, C, Fr, Fg = prob.coef0
         w, r = np.empty(prob.n), np.empty(prob.n)
+        # eta is written over xb (each row reads its xb once, before): a fresh array here
+        # (xbeta's, or the start's, dropped by the caller), and one row-sized array fewer
         ll = prob.fused.step(flat, xb, bvec, prob.offset, rows.y, rows.t, rows.pw,
-                             np.empty(prob.n), True, w, r, Fr, Fg, E, C, prob.rl.gidx,
-                             prob.rl.zc)
+                             xb, True, w, r, Fr, Fg, E, C, prob.rl.gidx, prob.rl.zc)
         raw0 = finish_rows(rl_sys, flat, total)
         pd = -2.0 * (ll + rows.fast_const(disp)) + float(u @ u)
     else:
@@ -458,9 +471,10 @@ def _joint_pass(prob: Problem, Ts: list[np.ndarray], disp: float | None, beta: n
         w, r = _working(prob, terms, eta, prob.offset)
         raw0 = prob.weighted_rows(w, r, with_x=False, pad=False)
         pd = terms.dev + float(u @ u)
+        xb = eta
     raw = _with_x(prob, raw0, w, r)
     raw[-1][0, -1, -1] += 1.0  # see Problem.weighted_rows
-    return pd, raw
+    return pd, raw, xb  # xb holds eta now (the fused pass writes it over xb)
 
 
 def _with_x(prob: Problem, raw0: list[np.ndarray], w: np.ndarray, r: np.ndarray

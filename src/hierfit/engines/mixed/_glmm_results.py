@@ -10,6 +10,7 @@ import scipy.linalg as sla
 from ._glmm_agq import agq_objective
 from ._glmm_diagnostics import (
     SEPARATION_CANDIDATE,
+    STAT_CHUNK,
     GlmmDiagnostics,
     SeparationFlag,
     pearson,
@@ -18,7 +19,7 @@ from ._glmm_diagnostics import (
 )
 from ._glmm_objective import FD_PIRLS_TOL, Objective
 from ._glmm_optim import OuterResult, minimize_outer
-from ._glmm_pirls import Mode, full_system
+from ._glmm_pirls import Mode, full_system_and_eta
 from ._glmm_setup import FitSetup
 from ._glmm_start import start_values
 from .glmm import GlmmSolution, OptSummary
@@ -99,7 +100,10 @@ def _assemble(fit: FitSetup, obj: Objective, res: OuterResult, x0: np.ndarray, f
         f = agq_objective(prob, mode, Ts, prob.xbeta(beta_t), disp, *obj.rule)
     # Full PIRLS system at the modes (X columns included): draws and the R_X fallback.
     sysf = prob.sysf
-    sysf.raw_rows = full_system(prob, Ts, disp, beta_t, mode.u)
+    # The pass recomputes eta at (beta, u) -- the same numbers as the mode's -- so the mode's
+    # copy is dropped first: the end of a fit holds the most row-sized arrays.
+    mode.eta = np.empty(0)
+    sysf.raw_rows, eta = full_system_and_eta(prob, Ts, disp, beta_t, mode.u)
     fz_full = sysf.factorize(Ts, keep=True)
     RX = fz_full.LM[:prob.p, :prob.p]
     vcov = std.vcov(_vcov_t(fit, obj, res, RX))
@@ -133,9 +137,8 @@ def _assemble(fit: FitSetup, obj: Objective, res: OuterResult, x0: np.ndarray, f
         condsd.append(np.sqrt(np.diagonal(cc, axis1=1, axis2=2)))
     n_params = prob.p + spec.size + int(fit.estimate_disp)
     n_obs = fit.n_obs
-    mu = fit.family.link.inverse(mode.eta)
-    deviance = float(np.sum(fit.weights * fit.family.unit_deviance(
-        fit.y, mu, fit.trials, None if disp is None else np.asarray(disp))))
+    mu = fit.family.link.inverse(eta)
+    deviance = _deviance(fit, mu, disp)
     sing = [(b, i) for val, (b, i, j), lo in zip(theta_t, spec.entries, spec.lower)
             if lo == 0.0 and val < SINGULAR_TOL]
     converged = bool(res.converged and mode.converged)
@@ -161,7 +164,7 @@ def _assemble(fit: FitSetup, obj: Objective, res: OuterResult, x0: np.ndarray, f
         deviance=deviance, aic=f + 2.0 * n_params, bic=f + np.log(n_obs) * n_params,
         n_obs=n_obs, n_params=n_params, n_agq=fit.n_agq, information=fit.information,
         converged=converged, message=message, n_evaluations=obj.n_eval, singular=bool(sing),
-        singular_terms=sing, linear_predictor=mode.eta, diagnostics=diagnostics,
+        singular_terms=sing, linear_predictor=eta, diagnostics=diagnostics,
         opt_summary=opt, timings=timings, family=fit.family, _system=sysf, _fz=fz_full,
         _u=u_lv, _terms=terms, _factor_T=Ts, _std=std, _beta_t=beta_t)
 
@@ -203,6 +206,16 @@ def _separation(fit: FitSetup, obj: Objective, res: OuterResult, modes: list[np.
             sd = float(np.sqrt(np.sum(fit.std.term_T(b, spec.block_T(theta_t)[b]) ** 2, axis=1))[i])
             flags.append(SeparationFlag("random", b, i, 1, sd, groups))
     return tuple(flags)
+
+
+def _deviance(fit: FitSetup, mu: np.ndarray, disp: float | None) -> float:
+    """lme4's GLMM deviance: the weighted unit deviances at the modes, summed in chunks."""
+    d = None if disp is None else np.asarray(disp)
+    total = 0.0
+    for lo in range(0, mu.size, STAT_CHUNK):
+        sl = slice(lo, lo + STAT_CHUNK)
+        total += float(np.sum(fit.weights[sl] * fit.family.unit_deviance(fit.y[sl], mu[sl], fit.trials[sl], d)))
+    return total
 
 
 def _diagnostics(fit: FitSetup, obj: Objective, res: OuterResult, mode: Mode, mu: np.ndarray,

@@ -91,7 +91,7 @@ def prepare(X: np.ndarray, y: np.ndarray, blocks: list[RandomBlock], family: Fam
         raise ValueError(f"family {family} has normal errors: fit it as a linear mixed model "
                          "(fit_lmm), whose likelihood is exact")
     X = np.ascontiguousarray(X, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64).ravel().copy()
+    y = np.asarray(y, dtype=np.float64).ravel()  # copied below only if rows are left out
     if X.ndim != 2 or X.shape[0] != y.size:
         raise ValueError(f"X must be (n, p) and y (n,); got X {X.shape} and y {y.shape}")
     n, p = X.shape
@@ -103,7 +103,9 @@ def prepare(X: np.ndarray, y: np.ndarray, blocks: list[RandomBlock], family: Fam
         raise ValueError(f"family {family} has no trials (use the binomial family for "
                          "successes out of trials)")
     t = _vector(trials, n, "trials", 1.0)
-    w = _vector(weights, n, "weights", 1.0)
+    # Without trials, weights or offset no row is left out, so the unit weights can be the
+    # unit trials (one array fewer per row: memory is per row, the fit's scale limit)
+    w = t if (weights is None and trials is None and offset is None) else _vector(weights, n, "weights", 1.0)
     o = _vector(offset, n, "offset", 0.0)
     if not np.all(np.isfinite(w)) or np.any(w < 0):
         raise ValueError("prior weights must be finite and non-negative")
@@ -115,15 +117,18 @@ def prepare(X: np.ndarray, y: np.ndarray, blocks: list[RandomBlock], family: Fam
     excluded[bad_off] = True
     excluded[zero_t] = True
     # Left-out rows keep harmless values so the row passes stay finite.
-    o[excluded] = 0.0
-    w[excluded] = 0.0
-    y[excluded & ~np.isfinite(y)] = 0.0
+    if excluded.any():
+        y = y.copy()
+        o[excluded] = 0.0
+        w[excluded] = 0.0
+        y[excluded & ~np.isfinite(y)] = 0.0
     keep = ~excluded
     try:
         family.check_outcome(y[keep], "y", t[keep])
     except ValueError as exc:
         raise ValueError(str(exc)) from None
-    y[excluded] = 0.0
+    if excluded.any():
+        y[excluded] = 0.0
     if not np.any(w > 0):
         raise ValueError("no row carries likelihood (all weights, trials or offsets excluded)")
     if nb_theta is not None:

@@ -82,8 +82,8 @@ def start_values(fit: FitSetup) -> tuple[np.ndarray, np.ndarray, np.ndarray, flo
     prob = fit.prob
     theta = prob.spec.start()
     disp = fit.nb_fixed if not fit.estimate_disp else 1.0
-    eta = prob.rows.start_eta()
-    beta, u, _, RX = pirls_joint(prob, prob.factor_T(theta), disp, eta, tol=START_TOL)
+    # the start's eta is not kept here: pirls_joint drops it after its first pass
+    beta, u, _, RX = pirls_joint(prob, prob.factor_T(theta), disp, prob.rows.start_eta(), tol=START_TOL)
     for rnd in range(PQL_ROUNDS + int(fit.estimate_disp)):
         if fit.estimate_disp and rnd == 0:
             Ts = prob.factor_T(theta)
