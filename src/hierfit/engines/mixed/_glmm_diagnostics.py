@@ -29,7 +29,7 @@ SEPARATION_CANDIDATE = 4.0
 PINNED = 1e-3
 
 #: rows per chunk of the end-of-fit row statistics (bounds their temporaries)
-STAT_CHUNK = 1 << 16
+STAT_CHUNK = 1 << 13
 
 
 @dataclass(frozen=True)

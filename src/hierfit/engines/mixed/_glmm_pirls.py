@@ -301,11 +301,12 @@ def _pass(prob: Problem, Ts: list[np.ndarray], xb: np.ndarray, disp: float | Non
         eta = np.empty(prob.n)
         E, C, Fr, Fg = prob.coef0
         rows = prob.rows
+        const = rows.fast_const(disp)  # its first call makes chunked temporaries: before the passes' arrays
         ll = prob.fused.step(flat, xb, bvec, xb, rows.y, rows.t, rows.pw, eta, False, _NO_V,
                              _NO_V, Fr, Fg, E, C, prob.rl.gidx, prob.rl.zc)
         raw = finish_rows(rl_sys, flat, total)
         raw[-1][0, -1, -1] += 1.0  # see Problem.weighted_rows
-        pd = -2.0 * (ll + rows.fast_const(disp)) + float(u @ u)
+        pd = -2.0 * (ll + const) + float(u @ u)
         return pd, None, eta, raw, None
     eta = linpred(prob.rl, xb, bvec, prob.use_numba)
     terms = prob.rows.terms(eta, disp, grad)
@@ -458,13 +459,14 @@ def _joint_pass(prob: Problem, Ts: list[np.ndarray], disp: float | None, beta: n
         rl_sys, total, _, _, size = prob.sys_layout0
         flat = np.zeros(size)
         E, C, Fr, Fg = prob.coef0
+        const = rows.fast_const(disp)  # its first call makes chunked temporaries: before w and r exist
         w, r = np.empty(prob.n), np.empty(prob.n)
         # eta is written over xb (each row reads its xb once, before): a fresh array here
         # (xbeta's, or the start's, dropped by the caller), and one row-sized array fewer
         ll = prob.fused.step(flat, xb, bvec, prob.offset, rows.y, rows.t, rows.pw,
                              xb, True, w, r, Fr, Fg, E, C, prob.rl.gidx, prob.rl.zc)
         raw0 = finish_rows(rl_sys, flat, total)
-        pd = -2.0 * (ll + rows.fast_const(disp)) + float(u @ u)
+        pd = -2.0 * (ll + const) + float(u @ u)
     else:
         eta = linpred(prob.rl, xb, bvec, prob.use_numba)
         terms = rows.terms(eta, disp)

@@ -31,7 +31,7 @@ from ._glmm_kernels import HAVE_NUMBA
 __all__ = ["RowModel", "RowTerms", "working_response"]
 
 #: rows per chunk of the one-off constant of the compiled passes (bounds its temporaries)
-CONST_CHUNK = 1 << 14
+CONST_CHUNK = 1 << 13
 
 
 @dataclass
