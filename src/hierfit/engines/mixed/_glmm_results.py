@@ -22,6 +22,7 @@ from ._glmm_optim import OuterResult, minimize_outer
 from ._glmm_pirls import Mode, full_system_and_eta
 from ._glmm_setup import FitSetup
 from ._glmm_start import start_values
+from ._theta import sd_and_correlation
 from .glmm import GlmmSolution, OptSummary
 from .lmm import SINGULAR_TOL, _factor_condcov, _factor_u, _single_thread_blas
 
@@ -122,10 +123,7 @@ def _assemble(fit: FitSetup, obj: Objective, res: OuterResult, x0: np.ndarray, f
             if bt == b:
                 theta[t] = T[i, j]
         cov = T @ T.T
-        sd = np.sqrt(np.diag(cov))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cor = cov / np.outer(sd, sd)
-        np.fill_diagonal(cor, 1.0)
+        sd, cor = sd_and_correlation(cov)
         covs.append(cov)
         sds.append(sd)
         cors.append(cor)

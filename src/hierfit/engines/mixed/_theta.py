@@ -16,7 +16,7 @@ import numpy as np
 from ._blocks import Plan, RandomBlock
 from ._factor import Factorization
 
-__all__ = ["ThetaSpec", "profiled_criterion"]
+__all__ = ["ThetaSpec", "profiled_criterion", "sd_and_correlation"]
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -96,3 +96,12 @@ def profiled_criterion(fz: Factorization, n: int, p: int, reml: bool) -> float:
         logdet_rx = 2.0 * float(np.sum(np.log(np.abs(np.diag(LM)[:p]))))
         return fz.logdet_L + logdet_rx + nu * (1.0 + _LOG_2PI + np.log(r2 / nu))
     return fz.logdet_L + n * (1.0 + _LOG_2PI + np.log(r2 / n))
+
+
+def sd_and_correlation(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SDs and correlation matrix of one term's covariance (unit diagonal even for a zero SD)."""
+    sd = np.sqrt(np.diag(cov))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cor = cov / np.outer(sd, sd)
+    np.fill_diagonal(cor, 1.0)
+    return sd, cor

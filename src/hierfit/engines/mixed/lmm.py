@@ -32,7 +32,7 @@ from ._gradient import criterion_and_gradient
 from ._optim import minimize_theta
 from ._standardize import Standardization, standardize
 from ._suffstats import compute_rows, make_layout
-from ._theta import ThetaSpec, profiled_criterion
+from ._theta import ThetaSpec, profiled_criterion, sd_and_correlation
 
 __all__ = [
     "LmmDevfun",
@@ -563,10 +563,7 @@ def _assemble(sysm: System, spec: ThetaSpec, std: Standardization, n: int, p: in
             if bt == b:
                 theta[t] = T[i, j]
         cov = sigma ** 2 * (T @ T.T)
-        sd = np.sqrt(np.diag(cov))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cor = cov / np.outer(sd, sd)
-        np.fill_diagonal(cor, 1.0)
+        sd, cor = sd_and_correlation(cov)
         covs.append(cov)
         sds.append(sd)
         cors.append(cor)
