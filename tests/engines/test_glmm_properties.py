@@ -212,7 +212,31 @@ def test_row_kernels_match_compute_rows() -> None:
         np.testing.assert_allclose(part, ref[lvl][:, :, -3], atol=1e-10)
 
 
+def test_row_layout_reads_the_callers_codes_and_columns_in_place() -> None:
+    # Memory is per row (the fit's scale limit): the compiled passes read the caller's int64
+    # codes and contiguous slope columns (a column-major Z, as the design builds) without
+    # copies, and the unit trials, unit weights and zero offset take no rows at all.
+    d = _tree(8, n=600)
+    n = d["x1"].size
+    zm = np.asfortranarray(np.column_stack([np.ones(n), d["x1"]]))
+    blocks = [RandomBlock(d["sub"], int(d["M"] * d["S"]), np.ones(n)), RandomBlock(d["market"], int(d["M"]), zm)]
+    fit = prepare(_X(d), _bernoulli(d), blocks, get_family("bernoulli"), trials=None, weights=None, offset=None,
+                  n_agq=1, information=None, nb_theta=None, use_numba=True)
+    rl = fit.prob.rl
+    assert any(np.shares_memory(g, d["sub"]) for g in rl.gidx) and any(np.shares_memory(g, d["market"]) for g in rl.gidx)
+    assert len(rl.zc) == 1 and np.shares_memory(rl.zc[0], zm)
+    for v in (fit.trials, fit.weights, fit.prob.offset):
+        assert v.strides == (0,) and not v.flags.writeable
+    # a row-major Z is read through a contiguous copy of its slope column: the same fit
+    fit_c = prepare(_X(d), _bernoulli(d), [blocks[0], RandomBlock(d["market"], int(d["M"]), np.ascontiguousarray(zm))],
+                    get_family("bernoulli"), trials=None, weights=None, offset=None, n_agq=1, information=None,
+                    nb_theta=None, use_numba=True)
+    assert not np.shares_memory(fit_c.prob.rl.zc[0], zm)
+    np.testing.assert_array_equal(fit_c.prob.rl.zc[0], rl.zc[0])
+
+
 def test_numpy_passes_give_the_same_fit() -> None:
+    # (the compiled joint pass runs in chunks of rows: 800 rows are several chunks)
     d = _tree(7, n=800)
     y = _bernoulli(d)
     fam = get_family("bernoulli")

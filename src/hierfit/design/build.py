@@ -398,7 +398,12 @@ def _term_columns(term: GroupTerm, data: pd.DataFrame) -> np.ndarray:
                 f"For a categorical slope, make 0/1 indicator columns and use those."
             )
         cols.append(col.to_numpy(dtype=np.float64))
-    return np.column_stack(cols) if cols else np.empty((len(data), 0))
+    # column-major: each column is one contiguous run of rows, which the row passes of the
+    # mixed-model core read in place instead of copying (memory is per row at scale)
+    Z = np.empty((len(data), len(cols)), order="F")
+    for j, c in enumerate(cols):
+        Z[:, j] = c
+    return Z
 
 
 def _fit_population_matrix(formula: Formula, data: pd.DataFrame):

@@ -73,6 +73,12 @@ def _clip_p(p: Array) -> Array:
     return np.clip(p, _EPS, 1.0 - _EPS)
 
 
+def _clip_fresh(p: Array) -> Array:
+    """:func:`_clip_p` of a fresh ufunc result, in place when it is an array (no second
+    row-sized array: the inverse link runs on every row of a fit)."""
+    return np.clip(p, _EPS, 1.0 - _EPS, out=p) if isinstance(p, np.ndarray) else _clip_p(p)
+
+
 def _logit_mu_eta(eta: Array) -> Array:
     # expit(eta) * expit(-eta) keeps full precision in both tails, unlike mu * (1 - mu)
     return np.maximum(special.expit(eta) * special.expit(-eta), _EPS)
@@ -136,9 +142,9 @@ def _cloglog_mu_eta_deriv2(eta: Array) -> Array:
 LINKS: dict[str, Link] = {
     "identity": Link("identity", lambda mu: np.asarray(mu, dtype=float), lambda eta: np.asarray(eta, dtype=float),
                      lambda eta: np.ones_like(np.asarray(eta, dtype=float)), _zeros_like, _zeros_like),
-    "logit": Link("logit", lambda mu: special.logit(_clip_p(mu)), lambda eta: _clip_p(special.expit(eta)), _logit_mu_eta,
+    "logit": Link("logit", lambda mu: special.logit(_clip_p(mu)), lambda eta: _clip_fresh(special.expit(eta)), _logit_mu_eta,
                   _logit_mu_eta_deriv, _logit_mu_eta_deriv2),
-    "probit": Link("probit", lambda mu: special.ndtri(_clip_p(mu)), lambda eta: _clip_p(special.ndtr(eta)), _probit_mu_eta,
+    "probit": Link("probit", lambda mu: special.ndtri(_clip_p(mu)), lambda eta: _clip_fresh(special.ndtr(eta)), _probit_mu_eta,
                    _probit_mu_eta_deriv, _probit_mu_eta_deriv2),
     "cloglog": Link("cloglog", lambda mu: np.log(-np.log1p(-_clip_p(mu))), _cloglog_inverse, _cloglog_mu_eta,
                     _cloglog_mu_eta_deriv, _cloglog_mu_eta_deriv2),
@@ -207,15 +213,35 @@ def _nb_theta(disp: Dispersion) -> Array:
     return np.asarray(disp, dtype=float)
 
 
+#: Sizes from which the negative binomial's log-density uses its cancellation-free form.
+_NB_LARGE_THETA = 100.0
+
+
+def _stirling_rest(x: Array) -> Array:
+    """``lgamma(x) - ((x - 1/2) log x - x + log(2 pi) / 2)`` for ``x >= 100`` (to rounding)."""
+    r = 1.0 / np.square(x)
+    return (1.0 / 12.0 - r * (1.0 / 360.0 - r * (1.0 / 1260.0 - r / 1680.0))) / x
+
+
 def _nb_logpdf(y: Array, mu: Array, trials: Array, disp: Dispersion) -> Array:
     th = _nb_theta(disp)
-    return (special.gammaln(y + th) - special.gammaln(th) - special.gammaln(y + 1)
-            + th * (np.log(th) - np.log(th + mu)) + special.xlogy(y, mu) - special.xlogy(y, th + mu))
+    if np.all(th < _NB_LARGE_THETA):
+        return (special.gammaln(y + th) - special.gammaln(th) - special.gammaln(y + 1)
+                + th * (np.log(th) - np.log(th + mu)) + special.xlogy(y, mu) - special.xlogy(y, th + mu))
+    # For a large size the textbook form subtracts numbers of size theta log(theta): at
+    # theta = 1e6 its noise (~1e-9 a row) hid the last PIRLS steps and stalled the fit.  By
+    # Stirling, lgamma(th + y) - lgamma(th) = (th - 1/2) log1p(y / th) + y log(th + y) - y +
+    # rest(th + y) - rest(th), and y log(th + y) - y log(th + mu) = y log1p((y - mu) / (th + mu)).
+    th = np.maximum(th, _NB_LARGE_THETA)  # (only where every size is large: see the test above)
+    return ((th - 0.5) * np.log1p(y / th) - y + _stirling_rest(th + y) - _stirling_rest(th)
+            - special.gammaln(y + 1) - th * np.log1p(mu / th) + special.xlogy(y, mu)
+            + y * np.log1p((y - mu) / (th + mu)))
 
 
 def _nb_deviance(y: Array, mu: Array, trials: Array, disp: Dispersion) -> Array:
     th = _nb_theta(disp)
-    return 2.0 * (special.xlogy(y, y / mu) - (y + th) * np.log((y + th) / (mu + th)))
+    # log1p: (y + th) log((y + th) / (mu + th)) without cancellation for a large size
+    return 2.0 * (special.xlogy(y, y / mu) - (y + th) * np.log1p((y - mu) / (mu + th)))
 
 
 def _nb_sample(rng: np.random.Generator, mu: Array, trials: Array, disp: Dispersion) -> Array:

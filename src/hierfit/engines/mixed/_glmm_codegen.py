@@ -45,8 +45,11 @@ _XCHUNK = 2048
 
 
 def _prelude(ents: tuple[tuple[int, int, int], ...], factors: list[int], rows: bool) -> list[str]:
-    """Hoist per-entry coefficients into locals (``rows``: system-row ones too)."""
-    out = []
+    """Hoist per-entry coefficients into locals (``rows``: system-row ones too), and each
+    factor's codes and each raw column into a name of its own (``gidx`` and ``zc`` are tuples
+    of the caller's row arrays, not copies)."""
+    out = [f"    gi{f} = gidx[{f}]" for f in factors]
+    out += [f"    zr{src} = zc[{src}]" for src in sorted({s for _, s, _ in ents if s >= 0})]
     for e, (_, src, root) in enumerate(ents):
         out.append(f"    cn{e} = C[{e}, 0]; sc{e} = 1.0 / C[{e}, 1]")
         out.append(f"    va{e} = E[{e}, 6]; vb{e} = E[{e}, 7]")
@@ -58,9 +61,9 @@ def _prelude(ents: tuple[tuple[int, int, int], ...], factors: list[int], rows: b
 
 
 def _row_values(ents: tuple[tuple[int, int, int], ...], factors: list[int]) -> list[str]:
-    out = [f"        g{f} = gidx[{f}, i]" for f in factors]
+    out = [f"        g{f} = gi{f}[i]" for f in factors]
     for e, (f, src, _) in enumerate(ents):
-        out.append(f"        v{e} = one{e}" if src < 0 else f"        v{e} = (zc[{src}, i] - cn{e}) * sc{e}")
+        out.append(f"        v{e} = one{e}" if src < 0 else f"        v{e} = (zr{src}[i] - cn{e}) * sc{e}")
     return out
 
 

@@ -21,15 +21,14 @@ from scipy import stats
 
 from hierfit.model.family import Family
 
+from ._glmm_rows import row_chunks
+
 __all__ = ["GlmmDiagnostics", "SeparationFlag", "pearson", "pinned_rows", "separated_groups"]
 
 #: Standardised size above which a coefficient or theta is tested for running off.
 SEPARATION_CANDIDATE = 4.0
 #: A fitted mean (per trial) this close to the boundary its outcome sits on is pinned there.
 PINNED = 1e-3
-
-#: rows per chunk of the end-of-fit row statistics (bounds their temporaries)
-STAT_CHUNK = 1 << 13
 
 
 @dataclass(frozen=True)
@@ -121,8 +120,7 @@ def pearson(family: Family, y: np.ndarray, mu: np.ndarray, trials: np.ndarray,
     """Pearson chi-square, residual df, ratio and upper-tail p-value."""
     chi2, used = 0.0, 0
     d = None if disp is None else np.asarray(disp)
-    for lo in range(0, y.size, STAT_CHUNK):  # in chunks: a dozen temporaries per row otherwise
-        sl = slice(lo, lo + STAT_CHUNK)
+    for sl in row_chunks(y.size):  # in chunks: a dozen temporaries per row otherwise
         use = (weights[sl] > 0) & (trials[sl] > 0)
         m, t = mu[sl][use], trials[sl][use]
         V = family.variance(m, d)

@@ -19,7 +19,7 @@ With numba the loops are generated for the structure and compiled
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -45,10 +45,12 @@ class RowLayout:
     ----------
     n : int
         Rows.
-    gidx : numpy.ndarray
-        ``(n_factors, n)`` int32/int64 group codes, in plan factor order.
-    zc : numpy.ndarray
-        ``(n_cols, n)`` float64 raw random-effect columns that are not all ones.
+    gidx : tuple of numpy.ndarray
+        Per factor, in plan factor order, the ``(n,)`` int64 group codes (the caller's arrays,
+        not copies: memory is per row, the fit's scale limit).
+    zc : tuple of numpy.ndarray
+        The ``(n,)`` float64 raw random-effect columns that are not all ones (the caller's
+        contiguous columns; one unused value when there are none).
     ent_fac, ent_a, ent_src : numpy.ndarray
         Per entry (random-effect column, chain levels first, then root factors): its factor,
         its column within the factor and its row in ``zc`` (-1 for a column of ones).
@@ -64,8 +66,8 @@ class RowLayout:
     """
 
     n: int
-    gidx: np.ndarray
-    zc: np.ndarray
+    gidx: tuple[np.ndarray, ...]
+    zc: tuple[np.ndarray, ...]
     ent_fac: np.ndarray
     ent_a: np.ndarray
     ent_src: np.ndarray
@@ -134,6 +136,12 @@ class RowLayout:
             out.append(flat[self.vbase[lvl]:self.vbase[lvl + 1]].reshape(m, k))
         return out
 
+    def rows(self, sl: slice) -> RowLayout:
+        """The layout of the rows ``sl`` (views of the codes and columns, no copies)."""
+        start, stop, _ = sl.indices(self.n)
+        return replace(self, n=stop - start, gidx=tuple(g[sl] for g in self.gidx),
+                       zc=tuple(z[sl] if z.size == self.n else z for z in self.zc))
+
     def join_vector(self, parts: list[np.ndarray]) -> np.ndarray:
         """Flat vector from per-level arrays (inverse of :meth:`split_vector`)."""
         return np.concatenate([np.ravel(p) for p in parts]) if parts else np.zeros(0)
@@ -141,12 +149,12 @@ class RowLayout:
 
 def make_row_layout(plan: Plan, layout: Layout,
                     factor_maps: list[tuple[np.ndarray, np.ndarray]]) -> RowLayout:
-    """Build the row layout of a plan (copies of the non-constant columns and of the codes)."""
+    """Build the row layout of a plan (it references the codes and non-constant columns:
+    contiguous int64 codes and float64 columns, as the design makes them, are not copied)."""
     n = plan.factors[0].group_index.size
     order = list(plan.chain) + list(plan.root)
     nf = len(plan.factors)
-    max_m = max(f.m for f in plan.factors)
-    gidx = np.empty((nf, n), dtype=np.int32 if max_m < 2**31 - 1 else np.int64)
+    gidx = tuple(np.ascontiguousarray(fac.group_index, dtype=np.int64) for fac in plan.factors)
     fac_level = np.zeros(nf, np.int64)
     fac_K = np.zeros(nf, np.int64)
     fac_col0 = np.zeros(nf, np.int64)
@@ -154,7 +162,6 @@ def make_row_layout(plan: Plan, layout: Layout,
     n_chain = len(plan.chain)
     seg_start = {s.factor: s.start for s in layout.segments}
     for f, fac in enumerate(plan.factors):
-        gidx[f] = fac.group_index
         fac_K[f] = fac.K
         fac_col0[f] = seg_start[f]
         if f in plan.chain:
@@ -172,9 +179,7 @@ def make_row_layout(plan: Plan, layout: Layout,
                 src = len(zcols)
                 zcols.append(fac.columns[a])
             ents.append((f, a, src, float(c[a]), float(s[a])))
-    zc = np.empty((max(1, len(zcols)), n))
-    for j, col in enumerate(zcols):
-        zc[j] = col
+    zc = tuple(np.ascontiguousarray(c, dtype=np.float64) for c in zcols) or (np.zeros(1),)
     nr = layout.n_levels - 1
     lvl_K = np.array(layout.sizes, np.int64)
     lvl_m = np.array(layout.m, np.int64)
@@ -213,7 +218,7 @@ def _np_entries(rl: RowLayout) -> list[tuple[np.ndarray, np.ndarray, np.ndarray,
         f, a, src = int(rl.ent_fac[e]), int(rl.ent_a[e]), int(rl.ent_src[e])
         v = np.ones(rl.n) if src < 0 else rl.zc[src]
         vals = (v - rl.ent_center[e]) / rl.ent_scale[e]
-        g = rl.gidx[f].astype(np.int64)
+        g = rl.gidx[f]
         lvl, K = int(rl.fac_level[f]), int(rl.fac_K[f])
         if rl.fac_root[f]:
             gcol = rl.fac_col0[f] + g * K + a
@@ -235,7 +240,7 @@ def _np_locs(rl: RowLayout, ents: list[tuple[np.ndarray, np.ndarray, np.ndarray,
         if rl.fac_root[f]:
             loc = sbase[lvl] + (gcol - off) * swidth[lvl]
         else:
-            g = rl.gidx[f].astype(np.int64)
+            g = rl.gidx[f]
             loc = sbase[lvl] + (g * rl.lvl_K[lvl] + gcol - off) * swidth[lvl]
         out.append(loc - off)
     return out
@@ -329,7 +334,6 @@ def finish_rows(rl_sys: RowLayout, flat: np.ndarray, total: int) -> list[np.ndar
 
 def _with_fixed(rl: RowLayout, lvl_K: np.ndarray) -> RowLayout:
     """The layout with the fixed level's width set (it depends on the system's ``p_sys``)."""
-    from dataclasses import replace
     return replace(rl, lvl_K=lvl_K)
 
 

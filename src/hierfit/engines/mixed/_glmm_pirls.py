@@ -33,7 +33,7 @@ from ._glmm_kernels import (
     system_layout,
     xparts,
 )
-from ._glmm_rows import RowModel, RowTerms, working_response
+from ._glmm_rows import RowModel, RowTerms, row_chunks, working_response
 from ._standardize import ColumnMap
 from ._theta import ThetaSpec
 
@@ -41,6 +41,11 @@ __all__ = ["Mode", "Problem", "full_system", "mode_terms", "pirls", "pirls_joint
 
 #: Default Newton-decrement tolerance (deviance units) of the inner loop.
 PIRLS_TOL = 1e-14
+#: A decrement below this (relative, as the tolerance) that no longer shrinks -- each
+#: iteration keeps >= 90% of the last -- is rounding in the row terms (a negative-binomial
+#: size near infinity cancels digits in its log-gamma terms): the penalised deviance cannot be
+#: lowered measurably (its distance to the mode's is about dec / 2), so PIRLS has converged.
+PIRLS_STALL_TOL = 1e-12
 #: Iteration cap of the inner loop (lme4's maxit is 100).
 PIRLS_MAXIT = 100
 #: Placeholder outputs of a fused step that keeps no weights / working response.
@@ -289,16 +294,17 @@ PassResult = tuple[float, "RowTerms | None", np.ndarray, list[np.ndarray], "np.n
 
 
 def _pass(prob: Problem, Ts: list[np.ndarray], xb: np.ndarray, disp: float | None,
-          u: np.ndarray, grad: bool) -> PassResult:
+          u: np.ndarray, grad: bool, out: np.ndarray | None = None) -> PassResult:
     """One pass at ``u``: ``pd``, row terms, ``eta``, the system of the next step, its weights.
 
-    Fused (one read of the rows) for the families of :mod:`._glmm_fused`.
+    Fused (one read of the rows) for the families of :mod:`._glmm_fused`; it writes ``eta``
+    into ``out`` when given.
     """
     bvec = prob.lam(Ts, u)
     if prob.fused is not None:
         rl_sys, total, _, _, size = prob.sys_layout0
         flat = np.zeros(size)
-        eta = np.empty(prob.n)
+        eta = np.empty(prob.n) if out is None else out
         E, C, Fr, Fg = prob.coef0
         rows = prob.rows
         const = rows.fast_const(disp)  # its first call makes chunked temporaries: before the passes' arrays
@@ -330,7 +336,7 @@ def pirls(prob: Problem, Ts: list[np.ndarray], xb: np.ndarray, disp: float | Non
     sysm = prob.sys0
     u = np.array(u0, dtype=float, copy=True)
     pd, terms, eta, raw, w = _pass(prob, Ts, xb, disp, u, grad)
-    dec = np.inf
+    dec = dec_prev = np.inf
     fz = None
     for it in range(maxit):
         sysm.raw_rows = raw
@@ -340,16 +346,23 @@ def pirls(prob: Problem, Ts: list[np.ndarray], xb: np.ndarray, disp: float | Non
         dec = float(sum(np.sum(x * x) for x in _lt_times(sysm, fz, prob.levels(delta))))
         if not np.isfinite(dec):
             raise np.linalg.LinAlgError("PIRLS step is not finite")
-        if dec <= tol * max(1.0, 1e-6 * abs(pd)):
+        scale = max(1.0, 1e-6 * abs(pd))
+        if dec <= tol * scale or (dec <= PIRLS_STALL_TOL * scale and dec >= 0.9 * dec_prev):
             return _finish(prob, Ts, u, eta, terms, pd, w, raw, fz, True, it, dec)
+        dec_prev = dec
         step = 1.0
+        # A fused trial writes its eta over the current one (one row-sized array, not two:
+        # memory is per row); only when every halving fails is the eta at u needed again.
+        reuse = eta if prob.fused is not None else None
         for _ in range(40):  # step halving, as lme4's pwrssUpdate
             u_try = u + step * delta
-            trial = _pass(prob, Ts, xb, disp, u_try, grad)
+            trial = _pass(prob, Ts, xb, disp, u_try, grad, out=reuse)
             if np.isfinite(trial[0]) and trial[0] <= pd + 1e-13 * abs(pd):
                 break
             step *= 0.5
         else:
+            if reuse is not None:  # the same system as at u (fz stays valid), and eta at u
+                pd, terms, eta, raw, w = _pass(prob, Ts, xb, disp, u, grad, out=reuse)
             return _finish(prob, Ts, u, eta, terms, pd, w, raw, fz, False, it, dec)
         u = u_try
         pd, terms, eta, raw, w = trial
@@ -460,11 +473,21 @@ def _joint_pass(prob: Problem, Ts: list[np.ndarray], disp: float | None, beta: n
         flat = np.zeros(size)
         E, C, Fr, Fg = prob.coef0
         const = rows.fast_const(disp)  # its first call makes chunked temporaries: before w and r exist
-        w, r = np.empty(prob.n), np.empty(prob.n)
-        # eta is written over xb (each row reads its xb once, before): a fresh array here
-        # (xbeta's, or the start's, dropped by the caller), and one row-sized array fewer
-        ll = prob.fused.step(flat, xb, bvec, prob.offset, rows.y, rows.t, rows.pw,
-                             xb, True, w, r, Fr, Fg, E, C, prob.rl.gidx, prob.rl.zc)
+        # In chunks of rows: the weights and working response are chunk buffers that the
+        # fixed-effects columns read before the next chunk, not two row-sized arrays (memory
+        # is per row, the fit's scale limit).  eta is written over xb (each row reads its xb
+        # once, before): a fresh array here (xbeta's, or the start's, dropped by the caller).
+        chunks = row_chunks(prob.n)
+        w, r = np.empty(chunks[0].stop), np.empty(chunks[0].stop)
+        ll, parts = 0.0, None
+        for sl in chunks:
+            rl = prob.rl.rows(sl)
+            wc, rc = w[:rl.n], r[:rl.n]
+            ll += prob.fused.step(flat, xb[sl], bvec, prob.offset[sl], rows.y[sl], rows.t[sl],
+                                  rows.pw[sl], xb[sl], True, wc, rc, Fr, Fg, E, C, rl.gidx, rl.zc)
+            part = _fixed_parts(prob, rl, wc, rc, sl)
+            parts = part if parts is None else (parts[0] + part[0], parts[1] + part[1])
+        assert parts is not None  # n > 0
         raw0 = finish_rows(rl_sys, flat, total)
         pd = -2.0 * (ll + const) + float(u @ u)
     else:
@@ -474,20 +497,25 @@ def _joint_pass(prob: Problem, Ts: list[np.ndarray], disp: float | None, beta: n
         raw0 = prob.weighted_rows(w, r, with_x=False, pad=False)
         pd = terms.dev + float(u @ u)
         xb = eta
-    raw = _with_x(prob, raw0, w, r)
+        parts = _fixed_parts(prob, prob.rl, w, r, slice(None))
+    raw = _with_x(prob, raw0, *parts)
     raw[-1][0, -1, -1] += 1.0  # see Problem.weighted_rows
     return pd, raw, xb  # xb holds eta now (the fused pass writes it over xb)
 
 
-def _with_x(prob: Problem, raw0: list[np.ndarray], w: np.ndarray, r: np.ndarray
-            ) -> list[np.ndarray]:
-    """The system with fixed-effects columns from the u-only one (same working response).
+def _fixed_parts(prob: Problem, rl: RowLayout, w: np.ndarray, r: np.ndarray, rows: slice
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``Z_t'W X_t`` (one grouped sum per column) and ``[X_t r]'W[X_t r]`` of some rows
+    (``rl``: their layout; ``w``, ``r``: their weights and working response)."""
+    X = prob.X[rows] if prob.p else np.zeros((rl.n, 0))
+    return xparts(rl, w, r, X, prob.xmap.center, prob.xmap.scale, prob.use_numba)
 
-    ``Z_t'W X_t`` is one grouped sum per column; ``[X_t r]'W[X_t r]`` is a dense product.
-    """
-    p, rl, xm = prob.p, prob.rl, prob.xmap
-    X = prob.X if p else np.zeros((prob.n, 0))
-    outx, fixed = xparts(rl, w, r, X, xm.center, xm.scale, prob.use_numba)
+
+def _with_x(prob: Problem, raw0: list[np.ndarray], outx: np.ndarray, fixed: np.ndarray
+            ) -> list[np.ndarray]:
+    """The system with fixed-effects columns from the u-only one (same working response)
+    and the fixed-effects parts of :func:`_fixed_parts`."""
+    p, rl = prob.p, prob.rl
     cols = [rl.split_vector(outx[j]) for j in range(p)]
     out = []
     for lvl, r0 in enumerate(raw0[:-1]):

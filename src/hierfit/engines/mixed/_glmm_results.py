@@ -10,7 +10,6 @@ import scipy.linalg as sla
 from ._glmm_agq import agq_objective
 from ._glmm_diagnostics import (
     SEPARATION_CANDIDATE,
-    STAT_CHUNK,
     GlmmDiagnostics,
     SeparationFlag,
     pearson,
@@ -20,6 +19,7 @@ from ._glmm_diagnostics import (
 from ._glmm_objective import FD_PIRLS_TOL, Objective
 from ._glmm_optim import OuterResult, minimize_outer
 from ._glmm_pirls import Mode, full_system_and_eta
+from ._glmm_rows import row_chunks
 from ._glmm_setup import FitSetup
 from ._glmm_start import start_values
 from ._theta import sd_and_correlation
@@ -210,8 +210,7 @@ def _deviance(fit: FitSetup, mu: np.ndarray, disp: float | None) -> float:
     """lme4's GLMM deviance: the weighted unit deviances at the modes, summed in chunks."""
     d = None if disp is None else np.asarray(disp)
     total = 0.0
-    for lo in range(0, mu.size, STAT_CHUNK):
-        sl = slice(lo, lo + STAT_CHUNK)
+    for sl in row_chunks(mu.size):
         total += float(np.sum(fit.weights[sl] * fit.family.unit_deviance(fit.y[sl], mu[sl], fit.trials[sl], d)))
     return total
 

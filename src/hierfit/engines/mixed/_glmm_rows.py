@@ -28,10 +28,25 @@ from hierfit.model.family import Family
 
 from ._glmm_kernels import HAVE_NUMBA
 
-__all__ = ["RowModel", "RowTerms", "working_response"]
+__all__ = ["RowModel", "RowTerms", "row_chunks", "working_response"]
 
-#: rows per chunk of the one-off constant of the compiled passes (bounds its temporaries)
-CONST_CHUNK = 1 << 13
+#: Fewest and most rows per chunk of the one-off row statistics (the constant of the compiled
+#: passes, the deviance and Pearson sums at the end of a fit).
+CHUNK_ROWS = (256, 1 << 13)
+
+
+def row_chunks(n: int) -> list[slice]:
+    """Slices of ``n`` rows in chunks of at most ``n / 64`` rows (within ``CHUNK_ROWS``).
+
+    The generic family functions make a dozen temporaries per row; chunked, they stay a
+    small fraction of one row vector at any ``n`` (memory is per row, the fit's scale limit)
+    while a million rows take only ~120 chunks of Python overhead.
+
+    >>> [(s.start, s.stop) for s in row_chunks(600)]
+    [(0, 256), (256, 512), (512, 600)]
+    """
+    size = min(max(n // 64, CHUNK_ROWS[0]), CHUNK_ROWS[1])
+    return [slice(lo, min(lo + size, n)) for lo in range(0, n, size)]
 
 
 @dataclass
@@ -205,8 +220,8 @@ class RowModel:
             fam, total = self.family, 0.0
             # in chunks: the generic log-density makes a dozen temporaries per row, which on
             # the whole data would be the fit's peak memory (the sum is all that is kept)
-            for lo in range(0, self.n, CONST_CHUNK):
-                y, t, pw = (a[lo:lo + CONST_CHUNK] for a in (self.y, self.t, self.pw))
+            for sl in row_chunks(self.n):
+                y, t, pw = self.y[sl], self.t[sl], self.pw[sl]
                 eta0 = np.asarray(fam.link.link(fam.start(y, t)), dtype=float)
                 k = y.size
                 ll_var = self._fast[1](eta0, y, t, pw, False, np.empty(k), np.empty(k), np.empty(k))

@@ -15,16 +15,13 @@ from ._glmm_fused import FUSED_KINDS
 from ._glmm_fused import fused as fused_kernels
 from ._glmm_kernels import HAVE_NUMBA, make_row_layout
 from ._glmm_pirls import Problem
-from ._glmm_rows import RowModel
+from ._glmm_rows import RowModel, row_chunks
 from ._standardize import Standardization, standardize
 from ._suffstats import make_layout
 from ._theta import ThetaSpec
 from .lmm import _check_fixed_rank, _factor_map
 
 __all__ = ["FitSetup", "prepare"]
-
-#: Rows per chunk when forming ``X_t' X_t`` for the rank check.
-_CHUNK = 1 << 18
 
 
 @dataclass
@@ -70,9 +67,14 @@ class FitSetup:
         return int(np.count_nonzero(self.weights > 0))
 
 
-def _vector(v: np.ndarray | None, n: int, name: str, default: float) -> np.ndarray:
+def _vector(v: np.ndarray | None, n: int, name: str, default: float, *, shared: bool = False) -> np.ndarray:
+    """The row vector ``v`` as a float copy, or ``default`` on every row when it is ``None``.
+
+    ``shared=True`` gives the default as a read-only stride-0 view of one value: memory is
+    per row (the fit's scale limit), and a default that is never written needs no rows.
+    """
     if v is None:
-        return np.full(n, default)
+        return np.broadcast_to(np.float64(default), (n,)) if shared else np.full(n, default)
     a = np.asarray(v, dtype=np.float64).ravel()
     if a.shape != (n,):
         raise ValueError(f"{name} must have one value per row ({n}), got shape {np.shape(v)}")
@@ -102,11 +104,12 @@ def prepare(X: np.ndarray, y: np.ndarray, blocks: list[RandomBlock], family: Fam
     if trials is not None and not family.has_trials:
         raise ValueError(f"family {family} has no trials (use the binomial family for "
                          "successes out of trials)")
-    t = _vector(trials, n, "trials", 1.0)
-    # Without trials, weights or offset no row is left out, so the unit weights can be the
-    # unit trials (one array fewer per row: memory is per row, the fit's scale limit)
-    w = t if (weights is None and trials is None and offset is None) else _vector(weights, n, "weights", 1.0)
-    o = _vector(offset, n, "offset", 0.0)
+    # Defaults that are never written are stride-0 views: rows are left out (and their
+    # weight and offset written) only through zero trials or a non-finite offset, so unit
+    # trials are never written, and unit weights and a zero offset are not without them.
+    t = _vector(trials, n, "trials", 1.0, shared=True)
+    w = _vector(weights, n, "weights", 1.0, shared=trials is None and offset is None)
+    o = _vector(offset, n, "offset", 0.0, shared=offset is None)
     if not np.all(np.isfinite(w)) or np.any(w < 0):
         raise ValueError("prior weights must be finite and non-negative")
     if not np.all(np.isfinite(t)) or np.any(t < 0) or np.any(t != np.round(t)):
@@ -119,7 +122,8 @@ def prepare(X: np.ndarray, y: np.ndarray, blocks: list[RandomBlock], family: Fam
     # Left-out rows keep harmless values so the row passes stay finite.
     if excluded.any():
         y = y.copy()
-        o[excluded] = 0.0
+        if offset is not None:  # otherwise the offset is zero already (and shared)
+            o[excluded] = 0.0
         w[excluded] = 0.0
         y[excluded & ~np.isfinite(y)] = 0.0
     keep = ~excluded
@@ -168,7 +172,8 @@ def _xtx(X: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """``[X_t 0]' [X_t 0]`` of the standardised columns (chunked; the shape the check wants)."""
     n, p = X.shape
     out = np.zeros((p + 1, p + 1))
-    for s in range(0, n, _CHUNK):
-        xt = (X[s:s + _CHUNK] - center) / scale
+    for sl in row_chunks(n):  # small chunks: the temporary is a fraction of one X at any n
+        xt = X[sl] - center
+        xt /= scale
         out[:p, :p] += xt.T @ xt
     return out
