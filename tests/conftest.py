@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,14 @@ import matplotlib
 import pytest
 
 matplotlib.use("Agg")
+
+# JAX (the numpyro sampler of the pymc engine) compiles a model's every operation on its first
+# fit in a process (~25 s for a small bernoulli model, measured): its persistent compilation
+# cache, kept like the Stan and numba caches in a per-user directory, makes later test runs
+# load them instead.  Set before anything imports JAX; a cache the caller configured wins.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"hierfit-jax-cache-{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import hierfit  # noqa: E402
 
@@ -46,6 +56,19 @@ def quick_comparison(sim: hierfit.Simulation, cv: str = "submarket:3", engines: 
         warnings.simplefilter("ignore")
         return compare(sim.formula, sim.data, engines=names, cv=cv, national="United_state", truth=sim.truth,
                        options=opts, progress=False, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def pymc_reference_fit() -> tuple[hierfit.Simulation, hierfit.FitResult]:
+    """A ``pymc`` fit with default settings (4 chains x 1000 + 1000) of a seeded reference-DGP
+    simulation, made once: the pymc tests check it and the Stan tests compare with it."""
+    import warnings
+
+    sim = hierfit.simulate(seed=11)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = hierfit.fit(sim.formula, sim.data, engine="pymc", national=sim.national, progressbar=False)
+    return sim, result
 
 
 @pytest.fixture(scope="session")

@@ -159,13 +159,9 @@ def test_fast_gaussian_path_matches_plain_per_row_model():
 
 
 @pytest.fixture(scope="module")
-def reference_fit():
-    """Default settings (4 chains x 1000 + 1000) on the reference DGP."""
-    sim = hierfit.simulate(seed=11)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = hierfit.fit(sim.formula, sim.data, engine="pymc", national=sim.national, progressbar=False)
-    return sim, result
+def reference_fit(pymc_reference_fit):
+    """Default settings (4 chains x 1000 + 1000) on the reference DGP (made once per session)."""
+    return pymc_reference_fit
 
 
 def test_reference_dgp_defaults_converge_without_divergences(reference_fit):

@@ -56,12 +56,13 @@ except Exception as exc:  # pragma: no cover - environment without pystan
 
 
 @pytest.fixture(scope="module")
-def reference_pair():
-    sim = hierfit.simulate(seed=21)
+def reference_pair(pymc_reference_fit):
+    """Default Stan and pymc fits of one reference-DGP simulation (the pymc one is shared
+    with the pymc tests: the default fits are the slowest in the suite)."""
+    sim, pymc_fit = pymc_reference_fit
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         stan_fit = hierfit.fit(sim.formula, sim.data, engine="stan", national=sim.national, progressbar=False, seed=3)
-        pymc_fit = hierfit.fit(sim.formula, sim.data, engine="pymc", national=sim.national, progressbar=False, seed=3)
     return sim, stan_fit, pymc_fit
 
 
