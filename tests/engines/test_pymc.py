@@ -73,6 +73,35 @@ def test_marginal_loglik_equals_dense_multivariate_normal(small_marginal):
     assert ll == pytest.approx(expected, rel=1e-10)
 
 
+def test_marginal_op_value_and_gradient_match_the_reference_and_central_differences(small_marginal):
+    from hierfit.engines.bayes.pt_marginal import value_and_grad
+
+    design, structure, md = small_marginal
+    lambdas = [np.array([[0.7, 0.0], [0.2, 0.4]]), np.array([[0.5]])]
+    sigma, beta_S = 1.3, np.array([0.3])
+    ll, g_sigma, g_lams, g_beta = value_and_grad(md, structure, sigma, lambdas, beta_S)
+    ref = marginal_loglik(md, structure, np.array([sigma]), [l[None] for l in lambdas], beta_S[None])[0]
+    # the Op drops the constant -n/2 log(2 pi)
+    assert ll == pytest.approx(ref + 0.5 * md.n * np.log(2 * np.pi), rel=1e-12)
+
+    def value(s, lams, b):
+        return value_and_grad(md, structure, s, lams, b)[0]
+
+    h = 1e-6
+    assert g_sigma == pytest.approx((value(sigma + h, lambdas, beta_S) - value(sigma - h, lambdas, beta_S)) / (2 * h), rel=1e-6)
+    for t, lam in enumerate(lambdas):
+        for idx in np.ndindex(lam.shape):
+            up, down = [l.copy() for l in lambdas], [l.copy() for l in lambdas]
+            up[t][idx] += h
+            down[t][idx] -= h
+            fd = (value(sigma, up, beta_S) - value(sigma, down, beta_S)) / (2 * h)
+            assert g_lams[t][idx] == pytest.approx(fd, rel=1e-6, abs=1e-6), (t, idx)
+    fd_beta = (value(sigma, lambdas, beta_S + h) - value(sigma, lambdas, beta_S - h)) / (2 * h)
+    assert g_beta[0] == pytest.approx(fd_beta, rel=1e-6)
+    # a point where P is not positive definite (a non-finite sigma) is rejected, not raised
+    assert value_and_grad(md, structure, 0.0, lambdas, beta_S)[0] == -np.inf
+
+
 def test_conditional_draws_follow_exact_gaussian_posterior(small_marginal):
     design, structure, md = small_marginal
     lambdas = [np.array([[0.7, 0.0], [0.2, 0.4]]), np.array([[0.5]])]

@@ -20,6 +20,7 @@ from it, so every posterior draw of the variance parameters gets exact draws of 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy import linalg
@@ -43,9 +44,15 @@ class MarginalData:
     m_I: np.ndarray  # prior mean of u_I (zeros for b)
     s0: np.ndarray  # prior SDs of integrated betas
 
-    @property
+    @cached_property
     def M_II(self) -> np.ndarray:
+        """``M`` restricted to the integrated block (kept: every NUTS step reads it)."""
         return self.M[np.ix_(self.index_I, self.index_I)]
+
+    @cached_property
+    def M_SI(self) -> np.ndarray:
+        """Rows of the sampled coefficients, columns of the integrated block."""
+        return self.M[np.ix_(self.index_S, self.index_I)]
 
 
 def marginal_data(structure: BayesStructure, stats: SufficientStats) -> MarginalData:
