@@ -59,13 +59,17 @@ def torch_settings(threads: int | None) -> Iterator[None]:
     old_threads = torch.get_num_threads()
     old_det = torch.are_deterministic_algorithms_enabled()
     old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    if threads:
+    # the intra-op pool is resized only when the count changes: resizing it is not free, and
+    # on the way out of a Ctrl-C it would rebuild the pool the interrupted step was using
+    changed = threads is not None and threads > 0 and threads != old_threads
+    if threads is not None and changed:
         torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
-        torch.set_num_threads(old_threads)
+        if changed:
+            torch.set_num_threads(old_threads)
         torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
 
 
