@@ -19,11 +19,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/hierfit demo
 
-# The suite runs on two workers (pytest-xdist; tests/conftest.py groups the tests that share a
-# slow fixture) while mypy checks the sources alongside; the exit status fails if either fails.
+# The suite runs on two workers (pytest-xdist, a test module's tests on one worker: they share
+# its fixtures) while mypy checks the sources alongside; the exit status fails if either fails.
 test: $(STAMP) browser
 	@( $(PY) -m mypy src > .mypy.log 2>&1; echo $$? > .mypy.rc ) & \
-	$(PY) -m pytest -n 2 --dist loadgroup; status=$$?; wait; \
+	$(PY) -m pytest -n 2 --dist loadfile; status=$$?; wait; \
 	echo "mypy src:"; cat .mypy.log; \
 	if [ "$$(cat .mypy.rc)" != "0" ]; then status=1; fi; rm -f .mypy.log .mypy.rc; exit $$status
 

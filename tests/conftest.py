@@ -58,44 +58,6 @@ def quick_comparison(sim: hierfit.Simulation, cv: str = "submarket:3", engines: 
                        options=opts, progress=False, **kwargs)
 
 
-#: Engines whose quick fits in :func:`fits` take seconds to minutes (kept on one test worker each).
-_SLOW_FIT_ENGINES = {"pymc", "stan", "neural"}
-
-
-def xdist_group(item: pytest.Item) -> str:
-    """The pytest-xdist group of a test (``make test`` runs ``-n 2 --dist loadgroup``).
-
-    A group runs on one worker, so a fixture it builds is built once: a test's module (its
-    module-scoped fixtures), except that the users of the shared default pymc fit form one
-    group and the users of one slow :func:`fits` entry (engine, family) another.
-    """
-    names = getattr(item, "fixturenames", ())
-    if "pymc_reference_fit" in names:
-        return "pymc-reference-fit"
-    params = getattr(getattr(item, "callspec", None), "params", {})
-    if "fits" in names and params.get("engine") in _SLOW_FIT_ENGINES:
-        return f"fits-{params['engine']}-{params.get('family', 'gaussian')}"
-    return item.nodeid.split("::")[0]
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
-
-
-@pytest.fixture(scope="session")
-def pymc_reference_fit() -> tuple[hierfit.Simulation, hierfit.FitResult]:
-    """A ``pymc`` fit with default settings (4 chains x 1000 + 1000) of a seeded reference-DGP
-    simulation, made once: the pymc tests check it and the Stan tests compare with it."""
-    import warnings
-
-    sim = hierfit.simulate(seed=11)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = hierfit.fit(sim.formula, sim.data, engine="pymc", national=sim.national, progressbar=False)
-    return sim, result
-
-
 @pytest.fixture(scope="session")
 def reference_sim() -> hierfit.Simulation:
     """The reference DGP: 10 markets × 5 submarkets × 100 rows (5,000 rows)."""

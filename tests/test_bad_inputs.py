@@ -210,7 +210,10 @@ def test_ctrl_c_aborts_cleanly_with_no_partial_output(files: dict[str, Path], tm
     target = tmp_path / "fit"
     proc = subprocess.Popen(CLI + ["fit", str(big), "-f", "y ~ x1 + x2 + (1 | market/submarket)", "-e", "neural",
                                    "-o", "max_epochs=400", "-o", "patience=400", "--out", str(target)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a test run started in the background (`make test &`) ignores SIGINT, and
+                            # so would the CLI, which inherits it: give the CLI Ctrl-C as at a terminal
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(8)  # importing torch and starting to train
     # On a loaded machine the first Ctrl-C can land while a native library (torch's import)
     # holds the signal; a user presses it again, and so does this test (bounded).

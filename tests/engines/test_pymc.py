@@ -76,7 +76,7 @@ def test_marginal_loglik_equals_dense_multivariate_normal(small_marginal):
 def test_marginal_op_value_and_gradient_match_the_reference_and_central_differences(small_marginal):
     from hierfit.engines.bayes.pt_marginal import value_and_grad
 
-    design, structure, md = small_marginal
+    _, structure, md = small_marginal
     lambdas = [np.array([[0.7, 0.0], [0.2, 0.4]]), np.array([[0.5]])]
     sigma, beta_S = 1.3, np.array([0.3])
     ll, g_sigma, g_lams, g_beta = value_and_grad(md, structure, sigma, lambdas, beta_S)
@@ -185,61 +185,6 @@ def test_fast_gaussian_path_matches_plain_per_row_model():
     # 4 MCSE (about 40 parameters compared at once) plus a floor for the rounding of summary()
     assert np.all(np.abs(a["mean"] - b["mean"]) <= 4 * mc_mean + 0.01), (a["mean"] - b["mean"]).abs().sort_values().tail()
     assert np.all(np.abs(a["sd"] - b["sd"]) <= 4 * mc_sd + 0.01), (a["sd"] - b["sd"]).abs().sort_values().tail()
-
-
-@pytest.fixture(scope="module")
-def reference_fit(pymc_reference_fit):
-    """Default settings (4 chains x 1000 + 1000) on the reference DGP (made once per session)."""
-    return pymc_reference_fit
-
-
-def test_reference_dgp_defaults_converge_without_divergences(reference_fit):
-    sim, result = reference_fit
-    idata = result.native()
-    assert int(idata.sample_stats["diverging"].sum()) == 0
-    assert float(az.rhat(idata.posterior).max().to_array().max()) <= 1.01
-    assert not [d for d in result.diagnostics if d.check in ("divergences", "rhat", "treedepth")]
-    assert set(idata.groups()) >= {"posterior", "sample_stats", "observed_data", "log_likelihood"}
-    truth = sim.truth.group_effects("total").set_index(["level", "group", "term"])["estimate"]
-    est = result.group_effects("total").set_index(["level", "group", "term"])
-    inside = (est["lower"] <= truth.loc[est.index]) & (truth.loc[est.index] <= est["upper"])
-    assert inside.mean() >= 0.75  # 90% intervals; ~63 effects in one data set
-    text = result.summary()
-    assert "sd:market[x1]" in text and "half_normal" in text
-
-
-def test_save_load_round_trip_keeps_inference_data(reference_fit, tmp_path):
-    sim, result = reference_fit
-    result.save(tmp_path / "fit")
-    assert (tmp_path / "fit" / "engine" / "posterior.nc").exists()
-    back = hierfit.load(tmp_path / "fit")
-    assert np.allclose(back.native().posterior["sd_market"], result.native().posterior["sd_market"])
-    assert back.group_effects().equals(result.group_effects())
-    new = sim.data.head(50)
-    assert np.allclose(back.predict(new, interval="prediction")["upper"], result.predict(new, interval="prediction")["upper"])
-
-
-def test_new_groups_sampled_from_the_group_distribution_widen_intervals(reference_fit):
-    sim, result = reference_fit
-    new = sim.data.head(200).copy()
-    new["market"] = "Market_new"
-    assert result.engine_fit.new_groups == "sample"  # the default
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sampled = result.predict(new, interval="confidence")
-        known = result.predict(sim.data.head(200), interval="confidence")
-        result.engine_fit.new_groups = "parent"
-        try:
-            parent = result.predict(new, interval="confidence")
-            known_parent = result.predict(sim.data.head(200), interval="confidence")
-        finally:
-            result.engine_fit.new_groups = "sample"
-    assert np.allclose(parent["prediction"], sampled["prediction"])
-    width_p = (parent["upper"] - parent["lower"]).mean()
-    width_s = (sampled["upper"] - sampled["lower"]).mean()
-    # a new market adds its intercept and slope variation (market SD 0.8 plus submarket SD 0.4)
-    assert width_s > 2 * width_p
-    assert np.allclose(known["upper"], known_parent["upper"])  # known groups unchanged
 
 
 def test_ppc_and_compare_loo():

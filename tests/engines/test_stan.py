@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import hierfit
@@ -53,46 +51,6 @@ try:
     stan_mod._import_stan()
 except Exception as exc:  # pragma: no cover - environment without pystan
     pytest.skip(f"pystan unavailable: {exc}", allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def reference_pair(pymc_reference_fit):
-    """Default Stan and pymc fits of one reference-DGP simulation (the pymc one is shared
-    with the pymc tests: the default fits are the slowest in the suite)."""
-    sim, pymc_fit = pymc_reference_fit
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        stan_fit = hierfit.fit(sim.formula, sim.data, engine="stan", national=sim.national, progressbar=False, seed=3)
-    return sim, stan_fit, pymc_fit
-
-
-def test_stan_and_pymc_posteriors_agree_on_the_reference_dgp(reference_pair):
-    import arviz as az
-
-    _, s, p = reference_pair
-    a = az.summary(s.native(), stat_focus="mean")
-    b = az.summary(p.native(), stat_focus="mean")
-    b = b.loc[a.index]
-    mcse = np.sqrt(a["mcse_mean"] ** 2 + b["mcse_mean"] ** 2)
-    # every parameter's mean within 3 MCSE plus 0.01 (summary rounding, many parameters); SDs within 10%
-    assert np.all(np.abs(a["mean"] - b["mean"]) <= 3 * mcse + 0.01), (a["mean"] - b["mean"]).abs().sort_values().tail()
-    assert np.all(np.abs(a["sd"] / b["sd"] - 1) <= 0.10), (a["sd"] / b["sd"]).sort_values().iloc[[0, -1]]
-    assert int(s.native().sample_stats["diverging"].sum()) == 0
-    assert s.summary().count("half_normal") == p.summary().count("half_normal")  # same priors stated
-
-
-def test_second_fit_of_the_same_spec_does_not_recompile(reference_pair):
-    sim, first, _ = reference_pair
-    code = first.engine_fit.stan_code
-    assert stan_mod.is_compiled(code)
-    other = hierfit.simulate(n_markets=5, n_submarkets=2, rows_per_submarket=20, seed=9)  # other data, same spec
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        again = hierfit.fit(other.formula, other.data, engine="stan", checks=QUIET, draws=100, tune=100, chains=1,
-                            progressbar=False)
-    assert again.engine_fit.stan_code == code
-    assert again.engine_fit.info["compiled"] is False
-    assert again.engine_fit.info["compile_seconds"] < 10  # a compile takes ~25 s or more
 
 
 @pytest.mark.parametrize(
