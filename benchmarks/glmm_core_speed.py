@@ -44,6 +44,8 @@ from hierfit.model.family import get_family
 
 SIZES = {"5k": (10, 5, 5_000), "100k": (100, 10, 100_000), "1M": (1_000, 20, 1_000_000)}
 
+#: glmer / glmmTMB fits of one CSV (``which``: "glmer", "glmmTMB" or "both"), as JSON with the
+#: names of the fixed effects and of the SD rows, so that they can be matched by name
 R_SCRIPT = r"""
 suppressMessages({library(lme4); library(glmmTMB)})
 args <- commandArgs(TRUE)
@@ -54,14 +56,15 @@ famobj <- if (fam == "bernoulli") binomial() else poisson()
 out <- list()
 if (which %in% c("both", "glmer")) {
   t <- system.time(m <- glmer(f, data = d, family = famobj))[["elapsed"]]
-  vc <- as.data.frame(VarCorr(m))
-  out$glmer <- list(seconds = t, logLik = as.numeric(logLik(m)), fixef = unname(fixef(m)),
-                    sd = vc$sdcor[is.na(vc$var2)], messages = m@optinfo$conv$lme4$messages)
+  vc <- as.data.frame(VarCorr(m)); sdr <- vc[is.na(vc$var2), ]
+  out$glmer <- list(seconds = t, logLik = as.numeric(logLik(m)), fixef = as.list(fixef(m)),
+                    sd = sdr$sdcor, sd_grp = sdr$grp, sd_var = sdr$var1,
+                    messages = m@optinfo$conv$lme4$messages)
 }
 if (which %in% c("both", "glmmTMB")) {
   t <- system.time(m2 <- glmmTMB(f, data = d, family = famobj))[["elapsed"]]
   out$glmmTMB <- list(seconds = t, logLik = as.numeric(logLik(m2)),
-                      fixef = unname(fixef(m2)$cond))
+                      fixef = as.list(fixef(m2)$cond), pdHess = m2$sdr$pdHess)
 }
 cat(jsonlite::toJSON(out, auto_unbox = TRUE, digits = NA))
 """
@@ -134,7 +137,7 @@ def fit_r(csv: Path, family: str, which: str, timeout: float) -> dict[str, dict[
         res = subprocess.run(["Rscript", fh.name, str(csv), family, which], capture_output=True,
                              text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        return {"error": {"message": f"R timed out after {timeout:.0f} s"}}
+        return {"error": {"message": f"R timed out after {timeout:.0f} s", "timeout": True}}
     finally:
         os.unlink(fh.name)
     if res.returncode != 0:
@@ -177,7 +180,7 @@ def main() -> None:
             if "glmer" in r:
                 g = r["glmer"]
                 row["dlogLik_vs_glmer"] = sol.loglik - g["logLik"]  # type: ignore[attr-defined]
-                row["dfixef_vs_glmer"] = float(np.max(np.abs(sol.beta - np.array(g["fixef"]))))  # type: ignore[attr-defined]
+                row["dfixef_vs_glmer"] = float(np.max(np.abs(sol.beta - np.array(list(g["fixef"].values())))))  # type: ignore[attr-defined]
                 ours = np.concatenate([sol.sds[0], sol.sds[1]])  # type: ignore[attr-defined]
                 row["dsd_vs_glmer"] = float(np.max(np.abs(ours - np.array(g["sd"]))))
                 row["glmer_messages"] = g.get("messages")

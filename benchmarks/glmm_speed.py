@@ -60,36 +60,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from glmm_core_speed import SIZES, have_r, simulate
+from glmm_core_speed import SIZES, fit_r, have_r, simulate
 
 import hierfit
 
 FORMULA = "y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)"
-
-# glmm_core_speed.py's R script, run for one engine at a time and returning the names of the
-# fixed effects and of the SD rows, so that they are matched to hierfit's by name
-R_SCRIPT = r"""
-suppressMessages({library(lme4); library(glmmTMB)})
-args <- commandArgs(TRUE)
-d <- read.csv(args[1]); fam <- args[2]; which <- args[3]
-d$market <- factor(d$market); d$submarket <- factor(d$submarket)
-f <- y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)
-famobj <- if (fam == "bernoulli") binomial() else poisson()
-out <- list()
-if (which == "glmer") {
-  t <- system.time(m <- glmer(f, data = d, family = famobj))[["elapsed"]]
-  vc <- as.data.frame(VarCorr(m)); sdr <- vc[is.na(vc$var2), ]
-  out$glmer <- list(seconds = t, logLik = as.numeric(logLik(m)), fixef = as.list(fixef(m)),
-                    sd = sdr$sdcor, sd_grp = sdr$grp, sd_var = sdr$var1,
-                    messages = m@optinfo$conv$lme4$messages)
-}
-if (which == "glmmTMB") {
-  t <- system.time(m2 <- glmmTMB(f, data = d, family = famobj))[["elapsed"]]
-  out$glmmTMB <- list(seconds = t, logLik = as.numeric(logLik(m2)),
-                      fixef = as.list(fixef(m2)$cond), pdHess = m2$sdr$pdHess)
-}
-cat(jsonlite::toJSON(out, auto_unbox = TRUE, digits = NA))
-"""
 
 SM_SCRIPT = r"""
 import json, sys, time, warnings
@@ -183,19 +158,15 @@ def fit_statsmodels(csv: Path, family: str, timeout: float) -> dict[str, Any]:
 
 
 def fit_r_one(csv: Path, family: str, which: str, timeout: float) -> dict[str, Any]:
-    """One glmer or glmmTMB fit of the CSV; ``{"error": ...}`` on failure or timeout."""
-    with tempfile.NamedTemporaryFile("w", suffix=".R", delete=False) as fh:
-        fh.write(R_SCRIPT)
-    try:
-        res = subprocess.run(["Rscript", fh.name, str(csv), family, which], capture_output=True,
-                             text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
+    """One glmer or glmmTMB fit of the CSV (:func:`glmm_core_speed.fit_r`); ``{"error": ...}``
+    on failure or timeout."""
+    out = fit_r(csv, family, which, timeout)
+    err = out.get("error")
+    if err is None:
+        return out[which]
+    if err.get("timeout"):
         return {"error": f"> {timeout:.0f} s (timed out)", "timeout": True}
-    finally:
-        os.unlink(fh.name)
-    if res.returncode != 0:
-        return {"error": res.stderr.strip()[-300:]}
-    return json.loads(res.stdout)[which]
+    return {"error": err["message"]}
 
 
 def _sds(result: hierfit.FitResult) -> dict[tuple[str, str], float]:
