@@ -191,7 +191,7 @@ def _nesting_map(child: Factor, parent: Factor, hint: np.ndarray | None) -> np.n
     return None
 
 
-def make_plan(blocks: Sequence[RandomBlock], n: int) -> tuple[Plan, list[int]]:
+def make_plan(blocks: Sequence[RandomBlock], n: int, *, warn: bool = True) -> tuple[Plan, list[int]]:
     """Analyse the terms and choose the elimination plan.
 
     Parameters
@@ -200,6 +200,9 @@ def make_plan(blocks: Sequence[RandomBlock], n: int) -> tuple[Plan, list[int]]:
         The random-effects terms.
     n : int
         Number of observations.
+    warn : bool, default True
+        Warn when the dense root is large (callers that choose another elimination for
+        crossed factors warn themselves).
 
     Returns
     -------
@@ -246,7 +249,7 @@ def make_plan(blocks: Sequence[RandomBlock], n: int) -> tuple[Plan, list[int]]:
     assert best is not None
     chain = best[1]
     root = [f for f in range(nf) if f not in chain]
-    if best[0] > DENSE_ROOT_WARN:
+    if warn and best[0] > DENSE_ROOT_WARN:
         warnings.warn(
             f"crossed random effects with {best[0]} columns are eliminated as one dense block "
             f"(O(q^3) per likelihood evaluation); fitting may be slow", RuntimeWarning,

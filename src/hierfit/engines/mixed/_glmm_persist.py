@@ -21,6 +21,7 @@ from hierfit.exceptions import PersistenceError
 from hierfit.model.family import Family
 
 from ._glmm_diagnostics import GlmmDiagnostics, SeparationFlag
+from ._factor import System
 from ._persist import read_standardization, read_system, save_standardization, save_system
 from .glmm import GlmmSolution, OptSummary
 from .lmm import _single_thread_blas
@@ -85,6 +86,8 @@ def _restore(state: StateReader, family: Family) -> GlmmSolution:
     diag["separation"] = tuple(SeparationFlag(str(k), int(i), None if c is None else int(c), int(d), float(e), tuple(int(g) for g in gs))
                                for k, i, c, d, e, gs in state.get("diag_separation"))
     sysm = read_system(state)
+    if not isinstance(sysm, System):  # the GLMM eliminates crossed factors as one dense block
+        raise state.fail("a GLMM's statistics must be those of the blocked elimination")
     factor_T = state.get_arrays("factor_T", ndim=2)
     u = state.get_arrays("u", ndim=2)
     terms = [(int(a), int(b), int(c), int(d), int(e)) for a, b, c, d, e in state.get("terms")]

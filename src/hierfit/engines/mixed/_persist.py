@@ -21,11 +21,12 @@ from hierfit.engines.state import StateReader, StateWriter
 from hierfit.exceptions import PersistenceError
 
 from ._blocks import Factor, Plan
+from ._crossed import Coupling, CrossedSystem
 from ._factor import System
 from ._standardize import ColumnMap, Standardization
-from ._suffstats import make_layout
+from ._suffstats import Layout, make_layout
 from ._theta import ThetaSpec
-from .lmm import LmmSolution, OptSummary, _assemble, _single_thread_blas
+from .lmm import LmmSolution, MixedSystem, OptSummary, _assemble, _blas_for
 
 #: the rebuilt solution must reproduce the saved estimates to this relative precision
 REBUILD_RTOL = 1e-8
@@ -53,7 +54,7 @@ def restore_solution(state: StateReader) -> LmmSolution:
     """The solution :func:`save_solution` wrote, rebuilt from its statistics."""
     try:
         sysm, spec, std, n, p, reml, optsum = _read_parts(state)
-        with _single_thread_blas():
+        with _blas_for(sysm):
             sol = _assemble(sysm, spec, std, n, p, reml, 0.0, optsum, state.get_float("log_weights"))
     except PersistenceError:
         raise
@@ -68,8 +69,9 @@ def restore_solution(state: StateReader) -> LmmSolution:
     return dataclasses.replace(sol, timings=state.get_float_dict("timings"))
 
 
-def save_system(sysm: System, state: StateWriter) -> None:
-    """The elimination plan and the per-group statistics of a mixed-model-equations system."""
+def save_system(sysm: MixedSystem, state: StateWriter) -> None:
+    """The elimination plan and the per-group statistics of a mixed-model-equations system
+    (the crossed elimination's sparse coupling as its (group, group) pairs and blocks)."""
     plan = sysm.plan
     state.put("p", sysm.layout.p)
     state.put("factors", [{"blocks": f.blocks, "col_offsets": f.col_offsets, "m": f.m, "K": f.K, "is_ones": f.is_ones}
@@ -80,6 +82,11 @@ def save_system(sysm: System, state: StateWriter) -> None:
     state.put("parent_map_keys", [[i, j] for i, j in keys])
     state.put_arrays("parent_maps", [plan.parent_maps[k] for k in keys])
     state.put_arrays("raw_rows", sysm.raw_rows)
+    if isinstance(sysm, CrossedSystem):
+        state.put("solver", "crossed")
+        state.put_arrays("coupling_groups", sysm.coupling.groups)
+        state.put_arrays("coupling_others", sysm.coupling.others)
+        state.put_arrays("coupling_blocks", sysm.coupling.blocks)
 
 
 def save_standardization(std: Standardization, state: StateWriter) -> None:
@@ -95,7 +102,7 @@ def save_standardization(std: Standardization, state: StateWriter) -> None:
     state.put("std_z_intercept", [m.intercept for m in std.z])
 
 
-def read_system(state: StateReader) -> System:
+def read_system(state: StateReader) -> MixedSystem:
     """The system :func:`save_system` wrote, its statistics' shapes checked against the plan."""
     p = state.get_int("p")
     factors = []
@@ -113,10 +120,35 @@ def read_system(state: StateReader) -> System:
                 {(int(k[0]), int(k[1])): m for k, m in zip(keys, maps)})
     layout = make_layout(plan, p)
     rows = state.get_arrays("raw_rows", ndim=3)
+    if state.has("solver") and state.get_str("solver") == "crossed":
+        return _read_crossed(state, plan, layout, rows)
     expected = [(layout.m[i], layout.sizes[i], layout.total - layout.offsets[i]) for i in range(layout.n_levels)]
     if [r.shape for r in rows] != expected:
         raise state.fail(f"the statistics have shapes {[r.shape for r in rows]}, the plan needs {expected}")
     return System(plan, layout, rows)
+
+
+def _read_crossed(state: StateReader, plan: Plan, layout: Layout, rows: list[np.ndarray]) -> CrossedSystem:
+    """A :class:`CrossedSystem` from its rows and coupling, every shape and index checked."""
+    if len(plan.chain) != 1 or not plan.root:
+        raise state.fail("a crossed system needs one chain factor and a root")
+    K0, m0, q, p = layout.sizes[0], layout.m[0], layout.sizes[1], layout.p
+    expected = [(m0, K0, K0 + p + 1), (1, q, q + p + 1), (1, p + 1, p + 1)]
+    if [r.shape for r in rows] != expected:
+        raise state.fail(f"the statistics have shapes {[r.shape for r in rows]}, the plan needs {expected}")
+    segs = [s for s in layout.segments if s.start >= layout.offsets[1]]
+    groups = state.get_arrays("coupling_groups", kind="i", ndim=1)
+    others = state.get_arrays("coupling_others", kind="i", ndim=1)
+    blocks = state.get_arrays("coupling_blocks", ndim=3)
+    if not len(groups) == len(others) == len(blocks) == len(segs):
+        raise state.fail("the coupling has a different number of segments than the plan")
+    for seg, g, h, b in zip(segs, groups, others, blocks):
+        if not (g.shape == h.shape == b.shape[:1] and b.shape[1:] == (K0, seg.K)):
+            raise state.fail("the coupling's pairs and blocks disagree in shape")
+        if g.size and (g.min() < 0 or g.max() >= m0 or h.min() < 0 or h.max() >= seg.m):
+            raise state.fail("the coupling names groups outside the plan")
+    coupling = Coupling.from_pairs(segs, K0, q, layout.offsets[1], m0, list(groups), list(others), list(blocks))
+    return CrossedSystem(plan, layout, rows, coupling)
 
 
 def read_theta_spec(state: StateReader) -> ThetaSpec:
@@ -142,7 +174,7 @@ def read_standardization(state: StateReader, n_blocks: int) -> Standardization:
     )
 
 
-def _read_parts(state: StateReader) -> tuple[System, ThetaSpec, Standardization, int, int, bool, OptSummary]:
+def _read_parts(state: StateReader) -> tuple[MixedSystem, ThetaSpec, Standardization, int, int, bool, OptSummary]:
     n, reml = state.get_int("n_obs"), state.get_bool("reml")
     sysm = read_system(state)
     spec = read_theta_spec(state)

@@ -8,7 +8,9 @@ random effects) whatever the number of rows.
 Structure (:mod:`._blocks`, :mod:`._factor`): nested grouping factors form a chain that is
 eliminated leaf-first with batched small dense algebra, O(q) per evaluation.  Factors
 crossed with that chain are gathered into one dense "root" block (dense Cholesky of size
-``q_root``), which is fine for crossed factors with up to a few thousand levels in all.
+``q_root``), which is fine while the chain's coupling to it is small.  Large crossed
+designs (store x product, user x item) use :mod:`._crossed` instead: the largest factor
+block diagonal, its coupling to the others sparse, only the rest dense (MixedModels.jl).
 
 Results follow lme4 conventions: ``theta`` (relative Cholesky factor), ``sigma``, ``vcov``
 of the fixed effects, conditional modes and conditional SDs (given beta, as
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -26,7 +29,9 @@ import numpy as np
 import scipy.linalg as sla
 from scipy import stats
 
-from ._blocks import RandomBlock, make_plan
+from ._blocks import DENSE_ROOT_WARN, Plan, RandomBlock, make_plan
+from ._crossed import (CrossedSystem, blocked_cost, crossed_cost, crossed_criterion_and_gradient, crossed_plan,
+                       moment_start)
 from ._factor import Factorization, System
 from ._gradient import criterion_and_gradient
 from ._optim import minimize_theta
@@ -51,6 +56,46 @@ __all__ = [
 #: lme4's isSingular tolerance on bounded (diagonal) theta elements.
 SINGULAR_TOL = 1e-4
 
+#: Either elimination of the mixed-model equations: blocked (nested chain, dense root) or
+#: crossed (block-diagonal first factor, sparse coupling, dense rest).
+MixedSystem = System | CrossedSystem
+
+#: Below this many multiply-adds an evaluation is cheap either way, and the blocked
+#: elimination (the one every nested model uses) is kept.
+CROSSED_MIN_COST = 1e8
+
+#: Multiply-adds of one evaluation above which a slow-fit warning is issued (~10 s here).
+SLOW_EVALUATION_COST = 4e11
+
+
+def choose_solver(plan: Plan, solver: str = "auto") -> tuple[str, Plan]:
+    """Pick the elimination for ``plan``: ``"blocked"`` or ``"crossed"`` and the plan it uses.
+
+    ``"auto"`` takes the crossed elimination when the plan has crossed factors and it costs
+    less than the blocked one by the multiply-adds of one evaluation (the blocked root update
+    is ``m_0 q_root^2``, the crossed dense block ``q_rest^3 / 3``).
+    """
+    if solver not in ("auto", "blocked", "crossed"):
+        raise ValueError(f"solver must be 'auto', 'blocked' or 'crossed', got {solver!r}")
+    if solver == "blocked" or not plan.root or len(plan.factors) < 2:
+        return "blocked", plan
+    if solver == "auto":
+        dense, sparse = blocked_cost(plan), crossed_cost(plan)
+        if dense < CROSSED_MIN_COST or dense <= sparse:
+            return "blocked", plan
+    return "crossed", crossed_plan(plan)
+
+
+def _warn_if_slow(plan: Plan, kind: str) -> None:
+    cost = crossed_cost(plan) if kind == "crossed" else blocked_cost(plan)
+    q = sum(plan.factors[f].m * plan.factors[f].K for f in plan.root)
+    if cost > SLOW_EVALUATION_COST and q > DENSE_ROOT_WARN:
+        warnings.warn(
+            f"crossed random effects leave a dense block of {q} columns (O(q^3) = {cost:.1e} "
+            f"multiply-adds per likelihood evaluation); fitting may take minutes (only the factor "
+            f"with the most levels is eliminated sparsely; every other factor is in that block).",
+            RuntimeWarning, stacklevel=4)
+
 
 _BLAS_CONTROLLER: list[object] = []  # lazily created threadpoolctl controller (cached)
 
@@ -72,6 +117,12 @@ def _single_thread_blas() -> contextlib.AbstractContextManager[object]:
         _BLAS_CONTROLLER.append(ThreadpoolController())
     ctl = _BLAS_CONTROLLER[0]
     return ctl.limit(limits=1, user_api="blas")  # type: ignore[attr-defined]
+
+
+def _blas_for(sysm: MixedSystem) -> contextlib.AbstractContextManager[object]:
+    """One BLAS thread for the blocked elimination's tiny calls; the crossed one's dense
+    block is a large Cholesky factor and inverse, which use every thread it is given."""
+    return contextlib.nullcontext() if isinstance(sysm, CrossedSystem) else _single_thread_blas()
 
 
 @dataclass(frozen=True)
@@ -146,7 +197,7 @@ class LmmSolution:
     timings: dict[str, float]
     optsum: OptSummary
     log_weights: float
-    _system: System = field(repr=False, compare=False)
+    _system: MixedSystem = field(repr=False, compare=False)
     _fz: Factorization = field(repr=False, compare=False)
     _u: list[np.ndarray] = field(repr=False, compare=False)
     _term_map: list[tuple[int, int, int, int]] = field(repr=False, compare=False)
@@ -186,7 +237,7 @@ class LmmSolution:
                 for lvl, seg, c0, k in self._term_map]
 
 
-def draw_effects(sysm: System, fz: Factorization, std: Standardization, beta_t: np.ndarray,
+def draw_effects(sysm: MixedSystem, fz: Factorization, std: Standardization, beta_t: np.ndarray,
                  u: list[np.ndarray], sigma_t: float,
                  terms: list[tuple[int, int, int, int, int]], factor_T: list[np.ndarray],
                  n_draws: int, rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -219,14 +270,14 @@ def draw_effects(sysm: System, fz: Factorization, std: Standardization, beta_t: 
     return beta_draws, b_draws
 
 
-def _factor_of(sysm: System, lvl: int, seg: int) -> int:
+def _factor_of(sysm: MixedSystem, lvl: int, seg: int) -> int:
     """Factor id held by a chain level, or by segment ``seg`` of the root."""
     if lvl < sysm.n_chain:
         return sysm.plan.chain[lvl]
     return sysm.plan.root[seg]
 
 
-def _factor_u(sysm: System, u: list[np.ndarray], lvl: int, seg: int) -> np.ndarray:
+def _factor_u(sysm: MixedSystem, u: list[np.ndarray], lvl: int, seg: int) -> np.ndarray:
     """Random effects of one factor as ``(m, K, d)`` from level-wise solutions."""
     if lvl < sysm.n_chain:
         return u[lvl]
@@ -235,7 +286,7 @@ def _factor_u(sysm: System, u: list[np.ndarray], lvl: int, seg: int) -> np.ndarr
     return u[lvl][0, r0:r0 + s.m * s.K].reshape(s.m, s.K, -1)
 
 
-def _factor_condcov(sysm: System, diag: list[np.ndarray], lvl: int, seg: int) -> np.ndarray:
+def _factor_condcov(sysm: MixedSystem, diag: list[np.ndarray], lvl: int, seg: int) -> np.ndarray:
     """Diagonal ``(m, K, K)`` blocks of ``A^{-1}`` for one factor."""
     if lvl < sysm.n_chain:
         return diag[lvl]
@@ -256,7 +307,7 @@ class LmmDevfun:
 
     Attributes
     ----------
-    system : System
+    system : System or CrossedSystem
         Sufficient statistics and elimination plan.
     spec : ThetaSpec
         Where theta sits in each term's relative covariance factor.
@@ -275,7 +326,7 @@ class LmmDevfun:
         Jacobian of residual variances ``sigma^2 / w`` in the reported criterion.
     """
 
-    system: System
+    system: MixedSystem
     spec: ThetaSpec
     std: Standardization
     blocks: tuple[RandomBlock, ...]
@@ -296,6 +347,8 @@ class LmmDevfun:
     def value_and_gradient(self, theta_t: np.ndarray) -> tuple[float, np.ndarray]:
         """The criterion and its exact gradient at standardised ``theta_t``."""
         try:
+            if isinstance(self.system, CrossedSystem):
+                return crossed_criterion_and_gradient(self.system, self.spec, theta_t, self.n, self.p, self.reml)
             return criterion_and_gradient(self.system, self.spec, theta_t, self.n, self.p, self.reml)
         except np.linalg.LinAlgError:
             return np.inf, np.zeros(self.spec.size)
@@ -347,7 +400,7 @@ class OptSummary:
 
 
 def lmm_devfun(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *, reml: bool = True,
-               weights: np.ndarray | None = None) -> LmmDevfun:
+               weights: np.ndarray | None = None, solver: str = "auto") -> LmmDevfun:
     """Gather the sufficient statistics in one pass and return the criterion (``mkLmerDevfun``).
 
     Parameters
@@ -364,6 +417,9 @@ def lmm_devfun(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *, r
         ``(n,)`` prior weights (lmer's ``weights``): row ``i`` has residual variance
         ``sigma^2 / w_i``.  Rows of weight 0 are left out of the likelihood (R's ``lm``; lme4
         itself returns ``logLik = -Inf`` for them), which equals dropping those rows.
+    solver : {"auto", "blocked", "crossed"}, default "auto"
+        Elimination of the mixed-model equations (:func:`choose_solver`); both give the
+        same fit to rounding.
 
     Returns
     -------
@@ -389,17 +445,23 @@ def lmm_devfun(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *, r
     w, log_weights = _prior_weights(weights, n)
     blocks = tuple(blocks)
     t0 = time.perf_counter()
-    plan, _ = make_plan(blocks, n)
+    plan, _ = make_plan(blocks, n, warn=False)
+    kind, plan = choose_solver(plan, solver)
+    _warn_if_slow(plan, kind)
     if w is not None:
         n = int(np.count_nonzero(w))  # rows that carry likelihood
-    layout = make_layout(plan, p)
     # The statistics are those of centred and scaled columns (see _standardize): raw
     # cross-products of a large-mean outcome lose every digit the variances depend on.
     std = standardize(X, y, [[blk.column(a) for a in range(blk.k)] for blk in blocks],
                       [blk.correlated for blk in blocks])
     xy_map = (np.append(std.x.center, std.y_center), np.append(std.x.scale, std.y_scale))
     factor_maps = [_factor_map(std, fac.blocks) for fac in plan.factors]
-    sysm = System(plan, layout, compute_rows(X, y, plan, layout, xy_map, factor_maps, weights=w))
+    sysm: MixedSystem
+    if kind == "crossed":
+        sysm = CrossedSystem.from_data(X, y, plan, p, xy_map, factor_maps, w)
+    else:
+        layout = make_layout(plan, p)
+        sysm = System(plan, layout, compute_rows(X, y, plan, layout, xy_map, factor_maps, weights=w))
     _check_fixed_rank(sysm.raw_rows[-1][0], p)
     return LmmDevfun(sysm, ThetaSpec.from_blocks(blocks), std, blocks, n, p, reml, time.perf_counter() - t0,
                      log_weights)
@@ -424,7 +486,8 @@ def optimize_lmm(devfun: LmmDevfun, *, start_theta: np.ndarray | None = None, ma
     devfun : LmmDevfun
         From :func:`lmm_devfun`.
     start_theta : numpy.ndarray, optional
-        Start in the caller's coordinates (default: lme4's identity start, standardised).
+        Start in the caller's coordinates (default: lme4's identity start, standardised; the
+        crossed elimination starts from moment estimates, :func:`._crossed.moment_start`).
     maxiter : int, default 1000
         Iteration cap of the optimiser.
     n_starts : int, default 1
@@ -437,12 +500,17 @@ def optimize_lmm(devfun: LmmDevfun, *, start_theta: np.ndarray | None = None, ma
     if gradient not in ("analytic", "fd"):
         raise ValueError("gradient must be 'analytic' or 'fd'")
     spec = devfun.spec
-    x0 = spec.start() if start_theta is None else devfun.standardized_theta(start_theta)
+    if start_theta is not None:
+        x0 = devfun.standardized_theta(start_theta)
+    elif isinstance(devfun.system, CrossedSystem):
+        x0 = moment_start(devfun.system, spec)
+    else:
+        x0 = spec.start()
     # For each diagonal theta: the theta entries below it in the same column of its T.
     below = {d: [t for t, (bt, it, jt) in enumerate(spec.entries) if bt == b and jt == j and it > j]
              for d, (b, i, j) in enumerate(spec.entries) if i == j}
     t0 = time.perf_counter()
-    with _single_thread_blas():
+    with _blas_for(devfun.system):
         opt = minimize_theta(devfun, x0, spec.lower, maxiter=maxiter, n_starts=n_starts, seed=seed, below=below,
                              grad=devfun.value_and_gradient if gradient == "analytic" else None)
     optimizer = "L-BFGS-B (analytic gradient)" if gradient == "analytic" else "L-BFGS-B (finite differences)"
@@ -460,7 +528,7 @@ def evaluated_at(devfun: LmmDevfun, theta: np.ndarray | None = None) -> OptSumma
 
 def lmm_solution(devfun: LmmDevfun, optsum: OptSummary) -> LmmSolution:
     """Every reported quantity at the optimum (``mkMerMod``), in the caller's coordinates."""
-    with _single_thread_blas():
+    with _blas_for(devfun.system):
         return _assemble(devfun.system, devfun.spec, devfun.std, devfun.n, devfun.p, devfun.reml, devfun.data_seconds, optsum,
                          devfun.log_weights)
 
@@ -468,12 +536,12 @@ def lmm_solution(devfun: LmmDevfun, optsum: OptSummary) -> LmmSolution:
 def fit_lmm(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *,
             reml: bool = True, weights: np.ndarray | None = None, start_theta: np.ndarray | None = None,
             maxiter: int = 1000, n_starts: int = 1, seed: int = 0,
-            optimize: bool = True, gradient: str = "analytic") -> LmmSolution:
+            optimize: bool = True, gradient: str = "analytic", solver: str = "auto") -> LmmSolution:
     """Fit a linear mixed model by REML or ML: :func:`lmm_devfun` → :func:`optimize_lmm` → :func:`lmm_solution`.
 
     Parameters
     ----------
-    X, y, blocks, reml, weights
+    X, y, blocks, reml, weights, solver
         As :func:`lmm_devfun`.
     start_theta, maxiter, n_starts, seed, gradient
         As :func:`optimize_lmm`.
@@ -485,7 +553,7 @@ def fit_lmm(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *,
     LmmSolution
         The fit; ``converged`` is False (with ``message``) when the optimiser failed.
     """
-    devfun = lmm_devfun(X, y, blocks, reml=reml, weights=weights)
+    devfun = lmm_devfun(X, y, blocks, reml=reml, weights=weights, solver=solver)
     if optimize:
         optsum = optimize_lmm(devfun, start_theta=start_theta, maxiter=maxiter, n_starts=n_starts, seed=seed,
                               gradient=gradient)
@@ -517,7 +585,7 @@ def _check_fixed_rank(xy_cross: np.ndarray, p: int) -> None:
         raise ValueError("the fixed-effects matrix X is rank deficient (or has a zero column)")
 
 
-def _assemble(sysm: System, spec: ThetaSpec, std: Standardization, n: int, p: int, reml: bool,
+def _assemble(sysm: MixedSystem, spec: ThetaSpec, std: Standardization, n: int, p: int, reml: bool,
               data_seconds: float, optsum: OptSummary, log_weights: float = 0.0) -> LmmSolution:
     """Compute every reported quantity at the optimum, in the caller's coordinates.
 
