@@ -124,7 +124,7 @@ def run_lme4(case: str, csv: str, timeout: float) -> dict[str, object]:
 def _collect(cmd: list[str], timeout: float, prefix: str = "RESULT ") -> dict[str, object]:
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)  # failures are reported
     except subprocess.TimeoutExpired:
         return {"error": f"did not finish within {timeout:.0f} s (stopped)"}
     for line in proc.stdout.splitlines():

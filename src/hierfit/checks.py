@@ -41,10 +41,14 @@ CHECKS: dict[str, tuple[Severity, str]] = {
     "separation": ("warn", "a predictor splits a binary outcome perfectly: its coefficient is infinite for maximum likelihood"),
     "zero_trials": ("warn", "binomial rows with zero trials: they carry no information and are left out of the likelihood"),
     "overdispersion": ("warn", "a Poisson fit's Pearson dispersion is well above 1: its intervals are too narrow"),
+    # separate terms (1|s) + (1|d) are lme4's way to say "crossed"; warn to be told anyway
+    # (labels meant to be read within a parent, such as Sub_1 under every market, look the same)
+    "crossed_factors": ("ignore", "a factor's labels repeat under several groups of another: each label is one group across them (crossed)"),
 }
 
 #: checks about the data (DataError / DataCheckWarning); the others are about a fit
-DATA_CHECKS = frozenset({"few_groups", "single_row_groups", "rank_deficient", "degenerate_outcome", "separation", "zero_trials"})
+DATA_CHECKS = frozenset({"few_groups", "single_row_groups", "rank_deficient", "degenerate_outcome", "separation", "zero_trials",
+                         "crossed_factors"})
 
 FEW_GROUPS = 5
 
@@ -84,6 +88,16 @@ def data_checks(design, *, pooling: bool = True) -> list[Diagnostic]:
                     f"Level {lv.name!r} has {lv.n_groups} groups; a group-level SD is poorly estimated "
                     f"from fewer than {FEW_GROUPS}. Treat {lv.name!r} as a population-level (fixed) "
                     "predictor or give its SD an informative prior.",
+                )
+            )
+        for other in (o for name, o in design.hierarchy.crossed if name == lv.name):
+            found.append(
+                Diagnostic(
+                    "crossed_factors",
+                    f"Labels of {lv.name!r} repeat under several {other!r} groups, so {lv.name!r} is fitted as "
+                    f"crossed with {other!r} (each label one group across all of {other!r}). If equal labels under "
+                    f"different {other!r} groups are different groups, write (... | {other}:{lv.name}) or "
+                    f"(... | {other}/{lv.name}).",
                 )
             )
         singles = np.flatnonzero(lv.sizes == 1)

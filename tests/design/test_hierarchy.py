@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from hierfit.design.hierarchy import build_hierarchy
-from hierfit.exceptions import DataCheckWarning, DataError, HierarchyError, SpecError
+from hierfit.exceptions import DataError, HierarchyError, SpecError
 from hierfit.model import make_spec
 
 
@@ -51,11 +53,14 @@ def test_unique_ids_are_inferred_as_nested() -> None:
     assert h.ancestors("submarket") == ["market"]
 
 
-def test_repeating_labels_without_path_are_crossed_with_a_warning() -> None:
+def test_repeating_labels_without_path_are_crossed_and_said_so() -> None:
     df = frame(["M1", "M1", "M2", "M2"], ["Sub0", "Sub1", "Sub0", "Sub1"])
-    with pytest.warns(DataCheckWarning, match="fitted as crossed"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # separate terms are lme4's crossed syntax: no warning
         h, _ = build_hierarchy(make_spec("y ~ 1 + (1 | market) + (1 | submarket)"), df)
     assert h.level("submarket").parent is None
+    assert h.crossed == (("market", "submarket"), ("submarket", "market"))
+    assert "submarket: 2 groups under national, crossed with market;" in h.describe()
 
 
 def test_missing_labels_are_counted() -> None:

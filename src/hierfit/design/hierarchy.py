@@ -12,13 +12,12 @@ Built from the data's grouping columns by :func:`build_hierarchy`. A level's par
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from hierfit.exceptions import DataCheckWarning, DataError, HierarchyError
+from hierfit.exceptions import DataError, HierarchyError
 from hierfit.formula import GroupingFactor
 from hierfit.model.spec import ModelSpec
 
@@ -59,6 +58,10 @@ class Hierarchy:
 
     national: str
     levels: tuple[Level, ...]
+    #: (level, other level) pairs whose labels cross: a label of ``level`` occurs with several
+    #: groups of ``other`` and ``level`` nests in nothing, so each label is one group across all
+    #: of ``other`` (store x product, student x lecturer)
+    crossed: tuple[tuple[str, str], ...] = ()
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -109,10 +112,12 @@ class Hierarchy:
     def describe(self) -> str:
         """One line per level: name, groups, parent, rows per group."""
         lines = [f"{self.national} (national root)"]
+        crossing = {name: [o for n, o in self.crossed if n == name] for name in self.names}
         for lv in self.levels:
             depth = len(self.ancestors(lv.name)) + 1
+            crossed = f", crossed with {', '.join(crossing[lv.name])}" if crossing[lv.name] else ""
             lines.append(
-                f"{'  ' * depth}{lv.name}: {lv.n_groups} groups under {lv.parent or self.national}; "
+                f"{'  ' * depth}{lv.name}: {lv.n_groups} groups under {lv.parent or self.national}{crossed}; "
                 f"rows per group {int(lv.sizes.min())}-{int(lv.sizes.max())}"
             )
         return "\n".join(lines)
@@ -172,7 +177,7 @@ def build_hierarchy(spec: ModelSpec, data: pd.DataFrame) -> tuple[Hierarchy, dic
     for f in factors:
         codes[f.level], labels = factorize_factor(data, f)
         uniques[f.level] = tuple(labels)
-    parents = _find_parents(spec, factors, codes, uniques)
+    parents, crossed = _find_parents(spec, factors, codes, uniques)
     ordered = _topological(factors, parents)
     levels = []
     for f in ordered:
@@ -183,12 +188,13 @@ def build_hierarchy(spec: ModelSpec, data: pd.DataFrame) -> tuple[Hierarchy, dic
             parent_index[codes[f.level]] = codes[parent]
         sizes = np.bincount(codes[f.level], minlength=len(uniques[f.level]))
         levels.append(Level(f.level, f, parent, uniques[f.level], parent_index, sizes))
-    return Hierarchy(spec.national, tuple(levels)), codes
+    return Hierarchy(spec.national, tuple(levels), tuple(crossed)), codes
 
 
-def _find_parents(spec, factors, codes, uniques) -> dict[str, str | None]:
+def _find_parents(spec, factors, codes, uniques) -> tuple[dict[str, str | None], list[tuple[str, str]]]:
     by_columns = {f.columns: f for f in factors}
     parents: dict[str, str | None] = {}
+    crossed: list[tuple[str, str]] = []
     if spec.hierarchy:
         for upper, lower in zip(spec.hierarchy, spec.hierarchy[1:]):
             _require_single_parent(lower, upper, codes, uniques)
@@ -201,8 +207,9 @@ def _find_parents(spec, factors, codes, uniques) -> dict[str, str | None]:
         if prefixes:
             parents[f.level] = prefixes[0].level
             continue
-        parents[f.level] = _inferred_parent(f, factors, codes, uniques)
-    return parents
+        parents[f.level], crossed_with = _inferred_parent(f, factors, codes, uniques)
+        crossed.extend((f.level, other) for other in crossed_with)
+    return parents, crossed
 
 
 def _pairs(child: str, parent: str, codes) -> np.ndarray:
@@ -228,7 +235,8 @@ def _require_single_parent(child: str, parent: str, codes, uniques) -> None:
         )
 
 
-def _inferred_parent(f, factors, codes, uniques) -> str | None:
+def _inferred_parent(f, factors, codes, uniques) -> tuple[str | None, list[str]]:
+    """The finest factor ``f``'s labels nest in, and (when none) the factors they cross."""
     best: tuple[int, str] | None = None
     crossed_with: list[str] = []
     for other in factors:
@@ -241,17 +249,9 @@ def _inferred_parent(f, factors, codes, uniques) -> str | None:
                 best = (len(uniques[other.level]), other.level)
         elif not nested:
             crossed_with.append(other.level)
-    if best is None and crossed_with:
-        other = crossed_with[0]
-        warnings.warn(
-            f"Labels of {f.level!r} repeat under several {other!r} groups, so {f.level!r} is fitted as "
-            f"crossed with {other!r} (each label one group across all of {other!r}). If equal labels under "
-            f"different {other!r} groups are different groups, write (... | {other}:{f.level}) or "
-            f"(... | {other}/{f.level}).",
-            DataCheckWarning,
-            stacklevel=4,
-        )
-    return None if best is None else best[1]
+    if best is not None:
+        return best[1], []
+    return None, crossed_with
 
 
 def _topological(factors, parents) -> list[GroupingFactor]:

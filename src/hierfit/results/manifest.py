@@ -78,7 +78,7 @@ def hierarchy_to_json(hierarchy: Hierarchy) -> tuple[dict[str, Any], dict[str, n
         arrays[f"{lv.name}/sizes"] = np.asarray(lv.sizes, dtype=np.int64)
         if lv.parent_index is not None:
             arrays[f"{lv.name}/parent_index"] = np.asarray(lv.parent_index, dtype=np.int64)
-    return {"national": hierarchy.national, "levels": levels}, arrays
+    return {"national": hierarchy.national, "levels": levels, "crossed": [list(p) for p in hierarchy.crossed]}, arrays
 
 
 def hierarchy_from_json(value: Any, arrays: dict[str, np.ndarray], spec: ModelSpec, files: SavedFiles) -> Hierarchy:
@@ -113,7 +113,10 @@ def hierarchy_from_json(value: Any, arrays: dict[str, np.ndarray], spec: ModelSp
             levels.append(Level(name, factor, None if parent is None else str(parent), groups, parent_index, sizes))
         if sorted(lv.name for lv in levels) != sorted(factors):
             raise bad("the levels are not those of the formula")
-        return Hierarchy(str(value["national"]), tuple(levels))
+        crossed = tuple((str(a), str(b)) for a, b in value.get("crossed", []))  # saves before crossing was kept have none
+        if any(a not in factors or b not in factors for a, b in crossed):
+            raise bad("a crossed pair names a level that is not in the formula")
+        return Hierarchy(str(value["national"]), tuple(levels), crossed)
     except (KeyError, TypeError, ValueError) as exc:
         raise bad(f"malformed tree of groups ({type(exc).__name__}: {exc})") from None
 

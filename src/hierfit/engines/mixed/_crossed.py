@@ -579,13 +579,7 @@ def crossed_criterion_and_gradient(sysm: CrossedSystem, spec: ThetaSpec, theta: 
         _logdet_gradient_diagonal(sysm, fz, Ts, grads)
     else:
         _logdet_gradient_pattern(sysm, fz, Ts, grads)
-    g = np.empty(spec.size)
-    for t, (b, r, col) in enumerate(spec.entries):
-        f = next(fi for fi, fac in enumerate(plan.factors) if b in fac.blocks)
-        fac = plan.factors[f]
-        c0 = fac.col_offsets[fac.blocks.index(b)]
-        g[t] = grads[f][c0 + r, c0 + col]
-    return crit, g
+    return crit, spec.gradient(grads, plan)
 
 
 def _logdet_gradient_diagonal(sysm: CrossedSystem, fz: CrossedFactorization, Ts: list[np.ndarray],

@@ -23,6 +23,7 @@ from hierfit.design import Design, RowDesign
 from hierfit.engines.base import FIXED_COLUMNS, GROUP_COLUMNS, Draws, LazyDraws, LinearEngineFit, variance_table
 from hierfit.engines.state import StateWriter
 
+from ._crossed import CrossedSystem
 from ._glmm_persist import save_glmm
 from ._persist import save_solution
 from .glmm import GlmmSolution
@@ -114,8 +115,15 @@ class MixedFit(_ModeFit):
     def summary_lines(self) -> list[str]:
         s = self.solution
         crit = f"REML criterion {s.reml_criterion:.4f}" if s.reml else f"deviance {s.deviance:.4f}"
-        return [f"{'REML' if s.reml else 'ML'} fit: {crit}; logLik {s.loglik:.4f}; AIC {s.aic:.4f}; BIC {s.bic:.4f}; "
-                f"{s.n_evaluations} evaluations; converged: {s.converged}"]
+        lines = [f"{'REML' if s.reml else 'ML'} fit: {crit}; logLik {s.loglik:.4f}; AIC {s.aic:.4f}; BIC {s.bic:.4f}; "
+                 f"{s.n_evaluations} evaluations; converged: {s.converged}"]
+        if isinstance(s._system, CrossedSystem):
+            plan, names = s._system.plan, [t.level for t in self.layout.terms]
+            first = names[plan.factors[plan.chain[0]].blocks[0]]
+            rest = sorted({names[plan.factors[f].blocks[0]] for f in plan.root})
+            lines.append(f"crossed elimination: {first!r} block diagonal, its coupling to {', '.join(map(repr, rest))} sparse, "
+                         f"those {s._system.q_root} columns one dense block")
+        return lines
 
     def save(self, state: StateWriter) -> None:
         """The linear parts and the solution's statistics; the joint draws are regenerated, not saved."""

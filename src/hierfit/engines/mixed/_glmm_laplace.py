@@ -60,14 +60,7 @@ def factor_outer(prob: Problem, a: np.ndarray, b: np.ndarray) -> list[np.ndarray
 
 def theta_vector(prob: Problem, grads: list[np.ndarray]) -> np.ndarray:
     """Per-factor ``d/dT`` matrices -> gradient over the theta entries."""
-    spec, plan = prob.spec, prob.plan
-    g = np.empty(spec.size)
-    for t, (b, r, col) in enumerate(spec.entries):
-        f = next(fi for fi, fac in enumerate(plan.factors) if b in fac.blocks)
-        fac = plan.factors[f]
-        c0 = fac.col_offsets[fac.blocks.index(b)]
-        g[t] = grads[f][c0 + r, c0 + col]
-    return g
+    return prob.spec.gradient(grads, prob.plan)
 
 
 def observed_factor(prob: Problem, mode: Mode, Ts: list[np.ndarray],

@@ -20,8 +20,8 @@ from hierfit.engines.state import StateReader, StateWriter
 from hierfit.exceptions import PersistenceError
 from hierfit.model.family import Family
 
-from ._glmm_diagnostics import GlmmDiagnostics, SeparationFlag
 from ._factor import System
+from ._glmm_diagnostics import GlmmDiagnostics, SeparationFlag
 from ._persist import read_standardization, read_system, save_standardization, save_system
 from .glmm import GlmmSolution, OptSummary
 from .lmm import _single_thread_blas

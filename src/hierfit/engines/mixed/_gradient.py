@@ -133,10 +133,4 @@ def criterion_and_gradient(sysm: System, spec: ThetaSpec, theta: np.ndarray, n: 
             Q.append(-2.0 * (sol[i][:, :, :p] @ minv))
         _row_pairs(sysm, i, np.concatenate(P, axis=2), np.concatenate(Q, axis=2), grads)
     logdet_gradient(sysm, Ts, sig, grads)
-    g = np.empty(spec.size)
-    for t, (b, r, col) in enumerate(spec.entries):
-        f = next(fi for fi, fac in enumerate(plan.factors) if b in fac.blocks)
-        fac = plan.factors[f]
-        c0 = fac.col_offsets[fac.blocks.index(b)]
-        g[t] = grads[f][c0 + r, c0 + col]
-    return crit, g
+    return crit, spec.gradient(grads, plan)

@@ -80,6 +80,17 @@ class ThetaSpec:
         return out
 
 
+    def gradient(self, grads: list[np.ndarray], plan: Plan) -> np.ndarray:
+        """Per-factor ``d/dT`` matrices -> the gradient over the theta entries."""
+        g = np.empty(self.size)
+        for t, (b, r, col) in enumerate(self.entries):
+            f = next(fi for fi, fac in enumerate(plan.factors) if b in fac.blocks)
+            fac = plan.factors[f]
+            c0 = fac.col_offsets[fac.blocks.index(b)]
+            g[t] = grads[f][c0 + r, c0 + col]
+        return g
+
+
 def profiled_criterion(fz: Factorization, n: int, p: int, reml: bool) -> float:
     """lme4's profiled deviance (ML) or REML criterion from a factorisation.
 

@@ -22,16 +22,15 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import scipy.linalg as sla
 from scipy import stats
 
 from ._blocks import DENSE_ROOT_WARN, Plan, RandomBlock, make_plan
-from ._crossed import (CrossedSystem, blocked_cost, crossed_cost, crossed_criterion_and_gradient, crossed_plan,
-                       moment_start)
+from ._crossed import CrossedSystem, blocked_cost, crossed_cost, crossed_criterion_and_gradient, crossed_plan, moment_start
 from ._factor import Factorization, System
 from ._gradient import criterion_and_gradient
 from ._optim import minimize_theta
