@@ -29,6 +29,7 @@ from hierfit.engines.base import EngineFit
 from hierfit.engines.options import parse_options
 from hierfit.exceptions import EngineError, HierfitError
 from hierfit.results import FitResult
+from hierfit.results.variance_partition import DesignMoments
 
 __all__ = [
     "assemble_result",
@@ -93,6 +94,7 @@ def assemble_result(design: Design, entry: EngineEntry, engine_fit: EngineFit, d
         diagnostics=diagnostics,
         timings={"fit_seconds": seconds},
         options=dict(options),
+        moments=DesignMoments.from_design(design),
     )
 
 

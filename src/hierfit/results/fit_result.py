@@ -17,6 +17,7 @@ from hierfit.engines import ENGINES
 from hierfit.engines.base import EngineFit
 from hierfit.exceptions import FitWarning, SpecError, UnseenGroupsWarning
 from hierfit.model import ModelSpec
+from hierfit.results.variance_partition import DesignMoments, variance_partition
 
 DEFAULT_LEVEL = 0.9
 INTERVALS = ("confidence", "prediction")
@@ -53,6 +54,7 @@ class FitResult:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    moments: DesignMoments | None = None
 
     # -- tables -------------------------------------------------------------------------------
     @property
@@ -76,6 +78,14 @@ class FitResult:
         names the second term on correlation rows (whose ``variance`` is the covariance).
         """
         return self.engine_fit.variance_components()
+
+    def variance_partition(self) -> pd.DataFrame:
+        """ICC per level, Nakagawa's marginal and conditional R² and each level's share of the
+        variance, as R's ``performance`` defines them (:mod:`hierfit.results.variance_partition`).
+
+        Columns ``quantity, level, estimate``; gaussian and binomial (latent scale) outcomes.
+        """
+        return variance_partition(self)
 
     def group_effects(
         self, kind: Literal["deviation", "total", "both"] = "both", level: float = DEFAULT_LEVEL

@@ -76,6 +76,7 @@ from hierfit.results.manifest import (
     spec_to_json,
 )
 from hierfit.results.fit_result import FitResult
+from hierfit.results.variance_partition import DesignMoments
 from hierfit.storage import MANIFEST, SavedFiles, atomic_save, new_manifest, read_save, seal, verify_files
 
 ENGINE_DIR = "engine"
@@ -114,6 +115,7 @@ def write_fit(result: FitResult, directory: Path) -> None:
         diagnostics=diagnostics_to_json(result.diagnostics),
         timings=encode(dict(result.timings), "timings"),
         options=encode(dict(result.options), "the engine options"),
+        moments=None if result.moments is None else result.moments.to_json(),
     )
     seal(directory, manifest)
 
@@ -157,11 +159,13 @@ def read_fit(manifest: dict[str, Any], files: SavedFiles) -> FitResult:
         n_obs = int(manifest["n_obs"])
         timings = {str(k): float(v) for k, v in decode(manifest["timings"], where).items()}
         options = dict(decode(manifest["options"], where))
+        # saves from before the variance partition have no moments: load, but cannot partition
+        moments = None if manifest.get("moments") is None else DesignMoments.from_json(manifest["moments"])
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PersistenceError(f"{where}: malformed fit fields ({type(exc).__name__}: {exc}).") from None
     diagnostics = diagnostics_from_json(manifest.get("diagnostics"), where)
     return FitResult(spec=spec, engine=str(name), engine_fit=engine_fit, encoding=encoding, n_obs=n_obs,
-                     diagnostics=diagnostics, timings=timings, options=options)
+                     diagnostics=diagnostics, timings=timings, options=options, moments=moments)
 
 
 def load_engine(name: Any, state: StateReader, context: LoadContext, where: str) -> Any:

@@ -1,0 +1,181 @@
+"""How much of the variation is national, market, submarket: ICC and Nakagawa's R² per level.
+
+The definitions are those of R's ``performance`` / ``insight`` (Nakagawa, Johnson & Schielzeth
+2017; Johnson 2014 for random slopes), so the numbers can be checked against them:
+
+* ``var_fixed``: the variance of the population part ``X beta`` over the fitted rows (``n - 1``
+  denominator);
+* ``var_random`` of a level: the mean over the fitted rows of ``z_i' Sigma z_i`` (for a random
+  intercept, its variance);
+* ``var_residual``: gaussian ``sigma^2``; binomial on the latent scale ``pi^2 / 3`` (logit),
+  ``1`` (probit), ``pi^2 / 6`` (cloglog);
+* ``ICC_adjusted = var_random / (var_random + var_residual)``, ``ICC_conditional =
+  var_random / total``, ``R2_marginal = var_fixed / total``, ``R2_conditional = (var_fixed +
+  var_random) / total``, each level's ``share`` its variance over ``total``.
+
+Only the fitted rows' moments enter (``Cov(X)`` and each level's ``E[z z']``); they are
+gathered when the model is fitted (:class:`DesignMoments`), so a partition needs no data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hierfit.exceptions import SpecError
+
+__all__ = ["DesignMoments", "variance_partition"]
+
+#: rows per chunk of the centred covariance of X
+_CHUNK = 1 << 16
+
+#: latent-scale variance of the binomial's link distribution (Nakagawa et al. 2017, Table 1)
+LATENT_VARIANCE = {"logit": np.pi ** 2 / 3.0, "probit": 1.0, "cloglog": np.pi ** 2 / 6.0}
+
+
+@dataclass(frozen=True)
+class DesignMoments:
+    """The fitted rows' second moments the partition reads.
+
+    Attributes
+    ----------
+    x_names : tuple of str
+        Population-level columns.
+    x_cov : numpy.ndarray
+        ``(p, p)`` covariance of those columns over the rows (``n - 1`` denominator).
+    levels : tuple of str
+        Grouping levels, in the design's order of first appearance.
+    coefficients : tuple of tuple of str
+        Per level, the coefficients of its terms (together).
+    z_second : tuple of numpy.ndarray
+        Per level, ``(k, k)`` mean over the rows of ``z_i z_i'``.
+    """
+
+    x_names: tuple[str, ...]
+    x_cov: np.ndarray
+    levels: tuple[str, ...]
+    coefficients: tuple[tuple[str, ...], ...]
+    z_second: tuple[np.ndarray, ...]
+
+    @classmethod
+    def from_design(cls, design: Any) -> DesignMoments:
+        """Gather the moments of a fitting design (one pass over its columns)."""
+        X = np.asarray(design.X, dtype=float)
+        n, p = X.shape
+        # centred chunk by chunk: X'X - n mu mu' cancels for large-mean columns, and a centred
+        # copy of X would double a large fit's memory
+        mean = X.mean(axis=0) if n else np.zeros(p)
+        x_cov = np.zeros((p, p))
+        for start in range(0, n, _CHUNK):
+            c = X[start:start + _CHUNK] - mean
+            x_cov += c.T @ c
+        x_cov /= max(n - 1, 1)
+        levels: list[str] = []
+        cols: dict[str, list[np.ndarray]] = {}
+        names: dict[str, list[str]] = {}
+        for td in design.terms:
+            if td.level not in cols:
+                levels.append(td.level)
+                cols[td.level], names[td.level] = [], []
+            cols[td.level].append(np.asarray(td.Z, dtype=float))
+            names[td.level].extend(td.coefficients)
+        z_second = []
+        for lv in levels:
+            blocks = cols[lv]  # cross-products term by term: no concatenated copy of Z
+            z_second.append(np.block([[a.T @ b for b in blocks] for a in blocks]) / max(n, 1))
+        return cls(tuple(design.x_names), x_cov, tuple(levels), tuple(tuple(names[lv]) for lv in levels), tuple(z_second))
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data for a save."""
+        return {"x_names": list(self.x_names), "x_cov": self.x_cov.tolist(), "levels": list(self.levels),
+                "coefficients": [list(c) for c in self.coefficients], "z_second": [z.tolist() for z in self.z_second]}
+
+    @classmethod
+    def from_json(cls, value: Any) -> DesignMoments:
+        """The moments :meth:`to_json` wrote (shapes checked)."""
+        x_names = tuple(str(n) for n in value["x_names"])
+        x_cov = np.asarray(value["x_cov"], dtype=float).reshape(len(x_names), len(x_names))
+        coefficients = tuple(tuple(str(c) for c in cs) for cs in value["coefficients"])
+        z_second = tuple(np.asarray(z, dtype=float).reshape(len(c), len(c)) for z, c in zip(value["z_second"], coefficients))
+        levels = tuple(str(lv) for lv in value["levels"])
+        if not len(levels) == len(coefficients) == len(z_second):
+            raise ValueError("levels, coefficients and moments disagree in number")
+        return cls(x_names, x_cov, levels, coefficients, z_second)
+
+
+def _level_covariance(vc: pd.DataFrame, level: str, coefficients: tuple[str, ...]) -> np.ndarray:
+    """A level's covariance matrix over ``coefficients`` from a variance-components table."""
+    k = len(coefficients)
+    cov = np.zeros((k, k))
+    index = {c: i for i, c in enumerate(coefficients)}
+    for row in vc[vc["level"] == level].itertuples(index=False):
+        i = index.get(str(row.term1))
+        if i is None:
+            continue
+        j = i if row.term2 in ("", None) or pd.isna(row.term2) else index.get(str(row.term2))
+        if j is None:
+            continue
+        cov[i, j] = cov[j, i] = float(row.variance)
+    return cov
+
+
+def _residual_variance(family: Any, vc: pd.DataFrame) -> float:
+    if family.normal_errors:
+        res = vc[vc["level"] == "residual"]
+        return float(res["variance"].iloc[0])
+    if family.name in ("bernoulli", "binomial"):
+        link = family.link.name
+        if link not in LATENT_VARIANCE:
+            raise SpecError(f"variance_partition: no latent-scale variance for the binomial {link!r} link; "
+                            f"it is defined for {', '.join(sorted(LATENT_VARIANCE))}.")
+        return float(LATENT_VARIANCE[link])
+    raise SpecError(
+        f"variance_partition is defined here for gaussian and binomial outcomes; a {family.name} model's latent-scale "
+        "residual variance (insight's log1p(1/mu) with mu from a refitted intercept-only model) needs the data, which a "
+        "fit does not keep. Report the variance components (fit.variance_components()) instead."
+    )
+
+
+def variance_partition(fit: Any) -> pd.DataFrame:
+    """ICC per level, Nakagawa's marginal and conditional R², and each component's share.
+
+    Returns a long table ``quantity, level, estimate``: ``variance`` and ``share`` rows for
+    ``population``, every level and ``residual``; ``ICC_adjusted`` and ``ICC_conditional``
+    per level and for ``all`` levels together; ``R2_marginal`` and ``R2_conditional``.
+
+    Examples
+    --------
+    >>> import hierfit
+    >>> sim = hierfit.simulate(n_markets=6, n_submarkets=4, rows_per_submarket=20, seed=1)
+    >>> fit = hierfit.fit("y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)", sim.data, engine="mixed")
+    >>> vp = fit.variance_partition()
+    >>> shares = vp[vp["quantity"] == "share"]["estimate"]
+    >>> bool(abs(shares.sum() - 1.0) < 1e-12)
+    True
+    """
+    moments: DesignMoments | None = getattr(fit, "moments", None)
+    if moments is None:
+        raise SpecError("variance_partition needs the fitted rows' moments, which this fit does not hold "
+                        "(it was saved by an older hierfit); refit the model.")
+    fe = fit.fixed_effects().set_index("term")["estimate"]
+    beta = np.array([float(fe.get(name, 0.0)) for name in moments.x_names])
+    var_fixed = float(beta @ moments.x_cov @ beta)
+    vc = fit.variance_components()
+    var_levels = {lv: float(np.trace(_level_covariance(vc, lv, coefs) @ z))
+                  for lv, coefs, z in zip(moments.levels, moments.coefficients, moments.z_second)}
+    var_random = sum(var_levels.values())
+    var_res = _residual_variance(fit.spec.family, vc)
+    total = var_fixed + var_random + var_res
+    rows: list[tuple[str, str, float]] = [("variance", "population", var_fixed)]
+    rows += [("variance", lv, v) for lv, v in var_levels.items()]
+    rows.append(("variance", "residual", var_res))
+    rows += [("share", level, value / total) for _, level, value in list(rows)]
+    for lv, v in list(var_levels.items()) + [("all", var_random)]:
+        rows.append(("ICC_adjusted", lv, v / (var_random + var_res)))
+        rows.append(("ICC_conditional", lv, v / total))
+    rows.append(("R2_marginal", "", var_fixed / total))
+    rows.append(("R2_conditional", "", (var_fixed + var_random) / total))
+    return pd.DataFrame(rows, columns=["quantity", "level", "estimate"])
