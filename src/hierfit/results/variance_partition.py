@@ -35,6 +35,9 @@ _CHUNK = 1 << 16
 #: latent-scale variance of the binomial's link distribution (Nakagawa et al. 2017, Table 1)
 LATENT_VARIANCE = {"logit": np.pi ** 2 / 3.0, "probit": 1.0, "cloglog": np.pi ** 2 / 6.0}
 
+#: families partitioned on the latent scale -> their link's distribution variance
+LATENT_FAMILIES = {"bernoulli": LATENT_VARIANCE, "binomial": LATENT_VARIANCE}
+
 
 @dataclass(frozen=True)
 class DesignMoments:
@@ -126,12 +129,13 @@ def _residual_variance(family: Any, vc: pd.DataFrame) -> float:
     if family.normal_errors:
         res = vc[vc["level"] == "residual"]
         return float(res["variance"].iloc[0])
-    if family.name in ("bernoulli", "binomial"):
+    by_link = LATENT_FAMILIES.get(family.name)
+    if by_link is not None:
         link = family.link.name
-        if link not in LATENT_VARIANCE:
-            raise SpecError(f"variance_partition: no latent-scale variance for the binomial {link!r} link; "
-                            f"it is defined for {', '.join(sorted(LATENT_VARIANCE))}.")
-        return float(LATENT_VARIANCE[link])
+        if link not in by_link:
+            raise SpecError(f"variance_partition: no latent-scale variance for the {family.name} {link!r} link; "
+                            f"it is defined for {', '.join(sorted(by_link))}.")
+        return float(by_link[link])
     raise SpecError(
         f"variance_partition is defined here for gaussian and binomial outcomes; a {family.name} model's latent-scale "
         "residual variance (insight's log1p(1/mu) with mu from a refitted intercept-only model) needs the data, which a "
