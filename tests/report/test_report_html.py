@@ -12,7 +12,7 @@ import hierfit
 from hierfit.exceptions import DataError
 from hierfit.report import build_report
 
-SECTIONS = ["Model", "Data", "Engine comparison", "Recovery of the truth", "Hierarchy", "Group effects by level", "Predictive checks", "Decomposition", "Effects tables", "Diagnostics and warnings"]
+SECTIONS = ["Model", "Data", "Engine comparison", "Recovery of the truth", "Hierarchy", "Group effects by level", "Predictive checks", "Decomposition", "Variance partition", "Effects tables", "Diagnostics and warnings"]
 
 
 class _Collect(HTMLParser):

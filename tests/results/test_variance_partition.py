@@ -96,9 +96,9 @@ def test_levels_add_up_and_survive_save_load(tmp_path: Any) -> None:
     pd.testing.assert_frame_equal(loaded.variance_partition(), vp)
 
 
-def test_every_linear_engine_partitions() -> None:
-    ols = _tree_fit("ols").variance_partition()
-    assert np.isclose(ols[ols["quantity"] == "share"]["estimate"].sum(), 1.0)
+def test_engines_without_level_variances_are_refused() -> None:
+    with pytest.raises(SpecError, match="engine 'ols' estimates no variance for level"):
+        _tree_fit("ols").variance_partition()
 
 
 def test_counts_are_refused_with_the_reason() -> None:
@@ -108,3 +108,19 @@ def test_counts_are_refused_with_the_reason() -> None:
         fit = hierfit.fit("y ~ x1 + (1 | market)", sim.data, engine="mixed", family="poisson")
     with pytest.raises(SpecError, match="poisson model's latent-scale"):
         fit.variance_partition()
+
+
+def test_jupyter_display_of_a_fit_and_a_comparison() -> None:
+    from html.parser import HTMLParser
+
+    fit = _tree_fit()
+    page = fit._repr_html_()
+    for part in ("engine &#x27;mixed&#x27;", "fixed effects", "variance components", "x1", "submarket", "loglik"):
+        assert part in page
+    HTMLParser().feed(page)  # well-formed enough to parse
+    sim = hierfit.simulate(n_markets=6, n_submarkets=3, rows_per_submarket=10, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hierfit.HierfitWarning)
+        comp = hierfit.compare("y ~ x1 + (1 | market)", sim.data, engines=["ols", "mixed"], cv="market", progress=False)
+    shown = comp._repr_html_()
+    assert "hierfit comparison of 2 engines" in shown and "<td>mixed</td>" in shown and "rmse" in shown

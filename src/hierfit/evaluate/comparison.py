@@ -185,6 +185,15 @@ class Comparison:
     def __repr__(self) -> str:
         return f"<Comparison engines={self.engines} cv={self.cv.describe()!r} rows={len(self.data)}>"
 
+    def _repr_html_(self) -> str:
+        """Jupyter's display: spec, CV scheme, the summary table, notes and failures."""
+        from hierfit.results import notebook
+
+        facts = [f"formula {self.spec.text}", f"cross-validation {self.cv.describe()}", f"{len(self.data)} rows"]
+        blocks = [notebook.block("summary (held-out scores per engine)", notebook.table(self.summary()))]
+        warnings = list(self.notes) + [f"{name} failed: {msg}" for name, msg in self.failures.items()]
+        return notebook.fragment(f"hierfit comparison of {len(self.engines)} engines", facts, blocks, warnings)
+
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: str | Path, *, overwrite: bool = False, extra: Callable[[Path], object] | None = None) -> Path:
         """Write every table, the data and each full-data fit to folder ``path``, atomically.

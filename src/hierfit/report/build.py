@@ -209,6 +209,7 @@ def _effects_sections(page: Page, fits: dict, main: str, data: pd.DataFrame | No
         s.append(text(f"Additive parts of {main}'s prediction for 8 rows drawn at random: national + market + submarket + slopes (+ population predictors)."))
         s.append(_plot(lambda: DecompositionDisplay.from_result(fit, data).figure_, "decomposition"))
     _trees_section(page, fits)
+    _variance_section(page, fits)
     s = page.section("Effects tables")
     for name, r in fits.items():
         s.append(h3(name))
@@ -217,6 +218,31 @@ def _effects_sections(page: Page, fits: dict, main: str, data: pd.DataFrame | No
         if len(vc):
             s.append(table_html(vc))
         s.append(details(f"{name}: group effects (deviation and total)", table_html(r.group_effects(), max_rows=MAX_EFFECT_ROWS)))
+
+
+def _variance_section(page: Page, fits: dict) -> None:
+    """Each engine's variance partition side by side (shares, ICC per level, Nakagawa's R²)."""
+    from hierfit.exceptions import HierfitError
+
+    columns, reasons = {}, []
+    for name, r in fits.items():
+        try:
+            vp = r.variance_partition()
+        except HierfitError as exc:
+            reasons.append(f"{name}: {exc}")
+            continue
+        keep = vp[vp["quantity"].isin(["share", "ICC_adjusted", "R2_marginal", "R2_conditional"])]
+        columns[name] = keep.set_index(["quantity", "level"])["estimate"]
+    if not columns and not reasons:
+        return
+    s = page.section("Variance partition")
+    s.append(text("How much of the variation each part explains, as R's performance defines it: each component's share "
+                  "of the total (population-level predictors, each level, residual; binomial outcomes on the latent scale), "
+                  "the adjusted ICC of each level and of all levels together, and Nakagawa's marginal and conditional R²."))
+    if columns:
+        s.append(table_html(pd.DataFrame(columns).reset_index()))
+    for reason in reasons:
+        s.append(text(reason, "note"))
 
 
 def _no_pooling_reference(fits: dict) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,6 +227,20 @@ class FitResult:
 
     def __repr__(self) -> str:
         return f"<FitResult engine={self.engine!r} formula={self.spec.text!r} n_obs={self.n_obs}>"
+
+    def _repr_html_(self) -> str:
+        """Jupyter's display: spec, fixed effects, variance components, tree and diagnostics."""
+        from hierfit.results import notebook
+
+        blocks = [notebook.block("fixed effects", notebook.table(self.fixed_effects()))]
+        vc = self.variance_components()
+        if len(vc):
+            blocks.append(notebook.block("variance components", notebook.table(vc)))
+        blocks.append(notebook.block("hierarchy", f"<pre>{html.escape(self.hierarchy.describe())}</pre>", open_=False))
+        facts = [f"formula {self.spec.text}", f"{self.n_obs} rows"]
+        facts += [f"{k} {v:.6g}" for k, v in self.statistics.items() if k in ("loglik", "aic", "bic") and np.isfinite(v)]
+        return notebook.fragment(f"hierfit fit: engine '{self.engine}', family '{self.spec.family}'", facts, blocks,
+                                 [str(d) for d in self.diagnostics if d.severity != "ignore"])
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:

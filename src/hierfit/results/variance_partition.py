@@ -168,6 +168,14 @@ def variance_partition(fit: Any) -> pd.DataFrame:
     beta = np.array([float(fe.get(name, 0.0)) for name in moments.x_names])
     var_fixed = float(beta @ moments.x_cov @ beta)
     vc = fit.variance_components()
+    missing = [lv for lv in moments.levels if not (vc["level"] == lv).any()]
+    if missing:
+        raise SpecError(
+            f"variance_partition: engine {fit.engine!r} estimates no variance for level(s) {', '.join(map(repr, missing))} "
+            "(its group effects are not pooled), so their share is undefined. Use a pooling engine such as 'mixed'."
+        )
+    if fit.spec.family.normal_errors and not (vc["level"] == "residual").any():
+        raise SpecError(f"variance_partition: engine {fit.engine!r} reports no residual variance.")
     var_levels = {lv: float(np.trace(_level_covariance(vc, lv, coefs) @ z))
                   for lv, coefs, z in zip(moments.levels, moments.coefficients, moments.z_second)}
     var_random = sum(var_levels.values())
