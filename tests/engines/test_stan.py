@@ -77,3 +77,20 @@ def test_generated_programs_pass_stanc(formula, family, priors, tmp_path):
             path.write_text(code)
             done = subprocess.run([stanc, "--o", str(tmp_path / f"m{i}.hpp"), str(path)], capture_output=True, timeout=120)
             assert done.returncode == 0, done.stderr.decode() + "\n" + code
+
+
+def test_compiled_models_are_shared_across_virtual_environments(monkeypatch):
+    import sys
+
+    import httpstan.models
+
+    from hierfit.engines.bayes import stan_engine
+
+    stan_engine._import_stan()
+    assert httpstan.models.calculate_model_name is stan_engine.model_name  # server, client and cache checks
+    code = "parameters { real x; } model { x ~ normal(0, 1); }"
+    name = stan_engine.model_name(code)
+    assert name.startswith("models/") and len(name) == len("models/") + 8
+    monkeypatch.setattr(sys, "executable", "/another/clone/.venv/bin/python")  # a fresh clone's venv
+    assert stan_engine.model_name(code) == name
+    assert stan_engine.model_name(code + "\n") != name

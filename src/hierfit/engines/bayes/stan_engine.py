@@ -95,7 +95,36 @@ def _import_stan():
         sys.modules["pkg_resources"] = shim
     import stan
 
+    _share_compiled_models()
     return stan
+
+
+def model_name(program_code: str) -> str:
+    """httpstan's cache key of a program, with the base interpreter in place of the venv's.
+
+    httpstan hashes ``sys.executable`` into every model name, so each new virtual
+    environment -- every fresh clone's ``make test`` and CI run -- recompiled every model
+    (~90 s each, ~5 minutes of a clean clone's suite). The compiled module depends on the
+    interpreter (its version and platform, both still hashed) and on httpstan's version, not
+    on which venv of that interpreter loads it.
+    """
+    import base64
+    import hashlib
+
+    import httpstan
+
+    digest = hashlib.blake2b(digest_size=5)  # httpstan.models.calculate_model_name's fields
+    for part in (program_code, httpstan.__version__, sys.platform, str(sys.maxsize), sys.version,
+                 getattr(sys, "_base_executable", sys.executable)):
+        digest.update(part.encode())
+    return f"models/{base64.b32encode(digest.digest()).decode().lower()}"
+
+
+def _share_compiled_models() -> None:
+    """Make httpstan (its server, pystan's client, the cache checks here) use :func:`model_name`."""
+    import httpstan.models
+
+    httpstan.models.calculate_model_name = model_name
 
 
 def _release_workers() -> None:
