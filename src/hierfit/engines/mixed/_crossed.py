@@ -35,7 +35,7 @@ from scipy.linalg import lapack
 
 from ._blocks import Factor, Plan
 from ._factor import Factorization, _chol, _solve_lower, _solve_upper_t
-from ._suffstats import ColumnAffine, Layout, Segment, _affine, _sparse_z, compute_rows, make_layout
+from ._suffstats import ColumnAffine, Layout, Segment, _affine, compute_rows, make_layout, root_chunks
 from ._theta import ThetaSpec, profiled_criterion
 
 __all__ = ["CrossedSystem", "blocked_cost", "crossed_cost", "crossed_criterion_and_gradient", "crossed_plan",
@@ -111,10 +111,14 @@ class Coupling:
         np.cumsum(np.bincount(r, minlength=m0 * K0), out=indptr[1:])
         return cls(groups, others, blocks, c[order].astype(np.int32), indptr, order)
 
+    def aligned(self, block_values: list[np.ndarray]) -> np.ndarray:
+        """Per-segment ``(P_s, K0, K_s)`` values in CSR data order (the inverse of :meth:`split`)."""
+        flat = np.concatenate([v.ravel() for v in block_values]) if block_values else np.zeros(0)
+        return flat[self.order]
+
     def csr(self, block_values: list[np.ndarray], shape: tuple[int, int]) -> sp.csr_matrix:
         """The scalar matrix with these per-segment ``(P_s, K0, K_s)`` values on the pattern."""
-        flat = np.concatenate([v.ravel() for v in block_values]) if block_values else np.zeros(0)
-        return sp.csr_matrix((flat[self.order], self.indices, self.indptr), shape=shape)
+        return sp.csr_matrix((self.aligned(block_values), self.indices, self.indptr), shape=shape)
 
     def split(self, data: np.ndarray) -> list[np.ndarray]:
         """Per-segment ``(P_s, K0, K_s)`` blocks of values aligned with the CSR data."""
@@ -405,10 +409,7 @@ class CrossedSystem:
         if self.K0 == 1:
             return t / np.repeat(L0[:, 0, 0], np.diff(self.coupling.indptr))
         blocks = self.coupling.split(t)
-        mixed = [_solve_upper_t(L0[g], blk) for g, blk in zip(self.coupling.groups, blocks)]
-        out = np.empty_like(t)
-        out[:] = np.concatenate([b.ravel() for b in mixed])[self.coupling.order]
-        return out
+        return self.coupling.aligned([_solve_upper_t(L0[g], blk) for g, blk in zip(self.coupling.groups, blocks)])
 
     def diag_inverse(self, fz: Factorization, full: bool = False) -> list[np.ndarray]:
         """``[(m0, K0, K0) diagonal blocks, (1, q_root, q_root) root block]`` of ``A^{-1}``;
@@ -511,19 +512,9 @@ def _pair_blocks(fac0: Factor, z0: list[np.ndarray], fac: Factor, zs: list[np.nd
 def _root_statistics(X: np.ndarray, y: np.ndarray, plan: Plan, layout: Layout, xy_map: ColumnAffine | None,
                      factor_maps: list[ColumnAffine], weights: np.ndarray | None) -> np.ndarray:
     """``Z_R'[Z_R X y]`` of the root factors, ``(q_root, q_root + p + 1)``, chunk by chunk."""
-    n, p = X.shape
     q = layout.sizes[1]
-    out = np.zeros((q, q + p + 1))
-    step = 1 << 19
-    for start in range(0, n, step):
-        chunk = slice(start, min(n, start + step))
-        xy = np.column_stack([X[chunk], y[chunk]])
-        if xy_map is not None:
-            xy = (xy - xy_map[0][None, :]) / xy_map[1][None, :]
-        zr = sp.hstack([_sparse_z(plan.factors[f], chunk, factor_maps[f]) for f in plan.root]).tocsc()
-        zrt = zr.T.tocsr()
-        if weights is not None:
-            zrt = (zrt @ sp.diags(np.asarray(weights[chunk], dtype=np.float64))).tocsr()
+    out = np.zeros((q, q + X.shape[1] + 1))
+    for _, zr, zrt, xy in root_chunks(X, y, plan, xy_map, factor_maps, weights):
         out[:, :q] += (zrt @ zr).toarray()
         out[:, q:] += zrt @ xy
     return out
@@ -614,16 +605,15 @@ def _logdet_gradient_pattern(sysm: CrossedSystem, fz: CrossedFactorization, Ts: 
     f0, K0, q = plan.chain[0], sysm.K0, sysm.q_root
     T0 = Ts[f0]
     raw0, rawR = sysm.raw_rows[0], sysm.raw_rows[1][0]
-    C = sysm.raw_coupling
     sig_00, sig_0r_opt, sig_low = sysm.selected_inverse(fz, pattern=True)
     assert sig_0r_opt is not None
     sig_0r = sig_0r_opt
     sig_root = _symmetric(sig_low)
     grads[f0] += 2.0 * np.einsum("gab,gbc->ac", raw0[:, :, :K0] @ T0, sig_00)
     cp = sysm.coupling
-    c_right = cp.csr([blk @ Ts[seg.factor] for seg, blk in zip(sysm.root_segments, cp.blocks)], C.shape)
-    grads[f0] += 2.0 * sysm._row_products(c_right.data, sig_0r).sum(axis=0)
-    c_left = cp.split(cp.csr([T0.T @ blk for blk in cp.blocks], C.shape).data)
+    c_right = cp.aligned([blk @ Ts[seg.factor] for seg, blk in zip(sysm.root_segments, cp.blocks)])
+    grads[f0] += 2.0 * sysm._row_products(c_right, sig_0r).sum(axis=0)
+    c_left = [T0.T @ blk for blk in cp.blocks]
     s0r = cp.split(sig_0r)
     RL = sysm._root_right(rawR[:, :q], Ts)  # Z_R'Z_R Lambda_R
     r_off = sysm.layout.offsets[1]

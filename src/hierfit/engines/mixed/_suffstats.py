@@ -18,6 +18,7 @@ for a coarser chain factor holds the single group its group is nested in.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -227,6 +228,25 @@ def _is_ones_col(col: np.ndarray) -> bool:
     return bool(col.size) and bool(np.all(col == 1.0))
 
 
+def root_chunks(X: np.ndarray, y: np.ndarray, plan: Plan, xy_map: ColumnAffine | None,
+                factor_maps: list[ColumnAffine], weights: np.ndarray | None = None
+                ) -> Iterator[tuple[slice, sp.csc_matrix, sp.csr_matrix, np.ndarray]]:
+    """Per chunk of rows: the root factors' sparse ``Z_R`` (CSC), ``Z_R' W`` (CSR; weights on
+    one side give ``Z' W Z`` and ``Z' W [X y]``) and the chunk's standardised ``[X y]``."""
+    n = X.shape[0]
+    for start in range(0, n, CHUNK_ROWS):
+        chunk = slice(start, min(n, start + CHUNK_ROWS))
+        xy = np.column_stack([X[chunk], y[chunk]])
+        if xy_map is not None:
+            xy = (xy - xy_map[0][None, :]) / xy_map[1][None, :]
+        zr = sp.hstack([_sparse_z(plan.factors[f], chunk, factor_maps[f]) for f in plan.root]).tocsc()
+        if weights is not None:
+            zrt = (zr.T @ sp.diags(np.asarray(weights[chunk], dtype=np.float64))).tocsr()
+        else:
+            zrt = zr.T.tocsr()
+        yield chunk, zr, zrt, xy
+
+
 def _root_rows(X: np.ndarray, y: np.ndarray, plan: Plan, layout: Layout,
                rows: list[np.ndarray], xy_map: ColumnAffine | None,
                factor_maps: list[ColumnAffine], weights: np.ndarray | None = None) -> None:
@@ -235,21 +255,12 @@ def _root_rows(X: np.ndarray, y: np.ndarray, plan: Plan, layout: Layout,
     This is the fallback for crossed factors: the root is eliminated as one dense block,
     so its statistics are stored densely (``q_root`` columns in every chain row).
     """
-    n, p = X.shape
+    p = X.shape[1]
     r_lvl = len(plan.chain)
     r_off = layout.offsets[r_lvl]
     q_root = sum(plan.factors[f].m * plan.factors[f].K for f in plan.root)
     root = rows[r_lvl][0]
-    for start in range(0, n, CHUNK_ROWS):
-        chunk = slice(start, min(n, start + CHUNK_ROWS))
-        xy = np.column_stack([X[chunk], y[chunk]])
-        if xy_map is not None:
-            xy = (xy - xy_map[0][None, :]) / xy_map[1][None, :]
-        zr = sp.hstack([_sparse_z(plan.factors[f], chunk, factor_maps[f]) for f in plan.root]).tocsc()
-        if weights is not None:  # weight one side: Z' W Z, Z' W [X y]
-            zrt = (zr.T @ sp.diags(np.asarray(weights[chunk], dtype=np.float64))).tocsr()
-        else:
-            zrt = zr.T.tocsr()
+    for chunk, zr, zrt, xy in root_chunks(X, y, plan, xy_map, factor_maps, weights):
         root[:, :q_root] += (zrt @ zr).toarray()
         root[:, q_root: q_root + p + 1] += zrt @ xy
         for lvl, f in enumerate(plan.chain):
