@@ -32,6 +32,7 @@ PUBLIC = [
     "build_design",
     "compare",
     "compare_loo",
+    "datagrid",
     "fit",
     "fit_design",
     "get_engine",

@@ -45,6 +45,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "build_design": ("hierfit.design", "build_design"),
     "compare": ("hierfit.evaluate", "compare"),
     "compare_loo": ("hierfit.engines.bayes", "compare_loo"),
+    "datagrid": ("hierfit.results.marginal", "datagrid"),
     "fit": ("hierfit.api", "fit"),
     "fit_design": ("hierfit.fitting", "fit_design"),
     "get_engine": ("hierfit.engines", "get_engine"),
@@ -72,6 +73,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs
     from hierfit.model import ModelSpec, make_spec
     from hierfit.results import FitResult
     from hierfit.results import load_fit as load
+    from hierfit.results.marginal import datagrid
     from hierfit.simulation import LevelSim, Simulation, simulate
 
 
@@ -113,6 +115,7 @@ __all__ = [
     "build_design",
     "compare",
     "compare_loo",
+    "datagrid",
     "fit",
     "fit_design",
     "get_engine",

@@ -149,3 +149,32 @@ def test_unseen_groups_fall_back(engine, family, fits, family_data) -> None:
         parts = fit.decompose(rows)
     assert parts.loc[rows.index[0], "submarket[Intercept]"] == 0.0
     assert parts.loc[rows.index[1], ["market[Intercept]", "market[x1]"]].abs().sum() == 0.0
+
+
+@pytest.mark.parametrize("engine,family", PAIRS, ids=PAIR_IDS)
+def test_marginal_effects_use_the_engines_own_prediction_and_uncertainty(engine, family, fits, family_data) -> None:
+    """``predictions`` is ``predict`` (per row and averaged) and its intervals come from the same
+    uncertainty as the engine's confidence intervals (draws thinned to at most 1,000, so the
+    bounds agree up to the Monte Carlo error of a 5% quantile)."""
+    from hierfit.exceptions import FitWarning
+
+    fit = fits(engine, family)
+    data = family_data(family)
+    link = fit.predict(data, scale="link")["prediction"]
+    scale = max(1.0, float(link.abs().max()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitWarning)  # an engine without uncertainty says so once
+        rows = fit.predictions(data, scale="link")
+        overall = fit.predictions(data, by=True)
+        ci = fit.predict(data, interval="confidence", scale="link")
+    pd.testing.assert_index_equal(rows.index, data.index)
+    np.testing.assert_allclose(rows["estimate"], link, rtol=0, atol=1e-10 * scale)
+    assert overall["estimate"].iloc[0] == pytest.approx(fit.predict(data)["prediction"].mean(), rel=1e-12)
+    if ENGINES[engine].capabilities.uncertainty == "none":
+        assert rows[["std_error", "lower", "upper"]].isna().all().all()
+        return
+    width = (ci["upper"] - ci["lower"]).to_numpy()
+    for bound in ("lower", "upper"):
+        gap = np.abs(rows[bound].to_numpy() - ci[bound].to_numpy()) / width
+        assert np.median(gap) < 0.05 and gap.max() < 0.3, (bound, np.median(gap), gap.max())
+    assert (rows["lower"] <= rows["estimate"] + 1e-12).all() and (rows["estimate"] <= rows["upper"] + 1e-12).all()

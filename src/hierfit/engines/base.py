@@ -124,6 +124,21 @@ class EngineFit(Protocol):
         """Engine-specific lines for ``FitResult.summary()``."""
         ...
 
+    def linear_predictor_draws(self, design: RowDesign, max_draws: int) -> np.ndarray | None:
+        """``(n_draws, n)`` draws of the linear predictor at ``design``'s rows from the engine's own
+        uncertainty (posterior, joint sampling or ensemble draws), or ``None`` without draws.
+
+        At most ``max_draws``, and the same parameter draws for every design, so that quantities
+        computed from two designs (a contrast) pair them draw by draw. Rows of unseen groups use
+        their ancestor's effects (the new group's own effect at its mean, 0).
+        """
+        ...
+
+    def linear_predictor_gaussian(self, design: RowDesign) -> tuple[sparse.csr_matrix, GaussianCoefficients] | None:
+        """``(R, g)`` when the linear predictor is ``R @ theta + c`` (``c`` known) and ``theta`` has
+        the exact Gaussian / Student-t sampling distribution ``g``; ``None`` otherwise."""
+        ...
+
     def save(self, state: StateWriter) -> None:
         """Write the fit's state (:mod:`hierfit.engines.state`); the engine module's
         ``load(state, context)`` rebuilds the fit from it."""
@@ -162,9 +177,24 @@ class BaseEngineFit(ABC):
     def summary_lines(self) -> list[str]:
         return []
 
+    def linear_predictor_draws(self, design: RowDesign, max_draws: int) -> np.ndarray | None:
+        return None
+
+    def linear_predictor_gaussian(self, design: RowDesign) -> tuple[sparse.csr_matrix, GaussianCoefficients] | None:
+        return None
+
     @abstractmethod
     def save(self, state: StateWriter) -> None:
         """Write this fit's state as data; the engine module's ``load(state, context)`` reads it back."""
+
+
+def thin_draws(n: int, keep: int) -> np.ndarray:
+    """At most ``keep`` evenly spaced indices of ``n`` draws (the same ones on every call).
+
+    >>> thin_draws(10, 4).tolist()
+    [0, 3, 6, 9]
+    """
+    return np.unique(np.linspace(0, n - 1, min(n, keep)).round().astype(int))
 
 
 SE_BLOCK_ENTRIES = 4_000_000  # dense rows × coefficients entries formed at once (32 MB)
@@ -494,6 +524,17 @@ class LinearEngineFit(BaseEngineFit):
         eta = np.asarray(R @ self.theta).ravel() + (0.0 if design.offset is None else design.offset)
         q = gaussian.quantile(level)
         return eta - q * se, eta + q * se
+
+    def linear_predictor_draws(self, design: RowDesign, max_draws: int) -> np.ndarray | None:
+        """``R theta_d`` (+ offset) for evenly thinned parameter draws ``theta_d``."""
+        draws = self.draws
+        if draws is None:
+            return None
+        return self.layout.eta_draws(design, draws[thin_draws(len(draws), max_draws)], slice(None))
+
+    def linear_predictor_gaussian(self, design: RowDesign) -> tuple[sparse.csr_matrix, GaussianCoefficients] | None:
+        gaussian = self.gaussian
+        return None if gaussian is None else (self.layout_row_matrix(design), gaussian)
 
     def layout_row_matrix(self, design: RowDesign) -> sparse.csr_matrix:
         """Sparse ``R`` with ``eta = R @ theta`` for the rows of ``design``."""

@@ -37,6 +37,9 @@ class Capabilities:
         when derived (e.g. partial dependence for trees); parts always sum to the prediction.
     nonlinear
         Whether the engine adds a nonlinear part (its own decomposition column).
+    smooth
+        Whether the prediction is differentiable in the predictors. Trees are piecewise
+        constant: their numerical slopes take a secant over a wider step.
     needs_group_terms
         Whether the formula must have at least one group-level term such as ``(1 | market)``.
     offsets, weights
@@ -50,6 +53,7 @@ class Capabilities:
     families: tuple[str, ...]
     decomposition: Literal["exact", "approximate"]
     nonlinear: bool = False
+    smooth: bool = True
     needs_group_terms: bool = False
     offsets: bool = False
     weights: bool = False
@@ -178,6 +182,7 @@ ENGINES: dict[str, EngineEntry] = {
             decomposition="approximate",
             needs_group_terms=True,
             nonlinear=True,
+            smooth=False,
         ),
         requires=("lightgbm",),
         extra="lightgbm",
@@ -195,6 +200,7 @@ ENGINES: dict[str, EngineEntry] = {
             decomposition="exact",
             needs_group_terms=True,
             nonlinear=True,
+            smooth=False,
         ),
         requires=("lightgbm",),
         extra="lightgbm",

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from hierfit.engines.base import LinearEngineFit
+from hierfit.engines.base import LinearEngineFit, thin_draws
 from hierfit.model import Family
 
 MAX_DRAWS = 400
@@ -146,7 +146,7 @@ def predictive(result, data: pd.DataFrame) -> Predictive:
         new_sd = ef.new_group_sd(design)
         draws = ef.draws
         if draws is not None and _plain_draws(ef, offset):
-            keep = _thin(len(draws))
+            keep = thin_draws(len(draws), MAX_DRAWS)  # densities converge well before
             eta_d = ef.layout.eta_draws(design, draws[keep], slice(None)) + offset
             if new_sd.any():
                 # rows of unseen groups: each draw also draws the new group's own effect, as the
@@ -183,11 +183,6 @@ def _plain_draws(ef: LinearEngineFit, offset: np.ndarray) -> bool:
     if ef.sigma_draws is not None and len(ef.sigma_draws) != len(ef.draws):
         return False
     return bool(np.allclose(offset, 0.0, atol=1e-9))
-
-
-def _thin(n: int) -> np.ndarray:
-    """Evenly spaced draw indices, at most :data:`MAX_DRAWS` (densities converge well before)."""
-    return np.unique(np.linspace(0, n - 1, min(n, MAX_DRAWS)).round().astype(int))
 
 
 def _per_draw(dispersion: np.ndarray | None) -> np.ndarray | None:

@@ -18,6 +18,8 @@ from hierfit.engines import ENGINES
 from hierfit.engines.base import EngineFit
 from hierfit.exceptions import FitWarning, SpecError, UnseenGroupsWarning
 from hierfit.model import ModelSpec
+from hierfit.results import marginal
+from hierfit.results.marginal import By
 from hierfit.results.variance_partition import DesignMoments, variance_partition
 
 DEFAULT_LEVEL = 0.9
@@ -87,6 +89,40 @@ class FitResult:
         Columns ``quantity, level, estimate``; gaussian and binomial (latent scale) outcomes.
         """
         return variance_partition(self)
+
+    # -- marginal effects (:mod:`hierfit.results.marginal`) -----------------------------------
+    def predictions(self, data: pd.DataFrame, *, by: By = None, scale: Literal["response", "link"] = "response",
+                    level: float = DEFAULT_LEVEL) -> pd.DataFrame:
+        """Predicted means with intervals from the engine's own uncertainty: one per row of ``data``
+        (``by=None``; a :func:`hierfit.datagrid` gives at-means predictions), or averaged over all
+        rows (``by=True``) or within groups of columns (``by="market"``).
+
+        Columns: the ``by`` columns, ``estimate, std_error, lower, upper`` and, for averages, ``n_rows``.
+        ``predictions(data)["estimate"]`` equals ``predict(data)["prediction"]``.
+        """
+        return marginal.predictions(self, data, by=by, scale=scale, level=_check_level(level))
+
+    def slopes(self, data: pd.DataFrame, variable: str, *, by: By = True, scale: Literal["response", "link"] = "response",
+               level: float = DEFAULT_LEVEL, eps: float | None = None) -> pd.DataFrame:
+        """Average marginal effect of a numeric ``variable`` on the mean (a centred numerical
+        derivative of the engine's own prediction, step ``eps``; default 1e-4 of the variable's
+        range, 0.1 for trees), over all rows or ``by`` groups (``None``: per row).
+
+        Columns ``term``, the ``by`` columns, ``estimate, std_error, lower, upper`` (and ``n_rows``).
+        """
+        return marginal.slopes(self, data, variable, by=by, scale=scale, level=_check_level(level), eps=eps)
+
+    def comparisons(self, data: pd.DataFrame, variable: str, *, values: Any = None,
+                    comparison: Literal["difference", "ratio"] = "difference", by: By = True,
+                    scale: Literal["response", "link"] = "response", level: float = DEFAULT_LEVEL) -> pd.DataFrame:
+        """The mean with ``variable`` at ``hi`` against ``lo``: a difference or a ratio (of the averages).
+
+        ``values``: ``None`` (numeric: ``+1`` centred on each row; categorical or grouping: every
+        level against the first), a number ``d`` (``+d``) or a pair ``(lo, hi)``. Columns ``term,
+        contrast``, the ``by`` columns, ``estimate, std_error, lower, upper`` (and ``n_rows``).
+        """
+        return marginal.comparisons(self, data, variable, values=values, comparison=comparison, by=by, scale=scale,
+                                    level=_check_level(level))
 
     def group_effects(
         self, kind: Literal["deviation", "total", "both"] = "both", level: float = DEFAULT_LEVEL

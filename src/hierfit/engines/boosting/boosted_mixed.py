@@ -37,11 +37,12 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from hierfit.checks import Diagnostic
 from hierfit.design import Design, RowDesign
 from hierfit.design.build import TermDesign
-from hierfit.engines.base import BaseEngineFit, EngineFit
+from hierfit.engines.base import BaseEngineFit, EngineFit, GaussianCoefficients
 from hierfit.engines.boosting._booster import (
     lgb_params,
     load_booster,
@@ -148,6 +149,14 @@ class BoostedMixedFit(BaseEngineFit):
             return None
         f = self.nonlinear(design)
         return bounds[0] + f, bounds[1] + f
+
+    def linear_predictor_draws(self, design: RowDesign, max_draws: int) -> np.ndarray | None:
+        """The effects step's draws shifted by ``f`` (taken as known, as in :meth:`interval`)."""
+        draws = self.effects.linear_predictor_draws(design, max_draws)
+        return None if draws is None else draws + self.nonlinear(design)
+
+    def linear_predictor_gaussian(self, design: RowDesign) -> tuple[sparse.csr_matrix, GaussianCoefficients] | None:
+        return self.effects.linear_predictor_gaussian(design)  # f only shifts the predictor
 
     def native(self) -> dict[str, Any]:
         """``{"booster": LightGBM Booster of f, "effects": the effects engine's own object}``."""

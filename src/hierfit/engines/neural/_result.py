@@ -11,7 +11,7 @@ import pandas as pd
 from scipy import sparse, stats
 
 from hierfit.design import RowDesign
-from hierfit.engines.base import LinearEngineFit
+from hierfit.engines.base import LinearEngineFit, thin_draws
 from hierfit.engines.state import LoadContext, StateReader, StateWriter
 from hierfit.exceptions import PersistenceError
 from hierfit.model import Family
@@ -81,6 +81,23 @@ class NeuralFit(LinearEngineFit):
             picked = bt[:, np.where(known, idx, 0), :]  # members × rows × k
             eta = eta + np.where(known, np.einsum("ij,mij->mi", td.Z, picked), 0.0)
         return eta.mean(axis=0)
+
+    def linear_predictor_draws(self, design: RowDesign, max_draws: int) -> np.ndarray | None:
+        """Draws of ``R theta_d + nonlinear_{member(d)}``, as behind :meth:`interval`.
+
+        With only member draws (``bootstrap=True``, a handful) the members' deviations from their
+        mean are widened by ``spread``, so their SD is the standard error the intervals use.
+        """
+        if self.draws is None:
+            return None
+        R = self.layout_row_matrix(design)
+        nl = self.nonlinear_members(design, R)
+        if len(self.draws) < MIN_QUANTILE_DRAWS:
+            eta = np.asarray(R @ self.draws.T).T + nl
+            centre = eta.mean(axis=0)
+            return centre + (eta - centre) * self.spread
+        keep = thin_draws(len(self.draws), max_draws)
+        return np.asarray(R @ self.draws[keep].T).T + nl[self.member_of_draw[keep]]
 
     def interval(self, design: RowDesign, kind: str, level: float,
                  scale: str = "response") -> tuple[np.ndarray, np.ndarray] | None:
