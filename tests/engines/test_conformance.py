@@ -178,3 +178,29 @@ def test_marginal_effects_use_the_engines_own_prediction_and_uncertainty(engine,
         gap = np.abs(rows[bound].to_numpy() - ci[bound].to_numpy()) / width
         assert np.median(gap) < 0.05 and gap.max() < 0.3, (bound, np.median(gap), gap.max())
     assert (rows["lower"] <= rows["estimate"] + 1e-12).all() and (rows["estimate"] <= rows["upper"] + 1e-12).all()
+
+
+POSTERIOR_PAIRS = [(e, f) for e, f in PAIRS if ENGINES[e].capabilities.uncertainty == "posterior" and f in ("gaussian", "bernoulli")]
+
+
+@pytest.mark.parametrize("engine,family", POSTERIOR_PAIRS, ids=[f"{e}-{f}" for e, f in POSTERIOR_PAIRS])
+def test_variance_partition_has_posterior_intervals(engine, family, fits, family_data) -> None:
+    """The partition's intervals are quantiles of the partition computed draw by draw; checked
+    against the posterior's own variables (submarket: an intercept, so its variance is sd²;
+    the residual: sigma²; the population part: the variance of X beta over the rows)."""
+    fit = fits(engine, family)
+    vp = fit.variance_partition(level=0.8).set_index(["quantity", "level"])
+    post = fit.native().posterior
+    q = [0.1, 0.9]
+    sd = np.asarray(post["sd_submarket"].values).reshape(-1)
+    np.testing.assert_allclose(vp.loc[("variance", "submarket"), ["lower", "upper"]].to_numpy(float), np.quantile(sd**2, q), rtol=1e-10)
+    if family == "gaussian":
+        sigma = np.asarray(post["sigma"].values).reshape(-1)
+        np.testing.assert_allclose(vp.loc[("variance", "residual"), ["lower", "upper"]].to_numpy(float), np.quantile(sigma**2, q), rtol=1e-10)
+    data = family_data(family)
+    beta = np.asarray(post["beta"].values).reshape(-1, 3)
+    X = np.column_stack([np.ones(len(data)), data["x1"], data["x2"]])
+    var_fixed = np.var(X @ beta.T, axis=0, ddof=1)
+    np.testing.assert_allclose(vp.loc[("variance", "population"), ["lower", "upper"]].to_numpy(float), np.quantile(var_fixed, q), rtol=1e-8)
+    inside = (vp["lower"] <= vp["estimate"] + 1e-12) & (vp["estimate"] <= vp["upper"] + 1e-12)
+    assert inside.all(), vp[~inside]

@@ -82,13 +82,14 @@ class FitResult:
         """
         return self.engine_fit.variance_components()
 
-    def variance_partition(self) -> pd.DataFrame:
+    def variance_partition(self, level: float = DEFAULT_LEVEL) -> pd.DataFrame:
         """ICC per level, Nakagawa's marginal and conditional R² and each level's share of the
         variance, as R's ``performance`` defines them (:mod:`hierfit.results.variance_partition`).
 
-        Columns ``quantity, level, estimate``; gaussian and binomial (latent scale) outcomes.
+        Columns ``quantity, level, estimate, lower, upper`` (posterior intervals for Bayesian
+        engines, else NaN); gaussian and binomial (latent scale) outcomes.
         """
-        return variance_partition(self)
+        return variance_partition(self, _check_level(level))
 
     # -- marginal effects (:mod:`hierfit.results.marginal`) -----------------------------------
     def predictions(self, data: pd.DataFrame, *, by: By = None, scale: Literal["response", "link"] = "response",

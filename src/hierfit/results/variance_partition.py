@@ -143,12 +143,16 @@ def _residual_variance(family: Any, vc: pd.DataFrame) -> float:
     )
 
 
-def variance_partition(fit: Any) -> pd.DataFrame:
+def variance_partition(fit: Any, level: float = 0.9) -> pd.DataFrame:
     """ICC per level, Nakagawa's marginal and conditional R², and each component's share.
 
-    Returns a long table ``quantity, level, estimate``: ``variance`` and ``share`` rows for
-    ``population``, every level and ``residual``; ``ICC_adjusted`` and ``ICC_conditional``
-    per level and for ``all`` levels together; ``R2_marginal`` and ``R2_conditional``.
+    Returns a long table ``quantity, level, estimate, lower, upper``: ``variance`` and
+    ``share`` rows for ``population``, every level and ``residual``; ``ICC_adjusted`` and
+    ``ICC_conditional`` per level and for ``all`` levels together; ``R2_marginal`` and
+    ``R2_conditional``. ``estimate`` is the partition of the fit's estimates (for a Bayesian
+    engine, of the posterior means); ``lower``/``upper`` are the ``level`` posterior interval
+    of each quantity, computed draw by draw (NaN for engines without posterior draws of their
+    variances).
 
     Examples
     --------
@@ -166,7 +170,6 @@ def variance_partition(fit: Any) -> pd.DataFrame:
                         "(it was saved by an older hierfit); refit the model.")
     fe = fit.fixed_effects().set_index("term")["estimate"]
     beta = np.array([float(fe.get(name, 0.0)) for name in moments.x_names])
-    var_fixed = float(beta @ moments.x_cov @ beta)
     vc = fit.variance_components()
     missing = [lv for lv in moments.levels if not (vc["level"] == lv).any()]
     if missing:
@@ -176,18 +179,69 @@ def variance_partition(fit: Any) -> pd.DataFrame:
         )
     if fit.spec.family.normal_errors and not (vc["level"] == "residual").any():
         raise SpecError(f"variance_partition: engine {fit.engine!r} reports no residual variance.")
-    var_levels = {lv: float(np.trace(_level_covariance(vc, lv, coefs) @ z))
-                  for lv, coefs, z in zip(moments.levels, moments.coefficients, moments.z_second)}
-    var_random = sum(var_levels.values())
-    var_res = _residual_variance(fit.spec.family, vc)
+    covs = [_level_covariance(vc, lv, coefs)[None] for lv, coefs in zip(moments.levels, moments.coefficients)]
+    var_res = np.array([_residual_variance(fit.spec.family, vc)])
+    labels, point = _partition(moments, beta[None], covs, var_res)
+    table = pd.DataFrame(labels, columns=["quantity", "level"])
+    table["estimate"] = point[:, 0]
+    table["lower"] = table["upper"] = np.nan
+    draws = _posterior_draws(fit, moments)
+    if draws is not None:
+        _, values = _partition(moments, *draws)
+        table["lower"], table["upper"] = np.quantile(values, [(1 - level) / 2, (1 + level) / 2], axis=1)
+    return table
+
+
+def _partition(moments: DesignMoments, beta: np.ndarray, covs: list[np.ndarray],
+               var_res: np.ndarray) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """Every quantity's ``(quantity, level)`` label and its values, one column per draw.
+
+    ``beta`` is ``(S, p)``, ``covs`` one ``(S, k, k)`` covariance per level, ``var_res`` ``(S,)``
+    (``S = 1`` for the point estimate).
+    """
+    var_fixed = np.einsum("sp,pq,sq->s", beta, moments.x_cov, beta)
+    var_levels = {lv: np.einsum("skl,lk->s", cov, z) for lv, cov, z in zip(moments.levels, covs, moments.z_second)}
+    var_random = sum(var_levels.values(), np.zeros_like(var_fixed))
+    var_res = np.broadcast_to(var_res, var_fixed.shape)
     total = var_fixed + var_random + var_res
-    rows: list[tuple[str, str, float]] = [("variance", "population", var_fixed)]
-    rows += [("variance", lv, v) for lv, v in var_levels.items()]
-    rows.append(("variance", "residual", var_res))
-    rows += [("share", level, value / total) for _, level, value in list(rows)]
+    parts: list[tuple[str, str, np.ndarray]] = [("variance", "population", var_fixed)]
+    parts += [("variance", lv, v) for lv, v in var_levels.items()]
+    parts.append(("variance", "residual", var_res))
+    parts += [("share", level, value / total) for _, level, value in list(parts)]
     for lv, v in list(var_levels.items()) + [("all", var_random)]:
-        rows.append(("ICC_adjusted", lv, v / (var_random + var_res)))
-        rows.append(("ICC_conditional", lv, v / total))
-    rows.append(("R2_marginal", "", var_fixed / total))
-    rows.append(("R2_conditional", "", (var_fixed + var_random) / total))
-    return pd.DataFrame(rows, columns=["quantity", "level", "estimate"])
+        parts.append(("ICC_adjusted", lv, v / (var_random + var_res)))
+        parts.append(("ICC_conditional", lv, v / total))
+    parts.append(("R2_marginal", "", var_fixed / total))
+    parts.append(("R2_conditional", "", (var_fixed + var_random) / total))
+    return [(q, lv) for q, lv, _ in parts], np.stack([v for _, _, v in parts])
+
+
+def _posterior_draws(fit: Any, moments: DesignMoments) -> tuple[np.ndarray, list[np.ndarray], np.ndarray] | None:
+    """``(beta, per-level covariances, residual variance)`` per posterior draw, for engines
+    with draws of their variance components (``covariance_draws``); else ``None``."""
+    ef = fit.engine_fit
+    hook = getattr(ef, "covariance_draws", None)
+    if not callable(hook) or ef.draws is None:
+        return None
+    term_covs = hook()
+    n_draws = len(ef.draws)
+    x_index = [list(ef.layout.x_names).index(name) for name in moments.x_names]
+    beta = ef.draws[:, x_index]
+    covs = []
+    for lv, coefs in zip(moments.levels, moments.coefficients):
+        cov = np.zeros((n_draws, len(coefs), len(coefs)))
+        at = 0  # the level's terms in the design's order, as DesignMoments stacked them
+        for term, tc in zip(ef.layout.terms, term_covs):
+            if term.level == lv:
+                k = len(term.coefficients)
+                cov[:, at:at + k, at:at + k] = tc
+                at += k
+        covs.append(cov)
+    family = fit.spec.family
+    if family.normal_errors:
+        if ef.sigma_draws is None:
+            return None
+        var_res = np.asarray(ef.sigma_draws, dtype=float) ** 2
+    else:
+        var_res = np.full(n_draws, _residual_variance(family, fit.variance_components()))
+    return beta, covs, var_res

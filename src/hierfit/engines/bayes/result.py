@@ -60,6 +60,11 @@ class BayesFit(LinearEngineFit):
         assert self.draws is not None
         return self.layout.eta_draws(design, self.draws, slice(None)).mean(axis=0)
 
+    def covariance_draws(self) -> list[np.ndarray]:
+        """Per group-level term, ``(n_draws, k, k)`` posterior draws of its covariance ``Λ Λ'``
+        (in the layout's term order; the variance partition's posterior intervals read them)."""
+        return [lam @ np.swapaxes(lam, 1, 2) for lam in self.lambda_draws]
+
     def native(self) -> Any:
         """The ArviZ InferenceData (posterior, sample_stats, observed_data, log_likelihood, ...)."""
         return self.idata
