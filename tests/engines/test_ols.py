@@ -8,7 +8,6 @@ import pytest
 import statsmodels.formula.api as smf
 
 import hierfit
-from hierfit.exceptions import SpecError
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +101,3 @@ def test_fit_is_row_order_invariant(reference_sim, ols_fit) -> None:
     shuffled = reference_sim.data.sample(frac=1.0, random_state=3)
     other = hierfit.fit(reference_sim.formula, shuffled, engine="ols", national="United_state")
     pd.testing.assert_frame_equal(other.group_effects(), ols_fit.group_effects(), rtol=1e-9, atol=1e-9)
-
-
-def test_ols_is_gaussian_only(reference_sim) -> None:
-    sim = hierfit.simulate(n_markets=3, n_submarkets=2, rows_per_submarket=20, family="bernoulli", seed=1)
-    with pytest.raises(SpecError, match="Engine 'ols' fits the families: gaussian"):
-        hierfit.fit(sim.formula, sim.data, engine="ols", family="bernoulli")

@@ -197,7 +197,8 @@ def thin_draws(n: int, keep: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, keep)).round().astype(int))
 
 
-SE_BLOCK_ENTRIES = 4_000_000  # dense rows × coefficients entries formed at once (32 MB)
+SE_BLOCK_ENTRIES = 4_000_000
+PREDICTION_DRAWS = 1000  # draws behind a non-gaussian outcome's prediction interval from Wald bounds  # dense rows × coefficients entries formed at once (32 MB)
 
 
 @dataclass(frozen=True, eq=False)
@@ -466,7 +467,7 @@ class LinearEngineFit(BaseEngineFit):
         if self.draws is not None:
             return self._draw_interval(design, kind, alpha, self.family, scale)
         if self.gaussian is not None:
-            return self._gaussian_interval(design, kind, level)
+            return self._gaussian_interval(design, kind, level, scale)
         return None
 
     def new_group_sd(self, design: RowDesign) -> np.ndarray:
@@ -514,16 +515,36 @@ class LinearEngineFit(BaseEngineFit):
             lower[rows], upper[rows] = np.quantile(mu, [alpha, 1 - alpha], axis=0)
         return lower, upper
 
-    def _gaussian_interval(self, design: RowDesign, kind: str, level: float) -> tuple[np.ndarray, np.ndarray]:
+    def _gaussian_interval(self, design: RowDesign, kind: str, level: float,
+                           scale: str = "response") -> tuple[np.ndarray, np.ndarray]:
+        """Wald bounds ``eta ± q se`` of the linear predictor, mapped through the (increasing)
+        inverse link for the mean; a non-gaussian outcome's prediction bounds are quantiles of
+        outcomes drawn at means drawn from that normal (seeded)."""
         gaussian = self.uncertainty.gaussian()
         assert gaussian is not None
         R = self.layout_row_matrix(design)
         se = np.sqrt(gaussian.std_errors(R) ** 2 + self.new_group_sd(design) ** 2)
-        if kind == "prediction" and self.sigma is not None:
-            se = np.sqrt(se**2 + self.sigma**2)
         eta = np.asarray(R @ self.theta).ravel() + (0.0 if design.offset is None else design.offset)
         q = gaussian.quantile(level)
-        return eta - q * se, eta + q * se
+        family = self.family
+        if family.normal_errors:
+            if kind == "prediction" and self.sigma is not None:
+                se = np.sqrt(se**2 + self.sigma**2)
+            return eta - q * se, eta + q * se
+        if kind == "confidence":
+            lower, upper = eta - q * se, eta + q * se
+            return (lower, upper) if scale == "link" else (family.inverse_link(lower), family.inverse_link(upper))
+        rng = np.random.default_rng(self.seed)
+        alpha = (1 - level) / 2
+        lower, upper = np.empty(design.n), np.empty(design.n)
+        step = max(1, 2_000_000 // PREDICTION_DRAWS)
+        for start in range(0, design.n, step):
+            rows = slice(start, min(start + step, design.n))
+            draws = eta[rows] + se[rows] * rng.standard_normal((PREDICTION_DRAWS, len(eta[rows])))
+            trials = None if design.trials is None else design.trials[rows]
+            y = family.sample(rng, family.inverse_link(draws), trials, self.sigma)
+            lower[rows], upper[rows] = np.quantile(y, [alpha, 1 - alpha], axis=0)
+        return lower, upper
 
     def linear_predictor_draws(self, design: RowDesign, max_draws: int) -> np.ndarray | None:
         """``R theta_d`` (+ offset) for evenly thinned parameter draws ``theta_d``."""

@@ -30,7 +30,8 @@ from scipy import linalg, sparse
 from hierfit.checks import Diagnostic
 from hierfit.design import Design, RowDesign, TermDesign
 from hierfit.design.rank import dependent_columns as _dependencies
-from hierfit.engines.base import VARIANCE_COLUMNS, ExactGaussian, GaussianCoefficients, LinearEngineFit
+from hierfit.engines._ols_glm import at_boundary, fit_glm
+from hierfit.engines.base import ExactGaussian, GaussianCoefficients, LinearEngineFit, variance_table
 from hierfit.engines.mixed import Standardization, standardize
 from hierfit.engines.options import option
 from hierfit.engines.state import LoadContext, StateReader, StateWriter
@@ -216,11 +217,19 @@ def _unidentified(design: Design, names: list[str], dependent: list[int], rank: 
 
 
 def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> OlsFit:
-    """Least squares on the effects-coded columns of the standardised design."""
+    """Least squares (gaussian) or IRLS (every other family) on the effects-coded columns of the
+    standardised design, with prior weights and an offset when the spec has them."""
+    family = spec.family
     design_t, std = _standardized(design)
+    if not family.normal_errors:  # counts and successes keep their units: only the columns are standardised
+        std = dataclasses.replace(std, y_center=0.0, y_scale=1.0, ones_coef=None)
     C, K, names = effects_coding(design_t)
-    y = design_t.y
-    CtC = (C.T @ C).toarray()
+    n = len(design.y)
+    prior = np.ones(n) if design.weights is None else np.asarray(design.weights, dtype=float)
+    offset = np.zeros(n) if design.offset is None else np.asarray(design.offset, dtype=float)
+    counted = prior > 0  # rows of weight 0 are left out (R's lm and glm)
+    C_counted = C[counted]
+    CtC = (C_counted.T @ C_counted).toarray()
     d = np.sqrt(np.maximum(np.diag(CtC), 1e-300))
     unit = CtC / np.outer(d, d)
     dependent: list[int] = []
@@ -235,21 +244,16 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> OlsFit:
         dependent = sorted(int(order[j]) for j, _ in _dependencies(unit[np.ix_(order, order)]))
     keep_cols = np.setdiff1d(np.arange(C.shape[1]), dependent)
     Ck = C[:, keep_cols]
-    CtC_k = CtC[np.ix_(keep_cols, keep_cols)]
-    # Symmetric eigen-decomposition of the identified columns: a stable inverse.
-    evals, evecs = linalg.eigh(CtC_k)
-    ok = evals > options.rcond * max(evals.max(), 1e-300) if evals.size else np.zeros(0, dtype=bool)
-    inv_k = (evecs[:, ok] / evals[ok]) @ evecs[:, ok].T
-    gamma_k = inv_k @ (Ck.T @ y)
+    n_counted = int(counted.sum())
+    if family.normal_errors:
+        solved = _least_squares(Ck, design_t.y - offset / std.y_scale, prior, options.rcond)
+    else:
+        trials = np.ones(n) if design.trials is None else np.asarray(design.trials, dtype=float)
+        solved = _generalised(Ck, design.y, trials, offset, prior, family)
     gamma_t = np.zeros(C.shape[1])
-    gamma_t[keep_cols] = gamma_k
-    resid = y - Ck @ gamma_k
-    n, rank = len(y), int(ok.sum())
-    df = n - rank
-    rss_t = float(resid @ resid)
-    sigma2_t = rss_t / df if df > 0 else np.nan
+    gamma_t[keep_cols] = solved.gamma
     inv = np.zeros((C.shape[1], C.shape[1]))
-    inv[np.ix_(keep_cols, keep_cols)] = inv_k
+    inv[np.ix_(keep_cols, keep_cols)] = solved.cov
     T = _back_map(design, std)
     theta = T @ (K @ gamma_t)
     shift = std.beta(np.zeros(design.X.shape[1])) if design.X.shape[1] else np.zeros(0)
@@ -262,23 +266,17 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> OlsFit:
         g, k = design.hierarchy.level(td.level).n_groups, len(td.coefficients)
         b.append(theta[off : off + g * k].reshape(g, k))
         off += g * k
-    diagnostics = []
-    if dependent or rank < len(keep_cols):
-        diagnostics.append(_unidentified(design, names, dependent, rank, C.shape[1]))
-    if df <= 0:
-        diagnostics.append(Diagnostic("convergence", f"No residual degrees of freedom ({n} rows, rank {rank}); standard errors are undefined."))
-    s = std.y_scale
-    sigma2 = sigma2_t * s**2
-    sigma = float(np.sqrt(sigma2)) if np.isfinite(sigma2) else None
-    rss = rss_t * s**2
-    loglik = -0.5 * n * (np.log(2 * np.pi * rss / n) + 1)
-    tss_t = float(((y - y.mean()) ** 2).sum())
-    variance = pd.DataFrame(
-        [{"level": "residual", "term1": "", "term2": "", "variance": sigma2, "sd_or_corr": sigma}], columns=VARIANCE_COLUMNS
-    )
+    diagnostics = list(solved.notes)
+    if dependent or solved.rank < len(keep_cols):
+        diagnostics.append(_unidentified(design, names, dependent, solved.rank, C.shape[1]))
+    df = n_counted - solved.rank
+    if family.normal_errors and df <= 0:
+        diagnostics.append(Diagnostic("convergence", f"No residual degrees of freedom ({n_counted} rows, rank {solved.rank}); standard errors are undefined."))
     TK = sparse.csr_matrix(T @ K)
     # the effects-coded coefficients in the user's units: K gamma = theta (K has full column rank)
     gamma = linalg.lstsq((K.T @ K).toarray(), K.T @ theta)[0] if K.shape[1] else np.zeros(0)
+    sigma = solved.dispersion * std.y_scale if solved.dispersion is not None and family.normal_errors else solved.dispersion
+    statistics = {"n_obs": float(n), "rank": float(solved.rank), **solved.statistics(std.y_scale, family.normal_errors)}
     return OlsFit(
         coefficients=pd.Series(gamma, index=names),
         engine="ols",
@@ -286,17 +284,91 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> OlsFit:
         beta=beta,
         b=b,
         sigma=sigma,
-        variance_table=variance,
-        uncertainty=ExactGaussian(GaussianCoefficients(TK, inv * sigma2_t, float(df) if df > 0 else np.inf)),
-        statistics={
-            "n_obs": float(n),
-            "rank": float(rank),
-            "df_resid": float(df),
-            "sigma": float(sigma) if sigma else np.nan,
-            "r_squared": 1 - rss_t / tss_t if tss_t > 0 else np.nan,
-            "loglik": float(loglik),
-            "aic": float(-2 * loglik + 2 * (rank + 1)),
-            "bic": float(-2 * loglik + np.log(n) * (rank + 1)),
-        },
+        variance_table=variance_table(design, [], sigma, family.dispersion),
+        uncertainty=ExactGaussian(GaussianCoefficients(TK, inv, float(df) if family.normal_errors and df > 0 else np.inf)),
+        statistics=statistics,
         diagnostics=diagnostics,
     )
+
+
+@dataclass(frozen=True, eq=False)
+class _Solved:
+    """One solve on the kept columns (standardised units): coefficients, their covariance, the
+    rank, the dispersion and what the fit statistics need."""
+
+    gamma: np.ndarray
+    cov: np.ndarray
+    rank: int
+    dispersion: float | None
+    loglik: float
+    deviance: float
+    n_counted: int
+    extra: dict[str, float]
+    notes: tuple[Diagnostic, ...] = ()
+
+    def statistics(self, y_scale: float, normal: bool) -> dict[str, float]:
+        """In the user's units: a gaussian outcome was divided by ``y_scale`` (its density
+        gains ``log y_scale`` per row and its residual sum of squares ``y_scale^2``)."""
+        k = self.rank + (1 if self.dispersion is not None else 0)
+        loglik = self.loglik - self.n_counted * np.log(y_scale)
+        out = dict(self.extra)
+        if normal:
+            out["sigma"] = float(self.dispersion * y_scale) if self.dispersion is not None else np.nan
+        return {
+            **out,
+            "loglik": float(loglik),
+            "deviance": float(self.deviance * y_scale**2),
+            "aic": float(-2 * loglik + 2 * k),
+            "bic": float(-2 * loglik + np.log(max(self.n_counted, 1)) * k),
+        }
+
+
+def _least_squares(Ck: sparse.csr_matrix, y_t: np.ndarray, prior: np.ndarray, rcond: float) -> _Solved:
+    """Weighted least squares by the normal equations (residual variance ``sigma^2 / w``)."""
+    W = Ck.multiply(prior[:, None]).tocsr()
+    A = (Ck.T @ W).toarray()
+    # Symmetric eigen-decomposition of the identified columns: a stable inverse.
+    evals, evecs = linalg.eigh(A)
+    ok = evals > rcond * max(evals.max(), 1e-300) if evals.size else np.zeros(0, dtype=bool)
+    inv = (evecs[:, ok] / evals[ok]) @ evecs[:, ok].T
+    gamma = inv @ (W.T @ y_t)
+    resid = y_t - Ck @ gamma
+    counted = prior > 0
+    n, rank = int(counted.sum()), int(ok.sum())
+    df = n - rank
+    rss_t = float(prior @ resid**2)
+    sigma2_t = rss_t / df if df > 0 else np.nan
+    mean = float(prior @ y_t / prior.sum())
+    tss_t = float(prior @ (y_t - mean) ** 2)
+    # R's logLik.lm with weights: the MLE sigma^2 = rss / n, and sum(log w) / 2
+    loglik_t = 0.5 * float(np.log(prior[counted]).sum()) - 0.5 * n * (np.log(2 * np.pi * rss_t / n) + 1)
+    sigma_t = float(np.sqrt(sigma2_t)) if np.isfinite(sigma2_t) else None
+    return _Solved(gamma, inv * sigma2_t, rank, sigma_t, loglik_t, rss_t, n,
+                   {"df_resid": float(df), "r_squared": 1 - rss_t / tss_t if tss_t > 0 else np.nan})
+
+
+def _generalised(Ck: sparse.csr_matrix, y: np.ndarray, trials: np.ndarray, offset: np.ndarray, prior: np.ndarray,
+                 family: Any) -> _Solved:
+    """IRLS (:mod:`hierfit.engines._ols_glm`); boundary fits are named, as R's glm warns."""
+    sol = fit_glm(Ck, y, trials, offset, prior, family)
+    mu = family.inverse_link(sol.eta)
+    counted = prior > 0
+    loglik = float(np.sum(prior[counted] * family.logpdf(y[counted], mu[counted], trials[counted], sol.dispersion)))
+    rank = Ck.shape[1]  # the kept columns are the identified ones (settled on the unweighted columns)
+    notes: list[Diagnostic] = []
+    if not sol.converged:
+        notes.append(Diagnostic("convergence", f"Engine 'ols': IRLS did not converge in {sol.iterations} iterations; "
+                                "the estimates may be off. Check for separation or use the 'mixed' engine."))
+    lo, hi = family.mean_range
+    edge = counted & at_boundary(family, mu)
+    if edge.any():
+        notes.append(Diagnostic(
+            "separation",
+            f"Engine 'ols': {int(edge.sum())} rows have fitted means numerically at {lo:g}"
+            + (f" or {hi:g}" if np.isfinite(hi) else "")
+            + " (R's 'fitted probabilities numerically 0 or 1'): a group whose outcomes are all at the boundary has an "
+            "infinite coefficient without pooling, and its standard error means nothing. Use the 'mixed' engine, which "
+            "pools such groups toward their parent.",
+        ))
+    return _Solved(sol.gamma, sol.inverse_information, rank, sol.dispersion, loglik, sol.deviance, int(counted.sum()),
+                   {"iterations": float(sol.iterations)}, tuple(notes))

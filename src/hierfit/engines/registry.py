@@ -96,14 +96,17 @@ ENGINES: dict[str, EngineEntry] = {
     "ols": EngineEntry(
         name="ols",
         module="hierfit.engines.ols",
-        summary="Fixed effects, sum-to-zero coding nested in each parent: the intercept is the national level; no pooling.",
+        summary="Fixed effects, sum-to-zero coding nested in each parent: the intercept is the national level; no pooling. "
+        "Least squares for gaussian outcomes, a GLM by IRLS (R's glm, glm.nb) for the others.",
         capabilities=Capabilities(
             uncertainty="frequentist",
             pooling="none",
             varying_slopes=True,
             correlated_slopes=False,
-            families=("gaussian",),
+            families=("gaussian", "bernoulli", "binomial", "poisson", "negative_binomial"),
             decomposition="exact",
+            offsets=True,
+            weights=True,
         ),
     ),
     "mixed": EngineEntry(
@@ -237,10 +240,10 @@ def check_capabilities(entry: EngineEntry, spec: ModelSpec) -> None:
     Examples
     --------
     >>> from hierfit.model import make_spec
-    >>> check_capabilities(get_engine("ols"), make_spec("y ~ x + (1 | g)", family="poisson"))
+    >>> check_capabilities(get_engine("boosted-mixed"), make_spec("y ~ x + (1 | g)", family="poisson"))
     Traceback (most recent call last):
     ...
-    hierfit.exceptions.SpecError: Engine 'ols' fits the families: gaussian; got family='poisson'. Engines for 'poisson': lightgbm, mixed, neural, pymc, stan (see `hierfit engines`).
+    hierfit.exceptions.SpecError: Engine 'boosted-mixed' fits the families: gaussian; got family='poisson'. Engines for 'poisson': lightgbm, mixed, neural, ols, pymc, stan (see `hierfit engines`).
     """
     caps = entry.capabilities
     family = spec.family.name
