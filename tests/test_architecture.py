@@ -12,7 +12,7 @@ Layers, bottom first (a module may import its own layer and those below it, neve
     evaluate         cross-validation and comparison
     plots
     report
-    api, cli, demo, examples, io, priors, __init__   the face
+    api, cli, demo, examples, io, priors, sklearn, __init__   the face
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ LAYERS: list[set[str]] = [
     {"evaluate"},
     {"plots"},
     {"report"},
-    {"api", "cli", "demo", "examples", "io", "priors", "__init__"},
+    {"api", "cli", "demo", "examples", "io", "priors", "sklearn", "__init__"},
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -2,7 +2,8 @@
 
 * :func:`compare` fits engines on one spec and data and cross-validates them
   (K-fold by row, or leave-groups-out at a level), returning a :class:`Comparison`;
-* :class:`CVScheme` / :func:`parse_cv` say how rows are split into folds;
+* :class:`CVScheme` / :func:`parse_cv` say how rows are split into folds; :class:`RowKFold` and
+  :class:`LeaveGroupsOut` (or ``CVScheme.splitter()``) give scikit-learn the same folds;
 * :func:`predictive` gives a fit's predictive distribution at new rows (densities, CDF,
   replicates), :func:`score` scores held-out rows, :func:`recovery` compares effects with a
   simulation's truth;
@@ -15,13 +16,15 @@ from hierfit.evaluate.comparison import Comparison, is_comparison_dir
 from hierfit.evaluate.metrics import METRICS, recovery, score
 from hierfit.evaluate.paired import paired_differences
 from hierfit.evaluate.predictive import Predictive, predictive
-from hierfit.evaluate.splits import CVScheme, parse_cv
+from hierfit.evaluate.splits import CVScheme, LeaveGroupsOut, RowKFold, parse_cv
 
 __all__ = [
     "METRICS",
     "CVScheme",
     "Comparison",
+    "LeaveGroupsOut",
     "Predictive",
+    "RowKFold",
     "available_engines",
     "compare",
     "is_comparison_dir",
