@@ -204,3 +204,24 @@ def test_variance_partition_has_posterior_intervals(engine, family, fits, family
     np.testing.assert_allclose(vp.loc[("variance", "population"), ["lower", "upper"]].to_numpy(float), np.quantile(var_fixed, q), rtol=1e-8)
     inside = (vp["lower"] <= vp["estimate"] + 1e-12) & (vp["estimate"] <= vp["upper"] + 1e-12)
     assert inside.all(), vp[~inside]
+
+
+OFFSET_ENGINES = [e for e in sorted(ENGINES) if ENGINES[e].capabilities.offsets and "poisson" in ENGINES[e].capabilities.families]
+
+
+@pytest.mark.parametrize("engine", OFFSET_ENGINES)
+def test_a_doubled_exposure_shifts_the_log_rate_by_log_2(engine) -> None:
+    """Every engine that takes offsets: the offset is a known part of the linear predictor."""
+    entry = ENGINES[engine]
+    if not entry.available:
+        pytest.skip(f"needs {', '.join(entry.missing_dependencies())}")
+    sim = hierfit.simulate(n_markets=4, n_submarkets=3, rows_per_submarket=20, seed=11, family="poisson", exposure=True,
+                           national=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hierfit.HierfitWarning)  # small data: few groups
+        fit = hierfit.fit(sim.formula, sim.data, engine=engine, family="poisson", **entry.fast_options())
+    doubled = sim.data.assign(exposure=2 * sim.data["exposure"])
+    shift = fit.predict(doubled, scale="link")["prediction"] - fit.predict(sim.data, scale="link")["prediction"]
+    np.testing.assert_allclose(shift.to_numpy(), np.log(2.0), rtol=1e-12)
+    ratio = fit.predict(doubled)["prediction"] / fit.predict(sim.data)["prediction"]
+    np.testing.assert_allclose(ratio.to_numpy(), 2.0, rtol=1e-12)
