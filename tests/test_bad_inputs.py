@@ -107,6 +107,8 @@ CATALOGUE: dict[str, tuple[Callable[[pd.DataFrame], Any], type[HierfitError], st
     "unknown link": (_fit("y ~ x1 + (1 | market)", family="bernoulli", link="log"), SpecError, "allows the links"),
     "family the engine cannot fit": (_fit("y ~ x1 + (1 | market)", engine="boosted-mixed", family="poisson"), SpecError,
                                      "Engines for 'poisson'"),
+    "link the engine cannot fit": (_fit("y ~ x1 + (1 | market)", engine="lightgbm", family="bernoulli", link="probit"), SpecError,
+                                   "fits only the default link of family 'bernoulli' (logit); got link='probit'. Engines for the probit link: mixed, ols"),
     "offset the engine cannot take": (_fit("y ~ x1 + offset(x2) + (1 | market)", engine="lightgbm"), SpecError,
                                       "does not take offsets"),
     "unreadable formula": (_fit("y ~ x1 + | market"), FormulaError, "⟨|⟩"),

@@ -44,6 +44,9 @@ class Capabilities:
         Whether the formula must have at least one group-level term such as ``(1 | market)``.
     offsets, weights
         Whether the engine takes an offset (``offset(...)`` / ``offset=``) and prior weights.
+    links
+        ``"any"``: every link a family allows (``link="probit"``, ``"cloglog"``); ``"canonical"``:
+        only each family's default link (its likelihood is written for logit / log).
     """
 
     uncertainty: Literal["none", "frequentist", "posterior", "ensemble"]
@@ -57,6 +60,7 @@ class Capabilities:
     needs_group_terms: bool = False
     offsets: bool = False
     weights: bool = False
+    links: Literal["any", "canonical"] = "canonical"
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ ENGINES: dict[str, EngineEntry] = {
             decomposition="exact",
             offsets=True,
             weights=True,
+            links="any",
         ),
     ),
     "mixed": EngineEntry(
@@ -124,6 +129,7 @@ ENGINES: dict[str, EngineEntry] = {
             needs_group_terms=True,
             offsets=True,
             weights=True,
+            links="any",
         ),
     ),
     "pymc": EngineEntry(
@@ -252,6 +258,12 @@ def check_capabilities(entry: EngineEntry, spec: ModelSpec) -> None:
         raise SpecError(
             f"Engine {entry.name!r} fits the families: {', '.join(caps.families)}; got family={family!r}. "
             f"Engines for {family!r}: {', '.join(able) or 'none'} (see `hierfit engines`)."
+        )
+    if caps.links == "canonical" and not spec.family.canonical:
+        able = sorted(n for n, e in ENGINES.items() if family in e.capabilities.families and e.capabilities.links == "any")
+        raise SpecError(
+            f"Engine {entry.name!r} fits only the default link of family {family!r} ({spec.family.links[0]}); got "
+            f"link={spec.family.link.name!r}. Engines for the {spec.family.link.name} link: {', '.join(able) or 'none'}."
         )
     group_terms = spec.formula.group_terms
     if not caps.varying_slopes and any(t.slopes for t in group_terms):
