@@ -298,7 +298,7 @@ def compare(data, formula, engines, cv, folds, out, family, national, link, weig
         comp = run(formula, frame, engines=names, cv=scheme, family=family, link=link, national=national, weights=weights,
                    offset=offset, options=per_engine, truth=true, level=level, time_budget=time_budget, progress=True)
     with _wide_pandas():
-        click.echo(comp.summary().to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        click.echo(comp.shown_summary().to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for note in comp.notes:
         click.echo(f"note: {note}")
     for name, msg in comp.failures.items():

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
 from scipy import stats
+from scipy.special import xlogy
 
 import hierfit
 from hierfit.engines.base import Draws, PosteriorDraws
@@ -137,3 +141,63 @@ def test_rows_of_unseen_groups_carry_the_new_groups_variance(small_sim):
     # Monte Carlo over 400 draws: the SD is within ~7% (3 standard errors of an SD estimate)
     np.testing.assert_allclose(pred.mu_draws.std(axis=0), np.sqrt(known_part**2 + new_sd**2), rtol=0.11)
     assert (pred.mu_draws.std(axis=0) > 1.2 * known_part).all()  # here sd_sub (0.46) > se (0.34)
+
+
+def _compare_family(family: str, formula: str, **sim_kw):
+    sim = hierfit.simulate(n_markets=6, n_submarkets=4, rows_per_submarket=15, seed=12, family=family, **sim_kw)
+    with _quiet():
+        comp = hierfit.compare(formula, sim.data, engines=["ols", "mixed"], cv="submarket:3", family=family, progress=False)
+    return sim, comp
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Small simulated trees make singular or few-group fits: not what these tests are about."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hierfit.HierfitWarning)
+        yield
+
+
+def test_binary_outcomes_are_scored_by_log_loss_brier_and_auc() -> None:
+    _, comp = _compare_family("bernoulli", "y ~ x1 + x2 + (1 | market) + (1 | market:submarket)")
+    assert comp.primary_metric == "log_loss"
+    s = comp.summary().set_index("engine")
+    p = comp.predictions
+    for engine in ("ols", "mixed"):
+        rows = p[p["engine"] == engine]
+        y, q = rows["y"].to_numpy(float), np.clip(rows["prediction"].to_numpy(float), 1e-15, 1 - 1e-15)
+        assert s.loc[engine, "log_loss"] == pytest.approx(float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))), rel=1e-12)
+        assert s.loc[engine, "brier"] == pytest.approx(float(np.mean((y - q) ** 2)), rel=1e-9)
+        # AUC: the share of (positive, negative) pairs ranked right
+        pos, neg = q[y == 1], q[y == 0]
+        pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
+        assert s.loc[engine, "auc"] == pytest.approx(float(pairs), rel=1e-12)
+        assert np.isnan(s.loc[engine, "deviance"])
+    assert comp.best() == s["log_loss"].idxmin()
+    assert set(comp.paired("ols", "log_loss")["metric"]) == {"log_loss"}
+
+
+def test_binomial_rmse_compares_successes_with_expected_successes() -> None:
+    """The prediction is a probability per trial; the outcome counts successes out of n."""
+    sim, comp = _compare_family("binomial", "cbind(y, n - y) ~ x1 + x2 + (1 | market) + (1 | market:submarket)")
+    p = comp.predictions[comp.predictions["engine"] == "mixed"]
+    n = sim.data["n"].to_numpy(float)[p["row"].to_numpy(int)]
+    expected = n * p["prediction"].to_numpy(float)
+    s = comp.summary().set_index("engine")
+    assert s.loc["mixed", "rmse"] == pytest.approx(float(np.sqrt(np.mean((p["y"].to_numpy(float) - expected) ** 2))), rel=1e-12)
+    y = p["y"].to_numpy(float)
+    q = p["prediction"].to_numpy(float)
+    manual = -(y @ np.log(q) + (n - y) @ np.log1p(-q)) / n.sum()
+    assert s.loc["mixed", "log_loss"] == pytest.approx(float(manual), rel=1e-10)
+    folds = comp.folds
+    assert folds["rmse"].notna().all() and folds["log_loss"].notna().all()
+
+
+def test_counts_are_scored_by_the_poisson_deviance() -> None:
+    _, comp = _compare_family("poisson", "y ~ x1 + x2 + (1 | market) + (1 | market:submarket)", national=0.5)
+    assert comp.primary_metric == "deviance"
+    s = comp.summary().set_index("engine")
+    p = comp.predictions[comp.predictions["engine"] == "mixed"]
+    y, mu = p["y"].to_numpy(float), p["prediction"].to_numpy(float)
+    assert s.loc["mixed", "deviance"] == pytest.approx(float(np.mean(2 * (xlogy(y, y / mu) - (y - mu)))), rel=1e-12)
+    assert np.isnan(s.loc["mixed", "log_loss"])

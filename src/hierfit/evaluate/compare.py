@@ -299,7 +299,8 @@ def run_fold(spec: ModelSpec, data: pd.DataFrame, fold_of_row: np.ndarray, name:
         predict_seconds = time.perf_counter() - t0
     y = test_data[spec.response].to_numpy(dtype=float)
     logpd = dist.logpdf(y)
-    scores = score(y, pred["prediction"].to_numpy(), pred["lower"].to_numpy(), pred["upper"].to_numpy(), logpd)
+    scores = score(y, pred["prediction"].to_numpy(), pred["lower"].to_numpy(), pred["upper"].to_numpy(), logpd,
+                   spec.family, dist.trials)
     row = {
         "engine": name,
         "fold": k,

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hierfit.evaluate.metrics import METRICS, RECOVERY_COLUMNS, score
+from hierfit.design.columns import trials_vector
+from hierfit.evaluate.metrics import METRICS, RECOVERY_COLUMNS, SCORES, primary_metric, score
 from hierfit.evaluate.paired import paired_differences
 from hierfit.evaluate.splits import CVScheme
 from hierfit.exceptions import HierfitError, PersistenceError
@@ -40,11 +41,11 @@ from hierfit.storage import MANIFEST, SavedFiles, atomic_save, new_manifest, rea
 
 DIAGNOSTIC_COLUMNS = ["engine", "fold", "check", "message"]
 FOLD_COLUMNS = [
-    "engine", "fold", "n_train", "n_test", "rmse", "mae", "mlpd", "coverage", "width",
+    "engine", "fold", "n_train", "n_test", *SCORES,
     "fit_seconds", "predict_seconds", "mlpd_method", "n_diagnostics", "threads",
 ]  # fmt: skip
 PREDICTION_COLUMNS = ["engine", "row", "fold", "y", "prediction", "lower", "upper", "logpd", "level_used"]
-SUMMARY_COLUMNS = ["engine", "pooling", "uncertainty", "n_folds", "rmse", "mae", "mlpd", "coverage", "width", "fit_seconds", "full_fit_seconds", "mlpd_method"]
+SUMMARY_COLUMNS = ["engine", "pooling", "uncertainty", "n_folds", *SCORES, "fit_seconds", "full_fit_seconds", "mlpd_method"]
 
 
 @dataclass(eq=False)
@@ -116,6 +117,8 @@ class Comparison:
 
         preds = self.predictions
         folds = self.folds
+        family = self.spec.family
+        trials = self._trials()
         rows = []
         for name in self.engines:
             entry = ENGINES.get(name)
@@ -129,9 +132,10 @@ class Comparison:
                 "n_folds": len(f),
             }
             if len(p):
-                row.update(score(p["y"], p["prediction"], p["lower"], p["upper"], p["logpd"]))
+                n = None if trials is None else trials[p["row"].to_numpy(dtype=int)]
+                row.update(score(p["y"], p["prediction"], p["lower"], p["upper"], p["logpd"], family, n))
             else:
-                row.update({k: np.nan for k in ("rmse", "mae", "mlpd", "coverage", "width")})
+                row.update({k: np.nan for k in SCORES})
             row["fit_seconds"] = float(f["fit_seconds"].mean()) if len(f) else np.nan
             full = self.fits.get(name)
             row["full_fit_seconds"] = float(full.timings.get("fit_seconds", np.nan)) if full is not None else np.nan
@@ -139,6 +143,24 @@ class Comparison:
             rows.append(row)
         table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
         return table.join(self._recovery_columns(), on="engine") if len(self.recovery) else table
+
+    def shown_summary(self) -> pd.DataFrame:
+        """:meth:`summary` without the family scores that do not apply to this outcome (log loss
+        for a gaussian one, RMSE's companions stay): what the report and the command line show."""
+        table = self.summary()
+        family_scores = ("log_loss", "brier", "auc", "deviance")
+        return table[[c for c in table.columns if c not in family_scores or table[c].notna().any()]]
+
+    def _trials(self) -> np.ndarray | None:
+        """Trials of every row of the data (binomial outcomes), else ``None``."""
+        if self.spec.response not in self.data.columns:
+            return None
+        return trials_vector(self.spec, self.data, self.data[self.spec.response].to_numpy(dtype=float))
+
+    @property
+    def primary_metric(self) -> str:
+        """The score engines are ranked by for this family (:func:`~hierfit.evaluate.metrics.primary_metric`)."""
+        return primary_metric(self.spec.family)
 
     def _recovery_columns(self) -> pd.DataFrame:
         """RMSE of total effects against the truth, engines by ``recovery_rmse_<level>[<term>]``."""
@@ -174,8 +196,9 @@ class Comparison:
         """
         return paired_differences(self.folds, reference, metric, engines=[e for e in self.engines if e != reference])
 
-    def best(self, metric: str = "rmse") -> str:
-        """The engine with the best pooled ``metric``."""
+    def best(self, metric: str | None = None) -> str:
+        """The engine with the best pooled ``metric`` (default: the family's :attr:`primary_metric`)."""
+        metric = metric or self.primary_metric
         larger = METRICS[metric][1]
         s = self.summary().dropna(subset=[metric])
         if s.empty:

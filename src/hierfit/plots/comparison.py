@@ -9,10 +9,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hierfit.evaluate.metrics import METRICS
+from hierfit.evaluate.metrics import METRICS, is_count, is_probability
 from hierfit.plots._common import check_choice, engine_color, new_figure
 
 DEFAULT_METRICS = ("rmse", "mae", "mlpd", "coverage", "width", "fit_seconds")
+#: the panels for a binary or binomial outcome, and for counts
+PROBABILITY_METRICS = ("log_loss", "brier", "auc", "mlpd", "coverage", "fit_seconds")
+COUNT_METRICS = ("deviance", "rmse", "mlpd", "coverage", "width", "fit_seconds")
+
+
+def default_metrics(family: Any) -> tuple[str, ...]:
+    """The panels for the outcome's family: log loss, Brier and AUC for probabilities, the
+    Poisson deviance for counts, RMSE and MAE otherwise."""
+    return PROBABILITY_METRICS if is_probability(family) else COUNT_METRICS if is_count(family) else DEFAULT_METRICS
 
 
 class ComparisonDisplay:
@@ -38,9 +47,10 @@ class ComparisonDisplay:
         self.level = level
 
     @classmethod
-    def from_comparison(cls, comparison: Any, metrics: Sequence[str] = DEFAULT_METRICS, *, ax: Any = None) -> ComparisonDisplay:
-        """Take the pooled and per-fold scores of a :class:`~hierfit.evaluate.Comparison` and plot them."""
-        metrics = list(metrics)
+    def from_comparison(cls, comparison: Any, metrics: Sequence[str] | None = None, *, ax: Any = None) -> ComparisonDisplay:
+        """Take the pooled and per-fold scores of a :class:`~hierfit.evaluate.Comparison` and plot them
+        (default panels: :func:`default_metrics` of its family)."""
+        metrics = list(metrics if metrics is not None else default_metrics(comparison.spec.family))
         for m in metrics:
             check_choice("metrics", m, list(METRICS))
         return cls(comparison.summary(), comparison.folds, metrics, cv=comparison.cv.describe(), level=comparison.level).plot(ax=ax)

@@ -109,6 +109,7 @@ def _load(source: Any) -> Any:
 # -- pages -------------------------------------------------------------------------------------
 def _comparison_page(comp, title: str | None) -> Page:
     from hierfit.evaluate.comparison import SUMMARY_COLUMNS
+    from hierfit.evaluate.metrics import METRICS
 
     fits = comp.fits
     page = Page(title or "hierfit engine comparison", f"{comp.spec.text} · {comp.cv.describe()}")
@@ -121,10 +122,12 @@ def _comparison_page(comp, title: str | None) -> Page:
     summary = comp.summary()
     s.append(text("Scores of held-out rows, pooled over folds. MLPD is the mean log predictive density (higher is better; NaN where the engine has no predictive distribution); coverage should be near the interval level. Engines are called better or worse than another only when their paired difference over the same folds exceeds twice its standard error; otherwise indistinguishable."))
     s.append(_verdict(comp, summary))
-    s.append(table_html(summary[SUMMARY_COLUMNS]))  # recovery has its own section below
+    shown = comp.shown_summary()
+    s.append(table_html(shown[[c for c in SUMMARY_COLUMNS if c in shown.columns]]))  # recovery has its own section below
     paired = _paired_table(comp)
     if len(paired):
-        s.append(details(f"paired differences over folds against {paired['reference'].iloc[0]} (RMSE, MLPD)", table_html(paired)))
+        label = METRICS[comp.primary_metric][0]
+        s.append(details(f"paired differences over folds against {paired['reference'].iloc[0]} ({label}, MLPD)", table_html(paired)))
     if len(comp.folds):
         s.append(_plot(lambda: _comparison_display().from_comparison(comp).figure_, "engine comparison chart"))
         s.append(details("scores per fold", table_html(comp.folds)))
@@ -324,50 +327,59 @@ def _spec_html(spec, extra: dict[str, str]) -> str:
 
 
 def _verdict(comp, summary: pd.DataFrame) -> str:
-    """The best held-out RMSE, and each partial-pooling engine against ``ols`` (no pooling):
-    every "better than" comes from the paired comparison over folds, with its standard error
-    (``Comparison.paired``); within 2 SE the engines are called indistinguishable."""
+    """The best held-out score (the family's: RMSE, log loss or Poisson deviance), and each
+    partial-pooling engine against ``ols`` (no pooling): every "better than" comes from the paired
+    comparison over folds, with its standard error (``Comparison.paired``); within 2 SE the
+    engines are called indistinguishable."""
+    from hierfit.evaluate.metrics import METRICS
     from hierfit.evaluate.paired import describe
 
-    s = summary.dropna(subset=["rmse"]).sort_values("rmse", kind="stable")
+    metric = comp.primary_metric
+    label = METRICS[metric][0]
+    larger = METRICS[metric][1]
+    s = summary.dropna(subset=[metric]).sort_values(metric, ascending=not larger, kind="stable")
     if s.empty:
         return text("No engine was cross-validated.", "warn")
     best = s.iloc[0]
-    parts = [f"Lowest held-out RMSE: {best.engine} ({best.rmse:.4f})."]
+    parts = [f"{'Highest' if larger else 'Lowest'} held-out {label}: {best.engine} ({best[metric]:.4f})."]
     if len(s) > 1:
         nxt = s.iloc[1]
-        row = comp.paired(str(nxt.engine), "rmse").set_index("engine").loc[best.engine]
-        parts[0] = parts[0][:-1] + f", {describe(row, f'the next, {nxt.engine} ({nxt.rmse:.4f})')}."
+        row = comp.paired(str(nxt.engine), metric).set_index("engine").loc[best.engine]
+        parts[0] = parts[0][:-1] + f", {describe(row, f'the next, {nxt.engine} ({nxt[metric]:.4f})')}."
     if "ols" in set(s["engine"]):
-        ref = float(s.set_index("engine").loc["ols", "rmse"])
-        paired = comp.paired("ols", "rmse").set_index("engine")
+        ref = float(s.set_index("engine").loc["ols", metric])
+        paired = comp.paired("ols", metric).set_index("engine")
         for r in s[s["pooling"] == "partial"].itertuples():
-            parts.append(f"{r.engine} ({r.rmse:.4f}) is {describe(paired.loc[r.engine], f'no pooling (ols, {ref:.4f})')}.")
+            value = getattr(r, metric)
+            parts.append(f"{r.engine} ({value:.4f}) is {describe(paired.loc[r.engine], f'no pooling (ols, {ref:.4f})')}.")
     return text(" ".join(parts), "note")
 
 
 def _paired_table(comp) -> pd.DataFrame:
-    """Every engine against ``ols`` (else the first engine with folds) on RMSE and MLPD."""
+    """Every engine against ``ols`` (else the first engine with folds) on the family's score and MLPD."""
     engines = list(dict.fromkeys(comp.folds["engine"]))
     if len(engines) < 2:
         return pd.DataFrame()
     reference = "ols" if "ols" in engines else engines[0]
-    return pd.concat([comp.paired(reference, m) for m in ("rmse", "mlpd")], ignore_index=True)
+    return pd.concat([comp.paired(reference, m) for m in (comp.primary_metric, "mlpd")], ignore_index=True)
 
 
 def _preferred(comp) -> str:
-    """The engine whose effects the single-engine plots show: best held-out RMSE among
-    partial-pooling engines, else best overall, else the first fitted."""
+    """The engine whose effects the single-engine plots show: best held-out score (the family's)
+    among partial-pooling engines, else best overall, else the first fitted."""
     from hierfit.engines import ENGINES
+    from hierfit.evaluate.metrics import METRICS
 
-    s = comp.summary().dropna(subset=["rmse"])
+    metric = comp.primary_metric
+    sign = -1.0 if METRICS[metric][1] else 1.0  # rank so that smaller is better
+    s = comp.summary().dropna(subset=[metric])
     s = s[s["engine"].isin(list(comp.fits))]
     partial = s[[ENGINES.get(e) is not None and ENGINES[e].capabilities.pooling == "partial" for e in s["engine"]]]
     for table in (partial, s):
         if len(table):
             # Ties (to 4 decimals) go to the simpler model: no nonlinear part, then the faster.
             ranked = table.assign(
-                key=table["rmse"].round(4),
+                key=(sign * table[metric]).round(4),
                 nonlinear=[bool(ENGINES.get(e) is not None and ENGINES[e].capabilities.nonlinear) for e in table["engine"]],
             ).sort_values(["key", "nonlinear", "full_fit_seconds"])
             return str(ranked["engine"].iloc[0])
