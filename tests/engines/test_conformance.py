@@ -225,3 +225,17 @@ def test_a_doubled_exposure_shifts_the_log_rate_by_log_2(engine) -> None:
     np.testing.assert_allclose(shift.to_numpy(), np.log(2.0), rtol=1e-12)
     ratio = fit.predict(doubled)["prediction"] / fit.predict(sim.data)["prediction"]
     np.testing.assert_allclose(ratio.to_numpy(), 2.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("engine", sorted(e for e in ENGINES if "bernoulli" in ENGINES[e].capabilities.families))
+def test_a_link_the_likelihood_is_not_written_for_is_refused(engine) -> None:
+    """An engine whose likelihood is logit's must not read its scores through a probit link."""
+    from hierfit.engines import check_capabilities
+    from hierfit.exceptions import SpecError
+
+    spec = hierfit.make_spec("y ~ x1 + (1 | market)", family="bernoulli", link="probit")
+    if ENGINES[engine].capabilities.links == "any":
+        check_capabilities(ENGINES[engine], spec)
+    else:
+        with pytest.raises(SpecError, match="fits only the default link of family 'bernoulli' \\(logit\\)"):
+            check_capabilities(ENGINES[engine], spec)
