@@ -109,7 +109,7 @@ CATALOGUE: dict[str, tuple[Callable[[pd.DataFrame], Any], type[HierfitError], st
                                      "Engines for 'poisson'"),
     "link the engine cannot fit": (_fit("y ~ x1 + (1 | market)", engine="lightgbm", family="bernoulli", link="probit"), SpecError,
                                    "fits only the default link of family 'bernoulli' (logit); got link='probit'. Engines for the probit link: mixed, ols"),
-    "offset the engine cannot take": (_fit("y ~ x1 + offset(x2) + (1 | market)", engine="lightgbm"), SpecError,
+    "offset the engine cannot take": (_fit("y ~ x1 + offset(x2) + (1 | market)", engine="neural"), SpecError,
                                       "does not take offsets"),
     "unreadable formula": (_fit("y ~ x1 + | market"), FormulaError, "⟨|⟩"),
     "doubled parentheses": (_fit("y ~ x1 + ((1 | market))"), FormulaError, "write (1 | market), not ((1 | market))"),

@@ -166,3 +166,68 @@ def test_sampled_path_averages_keep_predictions_exact(small) -> None:
     # 8 systematic picks over 6 markets (market SD 0.8): the level is off by ~0.1, the shape in x kept
     assert np.abs(root - exact).mean() < 0.15
     assert np.corrcoef(root, exact)[0, 1] > 0.95
+
+
+FAST = {"num_boost_round": 150, "learning_rate": 0.1, "early_stopping_rounds": 20, "pd_rows_per_group": 20, "num_threads": 1}
+
+
+def _quiet_fit(formula, data, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HierfitWarning)
+        return hierfit.fit(formula, data, engine="lightgbm", **FAST, **kw)
+
+
+def test_weights_reach_the_trees() -> None:
+    """Constant weights change nothing; a market of weight ~0 has no say, whatever its outcomes."""
+    sim = hierfit.simulate(n_markets=5, n_submarkets=3, rows_per_submarket=40, seed=21)
+    formula = "y ~ x1 + x2 + (1 | market) + (1 | market:submarket)"
+    plain = _quiet_fit(formula, sim.data)
+    tripled = _quiet_fit(formula, sim.data.assign(w=3.0), weights="w")
+    np.testing.assert_allclose(tripled.predict(sim.data)["prediction"], plain.predict(sim.data)["prediction"], rtol=0, atol=1e-9)
+    # a market of weight ~0 has no say: its outcomes shifted by +100 leave its predictions where
+    # they were (unweighted, the trees follow it up). Not to the digit: the validation loss is flat
+    # near its minimum, and 1e-9 changes of it move early stopping by a few trees.
+    first = sim.data["market"] == sim.data["market"].iloc[0]
+    shifted = sim.data.assign(y=np.where(first, sim.data["y"] + 100.0, sim.data["y"]))
+    quiet = _quiet_fit(formula, sim.data.assign(w=np.where(first, 1e-12, 1.0)), weights="w")
+    loud = _quiet_fit(formula, shifted.assign(w=np.where(first, 1e-12, 1.0)), weights="w")
+    heard = _quiet_fit(formula, shifted)
+    market = sim.data[first]
+    assert np.abs(loud.predict(market)["prediction"] - quiet.predict(market)["prediction"]).mean() < 0.5
+    assert (heard.predict(market)["prediction"] - quiet.predict(market)["prediction"]).min() > 50.0
+
+
+def test_offset_is_the_known_part_of_the_raw_score() -> None:
+    sim = hierfit.simulate(n_markets=5, n_submarkets=3, rows_per_submarket=40, seed=22, family="poisson", exposure=True, national=0.5)
+    fit = _quiet_fit(sim.formula, sim.data, family="poisson")
+    parts = fit.decompose(sim.data)
+    np.testing.assert_allclose(parts["offset"], np.log(sim.data["exposure"]), rtol=1e-12)
+    native = fit.engine_fit.native_linear_predictor(fit.encoding.apply(sim.data))
+    np.testing.assert_allclose(parts.sum(axis=1), native, rtol=0, atol=1e-9)
+    # the trees learn the rate, not the exposure: fitting without the offset is worse on held-in deviance
+    without = _quiet_fit(sim.formula.replace(" + offset(log(exposure))", ""), sim.data, family="poisson")
+    y = sim.data["y"].to_numpy(float)
+
+    def deviance(f) -> float:
+        mu = f.predict(sim.data)["prediction"].to_numpy()
+        return float(np.mean(2 * (np.where(y > 0, y * np.log(np.where(y > 0, y, 1) / mu), 0) - (y - mu))))
+
+    assert "offset(log(exposure))" in sim.formula
+    assert deviance(fit) < deviance(without)
+
+
+def test_binomial_is_cross_entropy_on_the_share_weighted_by_trials() -> None:
+    """Successes out of trials fit as the share under cross-entropy, weighted by the trials."""
+    sim = hierfit.simulate(n_markets=5, n_submarkets=3, rows_per_submarket=30, seed=23, family="binomial", national=0.3)
+    d = sim.data
+    fit = _quiet_fit("cbind(y, n - y) ~ x1 + x2 + (1 | market) + (1 | market:submarket)", d, family="binomial")
+    p = fit.predict(d)["prediction"].to_numpy()
+    assert ((p > 0) & (p < 1)).all()
+    # calibrated like the data: expected successes add up to the observed ones (cross-entropy's
+    # first-order condition for the intercept, to the trees' shrinkage)
+    assert float((d["n"] * p).sum()) == pytest.approx(float(d["y"].sum()), rel=0.02)
+    # one trial per row is a bernoulli outcome: the same loss, the same trees
+    one = d.assign(y=(d["y"] > d["n"] / 2).astype(float), n=1)
+    as_binomial = _quiet_fit("cbind(y, n - y) ~ x1 + x2 + (1 | market) + (1 | market:submarket)", one, family="binomial")
+    as_bernoulli = _quiet_fit("y ~ x1 + x2 + (1 | market) + (1 | market:submarket)", one, family="bernoulli")
+    np.testing.assert_allclose(as_binomial.predict(one)["prediction"], as_bernoulli.predict(one)["prediction"], rtol=1e-6)

@@ -55,12 +55,23 @@ def train_early_stopping(
     rounds: int,
     patience: int,
     verbose: int,
+    weight: np.ndarray | None = None,
+    init_score: np.ndarray | None = None,
 ) -> Any:
-    """Train on ``train`` rows, stop when the ``valid`` rows' loss stops improving."""
+    """Train on ``train`` rows, stop when the ``valid`` rows' loss stops improving.
+
+    ``weight`` (per-row case weights) and ``init_score`` (a known part of the raw score, an
+    offset) go with their rows into both sets.
+    """
     import lightgbm as lgb
 
-    dtrain = lgb.Dataset(X[train], label=y[train], feature_name=names, categorical_feature=categorical, free_raw_data=True)
-    dvalid = lgb.Dataset(X[valid], label=y[valid], reference=dtrain, free_raw_data=True)
+    def part(rows: np.ndarray, v: np.ndarray | None) -> np.ndarray | None:
+        return None if v is None else v[rows]
+
+    dtrain = lgb.Dataset(X[train], label=y[train], weight=part(train, weight), init_score=part(train, init_score),
+                         feature_name=names, categorical_feature=categorical, free_raw_data=True)
+    dvalid = lgb.Dataset(X[valid], label=y[valid], weight=part(valid, weight), init_score=part(valid, init_score),
+                         reference=dtrain, free_raw_data=True)
     callbacks = [lgb.early_stopping(patience, verbose=bool(verbose)), *progress_callbacks(verbose)]
     return lgb.train(params, dtrain, num_boost_round=rounds, valid_sets=[dvalid], valid_names=["validation"], callbacks=callbacks)
 
@@ -98,13 +109,15 @@ def load_booster(state: StateReader) -> Any:
         raise PersistenceError(f"{state.files.where(BOOSTER_FILE)} is not a LightGBM model ({exc}). Refit and save again.") from None
 
 
-def outcome_standardisation(y: np.ndarray) -> tuple[float, float]:
-    """``(mean, spread)`` of a gaussian outcome (spread 1 for a constant).
+def outcome_standardisation(y: np.ndarray, weight: np.ndarray | None = None) -> tuple[float, float]:
+    """``(mean, spread)`` of a gaussian outcome (spread 1 for a constant), weighted by the
+    rows' case weights when given (a row of weight ~0 must not set the scale of the others).
 
     LightGBM keeps labels and gradients in float32, so the trees are grown on
     ``(y - mean) / spread`` (squared error is equivariant under that map with LightGBM's
     default regularisation) and their scores mapped back.
     """
-    centre = float(np.mean(y))
-    spread = float(np.sqrt(np.mean((y - centre) ** 2)))
+    w = np.ones_like(y, dtype=float) if weight is None else np.asarray(weight, dtype=float)
+    centre = float(np.average(y, weights=w))
+    spread = float(np.sqrt(np.average((y - centre) ** 2, weights=w)))
     return centre, spread if np.isfinite(spread) and spread > 0 else 1.0

@@ -29,7 +29,9 @@ from hierfit.exceptions import SpecError
 from hierfit.formula import INTERCEPT
 
 #: hierfit family -> LightGBM objective (raw scores are then on the family's link scale)
-OBJECTIVES: dict[str, str] = {"gaussian": "regression", "bernoulli": "binary", "poisson": "poisson"}
+#: (a binomial is LightGBM's cross-entropy on the share y / n, each row weighted by its trials:
+#: the binomial log-likelihood up to a constant, with the logit raw score)
+OBJECTIVES: dict[str, str] = {"gaussian": "regression", "bernoulli": "binary", "binomial": "cross_entropy", "poisson": "poisson"}
 
 SLOPE_FEATURES = ("auto", "onehot", "trees")
 AUTO_ONEHOT_MAX = 256  # "auto": per-group slope columns when there are at most this many

@@ -184,6 +184,8 @@ class LightGBMFit(BaseEngineFit):
                 out[name] = np.where(known[td.level], td.Z[:, j] * bt[idx, j], 0.0)
         out["population"] = root - self.national
         out["remainder"] = eta - sum(out.values())
+        if design.offset is not None:
+            out["offset"] = design.offset  # the known part of the linear predictor (coefficient 1)
         return pd.DataFrame(out)
 
     def native(self) -> Any:
@@ -191,8 +193,9 @@ class LightGBMFit(BaseEngineFit):
         return self.booster
 
     def native_linear_predictor(self, design: RowDesign) -> np.ndarray:
-        """The booster's raw score (link scale) on the design's feature matrix."""
-        return self.predict_raw(self.features.matrix(design))
+        """The booster's raw score (link scale) on the design's feature matrix, plus any offset."""
+        raw = self.predict_raw(self.features.matrix(design))
+        return raw if design.offset is None else raw + design.offset
 
     def summary_lines(self) -> list[str]:
         return [
@@ -257,6 +260,44 @@ def reference_rows(design: Design, per_group: int, seed: int) -> np.ndarray:
     first = np.searchsorted(sorted_idx, sorted_idx, side="left")
     rank = np.arange(design.n) - first
     return np.sort(order[rank < per_group])
+
+
+def training_target(design: Design) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, tuple[float, float]]:
+    """LightGBM's label, case weights, init score and the label's ``(centre, scale)``.
+
+    * gaussian: LightGBM keeps labels in float32, so an outcome in the millions would lose every
+      digit below the mean (at y + 1e12 the fit collapsed to a constant). Squared error is
+      equivariant under y -> (y - c) / s with its default regularisation, so the trees fit the
+      standardised outcome less its offset; prior weights are the case weights;
+    * binomial: the share ``y / n`` under cross-entropy, weighted by trials times prior weight;
+    * other families: the outcome, the offset as LightGBM's ``init_score`` (the known part of the
+      raw score), prior weights as case weights.
+
+    Case weights are passed relative to their mean (:func:`_relative`).
+    """
+    family = design.spec.family
+    prior = design.weights
+    offset = design.offset
+    if family.normal_errors:
+        target = design.y if offset is None else design.y - offset
+        centre, scale = outcome_standardisation(target, prior)
+        return (target - centre) / scale, _relative(prior), None, (centre, scale)
+    if design.trials is not None:
+        trials = np.asarray(design.trials, dtype=float)
+        share = np.divide(design.y, trials, out=np.zeros(design.n), where=trials > 0)
+        return share, _relative(trials if prior is None else trials * prior), offset, (0.0, 1.0)
+    return design.y, _relative(prior), offset, (0.0, 1.0)
+
+
+def _relative(weight: np.ndarray | None) -> np.ndarray | None:
+    """Case weights scaled to mean 1 over the rows that count. LightGBM's regularisation of
+    categorical splits (``cat_l2``, ``cat_smooth``) and ``min_sum_hessian_in_leaf`` are in hessian
+    units, so weights of 3 everywhere would regularise the group splits less than weights of 1:
+    relative weights keep a constant weight a no-op, as prior weights are in a least-squares fit."""
+    if weight is None:
+        return None
+    mean = float(weight[weight > 0].mean()) if (weight > 0).any() else 1.0
+    return weight / mean
 
 
 def derive_effects(design: Design, rows: np.ndarray, root: np.ndarray, parts: dict[str, np.ndarray]) -> tuple[float, np.ndarray, list[np.ndarray]]:
@@ -324,14 +365,11 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> LightGBMFit:
     params.update(dict(options.params))
     train, valid = validation_split(design, options.validation_fraction, options.validation, options.seed)
     X = features.matrix(design)
-    # LightGBM keeps labels in float32: a gaussian outcome in the millions would lose every digit
-    # below the mean (at y + 1e12 the fit collapsed to a constant). Squared error is equivariant
-    # under y -> (y - c) / s with its default regularisation, so fit the standardised outcome.
-    centre, scale = outcome_standardisation(design.y) if spec.family.normal_errors else (0.0, 1.0)
-    label = (design.y - centre) / scale
+    label, weight, init_score, (centre, scale) = training_target(design)
     booster = train_early_stopping(
         params, X, label, train, valid, names=list(features.names), categorical=features.categorical,
         rounds=options.num_boost_round, patience=options.early_stopping_rounds, verbose=options.verbose,
+        weight=weight, init_score=init_score,
     )
     best = int(booster.best_iteration or booster.current_iteration())
     diagnostics = []
@@ -343,9 +381,12 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> LightGBMFit:
         # show LightGBM's unknown-category branch: refit on every row with the chosen rounds.
         import lightgbm as lgb
 
-        full = lgb.Dataset(X, label=label, feature_name=list(features.names), categorical_feature=features.categorical)
+        full = lgb.Dataset(X, label=label, weight=weight, init_score=init_score, feature_name=list(features.names),
+                           categorical_feature=features.categorical)
         booster = lgb.train(params, full, num_boost_round=best)
     raw = centre + scale * booster.predict(X, raw_score=True, num_iteration=best)
+    if design.offset is not None:
+        raw = raw + design.offset
     del X
     averager = PathAverager.sampled(design.hierarchy, features, options.pd_max_paths, options.seed)
     rows = reference_rows(design, options.pd_rows_per_group, options.seed)
@@ -356,8 +397,10 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> LightGBMFit:
     residual_sd = None
     if spec.family.normal_errors:
         resid = design.y - raw
-        statistics["rmse_train"] = float(np.sqrt(np.mean(resid[train] ** 2)))
-        statistics["rmse_valid"] = float(np.sqrt(np.mean(resid[valid] ** 2)))
+        w = np.ones(design.n) if design.weights is None else design.weights
+        # weighted: with prior weights the residual variance of a row is sigma^2 / w
+        statistics["rmse_train"] = float(np.sqrt(np.sum(w[train] * resid[train] ** 2) / np.sum(w[train])))
+        statistics["rmse_valid"] = float(np.sqrt(np.sum(w[valid] * resid[valid] ** 2) / np.sum(w[valid])))
         residual_sd = statistics["rmse_valid"]
     return LightGBMFit(
         booster=booster, features=features, averager=averager, design=design, num_iteration=best, national=national, beta=beta, b=b,
