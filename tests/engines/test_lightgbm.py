@@ -231,3 +231,22 @@ def test_binomial_is_cross_entropy_on_the_share_weighted_by_trials() -> None:
     as_binomial = _quiet_fit("cbind(y, n - y) ~ x1 + x2 + (1 | market) + (1 | market:submarket)", one, family="binomial")
     as_bernoulli = _quiet_fit("y ~ x1 + x2 + (1 | market) + (1 | market:submarket)", one, family="bernoulli")
     np.testing.assert_allclose(as_binomial.predict(one)["prediction"], as_bernoulli.predict(one)["prediction"], rtol=1e-6)
+
+
+def test_negative_binomial_mean_by_poisson_deviance_and_theta_by_maximum_likelihood() -> None:
+    """The trees fit the mean (Poisson deviance); theta is the ML size at the means of the
+    validation rows (in-sample means that follow the noise would overstate it)."""
+    from hierfit.engines.dispersion import theta_ml
+    from hierfit.model import get_family
+
+    sim = hierfit.simulate(n_markets=5, n_submarkets=3, rows_per_submarket=60, seed=24, family="negative_binomial", national=1.0)
+    formula = "y ~ x1 + x2 + (1 | market) + (1 | market:submarket)"
+    fit = _quiet_fit(formula, sim.data, family="negative_binomial")
+    theta = fit.variance_components().set_index("level").loc["dispersion", "variance"]
+    assert fit.statistics["theta"] == theta
+    true = float(sim.truth.variance_components().set_index("level").loc["dispersion", "variance"])
+    assert 0.5 * true < theta < 1.2 * true
+    # in-sample, the same trees' means would claim far less dispersion than there is
+    mu = fit.predict(sim.data)["prediction"].to_numpy()
+    y = sim.data["y"].to_numpy(float)
+    assert theta_ml(get_family("negative_binomial"), y, mu, np.ones(len(y))) > 1.3 * true

@@ -28,8 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg, optimize, sparse
+from scipy import linalg, sparse
 
+from hierfit.engines.dispersion import LOG_THETA_BOUNDS, theta_ml
 from hierfit.model import Family
 
 MAX_ITERATIONS = 100
@@ -43,8 +44,6 @@ BOUNDARY = 1e-8  # a fitted mean this close to the edge of its range is at the b
 INFORMATION_RCOND = 1e-15
 MAX_HALVINGS = 30
 THETA_ROUNDS = 50
-#: the negative binomial's log theta is searched in this range (theta from 5e-5 to 5e8)
-LOG_THETA_BOUNDS = (-10.0, 20.0)
 
 
 @dataclass(frozen=True)
@@ -129,16 +128,6 @@ def irls(C: sparse.csr_matrix, y: np.ndarray, trials: np.ndarray, offset: np.nda
     w = prior * trials * d * d / family.variance(mu, dispersion)
     _, inv = _solve((C.T @ C.multiply(w[:, None])).toarray(), np.zeros(C.shape[1]), rcond)
     return GlmSolution(gamma, inv, eta, dev_old, iteration, converged, dispersion)
-
-
-def theta_ml(family: Family, y: np.ndarray, mu: np.ndarray, prior: np.ndarray) -> float:
-    """The negative-binomial size maximising the weighted log-likelihood at means ``mu``."""
-
-    def negative(log_theta: float) -> float:
-        return -float(np.sum(prior * family.logpdf(y, mu, None, float(np.exp(log_theta)))))
-
-    res = optimize.minimize_scalar(negative, bounds=LOG_THETA_BOUNDS, method="bounded", options={"xatol": 1e-12})
-    return float(np.exp(res.x))
 
 
 def fit_glm(C: sparse.csr_matrix, y: np.ndarray, trials: np.ndarray, offset: np.ndarray, prior: np.ndarray, family: Family,

@@ -30,8 +30,12 @@ from hierfit.formula import INTERCEPT
 
 #: hierfit family -> LightGBM objective (raw scores are then on the family's link scale)
 #: (a binomial is LightGBM's cross-entropy on the share y / n, each row weighted by its trials:
-#: the binomial log-likelihood up to a constant, with the logit raw score)
-OBJECTIVES: dict[str, str] = {"gaussian": "regression", "bernoulli": "binary", "binomial": "cross_entropy", "poisson": "poisson"}
+#: the binomial log-likelihood up to a constant, with the logit raw score. LightGBM has no
+#: negative-binomial objective; its mean is fitted by Poisson deviance -- the quasi-likelihood
+#: of every log-link count model, consistent for the NB2 mean -- and theta then by maximum
+#: likelihood at those means. Tweedie would need its own power and says nothing about theta.)
+OBJECTIVES: dict[str, str] = {"gaussian": "regression", "bernoulli": "binary", "binomial": "cross_entropy", "poisson": "poisson",
+                              "negative_binomial": "poisson"}
 
 SLOPE_FEATURES = ("auto", "onehot", "trees")
 AUTO_ONEHOT_MAX = 256  # "auto": per-group slope columns when there are at most this many
