@@ -14,9 +14,8 @@ import pandas as pd
 from hierfit.checks import Diagnostic
 from hierfit.design import NATIONAL_LEVEL, DesignEncoding, RowDesign
 from hierfit.design.hierarchy import Hierarchy
-from hierfit.engines import ENGINES
 from hierfit.engines.base import EngineFit
-from hierfit.exceptions import FitWarning, SpecError, UnseenGroupsWarning
+from hierfit.exceptions import SpecError, UnseenGroupsWarning
 from hierfit.model import ModelSpec
 from hierfit.results import marginal
 from hierfit.results.marginal import By
@@ -217,13 +216,7 @@ class FitResult:
         if interval is not None:
             bounds = self.engine_fit.interval(design, interval, level, scale)
             if bounds is None:
-                able = sorted(n for n, e in ENGINES.items() if e.capabilities.uncertainty != "none")
-                warnings.warn(
-                    f"Engine {self.engine!r} has no uncertainty to give intervals from, so 'lower' and 'upper' are NaN. "
-                    f"Use an engine with intervals ({', '.join(able)}) for them.",
-                    FitWarning,
-                    stacklevel=2,
-                )
+                marginal.warn_without_uncertainty(self.engine, "'lower' and 'upper' are", stacklevel=3)
                 out["lower"] = np.nan
                 out["upper"] = np.nan
             else:

@@ -164,18 +164,24 @@ def estimate(result: Any, frames: list[pd.DataFrame], estimand: Estimand, by: By
         if all(g is not None for g in gaussian):
             se, lower, upper = _delta_method(gaussian, etas, estimand, groups, family, scale, point, level)
         else:
-            able = sorted(n for n, e in ENGINES.items() if e.capabilities.uncertainty != "none")
-            warnings.warn(
-                f"Engine {result.engine!r} has no uncertainty to give intervals from, so 'std_error', 'lower' and 'upper' "
-                f"are NaN. Use an engine with intervals ({', '.join(able)}) for them.",
-                FitWarning,
-                stacklevel=3,
-            )
+            # the user's call -> FitResult method -> this module's function -> estimate -> here
+            warn_without_uncertainty(result.engine, "'std_error', 'lower' and 'upper' are", stacklevel=5)
     table = pd.DataFrame({"estimate": point, "std_error": se, "lower": lower, "upper": upper})
     if groups.keys is None:
         table.index = frames[0].index
         return table
     return pd.concat([groups.keys.drop(columns="n_rows"), table, groups.keys[["n_rows"]]], axis=1)
+
+
+def warn_without_uncertainty(engine: str, what: str, stacklevel: int) -> None:
+    """Say once that ``engine`` gives no intervals (``what`` is NaN) and which engines do."""
+    able = sorted(n for n, e in ENGINES.items() if e.capabilities.uncertainty != "none")
+    warnings.warn(
+        f"Engine {engine!r} has no uncertainty to give intervals from, so {what} NaN. "
+        f"Use an engine with intervals ({', '.join(able)}) for them.",
+        FitWarning,
+        stacklevel=stacklevel,
+    )
 
 
 def _from_draws(result: Any, frames: list[pd.DataFrame], designs: list[Any], estimand: Estimand, groups: _Groups,
