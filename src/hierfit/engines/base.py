@@ -197,8 +197,8 @@ def thin_draws(n: int, keep: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, keep)).round().astype(int))
 
 
-SE_BLOCK_ENTRIES = 4_000_000
-PREDICTION_DRAWS = 1000  # draws behind a non-gaussian outcome's prediction interval from Wald bounds  # dense rows × coefficients entries formed at once (32 MB)
+SE_BLOCK_ENTRIES = 4_000_000  # dense rows × coefficients entries formed at once (32 MB)
+PREDICTION_DRAWS = 1000  # draws behind a non-gaussian outcome's prediction interval from Wald bounds
 
 
 @dataclass(frozen=True, eq=False)
