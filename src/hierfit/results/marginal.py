@@ -187,30 +187,29 @@ def warn_without_uncertainty(engine: str, what: str, stacklevel: int) -> None:
 def _from_draws(result: Any, frames: list[pd.DataFrame], designs: list[Any], estimand: Estimand, groups: _Groups,
                 mean_of: Callable[[np.ndarray], np.ndarray], level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """SD and interval of the estimand over the engine's draws, a block of rows at a time."""
-    ef = result.engine_fit
     n = len(frames[0])
     step = max(1, CHUNK_ENTRIES // MAX_DRAWS)
     if groups.keys is None:  # one estimate per row: every block is finished on its own
         se, lower, upper = (np.empty(n) for _ in range(3))
         for start in range(0, n, step):
             rows = slice(start, min(start + step, n))
-            a = [mean_of(_draws(ef, result, frames[j], designs[j], rows, n)) for j in range(len(frames))]
+            a = [mean_of(_draws(result, frames[j], designs[j], rows, n)) for j in range(len(frames))]
             se[rows], lower[rows], upper[rows] = _summarise(estimand.value(a), level)
         return se, lower, upper
     sums: list[np.ndarray] | None = None
     for start in range(0, n, step):
         rows = slice(start, min(start + step, n))
         block = groups.average[:, rows]
-        parts = [np.asarray(block @ mean_of(_draws(ef, result, frames[j], designs[j], rows, n)).T).T for j in range(len(frames))]
+        parts = [np.asarray(block @ mean_of(_draws(result, frames[j], designs[j], rows, n)).T).T for j in range(len(frames))]
         sums = parts if sums is None else [s + p for s, p in zip(sums, parts)]
     assert sums is not None
     return _summarise(estimand.value(sums), level)
 
 
-def _draws(ef: Any, result: Any, frame: pd.DataFrame, design: Any, rows: slice, n: int) -> np.ndarray:
+def _draws(result: Any, frame: pd.DataFrame, design: Any, rows: slice, n: int) -> np.ndarray:
     """``(n_draws, rows)`` linear-predictor draws of one block of ``frame``'s rows."""
     sub = design if rows.start == 0 and rows.stop == n else result.encoding.apply(frame.iloc[rows])
-    draws = ef.linear_predictor_draws(sub, MAX_DRAWS)
+    draws = result.engine_fit.linear_predictor_draws(sub, MAX_DRAWS)
     assert draws is not None, "the engine gave draws for the first design"
     return draws
 
@@ -262,7 +261,7 @@ def slopes(result: Any, data: pd.DataFrame, variable: str, *, by: By = True, sca
         raise SpecError(f"'eps' (the step of the numerical derivative) must be a positive number or None; got {eps!r}.")
     frames = [data.assign(**{variable: x - h / 2}), data.assign(**{variable: x + h / 2})]
     table = estimate(result, frames, _scaled(DIFFERENCE, 1.0 / h), by, scale, level)
-    return _labelled(table, by, term=variable)
+    return _labelled(table, term=variable)
 
 
 def comparisons(result: Any, data: pd.DataFrame, variable: str, *, values: Any = None, comparison: str = "difference",
@@ -281,7 +280,7 @@ def comparisons(result: Any, data: pd.DataFrame, variable: str, *, values: Any =
     tables = []
     for label, lo, hi in _contrasts(data, variable, values, sign):
         table = estimate(result, [data.assign(**{variable: lo}), data.assign(**{variable: hi})], estimand, by, scale, level)
-        tables.append(_labelled(table, by, term=variable, contrast=label))
+        tables.append(_labelled(table, term=variable, contrast=label))
     return pd.concat(tables) if by is None else pd.concat(tables, ignore_index=True)
 
 
@@ -307,7 +306,7 @@ def _contrasts(data: pd.DataFrame, variable: str, values: Any, sign: str) -> lis
     )
 
 
-def _labelled(table: pd.DataFrame, by: By, **labels: str) -> pd.DataFrame:
+def _labelled(table: pd.DataFrame, **labels: str) -> pd.DataFrame:
     for i, (name, value) in enumerate(labels.items()):
         table.insert(i, name, value)
     return table
