@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from hierfit.design.columns import trials_vector
-from hierfit.evaluate.metrics import METRICS, RECOVERY_COLUMNS, SCORES, primary_metric, score
+from hierfit.evaluate.metrics import FAMILY_SCORES, METRICS, RECOVERY_COLUMNS, SCORES, primary_metric, score
 from hierfit.evaluate.paired import paired_differences
 from hierfit.evaluate.splits import CVScheme
 from hierfit.exceptions import HierfitError, PersistenceError
@@ -148,8 +148,7 @@ class Comparison:
         """:meth:`summary` without the family scores that do not apply to this outcome (log loss
         for a gaussian one, RMSE's companions stay): what the report and the command line show."""
         table = self.summary()
-        family_scores = ("log_loss", "brier", "auc", "deviance")
-        return table[[c for c in table.columns if c not in family_scores or table[c].notna().any()]]
+        return table[[c for c in table.columns if c not in FAMILY_SCORES or table[c].notna().any()]]
 
     def _trials(self) -> np.ndarray | None:
         """Trials of every row of the data (binomial outcomes), else ``None``."""

@@ -39,8 +39,10 @@ METRICS: dict[str, tuple[str, bool]] = {
     "deviance": ("mean Poisson deviance", False),
     "fit_seconds": ("fit time (s)", False),
 }
+#: scores that apply to some families only (NaN for the others)
+FAMILY_SCORES = ("log_loss", "brier", "auc", "deviance")
 #: the scores :func:`score` returns (every one, NaN where it does not apply)
-SCORES = ("rmse", "mae", "mlpd", "coverage", "width", "log_loss", "brier", "auc", "deviance")
+SCORES = ("rmse", "mae", "mlpd", "coverage", "width", *FAMILY_SCORES)
 _P_EPS = 1e-15  # probabilities are kept this far from 0 and 1 in the log loss (as scikit-learn)
 
 RECOVERY_COLUMNS = ["engine", "level", "term", "kind", "n", "rmse", "mae", "coverage"]
@@ -103,10 +105,7 @@ def score(y: np.ndarray, prediction: np.ndarray, lower: np.ndarray, upper: np.nd
         "mlpd": float(np.mean(logpd)) if np.all(np.isfinite(logpd)) else np.nan,
         "coverage": float(np.mean((y >= lower) & (y <= upper))) if has_bounds else np.nan,
         "width": float(np.mean(upper - lower)) if has_bounds else np.nan,
-        "log_loss": np.nan,
-        "brier": np.nan,
-        "auc": np.nan,
-        "deviance": np.nan,
+        **dict.fromkeys(FAMILY_SCORES, np.nan),
     }
     if is_probability(family) and len(y):
         failures = n - y
