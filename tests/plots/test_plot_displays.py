@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 import hierfit
 from hierfit.evaluate import compare
-from hierfit.exceptions import SpecError
+from hierfit.exceptions import FitWarning, SpecError
 from hierfit.plots import (
     CaterpillarDisplay,
     ComparisonDisplay,
@@ -138,3 +138,43 @@ def test_comparison_chart_has_a_panel_per_metric(plot_sim):
     assert len(visible) == 3
     with pytest.raises(SpecError, match="'metrics' must be one of"):
         ComparisonDisplay.from_comparison(comp, metrics=["r2"])
+
+
+def _family_fit(family: str, fit_family: str | None = None, **sim_kw):
+    """A ``mixed`` fit of a simulated tree of 900 rows (``fit_family`` to misspecify it)."""
+    sim = hierfit.simulate(n_markets=6, n_submarkets=5, rows_per_submarket=30, seed=3, family=family, **sim_kw)
+    fit = hierfit.fit(sim.formula, sim.data, engine="mixed", family=fit_family or family)
+    return sim, fit
+
+
+def test_binary_check_is_a_calibration_curve():
+    sim, fit = _family_fit("bernoulli")
+    d = PredictiveCheckDisplay.from_result(fit, sim.data)
+    t = d.calibration_
+    assert d.kind == "calibration" and d.rootogram_ is None and len(t) == 10
+    assert t["weight"].sum() == len(sim.data) and t["predicted"].is_monotonic_increasing
+    # a well-specified fit: the diagonal inside most bins' 95% intervals
+    assert ((t["lower"] <= t["predicted"]) & (t["predicted"] <= t["upper"])).mean() >= 0.8
+    assert "calibration" in _texts(d.figure_)
+
+
+def test_binomial_calibration_weighs_rows_by_their_trials():
+    sim, fit = _family_fit("binomial")
+    t = PredictiveCheckDisplay.from_result(fit, sim.data).calibration_
+    assert t["weight"].sum() == sim.data["n"].sum()
+    assert t["observed"].mul(t["weight"]).sum() == pytest.approx(sim.data["y"].sum())
+
+
+def test_count_check_is_a_rootogram_that_shows_ignored_overdispersion():
+    sim, fit = _family_fit("negative_binomial", dispersion=2.0, exposure=True)
+    d = PredictiveCheckDisplay.from_result(fit, sim.data)
+    r = d.rootogram_
+    assert d.kind == "rootogram" and "rootogram" in _texts(d.figure_)
+    assert r["observed"].sum() <= len(sim.data) and r["expected"].sum() <= len(sim.data)
+    good = np.abs(np.sqrt(r["observed"]) - np.sqrt(r["expected"]))
+    assert good.max() < 2.5  # sqrt scale: a Poisson count's SD is ~0.5 there
+    with pytest.warns(FitWarning, match="overdispersed"):
+        over, pois = _family_fit("negative_binomial", fit_family="poisson", dispersion=1.0)
+    bad = PredictiveCheckDisplay.from_result(pois, over.data).rootogram_
+    # a Poisson fit to NB(theta=1) counts predicts far too few zeros
+    assert bad.loc[0, "observed"] > 3 * bad.loc[0, "expected"]

@@ -10,8 +10,12 @@ Which distribution depends on what the engine knows (its ``Capabilities.uncertai
   residual degrees of freedom (exact for ordinary least squares under normal errors);
 * ``interval`` -- the engine's own 90% prediction interval: a normal matched to it (engines
   without draws or Gaussian coefficients, and ensembles with a nonlinear part);
-* ``plugin`` -- no uncertainty but a family with no dispersion (bernoulli, poisson): the
-  outcome distribution at the point prediction;
+* ``draws`` also for a GLM with a Gaussian sampling distribution of its coefficients (``ols``
+  and ``mixed`` fits of non-gaussian families without draws): linear-predictor draws
+  ``eta_d ~ N(eta, se(eta)^2)`` row by row (a row's density or replicate needs only its own
+  marginal), at the point dispersion;
+* ``plugin`` -- no uncertainty: the outcome distribution at the point prediction (and the
+  engine's point dispersion, e.g. a negative binomial's ``theta``);
 * ``none`` -- nothing to score densities with; log densities are NaN.
 
 Engines whose fit is not a :class:`~hierfit.engines.base.LinearEngineFit` may offer draws by
@@ -52,6 +56,8 @@ class Predictive:
         ``(n_draws, n)`` response-scale means and ``(n_draws,)`` dispersions (``draws``).
     trials
         ``(n,)`` trials per row for binomial outcomes (else ``None``: one).
+    dispersion
+        The point dispersion of a ``plugin`` distribution (``None``: the family has none).
     """
 
     method: str
@@ -62,6 +68,7 @@ class Predictive:
     mu_draws: np.ndarray | None = None
     sigma_draws: np.ndarray | None = None
     trials: np.ndarray | None = None
+    dispersion: float | None = None
 
     @property
     def available(self) -> bool:
@@ -86,18 +93,46 @@ class Predictive:
             lp = self.family.logpdf(y[None, :], self._means, self.trials, _per_draw(self.sigma_draws))
             return special.logsumexp(lp, axis=0) - np.log(lp.shape[0])
         if self.method == "plugin":
-            return self.family.logpdf(y, self.mean, self.trials, None)
+            return self.family.logpdf(y, self.mean, self.trials, self.dispersion)
         return stats.t.logpdf(y, self.df, loc=self.mean, scale=self._scale)
 
     def cdf(self, y: np.ndarray) -> np.ndarray | None:
-        """Predictive CDF at ``y`` (probability integral transform); continuous outcomes only."""
+        """Predictive CDF ``P(Y <= y)`` at each row's ``y`` (``None`` without a distribution)."""
         y = np.asarray(y, dtype=float)
-        if self.family.discrete or self.method in ("none", "plugin"):
+        if self.method == "none":
+            return None
+        if self.family.discrete:
+            if self.method == "draws":
+                return _discrete_cdf(self.family, y[None, :], self._means, self.trials, _per_draw(self.sigma_draws)).mean(axis=0)
+            if self.method == "plugin":
+                return _discrete_cdf(self.family, y, self.mean, self.trials, self.dispersion)
+            return None
+        if self.method == "plugin":
             return None
         if self.method == "draws":
             sd = self.sigma_draws if self.sigma_draws is not None else np.ones(len(self._means))
             return stats.norm.cdf((y[None, :] - self._means) / sd[:, None]).mean(axis=0)
         return stats.t.cdf(y, self.df, loc=self.mean, scale=self._scale)
+
+    def pit(self, y: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+        """Probability integral transform of the observed ``y``: uniform on (0, 1) when the
+        predictive distribution is calibrated. For a discrete outcome the randomised PIT
+        ``F(y - 1) + V (F(y) - F(y - 1))``, ``V`` uniform (Czado, Gneiting & Held 2009), which is
+        uniform too, where ``F(y)`` alone would pile up at the atoms."""
+        upper = self.cdf(y)
+        if upper is None or not self.family.discrete:
+            return upper
+        lower = self.cdf(np.asarray(y, dtype=float) - 1.0)
+        assert lower is not None, "a discrete distribution with a CDF at y has one at y - 1"
+        return lower + rng.random(len(upper)) * (upper - lower)
+
+    def expected_frequencies(self, values: np.ndarray) -> np.ndarray | None:
+        """``sum_i P(Y_i = k)`` for each ``k`` in ``values``: the expected number of rows with
+        outcome ``k`` (a rootogram's curve); discrete outcomes with a distribution only."""
+        if not self.family.discrete or self.method not in ("draws", "plugin"):
+            return None
+        n = len(self.mean)
+        return np.array([np.exp(self.logpdf(np.full(n, float(k)))).sum() for k in values])
 
     def sample(self, n_rep: int, rng: np.random.Generator) -> np.ndarray | None:
         """``(n_rep, n)`` replicated outcomes, or ``None`` without a distribution."""
@@ -110,7 +145,7 @@ class Predictive:
             disp = None if self.sigma_draws is None else self.sigma_draws[pick]
             return self.family.sample(rng, mu, self.trials, _per_draw(disp))
         if self.method == "plugin":
-            return self.family.sample(rng, np.broadcast_to(self.mean, (n_rep, n)), self.trials, None)
+            return self.family.sample(rng, np.broadcast_to(self.mean, (n_rep, n)), self.trials, self.dispersion)
         noise = rng.standard_t(self.df, (n_rep, n)) if np.isfinite(self.df) else rng.standard_normal((n_rep, n))
         return self.mean + noise * self._scale
 
@@ -131,7 +166,9 @@ def predictive(result, data: pd.DataFrame) -> Predictive:
     """
     ef = result.engine_fit
     family = result.spec.family
-    design = result.encoding.apply(data)
+    # rows with their outcome carry their binomial trials (cbind(y, n - y) needs y to know n)
+    observed = result.spec.response in data.columns
+    design = result.encoding.apply_observed(data) if observed else result.encoding.apply(data)
     eta = ef.contributions(design).to_numpy().sum(axis=1)
     mean = family.inverse_link(eta)
     hook = getattr(ef, "predictive_draws", None)
@@ -141,8 +178,10 @@ def predictive(result, data: pd.DataFrame) -> Predictive:
     if isinstance(ef, LinearEngineFit):
         R = ef.layout_row_matrix(design)
         # Engines with a nonlinear part add columns beyond the linear predictor; carry them
-        # as a fixed offset so draws of the linear part still centre on the prediction.
-        offset = eta - np.asarray(R @ ef.theta).ravel()
+        # as a fixed offset so draws of the linear part still centre on the prediction. (The
+        # model's own offset is in the draws already: eta_draws adds it.)
+        linear = np.asarray(R @ ef.theta).ravel() + (0.0 if design.offset is None else design.offset)
+        offset = eta - linear
         new_sd = ef.new_group_sd(design)
         draws = ef.draws
         if draws is not None and _plain_draws(ef, offset):
@@ -162,15 +201,38 @@ def predictive(result, data: pd.DataFrame) -> Predictive:
             df = float(ef.gaussian.df)
             scale = np.sqrt(se**2 + new_sd**2 + ef.sigma**2)
             return Predictive("t" if np.isfinite(df) else "normal", family, mean, scale=scale, df=df)
+        disp = point_dispersion(ef, family)
+        if ef.gaussian is not None and not family.normal_errors and (disp is not None or not family.has_dispersion):
+            # the sampling distribution of a GLM's linear predictor, row by row (at most ~2e7 values)
+            se = np.sqrt(ef.gaussian.std_errors(R) ** 2 + new_sd**2)
+            n_draws = int(min(MAX_DRAWS, max(MIN_DRAWS, 20_000_000 // max(design.n, 1))))
+            eta_d = eta + se * np.random.default_rng(ef.seed).standard_normal((n_draws, design.n))
+            sigma_d = None if disp is None else np.full(n_draws, disp)
+            return Predictive("draws", family, mean, mu_draws=family.inverse_link(eta_d), sigma_draws=sigma_d,
+                              trials=design.trials)
     if family.normal_errors:
         bounds = ef.interval(design, "prediction", 0.9)
         if bounds is not None and np.all(np.isfinite(bounds[0])) and np.all(np.isfinite(bounds[1])):
             scale = np.maximum((bounds[1] - bounds[0]) / (2 * _Z90), 1e-12)
             return Predictive("interval", family, mean, scale=scale, df=np.inf)
         return Predictive("none", family, mean)
-    if family.has_dispersion:
+    disp = point_dispersion(ef, family)
+    if family.has_dispersion and disp is None:
         return Predictive("none", family, mean)  # the plug-in needs a dispersion the engine did not give
-    return Predictive("plugin", family, mean, trials=design.trials)
+    return Predictive("plugin", family, mean, trials=design.trials, dispersion=disp)
+
+
+def point_dispersion(ef, family: Family) -> float | None:
+    """The engine's point estimate of the family's dispersion (``None`` if it has none or the
+    engine gave none): its ``sigma`` attribute, else the variance table's dispersion row."""
+    if not family.has_dispersion:
+        return None
+    sigma = getattr(ef, "sigma", None)
+    if sigma is not None:
+        return float(sigma)
+    table = ef.variance_components()
+    rows = table[table["level"] == "dispersion"]
+    return float(rows["sd_or_corr"].iloc[0]) if len(rows) else None
 
 
 def _plain_draws(ef: LinearEngineFit, offset: np.ndarray) -> bool:
@@ -183,6 +245,21 @@ def _plain_draws(ef: LinearEngineFit, offset: np.ndarray) -> bool:
     if ef.sigma_draws is not None and len(ef.sigma_draws) != len(ef.draws):
         return False
     return bool(np.allclose(offset, 0.0, atol=1e-9))
+
+
+def _discrete_cdf(family: Family, y: np.ndarray, mu: np.ndarray, trials: np.ndarray | None,
+                  dispersion: np.ndarray | float | None) -> np.ndarray:
+    """``P(Y <= y)`` of a discrete family at mean ``mu`` (0 below the support)."""
+    name = family.name
+    if name in ("bernoulli", "binomial"):
+        n = np.ones_like(mu) if trials is None else np.broadcast_to(trials, np.shape(mu))
+        return stats.binom.cdf(y, n, np.clip(mu, 0.0, 1.0))
+    if name == "poisson":
+        return stats.poisson.cdf(y, mu)
+    if name == "negative_binomial":
+        theta = np.asarray(dispersion, dtype=float)
+        return stats.nbinom.cdf(y, theta, theta / (theta + mu))
+    raise ValueError(f"no discrete CDF for family {name!r}")  # pragma: no cover - the family table's discrete rows
 
 
 def _per_draw(dispersion: np.ndarray | None) -> np.ndarray | None:
