@@ -201,3 +201,26 @@ def test_counts_are_scored_by_the_poisson_deviance() -> None:
     y, mu = p["y"].to_numpy(float), p["prediction"].to_numpy(float)
     assert s.loc["mixed", "deviance"] == pytest.approx(float(np.mean(2 * (xlogy(y, y / mu) - (y - mu)))), rel=1e-12)
     assert np.isnan(s.loc["mixed", "log_loss"])
+
+
+def test_calibration_error_is_small_for_true_probabilities_and_large_for_overconfident_ones() -> None:
+    from hierfit.evaluate.metrics import calibration_bins, score
+    from hierfit.model import get_family
+
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.05, 0.95, 20_000)
+    y = (rng.random(p.size) < p).astype(float)
+    bern = get_family("bernoulli")
+    flat = np.zeros_like(p)
+    right = score(y, p, flat, flat, flat, bern)["calibration"]
+    # pushed toward 0 and 1 on the logit scale (x2): an overconfident model
+    sharp = 1 / (1 + np.exp(-2 * np.log(p / (1 - p))))
+    wrong = score(y, sharp, flat, flat, flat, bern)["calibration"]
+    assert right < 0.015 and wrong > 0.05
+    # binomial rows weigh by their trials: one row of 10 trials = 10 rows of one
+    trials = np.full(100, 10.0)
+    succ = rng.binomial(10, p[:100]).astype(float)
+    binom = score(succ, p[:100], flat[:100], flat[:100], flat[:100], get_family("binomial"), trials)["calibration"]
+    bins = calibration_bins(succ, p[:100], trials)
+    assert bins["weight"].sum() == 1000.0
+    assert binom == pytest.approx(float(np.abs(bins.observed - bins.predicted) @ bins.weight / 1000.0))

@@ -57,7 +57,7 @@ def test_bad_reference_or_metric_say_what_is_allowed():
     folds = _folds({"ols": [1.0, 1.1], "mixed": [0.9, 1.0]})
     with pytest.raises(SpecError, match="reference engine 'pymc' has no cross-validated folds; engines with folds: mixed, ols"):
         paired_differences(folds, "pymc")
-    with pytest.raises(SpecError, match="must be one of: auc, brier, deviance, log_loss, mae, mlpd, rmse. Got 'coverage'"):
+    with pytest.raises(SpecError, match="must be one of: auc, brier, calibration, deviance, log_loss, mae, mlpd, rmse. Got 'coverage'"):
         paired_differences(folds, "ols", "coverage")
 
 

@@ -5,8 +5,11 @@ expected successes ``trials × p``), mean log predictive density (MLPD; higher i
 the engine has a predictive distribution, and coverage and mean width of the prediction
 interval. By family, beside them:
 
-* probabilities (bernoulli, binomial): **log loss** and the **Brier score** per trial, and the
-  **AUC** (each trial a case: ``y`` positives and ``trials - y`` negatives at the row's ``p``);
+* probabilities (bernoulli, binomial): **log loss** and the **Brier score** per trial, the
+  **AUC** (each trial a case: ``y`` positives and ``trials - y`` negatives at the row's ``p``),
+  and the **calibration error** (the trial-weighted mean gap between the observed share of
+  successes and the mean prediction over ten bins of predicted probability: the number behind
+  the calibration curve of the predictive check);
 * counts (poisson, negative binomial): the mean **Poisson deviance** of the predicted mean (the
   dispersion-free count score, scikit-learn's ``mean_poisson_deviance``).
 
@@ -36,11 +39,12 @@ METRICS: dict[str, tuple[str, bool]] = {
     "log_loss": ("log loss", False),
     "brier": ("Brier score", False),
     "auc": ("AUC", True),
+    "calibration": ("calibration error", False),
     "deviance": ("mean Poisson deviance", False),
     "fit_seconds": ("fit time (s)", False),
 }
 #: scores that apply to some families only (NaN for the others)
-FAMILY_SCORES = ("log_loss", "brier", "auc", "deviance")
+FAMILY_SCORES = ("log_loss", "brier", "auc", "calibration", "deviance")
 #: the scores :func:`score` returns (every one, NaN where it does not apply)
 SCORES = ("rmse", "mae", "mlpd", "coverage", "width", *FAMILY_SCORES)
 _P_EPS = 1e-15  # probabilities are kept this far from 0 and 1 in the log loss (as scikit-learn)
@@ -113,10 +117,32 @@ def score(y: np.ndarray, prediction: np.ndarray, lower: np.ndarray, upper: np.nd
         out["log_loss"] = float(-(y @ np.log(pc) + failures @ np.log1p(-pc)) / n.sum())
         out["brier"] = float((y @ (1 - p) ** 2 + failures @ p**2) / n.sum())
         out["auc"] = weighted_auc(p, y, failures)
+        bins = calibration_bins(y, p, n)
+        out["calibration"] = float(np.abs(bins["observed"] - bins["predicted"]) @ bins["weight"] / bins["weight"].sum())
     elif is_count(family) and len(y):
         mu = np.maximum(p, 1e-300)
         out["deviance"] = float(np.mean(2 * (special.xlogy(y, y / mu) - (y - mu))))
     return out
+
+
+def calibration_bins(y: np.ndarray, p: np.ndarray, trials: np.ndarray | None, n_bins: int = 10) -> pd.DataFrame:
+    """Rows binned at the quantiles of the predicted probability ``p``: per bin the
+    trial-weighted mean prediction, the observed share of successes, and the trials.
+
+    >>> t = calibration_bins(np.array([0, 1, 1, 1.0]), np.array([0.2, 0.4, 0.6, 0.8]), None, n_bins=2)
+    >>> t.round(2).values.tolist()
+    [[0.3, 0.5, 2.0], [0.7, 1.0, 2.0]]
+    """
+    y = np.asarray(y, dtype=float)
+    p = np.asarray(p, dtype=float)
+    n = np.ones_like(p) if trials is None else np.asarray(trials, dtype=float)
+    edges = np.unique(np.quantile(p, np.linspace(0, 1, n_bins + 1)))
+    which = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, max(len(edges) - 2, 0))
+    weight = np.bincount(which, weights=n)
+    keep = weight > 0
+    predicted = np.bincount(which, weights=n * p)[keep] / weight[keep]
+    observed = np.bincount(which, weights=y)[keep] / weight[keep]
+    return pd.DataFrame({"predicted": predicted, "observed": observed, "weight": weight[keep]})
 
 
 def weighted_auc(score_: np.ndarray, positives: np.ndarray, negatives: np.ndarray) -> float:

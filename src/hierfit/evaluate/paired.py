@@ -23,7 +23,7 @@ from hierfit.exceptions import SpecError
 #: standard errors a mean paired difference must exceed before one engine is called better
 NOISE_SE = 2.0
 #: metrics with a direction (coverage is good near the interval level, not when larger)
-PAIRED_METRICS = ("auc", "brier", "deviance", "log_loss", "mae", "mlpd", "rmse")
+PAIRED_METRICS = ("auc", "brier", "calibration", "deviance", "log_loss", "mae", "mlpd", "rmse")
 PAIRED_COLUMNS = ["engine", "reference", "metric", "n_folds", "score", "reference_score", "difference", "std_error", "z", "verdict"]
 
 

@@ -14,12 +14,12 @@ from hierfit.plots._common import check_choice, engine_color, new_figure
 
 DEFAULT_METRICS = ("rmse", "mae", "mlpd", "coverage", "width", "fit_seconds")
 #: the panels for a binary or binomial outcome, and for counts
-PROBABILITY_METRICS = ("log_loss", "brier", "auc", "mlpd", "coverage", "fit_seconds")
+PROBABILITY_METRICS = ("log_loss", "brier", "auc", "calibration", "mlpd", "fit_seconds")
 COUNT_METRICS = ("deviance", "rmse", "mlpd", "coverage", "width", "fit_seconds")
 
 
 def default_metrics(family: Any) -> tuple[str, ...]:
-    """The panels for the outcome's family: log loss, Brier and AUC for probabilities, the
+    """The panels for the outcome's family: log loss, Brier, AUC and calibration error for probabilities, the
     Poisson deviance for counts, RMSE and MAE otherwise."""
     return PROBABILITY_METRICS if is_probability(family) else COUNT_METRICS if is_count(family) else DEFAULT_METRICS
 

@@ -232,20 +232,13 @@ def calibration_table(y: np.ndarray, mean: np.ndarray, trials: np.ndarray | None
     >>> list(t.columns), len(t), bool((t.lower <= t.observed).all() and (t.observed <= t.upper).all())
     (['predicted', 'observed', 'lower', 'upper', 'weight'], 4, True)
     """
-    n = np.ones_like(mean) if trials is None else np.asarray(trials, dtype=float)
-    edges = np.unique(np.quantile(mean, np.linspace(0, 1, n_bins + 1)))
-    which = np.clip(np.searchsorted(edges, mean, side="right") - 1, 0, max(len(edges) - 2, 0))
-    rows = []
-    for b in np.unique(which):
-        sel = which == b
-        total = n[sel].sum()
-        if total <= 0:
-            continue
-        share = y[sel].sum() / total
-        lo, hi = _wilson(share, total)
-        rows.append({"predicted": float((n[sel] * mean[sel]).sum() / total), "observed": float(share),
-                     "lower": lo, "upper": hi, "weight": float(total)})
-    return pd.DataFrame(rows, columns=["predicted", "observed", "lower", "upper", "weight"])
+    from hierfit.evaluate.metrics import calibration_bins
+
+    table = calibration_bins(y, mean, trials, n_bins)
+    bounds = [_wilson(share, total) for share, total in zip(table["observed"], table["weight"])]
+    table.insert(2, "lower", [lo for lo, _ in bounds])
+    table.insert(3, "upper", [hi for _, hi in bounds])
+    return table
 
 
 def _wilson(share: float, n: float, z: float = 1.959964) -> tuple[float, float]:
