@@ -41,6 +41,7 @@ CHECKS: dict[str, tuple[Severity, str]] = {
     "separation": ("warn", "a predictor splits a binary outcome perfectly: its coefficient is infinite for maximum likelihood"),
     "zero_trials": ("warn", "binomial rows with zero trials: they carry no information and are left out of the likelihood"),
     "overdispersion": ("warn", "a Poisson fit's Pearson dispersion is well above 1: its intervals are too narrow"),
+    "variance_components": ("warn", "the neural engine's group SDs are a training-time approximation (no marginal-likelihood fit)"),
     # separate terms (1|s) + (1|d) are lme4's way to say "crossed"; warn to be told anyway
     # (labels meant to be read within a parent, such as Sub_1 under every market, look the same)
     "crossed_factors": ("ignore", "a factor's labels repeat under several groups of another: each label is one group across them (crossed)"),

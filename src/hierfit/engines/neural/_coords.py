@@ -6,7 +6,7 @@ Those sparse solves on the raw columns lose every digit when the outcome has a l
 predictor sits far from zero (at ``y + 1e12`` the MAP was off by hundreds of standard
 deviations). So they run in the network's own standardised coordinates (:class:`._prep.Scaling`):
 
-``theta = T theta_t + shift``, ``R theta = s R_t theta_t + c``, ``g = s g_t``,
+``theta = T theta_t + shift``, ``R theta = s R_t theta_t + c``, ``g = s g_t``, ``offset = s offset_t``,
 ``Sigma = s^2 B Sigma_t B'``, ``sigma = s sigma_t``
 
 where ``s, c`` are the outcome's scale and centre, ``T`` holds ``s A`` on the population part
@@ -43,8 +43,10 @@ class LinearCoords:
     def from_design(cls, design: Design, scaling: Scaling, layout: ParameterLayout) -> LinearCoords:
         X_t = scaling.x_map.apply(design.X.T).T if design.X.shape[1] else design.X
         terms = tuple(TermDesign(td.term, zm.apply(td.Z.T).T) for td, zm in zip(design.terms, scaling.z_maps))
+        # the offset is part of the linear predictor, so it is scaled like the outcome (not centred)
         design_t = dataclasses.replace(design, X=np.ascontiguousarray(X_t), terms=terms,
-                                       y=(design.y - scaling.y_center) / scaling.y_scale)
+                                       y=(design.y - scaling.y_center) / scaling.y_scale,
+                                       offset=None if design.offset is None else design.offset / scaling.y_scale)
         R = layout.row_matrix(design_t)
         s = scaling.y_scale
         fwd = [sparse.csr_matrix(s * scaling.x_map.matrix())]

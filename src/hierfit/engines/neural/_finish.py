@@ -39,6 +39,12 @@ from hierfit.engines.neural._posterior import (
 )
 from hierfit.engines.neural._prep import Scaling, spread_factor
 from hierfit.engines.neural._result import NeuralFit, network_output
+from hierfit.engines.neural._variances import (
+    approximate_variances_diagnostic,
+    laplace_variances,
+    member_variances,
+    reml_variances,
+)
 from hierfit.formula import INTERCEPT
 from hierfit.model import Family, ModelSpec
 
@@ -62,23 +68,31 @@ def finish(design: Design, spec: ModelSpec, model: HierEnsemble, data, scaling: 
     # outcome or a far-from-zero predictor would lose every digit
     coords = LinearCoords.from_design(design, scaling, layout)
     R_t, y_t, g_t = coords.R, coords.design_t.y, coords.g_t(g)
-    covs_t, sigma_t = member_variances(model, scaling, family)
-    if family.normal_errors and options.reml_variances and design.terms:
-        covs_t, sigma_t = reml_variances(coords.design_t, g_t)
-    covs, sigma = coords.covs(covs_t), coords.sigma(sigma_t)
-    noise2_t = sigma_t**2 if sigma_t is not None else np.full(M, 1.0 / _mean_glm_weight(design.y, family))
+    offset = np.zeros(design.n) if design.offset is None else design.offset
+    offset_t = coords.g_t(offset)
+    trials, prior = design.trials, design.weights
+    covs_t, disp_t = fitted_variances(coords.design_t, model, scaling, family, g_t, options, diagnostics)
+    covs = coords.covs(covs_t)
+    # the dispersion in data units: sigma scales with the outcome, a negative-binomial size does not
+    disp = coords.sigma(disp_t) if family.normal_errors else disp_t
+    noise2_t = disp_t**2 if family.normal_errors and disp_t is not None else np.array(
+        [1.0 / _mean_glm_weight(design, family, None if disp_t is None else float(disp_t[m])) for m in range(M)])
     delta = np.stack([coords.direction(_project(R_t, g_t[m], covs_t, design, layout, noise2_t[m])) for m in range(M)])
     theta_m = layout.flatten(beta, b)
+
+    def member_disp(m: int) -> float | None:
+        return None if disp_t is None else float(disp_t[m])
+
     if not options.bootstrap:
         # exact conditional MAP of the linear part given each network (removes SGD jitter);
         # the bootstrap members keep their own (weighted) solutions, whose spread is the point
         theta_m = coords.theta(np.stack([
-            polish(R_t, layout, y_t, g_t[m], coords.theta_t(theta_m[m]), [c[m] for c in covs_t],
-                   None if sigma_t is None else float(sigma_t[m]), family)
+            polish(R_t, layout, y_t, g_t[m] + offset_t, coords.theta_t(theta_m[m]), [c[m] for c in covs_t],
+                   member_disp(m), family, trials, prior)
             for m in range(M)
         ]))
     theta_m = theta_m + delta
-    eta_m = np.asarray(R @ theta_m.T).T + (g - np.asarray(R @ delta.T).T)
+    eta_m = np.asarray(R @ theta_m.T).T + (g - np.asarray(R @ delta.T).T) + offset
     draws: np.ndarray | None
     if options.bootstrap:
         # the members themselves are the draws (their spread includes the linear part's)
@@ -89,12 +103,12 @@ def finish(design: Design, spec: ModelSpec, model: HierEnsemble, data, scaling: 
         per = int(np.ceil(POSTERIOR_DRAWS / M))
         draws = coords.theta(np.concatenate([
             posterior_draws(R_t, layout, coords.theta_t(theta_m[m]),
-                            likelihood_weights(eta_m[m], None if sigma_t is None else sigma_t[m], family),
+                            likelihood_weights(eta_m[m], member_disp(m), family, trials, prior),  # (gaussian: 1/sigma_t², any eta)
                             [c[m] for c in covs_t], per, rng)
             for m in range(M)
         ]))
         member_of_draw = np.repeat(np.arange(M), per)
-    statistics = _statistics(design, spec, eta_m, histories, settings, sigma)
+    statistics = _statistics(design, spec, eta_m, histories, settings, disp)
     if gain is not None:
         statistics.update(nonlinear_gain=gain.gain, nonlinear_gain_se=gain.std_error, nonlinear_kept=float(gain.keep))
     theta = theta_m.mean(0)
@@ -102,13 +116,39 @@ def finish(design: Design, spec: ModelSpec, model: HierEnsemble, data, scaling: 
         module=model, scaling=scaling, settings=settings, options=options, member_theta=theta_m,
         member_of_draw=member_of_draw, delta=delta, spread=spread_factor(M, options.bootstrap),
         engine="neural", design=design, beta=theta[: len(design.x_names)], b=layout.unflatten(theta)[1],
-        sigma=None if sigma is None else float(np.sqrt(np.mean(sigma**2))),
-        variance_table=_variance_table(design, covs, sigma),
-        uncertainty=NoUncertainty() if draws is None else PosteriorDraws(Draws(draws, sigma)),
+        sigma=reported_dispersion(family, disp),
+        variance_table=_variance_table(design, covs, disp, family),
+        uncertainty=NoUncertainty() if draws is None else PosteriorDraws(Draws(draws, disp)),
         statistics=statistics, diagnostics=diagnostics + _singular(design, covs, covs_t), seed=options.seed,
     )
     fit._module_f64 = module_f64
     return fit
+
+
+def fitted_variances(design_t: Design, model: HierEnsemble, scaling: Scaling, family: Family, g_t: np.ndarray,
+                     options: OPTIONS, diagnostics: list[Diagnostic]) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """The members' variance components and dispersion (standardised units) that the fit reports:
+    by the marginal likelihood given each network (:mod:`._variances`) unless
+    ``reml_variances=False``, when the trained ones are kept with a diagnostic saying so.
+    Appends to ``diagnostics``."""
+    covs_t, disp_t = member_variances(model, scaling, family)
+    if not design_t.terms:
+        return covs_t, disp_t  # no group terms: nothing is shrunk, training's ML dispersion stands
+    if not options.reml_variances:
+        diagnostics.append(approximate_variances_diagnostic(family))
+        return covs_t, disp_t
+    if family.normal_errors:
+        return reml_variances(design_t, g_t)
+    covs_t, disp_t, found = laplace_variances(design_t, g_t, family, (covs_t, disp_t))
+    diagnostics.extend(found)
+    return covs_t, disp_t
+
+
+def reported_dispersion(family: Family, disp: np.ndarray | None) -> float | None:
+    """One number for the ensemble: the root-mean-square sigma, or the mean negative-binomial size."""
+    if disp is None:
+        return None
+    return float(np.sqrt(np.mean(disp**2))) if family.normal_errors else float(np.mean(disp))
 
 
 def member_linear(model: HierEnsemble, scaling: Scaling, design: Design) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -120,38 +160,6 @@ def member_linear(model: HierEnsemble, scaling: Scaling, design: Design) -> tupl
             beta[:, design.x_names.index(INTERCEPT)] += scaling.y_center
         b = [s * model.b[t].detach().cpu().double().numpy() @ zm.matrix().T for t, zm in enumerate(scaling.z_maps)]
     return beta, b
-
-
-def member_variances(model: HierEnsemble, scaling: Scaling, family: Family) -> tuple[list[np.ndarray], np.ndarray | None]:
-    """The members' learned ``Sigma_t`` (members × k × k per term) and sigma, in the network's
-    standardised units (see :mod:`._coords` for the map to data units)."""
-    with torch.no_grad():
-        covs = []
-        for t in range(len(scaling.z_maps)):
-            L = model.cholesky(t).detach().cpu().double().numpy()
-            covs.append(L @ L.transpose(0, 2, 1))
-        sigma = np.exp(model.log_sigma.detach().cpu().double().numpy()) if family.normal_errors else None
-    return covs, sigma
-
-
-def reml_variances(design: Design, g: np.ndarray, rows: np.ndarray | None = None) -> tuple[list[np.ndarray], np.ndarray]:
-    """Per member, REML variance components and residual SD with its network as an offset.
-
-    ``rows`` (a boolean mask) restricts the fit to those rows; groups without rows there
-    simply get no data (their deviations stay at the prior). Called with the standardised
-    design of :mod:`._coords` and its ``g_t``, the results are in standardised units.
-    """
-    from hierfit.engines.mixed.engine import random_blocks
-    from hierfit.engines.mixed.lmm import RandomBlock, fit_lmm
-
-    blocks = random_blocks(design)
-    X, y = design.X, design.y
-    if rows is not None:
-        blocks = [RandomBlock(b.group_index[rows], b.n_groups, b.Z[rows], b.correlated, b.parent) for b in blocks]
-        X, y, g = X[rows], y[rows], g[:, rows]
-    sols = [fit_lmm(X, y - g[m], blocks, reml=True) for m in range(len(g))]
-    covs = [np.stack([sol.covariances[t] for sol in sols]) for t in range(len(design.terms))]
-    return covs, np.array([sol.sigma for sol in sols])
 
 
 def _project(R: sparse.csr_matrix, g: np.ndarray, covs: list[np.ndarray], design: Design, layout: ParameterLayout,
@@ -167,20 +175,23 @@ def _project(R: sparse.csr_matrix, g: np.ndarray, covs: list[np.ndarray], design
     return np.asarray(splinalg.spsolve(A, R.T @ g)).ravel()
 
 
-def _mean_glm_weight(y: np.ndarray, family: Family) -> float:
-    """The Fisher weight of a row at the overall mean outcome."""
-    m = family.clip_mean(np.array([float(np.mean(y))]))
-    return float(family.fisher_weights(family.link.link(m))[0])
+def _mean_glm_weight(design: Design, family: Family, dispersion: float | None) -> float:
+    """The Fisher weight of one trial at the overall mean outcome per trial."""
+    n = np.ones(design.n) if design.trials is None else design.trials
+    m = family.clip_mean(np.array([float(np.sum(design.y) / max(float(np.sum(n)), 1e-300))]))
+    return float(family.fisher_weights(family.link.link(m), None, dispersion)[0])
 
 
-def _variance_table(design: Design, covs: list[np.ndarray], sigma: np.ndarray | None) -> pd.DataFrame:
-    """The members' average covariances and root-mean-square sigma, as one table."""
-    return variance_table(design, [C.mean(0) for C in covs], None if sigma is None else float(np.sqrt(np.mean(sigma**2))))
+def _variance_table(design: Design, covs: list[np.ndarray], disp: np.ndarray | None, family: Family) -> pd.DataFrame:
+    """The members' average covariances and dispersion (:func:`reported_dispersion`), as one table
+    (a negative-binomial size as the ``dispersion`` row, as the ``mixed`` engine reports it)."""
+    return variance_table(design, [C.mean(0) for C in covs], reported_dispersion(family, disp), family.dispersion)
 
 
-def _statistics(design, spec, eta_m, histories, settings, sigma) -> dict[str, float]:
+def _statistics(design, spec, eta_m, histories, settings, disp) -> dict[str, float]:
     first = histories[0]
-    mu = spec.family.inverse_link(eta_m.mean(0))
+    family = spec.family
+    mu = family.inverse_link(eta_m.mean(0)) * (1.0 if design.trials is None else design.trials)
     stats = {
         "n_obs": float(design.n),
         "n_members": float(eta_m.shape[0]),
@@ -192,8 +203,9 @@ def _statistics(design, spec, eta_m, histories, settings, sigma) -> dict[str, fl
         "batch_size": float(settings.batch_size),
         "rmse": float(np.sqrt(np.mean((design.y - mu) ** 2))),
     }
-    if sigma is not None:
-        stats["sigma"] = float(np.sqrt(np.mean(sigma**2)))
+    if disp is not None:
+        # the mixed engine's names: gaussian sigma, the negative binomial's nb_theta
+        stats["sigma" if family.normal_errors else "nb_theta"] = float(np.sqrt(np.mean(disp**2)) if family.normal_errors else np.mean(disp))
     return stats
 
 

@@ -8,7 +8,8 @@ the validation rows decide (as early stopping at zero trees does for boosting):
 * for each member, its linear part is solved exactly on the training rows twice (the mixed
   model's conditional modes, see :func:`~hierfit.engines.neural._posterior.polish`): once
   with the network's output as an offset and once without, with variance components found the
-  same way for both (gaussian: REML given each offset; else the member's learned SDs);
+  same way for both (the marginal likelihood given each offset, :mod:`._variances`: REML for
+  gaussian, Laplace for the other families; with ``reml_variances=False`` the learned SDs);
 * each version predicts the validation rows; the per-row log-density gain of the network,
   averaged over members, is compared to its standard error across rows.
 
@@ -27,19 +28,20 @@ from hierfit.design import Design
 from hierfit.engines.heldout_gain import HeldoutGain
 from hierfit.engines.layout import ParameterLayout
 from hierfit.engines.neural._coords import LinearCoords
-from hierfit.engines.neural._finish import (
-    member_linear,
-    member_variances,
-    reml_variances,
-)
+from hierfit.engines.neural._finish import member_linear
 from hierfit.engines.neural._posterior import polish
-from hierfit.engines.neural._prep import Scaling
+from hierfit.engines.neural._prep import Scaling, prior_weights
 from hierfit.engines.neural._result import network_output
+from hierfit.engines.neural._variances import laplace_variances, member_variances, reml_variances
 from hierfit.model import Family
 
 
 def nonlinear_gain(design: Design, model, scaling: Scaling, family: Family, reml: bool, val_mask: np.ndarray) -> HeldoutGain:
-    """Held-out gain of ``model``'s MLP over its linear part alone (see the module docstring)."""
+    """Held-out gain of ``model``'s MLP over its linear part alone (see the module docstring).
+
+    Every family is judged by its own log-density, with the rows' trials and offsets, each
+    validation row's gain counted ``w_i`` times (prior weights, normalised to mean 1).
+    """
     train = ~val_mask
     g = network_output(copy.deepcopy(model).cpu().double().eval(), scaling, design)
     M = len(g)
@@ -48,27 +50,41 @@ def nonlinear_gain(design: Design, model, scaling: Scaling, family: Family, reml
     coords = LinearCoords.from_design(design, scaling, layout)
     R_train, R_val = coords.R[train], coords.R[val_mask]
     y_t = coords.design_t.y
+    known = np.zeros(design.n) if coords.design_t.offset is None else coords.design_t.offset
+    trials = np.ones(design.n) if design.trials is None else np.asarray(design.trials, dtype=float)
+    prior = prior_weights(design)
+    row_weight = prior[val_mask] / prior[val_mask].mean()
     zero = np.zeros((1, design.n))
     start = coords.theta_t(layout.flatten(*member_linear(model, scaling, design)))  # Newton's start for GLMs
 
-    def heldout_logpdf(offset_t: np.ndarray, theta: np.ndarray, covs_t: list[np.ndarray], sigma_t: float | None) -> np.ndarray:
-        """All in standardised units: the offset, covariances and sigma too."""
-        theta = polish(R_train, layout, y_t[train], offset_t[train], theta, covs_t, sigma_t, family)
+    def heldout_logpdf(g_t: np.ndarray, theta: np.ndarray, covs_t: list[np.ndarray], disp_t: float | None) -> np.ndarray:
+        """All in standardised units: the network output, covariances and dispersion too."""
+        offset_t = g_t + known
+        theta = polish(R_train, layout, y_t[train], offset_t[train], theta, covs_t, disp_t, family, trials[train], prior[train])
         mu = family.inverse_link(np.asarray(R_val @ theta).ravel() + offset_t[val_mask])
-        return family.logpdf(y_t[val_mask], mu, None, sigma_t)
+        # gaussian prior weights are lme4's: Var(y_i) = sigma² / w_i
+        scale = disp_t / np.sqrt(np.maximum(prior[val_mask], 1e-300)) if family.normal_errors and disp_t is not None else disp_t
+        return family.logpdf(y_t[val_mask], mu, trials[val_mask], scale)
 
-    def member_sigma(sigma: np.ndarray | None, m: int) -> float | None:
-        return None if sigma is None else float(sigma[m])
+    def member_disp(disp: np.ndarray | None, m: int) -> float | None:
+        return None if disp is None else float(disp[m])
 
-    sigma: np.ndarray | None
+    disp: np.ndarray | None
+    disp0: np.ndarray | None
     g = coords.g_t(g)
-    if family.normal_errors and reml and design.terms:
-        covs, sigma = reml_variances(coords.design_t, g, train)
-        covs0, sigma0 = reml_variances(coords.design_t, zero, train)
-        # without an offset the members' linear models coincide: one baseline serves them all
-        baselines = [heldout_logpdf(zero[0], start[0], [c[0] for c in covs0], float(sigma0[0]))] * M
+    trained = member_variances(model, scaling, family)
+    if reml and design.terms:
+        if family.normal_errors:
+            covs, disp = reml_variances(coords.design_t, g, train)
+            covs0, disp0 = reml_variances(coords.design_t, zero, train)
+        else:
+            covs, disp, _ = laplace_variances(coords.design_t, g, family, trained, train)
+            first = ([c[:1] for c in trained[0]], None if trained[1] is None else trained[1][:1])
+            covs0, disp0, _ = laplace_variances(coords.design_t, zero, family, first, train)
+        # without the network the members' linear models coincide: one baseline serves them all
+        baselines = [heldout_logpdf(zero[0], start[0], [c[0] for c in covs0], member_disp(disp0, 0))] * M
     else:
-        covs, sigma = member_variances(model, scaling, family)
-        baselines = [heldout_logpdf(zero[0], start[m], [c[m] for c in covs], member_sigma(sigma, m)) for m in range(M)]
-    gains = [heldout_logpdf(g[m], start[m], [c[m] for c in covs], member_sigma(sigma, m)) - baselines[m] for m in range(M)]
-    return HeldoutGain.from_rows(np.mean(gains, axis=0))
+        covs, disp = trained
+        baselines = [heldout_logpdf(zero[0], start[m], [c[m] for c in covs], member_disp(disp, m)) for m in range(M)]
+    gains = [heldout_logpdf(g[m], start[m], [c[m] for c in covs], member_disp(disp, m)) - baselines[m] for m in range(M)]
+    return HeldoutGain.from_rows(np.mean(gains, axis=0) * row_weight)

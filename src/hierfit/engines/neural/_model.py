@@ -8,12 +8,15 @@ updates are element-wise, so this is exactly ``n_members`` independent networks.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from hierfit.model import get_family
 
 
 class HierEnsemble(nn.Module):
@@ -63,13 +66,14 @@ class HierEnsemble(nn.Module):
         widths = [n_in, *[int(h) for h in config["hidden"]], 1] if config["hidden"] else []
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
-        for i, (a, c) in enumerate(zip(widths[:-1], widths[1:])):
+        for i, (a, c) in enumerate(itertools.pairwise(widths)):
             bound = 1.0 / math.sqrt(max(a, 1))
             last = i == len(widths) - 2
             # the last layer starts small so the nonlinear part grows from ~0 next to the linear part
             W = torch.empty(M, a, c).uniform_(-bound, bound) * (0.1 if last else 1.0)
             self.weights.append(nn.Parameter(W))
             self.biases.append(nn.Parameter(torch.zeros(M, 1, c)))
+        # the family's dispersion on the log scale: gaussian sigma (scaled units), negative-binomial theta
         self.log_sigma = nn.Parameter(torch.zeros(M))
 
     @property
@@ -132,7 +136,7 @@ class HierEnsemble(nn.Module):
         """
         inv_var = torch.exp(-2 * self.log_sigma)
         # gaussian information is per unit of the (learned) residual variance
-        H = [s * inv_var[:, None, None, None] if learns_sigma(self.config["family"]) else s for s in info]
+        H = [s * inv_var[:, None, None, None] if get_family(self.config["family"]).normal_errors else s for s in info]
         h_eff = [torch.diagonal(h, dim1=-2, dim2=-1) for h in H]  # members × groups × k
         terms = self.config["terms"]
         for t in reversed(range(len(terms))):  # levels are ordered parents first
@@ -201,36 +205,63 @@ class HierEnsemble(nn.Module):
         return total
 
 
-def _gaussian_nll(eta: torch.Tensor, y: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
-    return 0.5 * ((y - eta) * torch.exp(-log_sigma)[:, None]) ** 2 + log_sigma[:, None]
+def _gaussian_nll(eta: torch.Tensor, y: torch.Tensor, trials: torch.Tensor, prior: torch.Tensor,
+                  log_disp: torch.Tensor) -> torch.Tensor:
+    # lme4's prior weights for a gaussian outcome: Var(y_i) = sigma^2 / w_i (rows of weight 0 count nothing)
+    z = (y - eta) * torch.exp(-log_disp)[:, None]
+    return prior * 0.5 * z**2 + (prior > 0).to(eta.dtype) * log_disp[:, None]
 
 
-def _bernoulli_nll(eta: torch.Tensor, y: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
-    return F.softplus(eta) - y * eta
+def _binomial_nll(eta: torch.Tensor, y: torch.Tensor, trials: torch.Tensor, prior: torch.Tensor,
+                  log_disp: torch.Tensor) -> torch.Tensor:
+    # y successes of `trials` (1 for bernoulli): -log p^y (1-p)^(n-y) = n softplus(eta) - y eta
+    return prior * (trials * F.softplus(eta) - y * eta)
 
 
-def _poisson_nll(eta: torch.Tensor, y: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
-    return torch.exp(eta) - y * eta
+def _poisson_nll(eta: torch.Tensor, y: torch.Tensor, trials: torch.Tensor, prior: torch.Tensor,
+                 log_disp: torch.Tensor) -> torch.Tensor:
+    return prior * (torch.exp(eta) - y * eta)
 
 
-#: family name -> (per-row negative log-likelihood up to constants, whether it learns sigma):
-#: the engine's translation of the family table into torch.
+def _negative_binomial_nll(eta: torch.Tensor, y: torch.Tensor, trials: torch.Tensor, prior: torch.Tensor,
+                           log_disp: torch.Tensor) -> torch.Tensor:
+    """NB2 with size ``theta = exp(log_disp)``, every term kept (theta is learned): ``-log p(y)``
+    ``= -[lgamma(y+th) - lgamma(th) + th log th + y eta - (y+th) log(th + e^eta)] + lgamma(y+1)``,
+    with ``log(th + e^eta)`` as a logaddexp so a large count or size cannot overflow."""
+    log_th = log_disp[:, None]
+    th = torch.exp(log_th)
+    log_sum = torch.logaddexp(log_th, eta)
+    ll = torch.lgamma(y + th) - torch.lgamma(th) + th * log_th + y * eta - (y + th) * log_sum
+    return -prior * ll
+
+
+#: family name -> (per-row negative log-likelihood up to constants, whether it learns a dispersion):
+#: the engine's translation of the family table into torch. The dispersion parameter
+#: (``log_sigma``) is the gaussian residual SD or the negative-binomial size theta, as
+#: ``Family.dispersion`` names it.
 TORCH_FAMILIES: dict[str, tuple[Any, bool]] = {
     "gaussian": (_gaussian_nll, True),
-    "bernoulli": (_bernoulli_nll, False),
+    "bernoulli": (_binomial_nll, False),
+    "binomial": (_binomial_nll, False),
     "poisson": (_poisson_nll, False),
+    "negative_binomial": (_negative_binomial_nll, True),
 }
 
 
 def learns_sigma(family: str) -> bool:
-    """Whether the family's torch likelihood has a residual SD (``log_sigma``) to learn."""
+    """Whether the family's torch likelihood has a dispersion (``log_sigma``: sigma or theta) to learn."""
     return TORCH_FAMILIES[family][1]
 
 
-def negative_loglik(eta: torch.Tensor, y: torch.Tensor, log_sigma: torch.Tensor, family: str) -> torch.Tensor:
-    """Per-row negative log-likelihood up to constants (members × rows)."""
+def negative_loglik(eta: torch.Tensor, y: torch.Tensor, trials: torch.Tensor, prior: torch.Tensor,
+                    log_sigma: torch.Tensor, family: str) -> torch.Tensor:
+    """Per-row negative log-likelihood up to constants (members × rows), times the prior weights.
+
+    ``trials`` are the binomial trials (1 elsewhere); ``prior`` the prior weights (lme4's
+    ``weights``: each row's log-likelihood counts ``w_i`` times; gaussian: ``Var = sigma²/w_i``).
+    """
     try:
         nll = TORCH_FAMILIES[family][0]
     except KeyError:
         raise ValueError(f"Engine 'neural' has no likelihood for family {family!r}.") from None
-    return nll(eta, y, log_sigma)
+    return nll(eta, y, trials, prior, log_sigma)

@@ -64,11 +64,14 @@ class OPTIONS:
     variance
         ``"laplace"`` (marginal-likelihood SDs, default) or ``"joint"`` (plain joint MAP).
     reml_variances
-        Gaussian family: after training, re-estimate each member's variance components and
-        residual SD by exact REML with the network's output as an offset (the ``mixed``
-        engine's core; well under a second at 500k rows), then solve the linear part with them.
-        The training-time Laplace SDs split variance between nested levels less well (with
-        10 markets the market SD came out ~35% low, hurting predictions for new submarkets).
+        After training, re-estimate each member's variance components (and residual SD or
+        negative-binomial size) by the marginal likelihood with the network's output as an
+        offset -- exact REML for gaussian (well under a second at 500k rows), the Laplace
+        approximation (glmer's) for the other families -- the ``mixed`` engine's core, then
+        solve the linear part with them; the gate compares its two versions the same way.
+        The training-time SDs are an approximation: gaussian, with 10 markets the market SD
+        came out ~35% low; on real counts (Arabidopsis, Mmmec) 18-58% low. ``False`` keeps
+        them and says so in a ``variance_components`` diagnostic.
     device
         ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
     threads

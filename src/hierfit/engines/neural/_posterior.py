@@ -31,9 +31,14 @@ from hierfit.model import Family
 MAX_ETA_STEP = 3.0  # largest change of any row's linear predictor in one Newton step
 
 
-def likelihood_weights(eta: np.ndarray, sigma: float | None, family: Family) -> np.ndarray:
-    """Per-row Fisher weights on the link scale at the member's fitted predictor."""
-    w = family.fisher_weights(eta, None, sigma)
+def likelihood_weights(eta: np.ndarray, sigma: float | None, family: Family, trials: np.ndarray | None = None,
+                       prior: np.ndarray | None = None) -> np.ndarray:
+    """Per-row Fisher weights on the link scale at the member's fitted predictor (``eta``
+    including any offset), times the prior weights; ``sigma`` is the family's dispersion
+    (gaussian SD or negative-binomial size)."""
+    w = family.fisher_weights(eta, trials, sigma)
+    if prior is not None:
+        w = w * prior
     # a floor keeps the posterior precision positive where a mean is pinned at 0 or 1
     return w if family.normal_errors else np.clip(w, 1e-6, None)
 
@@ -61,9 +66,12 @@ def polish(
     covs: list[np.ndarray],
     sigma: float | None,
     family: Family,
+    trials: np.ndarray | None = None,
+    prior: np.ndarray | None = None,
     max_iter: int = 20,
 ) -> np.ndarray:
-    """The conditional MAP of ``theta`` given the network output ``offset`` and the SDs.
+    """The conditional MAP of ``theta`` given ``offset`` (the network output plus the design's
+    offset), the SDs and the dispersion ``sigma``, with binomial ``trials`` and prior weights.
 
     Gaussian: one penalised least-squares solve. Otherwise damped Newton steps on the
     penalised log-likelihood (the family's score and Fisher weights).
@@ -71,13 +79,16 @@ def polish(
     p = len(layout.x_names)
     for _ in range(1 if family.normal_errors else max_iter):
         eta = np.asarray(R @ theta).ravel() + offset
-        w = likelihood_weights(eta, sigma, family)
+        w = likelihood_weights(eta, sigma, family, trials, prior)
         RtWR = sparse.csc_matrix(R.T @ sparse.diags(w) @ R)
         D, _ = _prior_blocks(layout, covs, float(RtWR.diagonal()[:p].mean()) if p else 1.0)
         A = (RtWR + D).tocsc()
         if family.normal_errors:
             return np.asarray(splinalg.spsolve(A, R.T @ (w * (y - offset)))).ravel()
-        step = np.asarray(splinalg.spsolve(A, R.T @ family.score(y, eta, None, sigma) - D @ theta)).ravel()
+        score = family.score(y, eta, trials, sigma)
+        if prior is not None:
+            score = score * prior
+        step = np.asarray(splinalg.spsolve(A, R.T @ score - D @ theta)).ravel()
         # damped Newton: from a poor start a full step can overshoot exp() on the log link
         step *= min(1.0, MAX_ETA_STEP / max(float(np.abs(R @ step).max()), 1e-300))
         theta = theta + step

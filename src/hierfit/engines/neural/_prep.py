@@ -87,9 +87,52 @@ def scaled_arrays(design: RowDesign, scaling: Scaling) -> dict[str, Any]:
         "term_index": [design.group_index[td.level] for td in design.terms],
         "level_index": [design.group_index[lv.name] for lv in design.hierarchy.levels],
     }
+    # the offset is a known part of the linear predictor: in the network's units like the outcome
+    out["offset"] = np.zeros(design.n) if design.offset is None else design.offset / scaling.y_scale
+    out["trials"] = np.ones(design.n) if design.trials is None else np.asarray(design.trials, dtype=float)
     if isinstance(design, Design):
         out["y"] = (design.y - scaling.y_center) / scaling.y_scale
+        out["prior"] = prior_weights(design)
     return out
+
+
+def prior_weights(design: Design) -> np.ndarray:
+    """The design's prior weights (lme4's ``weights``), ones without them."""
+    return np.ones(design.n) if design.weights is None else np.asarray(design.weights, dtype=float)
+
+
+def glm_start(design: Design, family: Family) -> tuple[float, float]:
+    """A GLM's starting intercept (link scale, offsets and trials accounted for) and, for a
+    family with a size, a moment estimate of the negative-binomial ``theta``.
+
+    The intercept is the link of the weighted mean outcome per trial, less the mean offset
+    (exact for a log link with a constant offset). ``theta`` solves ``Var = mu + mu²/theta``
+    over the rows around their smoothed group means; it starts training and sets the GLM
+    weights of the Laplace term (training then learns theta; the final fit re-estimates it).
+    """
+    w = prior_weights(design)
+    n = np.ones(design.n) if design.trials is None else np.asarray(design.trials, dtype=float)
+    off = np.zeros(design.n) if design.offset is None else design.offset
+    mean = float(np.sum(w * design.y) / max(float(np.sum(w * n)), 1e-300))
+    start = float(family.link.link(family.clip_mean(np.array([mean])))[0] - np.sum(w * off) / np.sum(w))
+    theta = 1.0
+    if family.dispersion == "theta":
+        mu = _row_means(design, family, w, n, off)
+        excess = float(np.sum(w * ((design.y - mu) ** 2 - mu)))
+        theta = float(np.clip(np.sum(w * mu**2) / excess, 0.05, 1e4)) if excess > 0 else 1e4
+    return start, theta
+
+
+def _row_means(design: Design, family: Family, w: np.ndarray, n: np.ndarray, off: np.ndarray) -> np.ndarray:
+    """Each row's mean outcome from its finest group's smoothed mean per trial and its offset."""
+    if not design.hierarchy.levels:
+        idx, G = np.zeros(design.n, dtype=int), 1
+    else:
+        level = leaf_level(design)
+        idx, G = design.group_index[level], design.hierarchy.level(level).n_groups
+    p = family.clip_mean(_smoothed_group_mean(w * design.y, w * n, idx, G))
+    eta = family.link.link(p)[idx] + off - _group_mean(w * off, w, idx, G)[idx]
+    return n * family.inverse_link(eta)
 
 
 def leaf_level(design: Design) -> str:
@@ -104,7 +147,7 @@ def validation_split(design: Design, how: str, fraction: float, rng: np.random.G
     if n < 20:
         raise DataError(f"Engine 'neural' needs at least 20 rows to hold out a validation split; got {n}. Use engine 'mixed' or 'ols'.")
     if how == "random":
-        n_val = max(1, int(round(fraction * n)))
+        n_val = max(1, round(fraction * n))
         mask = np.zeros(n, dtype=bool)
         mask[rng.choice(n, n_val, replace=False)] = True
         return mask
@@ -148,13 +191,18 @@ def spread_factor(n_members: int, bootstrap: bool) -> float:
     return float(np.sqrt((n_members + 1) / n_members)) if bootstrap and n_members > 1 else 1.0
 
 
-def information(design: Design, arrays: dict, weights: np.ndarray, family: Family) -> list[np.ndarray]:
+def information(design: Design, arrays: dict, weights: np.ndarray, family: Family, theta: float = 1.0) -> list[np.ndarray]:
     """Per term: ``S[m, g] = sum_i w_mi v_i z_i z_iᵀ`` (members × groups × k × k), scaled units.
 
-    ``v_i`` is the GLM weight (1 for gaussian, whose ``1/sigma²`` is applied in the penalty),
-    evaluated at the group's smoothed mean outcome for bernoulli/poisson.
+    ``v_i`` is the row's prior weight times its GLM weight (gaussian: 1, its ``1/sigma²`` is
+    applied in the penalty), evaluated at the group's smoothed mean outcome per trial, moved by
+    the row's offset relative to the group's mean offset, with the row's trials and, for the
+    negative binomial, the starting size ``theta`` (:func:`glm_start`).
     """
     y = design.y
+    prior = arrays["prior"]
+    trials = arrays["trials"]
+    off = np.zeros(design.n) if design.offset is None else design.offset
     out = []
     for t, td in enumerate(design.terms):
         idx = arrays["term_index"][t]
@@ -162,10 +210,11 @@ def information(design: Design, arrays: dict, weights: np.ndarray, family: Famil
         G = design.hierarchy.level(td.level).n_groups
         k = Z.shape[1]
         if family.normal_errors:
-            v = np.ones(design.n)
+            v = prior.copy()
         else:
-            mu = family.clip_mean(_smoothed_group_mean(y, idx, G))[idx]
-            v = family.fisher_weights(family.link.link(mu))
+            p = family.clip_mean(_smoothed_group_mean(prior * y, prior * trials, idx, G))
+            eta = family.link.link(p)[idx] + off - _group_mean(prior * off, prior, idx, G)[idx]
+            v = prior * family.fisher_weights(eta, trials, theta if family.has_dispersion else None)
         S = np.zeros((weights.shape[0], G, k, k))
         for m in range(weights.shape[0]):
             wv = weights[m] * v
@@ -176,8 +225,17 @@ def information(design: Design, arrays: dict, weights: np.ndarray, family: Famil
     return out
 
 
-def _smoothed_group_mean(y: np.ndarray, idx: np.ndarray, n_groups: int) -> np.ndarray:
-    """Each group's mean outcome shrunk by two pseudo-rows at the overall mean."""
+def _smoothed_group_mean(y: np.ndarray, n: np.ndarray, idx: np.ndarray, n_groups: int) -> np.ndarray:
+    """Each group's mean outcome per trial (``sum y / sum n``, both weighted) shrunk by two
+    pseudo-trials at the overall mean."""
+    overall = float(y.sum() / max(float(n.sum()), 1e-300))
     sums = np.bincount(idx, weights=y, minlength=n_groups)
-    counts = np.bincount(idx, minlength=n_groups)
-    return (sums + 2 * y.mean()) / (counts + 2)
+    counts = np.bincount(idx, weights=n, minlength=n_groups)
+    return (sums + 2 * overall) / (counts + 2)
+
+
+def _group_mean(x: np.ndarray, w: np.ndarray, idx: np.ndarray, n_groups: int) -> np.ndarray:
+    """Weighted mean of ``x`` (already times ``w``) per group; 0 for a group of weight 0."""
+    sums = np.bincount(idx, weights=x, minlength=n_groups)
+    total = np.bincount(idx, weights=w, minlength=n_groups)
+    return np.where(total > 0, sums / np.where(total > 0, total, 1.0), 0.0)

@@ -74,7 +74,7 @@ class NeuralFit(LinearEngineFit):
         its parameters plus its network's forward pass, less its identifying projection."""
         g = nonlinear_raw(self, design)
         beta, b = self.layout.unflatten(self.member_theta - self.delta)
-        eta = beta @ design.X.T + g
+        eta = beta @ design.X.T + g + (0.0 if design.offset is None else design.offset)
         for td, bt in zip(design.terms, b):
             idx = design.group_index[td.level]
             known = idx >= 0
@@ -91,7 +91,7 @@ class NeuralFit(LinearEngineFit):
         if self.draws is None:
             return None
         R = self.layout_row_matrix(design)
-        nl = self.nonlinear_members(design, R)
+        nl = self.nonlinear_members(design, R) + _offset(design)
         if len(self.draws) < MIN_QUANTILE_DRAWS:
             eta = np.asarray(R @ self.draws.T).T + nl
             centre = eta.mean(axis=0)
@@ -109,7 +109,7 @@ class NeuralFit(LinearEngineFit):
             return None
         family = self.family
         R = self.layout_row_matrix(design)
-        nl = self.nonlinear_members(design, R)
+        nl = self.nonlinear_members(design, R) + _offset(design)  # the known part rides with each member
         if len(self.draws) < MIN_QUANTILE_DRAWS:
             return self._member_interval(np.asarray(R @ self.draws.T).T + nl, kind, level, family, design.trials, scale)
         rng = np.random.default_rng(self.seed)
@@ -129,7 +129,7 @@ class NeuralFit(LinearEngineFit):
             mu = family.inverse_link(eta)
             if kind == "prediction":
                 disp = None if self.sigma_draws is None else self.sigma_draws[owner][:, None]
-                mu = family.sample(rng, mu, design.trials, disp)
+                mu = family.sample(rng, mu, None if design.trials is None else design.trials[rows], disp)
             lower[rows], upper[rows] = np.quantile(mu, q, axis=0)
         return lower, upper
 
@@ -153,7 +153,8 @@ class NeuralFit(LinearEngineFit):
         for start in range(0, len(center), 2000):
             rows = slice(start, start + 2000)
             draws = center[rows] + half[rows] / tq * rng.standard_normal((1000, len(center[rows])))
-            y = family.sample(rng, family.inverse_link(draws), None if trials is None else trials[rows])
+            disp = None if self.sigma_draws is None or not family.has_dispersion else float(np.mean(self.sigma_draws))
+            y = family.sample(rng, family.inverse_link(draws), None if trials is None else trials[rows], disp)
             lower[rows], upper[rows] = np.quantile(y, [(1 - level) / 2, (1 + level) / 2], axis=0)
         return lower, upper
 
@@ -178,10 +179,10 @@ class NeuralFit(LinearEngineFit):
     def summary_lines(self) -> list[str]:
         dims = [lv["dim"] for lv in self.config["levels"]]
         lines = [
-            f"network: MLP hidden {tuple(self.config['hidden'])}, embedding dims per level {dims}, "
-            f"{self.config['n_members']} ensemble members",
-            f"training: {self.statistics.get('epochs', float('nan')):.0f} epochs (mean best), batch size "
-            f"{self.settings['batch_size']}, {self.statistics.get('train_seconds', float('nan')):.1f} s",
+            (f"network: MLP hidden {tuple(self.config['hidden'])}, embedding dims per level {dims}, "
+             f"{self.config['n_members']} ensemble members"),
+            (f"training: {self.statistics.get('epochs', float('nan')):.0f} epochs (mean best), batch size "
+             f"{self.settings['batch_size']}, {self.statistics.get('train_seconds', float('nan')):.1f} s"),
         ]
         if "nonlinear_kept" in self.statistics:
             verdict = "kept" if self.statistics["nonlinear_kept"] else "dropped (the fit is the linear hierarchical model)"
@@ -253,6 +254,11 @@ class NeuralFit(LinearEngineFit):
                 draws is not None and (len(fit.member_of_draw) != len(draws) or fit.member_of_draw.max(initial=0) >= M)):
             raise state.fail("the ensemble's arrays do not match its network")
         return fit
+
+
+def _offset(design: RowDesign) -> np.ndarray | float:
+    """The rows' offset (a known part of the linear predictor), or 0."""
+    return 0.0 if design.offset is None else design.offset
 
 
 def _index(state: StateReader, value: Any) -> int | None:

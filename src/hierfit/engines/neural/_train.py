@@ -18,12 +18,14 @@ from hierfit.engines.neural._model import HierEnsemble, negative_loglik
 from hierfit.engines.neural._options import OPTIONS, Settings, resolve
 from hierfit.engines.neural._prep import (
     bootstrap_weights,
+    glm_start,
     information,
     make_scaling,
+    prior_weights,
     scaled_arrays,
     validation_split,
 )
-from hierfit.exceptions import EngineError
+from hierfit.exceptions import DataError, EngineError
 from hierfit.formula import INTERCEPT
 from hierfit.model import Family, ModelSpec
 
@@ -78,7 +80,8 @@ class Batches:
 
     def __init__(self, arrays: dict, device: torch.device) -> None:
         def t(a: np.ndarray, dtype=torch.float32) -> torch.Tensor:
-            return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)
+            # a writable C array: torch warns on read-only design arrays (trials, weights) even when it copies
+            return torch.as_tensor(np.require(a, requirements=["C", "W"]), dtype=dtype, device=device)
 
         self.X = t(arrays["X"])
         self.Z = [t(z) for z in arrays["Z"]]
@@ -86,11 +89,22 @@ class Batches:
         self.term_index = [t(i, torch.long) for i in arrays["term_index"]]
         self.level_index = [t(i, torch.long) for i in arrays["level_index"]]
         self.y = t(arrays["y"])  # training batches: the design is a fitting design
+        self.offset = t(arrays["offset"])
+        self.trials = t(arrays["trials"])
+        self.prior = t(arrays["prior"])
 
     def eta(self, model: HierEnsemble, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return model(
+        """``(linear part + offset, nonlinear part)`` of the rows: the offset is a known part of
+        the linear predictor, so it sits with the linear part (the MLP never sees it)."""
+        lin, nl = model(
             self.X[rows], [z[rows] for z in self.Z], [i[rows] for i in self.term_index], self.F[rows], [i[rows] for i in self.level_index]
         )
+        return lin + self.offset[rows], nl
+
+    def nll(self, model: HierEnsemble, rows: torch.Tensor, family: str) -> torch.Tensor:
+        """Per-row negative log-likelihood times the prior weights (members × rows)."""
+        lin, nl = self.eta(model, rows)
+        return negative_loglik(lin + nl, self.y[rows], self.trials[rows], self.prior[rows], model.log_sigma, family)
 
 
 def model_config(design: Design, settings: Settings, n_features: int, family: Family) -> dict:
@@ -121,7 +135,10 @@ def _child_terms(design: Design, t: int) -> list:
     return [[c, pairs] for c, pairs in out.items()]
 
 
-def new_model(config: dict, design: Design, family: Family, seed: int, device: torch.device) -> HierEnsemble:
+def new_model(config: dict, design: Design, family: Family, seed: int, device: torch.device,
+              start: tuple[float, float] | None = None) -> HierEnsemble:
+    """A fresh ensemble: parents wired from the hierarchy, a GLM's intercept and size at their
+    starting values (:func:`hierfit.engines.neural._prep.glm_start`)."""
     torch.manual_seed(seed)
     model = HierEnsemble(config)
     with torch.no_grad():
@@ -129,12 +146,14 @@ def new_model(config: dict, design: Design, family: Family, seed: int, device: t
             parent_index = design.hierarchy.level(td.level).parent_index
             if parent_index is not None:
                 getattr(model, f"up_{t}").copy_(torch.as_tensor(parent_index, dtype=torch.long))
-    if not family.normal_errors and INTERCEPT in design.x_names:
-        # start the intercept at the link of the mean outcome, as a GLM would (a gaussian
-        # outcome is centred by the scaling instead)
-        start = family.link.link(family.clip_mean(np.array([design.y.mean()])))[0]
-        with torch.no_grad():
-            model.beta[:, design.x_names.index(INTERCEPT)] = float(start)
+    intercept, theta = start if start is not None else glm_start(design, family)
+    with torch.no_grad():
+        if not family.normal_errors and INTERCEPT in design.x_names:
+            # start the intercept at the link of the mean outcome, as a GLM would (a gaussian
+            # outcome is centred by the scaling instead)
+            model.beta[:, design.x_names.index(INTERCEPT)] = intercept
+        if family.dispersion == "theta":  # from theta = 1 a long way to a count's usual size
+            model.log_sigma.fill_(float(np.log(theta)))
     return model.to(device)
 
 
@@ -195,8 +214,7 @@ def run(
             perm = train_t[torch.randperm(n_tr, generator=gen)].to(device)
             total = 0.0
             for rows in torch.tensor_split(perm, n_batches):
-                lin, nl = data.eta(model, rows)
-                nll = negative_loglik(lin + nl, data.y[rows], model.log_sigma, family)
+                nll = data.nll(model, rows, family)
                 fit_term = (nll * weights[:, rows]).sum(1) * (n_tr / len(rows))
                 pen = model.penalty(info, active, variance=options.variance, embedding_sd=options.embedding_sd, weight_decay=options.weight_decay)
                 loss = ((fit_term + pen) / n_tr).sum()
@@ -237,13 +255,14 @@ def run(
 
 @torch.no_grad()
 def evaluate(model: HierEnsemble, data: Batches, rows: torch.Tensor, family: str, chunk: int = 65536) -> np.ndarray:
-    """Mean validation NLL per member (unweighted rows)."""
+    """Validation NLL per member: the prior-weighted mean over the rows, with their offsets
+    and trials (the family's own log loss, so early stopping means the same for every family)."""
     model.eval()
     total = torch.zeros(model.n_members, device=rows.device)
     for part in torch.split(rows, chunk):
-        lin, nl = data.eta(model, part)
-        total += negative_loglik(lin + nl, data.y[part], model.log_sigma, family).sum(1)
-    return (total / len(rows)).cpu().numpy().astype(float)
+        total += data.nll(model, part, family).sum(1)
+    weight = float(data.prior[rows].sum())
+    return (total / max(weight, 1e-300)).cpu().numpy().astype(float)
 
 
 def _snapshot(model: HierEnsemble, best: dict, members: torch.Tensor) -> None:
@@ -290,6 +309,8 @@ def train(design: Design, spec: ModelSpec, options: OPTIONS):
     scaling = make_scaling(design, family)
     arrays = scaled_arrays(design, scaling)
     val_mask = validation_split(design, options.validation, settings.validation_fraction, rng)
+    _check_weighted_split(design, val_mask)
+    start = glm_start(design, family)
     weights = bootstrap_weights(settings.n_members, ~val_mask, options.bootstrap, rng)
     config = model_config(design, settings, len(scaling.feature_names), family)
     # One thread by default on CPU: the network is small, so intra-op threads gain little on an
@@ -299,11 +320,11 @@ def train(design: Design, spec: ModelSpec, options: OPTIONS):
         data = Batches(arrays, device)
 
         def tensors(w: np.ndarray) -> tuple[torch.Tensor, list[torch.Tensor]]:
-            S = information(design, arrays, w, family)
+            S = information(design, arrays, w, family, start[1])
             return torch.as_tensor(w, dtype=torch.float32, device=device), [torch.as_tensor(s, dtype=torch.float32, device=device) for s in S]
 
         w_t, info = tensors(weights)
-        model = new_model(config, design, family, options.seed, device)
+        model = new_model(config, design, family, options.seed, device, start)
         first = run(model, data, weights=w_t, info=info, train_idx=np.flatnonzero(~val_mask), val_idx=np.flatnonzero(val_mask),
                     settings=settings, options=options, label="early stopping")
         histories = [first]
@@ -313,15 +334,27 @@ def train(design: Design, spec: ModelSpec, options: OPTIONS):
             if not gain.keep:  # continue as the linear hierarchical model, with its trained linear part
                 settings = replace(settings, hidden=(), embedding_dims=tuple(0 for _ in settings.embedding_dims))
                 config = model_config(design, settings, len(scaling.feature_names), family)
-                model = _linear_part(model, new_model(config, design, family, options.seed, device))
+                model = _linear_part(model, new_model(config, design, family, options.seed, device, start))
         if settings.refit:
             w_all, info_all = tensors(bootstrap_weights(settings.n_members, np.ones(design.n, dtype=bool), options.bootstrap, rng))
-            model = new_model(config, design, family, options.seed, device)
+            model = new_model(config, design, family, options.seed, device, start)
             histories.append(run(model, data, weights=w_all, info=info_all, train_idx=np.arange(design.n), val_idx=None,
                                  settings=settings, options=options, stop_at=np.maximum(first.best_epoch, 0),
                                  lr_schedule=first.lr_per_epoch, label="refit on all rows"))
         diagnostics = _diagnostics(first, settings)
         return finish(design, spec, model, data, scaling, settings, options, histories, diagnostics, gain)
+
+
+def _check_weighted_split(design: Design, val_mask: np.ndarray) -> None:
+    """Both sides of the validation split need rows that count (prior weight above 0)."""
+    prior = prior_weights(design)
+    for name, rows in (("training", ~val_mask), ("validation", val_mask)):
+        if not (prior[rows] > 0).any():
+            raise DataError(
+                f"Engine 'neural': every {name} row has prior weight 0 ({int(rows.sum())} rows; "
+                f"{int((prior > 0).sum())} of {design.n} rows have a positive weight), so early stopping has nothing to "
+                "measure. Drop the rows of weight 0 before fitting, or set a larger validation_fraction."
+            )
 
 
 def _linear_part(trained: HierEnsemble, linear: HierEnsemble) -> HierEnsemble:
