@@ -109,7 +109,7 @@ def run(seeds: list[int], engines: list[str], rows_per_submarket: int = REFERENC
 def summarise(table: pd.DataFrame, family: str = "gaussian") -> pd.DataFrame:
     metric = metric_of(family)
     scores = ["rmse"] if metric == "rmse" else [metric, "rmse"]
-    extra = ["brier", "auc"] if metric == "log_loss" else []
+    extra = ["brier", "auc", "calibration"] if metric == "log_loss" else []
     cols = [*scores, f"{metric}_vs_ols", "mlpd", *extra, "coverage", "width", "submarket_total_err", "market_total_err",
             "full_fit_seconds", "fit_seconds"]
     mean = table.groupby("engine", sort=False)[cols].mean()
