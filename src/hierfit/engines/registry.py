@@ -141,8 +141,10 @@ ENGINES: dict[str, EngineEntry] = {
             pooling="partial",
             varying_slopes=True,
             correlated_slopes=True,
-            families=("gaussian", "bernoulli", "poisson"),
+            families=("gaussian", "bernoulli", "binomial", "poisson", "negative_binomial"),
             decomposition="exact",
+            offsets=True,
+            weights=True,
         ),
         requires=("pymc", "arviz"),
         extra="pymc",
@@ -156,8 +158,10 @@ ENGINES: dict[str, EngineEntry] = {
             pooling="partial",
             varying_slopes=True,
             correlated_slopes=True,
-            families=("gaussian", "bernoulli", "poisson"),
+            families=("gaussian", "bernoulli", "binomial", "poisson", "negative_binomial"),
             decomposition="exact",
+            offsets=True,
+            weights=True,
         ),
         requires=("stan", "arviz"),
         extra="stan",
@@ -171,9 +175,11 @@ ENGINES: dict[str, EngineEntry] = {
             pooling="partial",
             varying_slopes=True,
             correlated_slopes=True,
-            families=("gaussian", "bernoulli", "poisson"),
+            families=("gaussian", "bernoulli", "binomial", "poisson", "negative_binomial"),
             decomposition="exact",
             nonlinear=True,
+            offsets=True,
+            weights=True,
         ),
         requires=("torch",),
         extra="neural",
@@ -207,11 +213,13 @@ ENGINES: dict[str, EngineEntry] = {
             pooling="partial",
             varying_slopes=True,
             correlated_slopes=True,
-            families=("gaussian",),
+            families=("gaussian", "bernoulli", "binomial", "poisson", "negative_binomial"),
             decomposition="exact",
             needs_group_terms=True,
             nonlinear=True,
             smooth=False,
+            offsets=True,
+            weights=True,
         ),
         requires=("lightgbm",),
         extra="lightgbm",
@@ -247,11 +255,16 @@ def check_capabilities(entry: EngineEntry, spec: ModelSpec) -> None:
 
     Examples
     --------
+    Every built-in engine fits every family; an engine plugged in with :func:`register` may not:
+
+    >>> from dataclasses import replace
     >>> from hierfit.model import make_spec
-    >>> check_capabilities(get_engine("boosted-mixed"), make_spec("y ~ x + (1 | g)", family="poisson"))
+    >>> ols = get_engine("ols")
+    >>> mine = replace(ols, name="mine", capabilities=replace(ols.capabilities, families=("gaussian",)))
+    >>> check_capabilities(mine, make_spec("y ~ x + (1 | g)", family="poisson"))
     Traceback (most recent call last):
     ...
-    hierfit.exceptions.SpecError: Engine 'boosted-mixed' fits the families: gaussian; got family='poisson'. Engines for 'poisson': lightgbm, mixed, neural, ols, pymc, stan (see `hierfit engines`).
+    hierfit.exceptions.SpecError: Engine 'mine' fits the families: gaussian; got family='poisson'. Engines for 'poisson': boosted-mixed, lightgbm, mixed, neural, ols, pymc, stan (see `hierfit engines`).
     """
     caps = entry.capabilities
     family = spec.family.name

@@ -103,9 +103,9 @@ class Predictive:
             return None
         if self.family.discrete:
             if self.method == "draws":
-                return _discrete_cdf(self.family, y[None, :], self._means, self.trials, _per_draw(self.sigma_draws)).mean(axis=0)
+                return self.family.cdf(y[None, :], self._means, self.trials, _per_draw(self.sigma_draws)).mean(axis=0)
             if self.method == "plugin":
-                return _discrete_cdf(self.family, y, self.mean, self.trials, self.dispersion)
+                return self.family.cdf(y, self.mean, self.trials, self.dispersion)
             return None
         if self.method == "plugin":
             return None
@@ -245,21 +245,6 @@ def _plain_draws(ef: LinearEngineFit, offset: np.ndarray) -> bool:
     if ef.sigma_draws is not None and len(ef.sigma_draws) != len(ef.draws):
         return False
     return bool(np.allclose(offset, 0.0, atol=1e-9))
-
-
-def _discrete_cdf(family: Family, y: np.ndarray, mu: np.ndarray, trials: np.ndarray | None,
-                  dispersion: np.ndarray | float | None) -> np.ndarray:
-    """``P(Y <= y)`` of a discrete family at mean ``mu`` (0 below the support)."""
-    name = family.name
-    if name in ("bernoulli", "binomial"):
-        n = np.ones_like(mu) if trials is None else np.broadcast_to(trials, np.shape(mu))
-        return stats.binom.cdf(y, n, np.clip(mu, 0.0, 1.0))
-    if name == "poisson":
-        return stats.poisson.cdf(y, mu)
-    if name == "negative_binomial":
-        theta = np.asarray(dispersion, dtype=float)
-        return stats.nbinom.cdf(y, theta, theta / (theta + mu))
-    raise ValueError(f"no discrete CDF for family {name!r}")  # pragma: no cover - the family table's discrete rows
 
 
 def _per_draw(dispersion: np.ndarray | None) -> np.ndarray | None:

@@ -199,6 +199,23 @@ def _binom_start(y: Array, trials: Array) -> Array:
     return (y + 0.5) / (trials + 1.0)  # R's binomial()$initialize
 
 
+def _binom_cdf(y: Array, mu: Array, trials: Array, disp: Dispersion) -> Array:
+    return stats.binom.cdf(y, trials, np.clip(mu, 0.0, 1.0))
+
+
+def _pois_cdf(y: Array, mu: Array, trials: Array, disp: Dispersion) -> Array:
+    return stats.poisson.cdf(y, mu)
+
+
+def _nb_cdf(y: Array, mu: Array, trials: Array, disp: Dispersion) -> Array:
+    th = _nb_theta(disp)
+    return stats.nbinom.cdf(y, th, th / (th + mu))
+
+
+def _gauss_cdf(y: Array, mu: Array, trials: Array, disp: Dispersion) -> Array:
+    return stats.norm.cdf(y, mu, 1.0 if disp is None else disp)
+
+
 def _pois_logpdf(y: Array, mu: Array, trials: Array, disp: Dispersion) -> Array:
     return special.xlogy(y, mu) - mu - special.gammaln(y + 1)
 
@@ -310,6 +327,7 @@ class Family:
     _variance_deriv: Callable[[Array, Dispersion], Array]
     _variance_deriv2: Callable[[Array, Dispersion], Array]
     _phi: Callable[[Dispersion], Array | float] = lambda d: 1.0
+    _cdf: Callable[[Array, Array, Array, Dispersion], Array] | None = None
     mean_range: tuple[float, float] = (-np.inf, np.inf)
     overdispersed_alternative: str | None = None
 
@@ -366,6 +384,13 @@ class Family:
         """Per-row log-density (the binomial coefficient included, as R's ``dbinom``)."""
         y = np.asarray(y, dtype=float)
         return self._logpdf(y, np.asarray(mu, dtype=float), _trials(trials, y), dispersion)
+
+    def cdf(self, y: Array, mu: Array, trials: Array | None = None, dispersion: Dispersion = None) -> Array:
+        """Per-row ``P(Y <= y)`` at mean ``mu`` (shapes broadcast; 0 below the support)."""
+        assert self._cdf is not None, "every family row has its CDF"
+        y = np.asarray(y, dtype=float)
+        mu = np.asarray(mu, dtype=float)
+        return self._cdf(y, mu, np.broadcast_to(_trials(trials, mu), np.broadcast_shapes(np.shape(mu), np.shape(y))), dispersion)
 
     def clip_mean(self, mu: Array, margin: float = 1e-3) -> Array:
         """``mu`` kept ``margin`` inside the range of the mean (probabilities off 0 and 1)."""
@@ -425,26 +450,26 @@ FAMILIES: dict[str, Family] = {
         _bad_real, lambda mu, d: _ones_like(mu), lambda y, mu, n, d: (y - mu) ** 2,
         _gauss_logpdf, _gauss_sample, lambda y, n: y.copy(),
         lambda mu, d: 0.0 * mu, lambda mu, d: 0.0 * mu,
-        lambda d: 1.0 if d is None else np.asarray(d, dtype=float) ** 2,
+        lambda d: 1.0 if d is None else np.asarray(d, dtype=float) ** 2, _gauss_cdf,
     ),
     "bernoulli": Family(
         "bernoulli", LINKS["logit"], _BINARY_LINKS, "0/1 outcomes", None, False, True, False,
         _bad_binary, lambda mu, d: mu * (1.0 - mu), _binom_deviance, _binom_logpdf, _binom_sample, _binom_start,
-        lambda mu, d: 1.0 - 2.0 * mu, lambda mu, d: np.full_like(mu, -2.0),
+        lambda mu, d: 1.0 - 2.0 * mu, lambda mu, d: np.full_like(mu, -2.0), _cdf=_binom_cdf,
         mean_range=(0.0, 1.0),
     ),
     "binomial": Family(
         "binomial", LINKS["logit"], _BINARY_LINKS, "whole numbers of successes between 0 and the trials",
         None, True, True, False,
         _bad_successes, lambda mu, d: mu * (1.0 - mu), _binom_deviance, _binom_logpdf, _binom_sample, _binom_start,
-        lambda mu, d: 1.0 - 2.0 * mu, lambda mu, d: np.full_like(mu, -2.0),
+        lambda mu, d: 1.0 - 2.0 * mu, lambda mu, d: np.full_like(mu, -2.0), _cdf=_binom_cdf,
         mean_range=(0.0, 1.0),
     ),
     "poisson": Family(
         "poisson", LINKS["log"], ("log",), "non-negative integer counts", None, False, True, False,
         _bad_count, lambda mu, d: mu, _pois_deviance, _pois_logpdf,
         lambda rng, mu, n, d: rng.poisson(mu).astype(float), lambda y, n: y + 0.1,
-        lambda mu, d: np.ones_like(mu), lambda mu, d: np.zeros_like(mu),
+        lambda mu, d: np.ones_like(mu), lambda mu, d: np.zeros_like(mu), _cdf=_pois_cdf,
         mean_range=(0.0, np.inf), overdispersed_alternative="negative_binomial",
     ),
     "negative_binomial": Family(
@@ -452,7 +477,7 @@ FAMILIES: dict[str, Family] = {
         _bad_count, lambda mu, d: mu + mu ** 2 / _nb_theta(d), _nb_deviance, _nb_logpdf, _nb_sample,
         lambda y, n: y + (y == 0) / 6.0,  # R's negative.binomial()$initialize
         lambda mu, d: 1.0 + 2.0 * mu / _nb_theta(d), lambda mu, d: np.broadcast_to(2.0 / _nb_theta(d), np.shape(mu)).astype(float),
-        mean_range=(0.0, np.inf),
+        _cdf=_nb_cdf, mean_range=(0.0, np.inf),
     ),
 }
 

@@ -6,7 +6,9 @@ Targets (keys of ``ModelSpec.priors``):
 * ``"b"`` -- every population slope, or ``"b:<column>"`` for one of them;
 * ``"sd"`` -- every group-level SD, or ``"sd:<level>"`` for one level;
 * ``"cor"`` -- the LKJ prior on group-level correlation matrices;
-* ``"sigma"`` -- the residual SD (gaussian family).
+* ``"sigma"`` -- the residual SD (gaussian family);
+* ``"theta"`` -- the negative-binomial size, its prior stated on ``1 / sqrt(theta)``
+  (see :mod:`hierfit.engines.bayes.priors`).
 
 Examples
 --------
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 
 from hierfit.exceptions import SpecError
 
-PRIOR_TARGET_PREFIXES = ("Intercept", "b", "b:", "sd", "sd:", "cor", "sigma")
+PRIOR_TARGET_PREFIXES = ("Intercept", "b", "b:", "sd", "sd:", "cor", "sigma", "theta")
 
 
 @dataclass(frozen=True)
@@ -72,10 +74,10 @@ def validate_priors(priors: Mapping[str, Prior]) -> dict[str, Prior]:
     for target, prior in dict(priors).items():
         if not isinstance(prior, Prior):
             raise SpecError(f"Prior for {target!r} must be made with hierfit.priors (normal, half_normal, ...); got {prior!r}.")
-        ok = target in {"Intercept", "b", "sd", "cor", "sigma"} or target.startswith(("b:", "sd:"))
+        ok = target in {"Intercept", "b", "sd", "cor", "sigma", "theta"} or target.startswith(("b:", "sd:"))
         if not ok:
             raise SpecError(
-                f"Unknown prior target {target!r}. Allowed: Intercept, b, b:<column>, cor, sd, sd:<level>, sigma."
+                f"Unknown prior target {target!r}. Allowed: Intercept, b, b:<column>, cor, sd, sd:<level>, sigma, theta."
             )
         out[target] = prior
     return out

@@ -3,6 +3,8 @@
 * :mod:`.priors` -- default priors scaled to the data and the user's engine-neutral priors;
 * :mod:`.structure` -- term layout and the gaussian sufficient statistics;
 * :mod:`.marginal` -- the exact marginalised gaussian likelihood and conditional draws;
+* :mod:`.aggregate` -- rows sharing covariates, groups, offset and weight summed (exact for
+  bernoulli, binomial, poisson);
 * :mod:`.result` -- draws -> ArviZ InferenceData and the result contract;
 * :mod:`.diagnostics` -- divergences, tree depth, R-hat, ESS as Diagnostics;
 * :mod:`.checks_ppc` -- posterior predictive checks and LOO/WAIC comparison;

@@ -9,7 +9,12 @@ determinant lemma give the exact marginal log-likelihood from the sufficient sta
 
     q   = y'y - 2 μ'W'y + μ'Mμ                      (residual sum of squares at μ)
     c   = T' (W'y - M μ)_I
-    ll  = -n/2 log(2π σ²) - ½ log|P| - (q - c'P⁻¹c / σ²) / (2σ²)
+    ll  = -n/2 log(2π σ²) - ½ log|P| - (q - c'P⁻¹c / σ²) / (2σ²)  (+ ½ Σ log w)
+
+With prior weights ``w`` (residual variances ``σ²/w_i``) the same formula holds for the
+statistics ``W'ΩW, W'Ωy, y'Ωy`` of :func:`hierfit.engines.bayes.structure.sufficient_stats`
+(the model of ``Ω^½ y`` is unweighted), ``n`` the rows of positive weight and the constant
+``½ Σ log w`` their Jacobian; an offset enters as ``y - offset``.
 
 Each evaluation costs O(d² k + d³/3) with d = dim(u_I) (73 for the reference model),
 independent of the number of rows. Given a draw of ``(σ, Λ, beta_S)`` the integrated part has
@@ -43,6 +48,7 @@ class MarginalData:
     index_S: np.ndarray
     m_I: np.ndarray  # prior mean of u_I (zeros for b)
     s0: np.ndarray  # prior SDs of integrated betas
+    log_weights: float = 0.0  # ½ Σ log w is added to the log-likelihood (0 without weights)
 
     @cached_property
     def M_II(self) -> np.ndarray:
@@ -63,7 +69,8 @@ def marginal_data(structure: BayesStructure, stats: SufficientStats) -> Marginal
     s0 = np.array([p.param("sigma") for p in priors], dtype=float)
     index_I = structure.integrated_index()
     m_I = np.concatenate([m_beta, np.zeros(len(index_I) - len(ib))])
-    return MarginalData(stats.WtW, stats.Wty, stats.yty, stats.n, index_I, structure.sampled_beta, m_I, s0)
+    return MarginalData(stats.WtW, stats.Wty, stats.yty, stats.n, index_I, structure.sampled_beta, m_I, s0,
+                        stats.log_weights)
 
 
 def _right_T(A: np.ndarray, s0: np.ndarray, lambdas: list[np.ndarray], structure: BayesStructure) -> np.ndarray:
@@ -125,6 +132,7 @@ def marginal_loglik(md: MarginalData, structure: BayesStructure, sigma, lambdas,
             -0.5 * md.n * np.log(2 * np.pi * sigma[s] ** 2)
             - np.log(np.diag(Lc)).sum()
             - (q[s] - w @ w / sigma[s] ** 2) / (2 * sigma[s] ** 2)
+            + 0.5 * md.log_weights
         )
     return out
 
@@ -147,7 +155,7 @@ def conditional_draws(
     for start in range(0, S, chunk):
         sl = slice(start, min(start + chunk, S))
         lam = [l[sl] for l in lambdas]
-        q, c, P = _pieces(md, structure, sigma[sl], lam, beta_S[sl])
+        _, c, P = _pieces(md, structure, sigma[sl], lam, beta_S[sl])
         Lc = np.linalg.cholesky(P)
         s2 = (sigma[sl] ** 2)[:, None]
         # mean P⁻¹c/σ² and noise Lc⁻ᵀ ε (covariance P⁻¹), via triangular solves per draw

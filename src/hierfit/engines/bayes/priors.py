@@ -7,13 +7,25 @@ the spirit of rstanarm/bambi's autoscaling):
 ==============  ===========================================================================
 target          default
 ==============  ===========================================================================
-Intercept       gaussian: ``normal(mean(y), 2.5 sd(y))``; bernoulli/poisson: ``normal(0, 2.5)``
-                (poisson: centred at ``log(mean(y))``)
+Intercept       gaussian: ``normal(mean(y), 2.5 sd(y))``; bernoulli/binomial/poisson/negative
+                binomial: ``normal(c, 2.5)``, ``c = 0`` for the logit link, ``log(mean rate)``
+                for the log link (the rate is ``y / exp(offset)`` where there is an offset)
 b:<col>         ``normal(0, 2.5 s_y / sd(col))`` with ``s_y = sd(y)`` (gaussian) or 1
 sd:<level>      ``half_normal(s_y / sd(z))`` per coefficient (``sd(z) = 1`` for intercepts)
 cor             ``lkj(2)``
-sigma           ``half_normal(sd(y))``
+sigma           ``half_normal(sd(y))`` (gaussian)
+theta           negative binomial: ``half_normal(1)`` on ``1 / sqrt(theta)`` (see below)
 ==============  ===========================================================================
+
+The negative binomial's size ``theta`` (``Var = mu + mu^2 / theta``) gets its prior on
+``phi = 1 / sqrt(theta)``, the coefficient of variation of the gamma-distributed row effect
+that turns a Poisson into an NB2 count (``Var = mu + (phi mu)^2``): a scale like the group SDs,
+so the same scale priors apply, and ``phi = 0`` is the Poisson model, which the default
+``half_normal(1)`` favours without ruling out strong overdispersion (95% prior mass on
+``theta > 0.26``; the Stan prior-choice recommendations' choice). A prior directly on
+``theta`` (brms's ``gamma(0.01, 0.01)``) is nearly flat where the data cannot tell large
+sizes apart and lets chains drift to ``theta = 1e6``. Set it with ``priors={"theta": ...}``
+(any scale prior; it is read as the prior of ``1 / sqrt(theta)``, and ``summary()`` says so).
 
 User priors (``hierfit.priors``) replace defaults: ``"b"`` sets every population slope and
 ``"b:<col>"`` one of them (more specific wins); ``"sd"`` every group-level SD and
@@ -51,6 +63,8 @@ class ResolvedPriors:
         Per term, the LKJ prior of its correlation matrix (``None`` when uncorrelated or k = 1).
     sigma
         Residual SD prior (gaussian) or ``None``.
+    theta
+        Negative binomial: the prior of ``1 / sqrt(theta)``; ``None`` for other families.
     source
         Per target label (``"b:x1"``, ``"sd:market[Intercept]"``), ``"default"`` or ``"user"``.
     """
@@ -60,6 +74,7 @@ class ResolvedPriors:
     cor: tuple[Prior | None, ...]
     sigma: Prior | None
     source: dict[str, str]
+    theta: Prior | None = None
 
     def lines(self, x_names: tuple[str, ...], terms: list[tuple[str, tuple[str, ...]]]) -> list[str]:
         """Human-readable table of the priors used (for ``summary()``)."""
@@ -76,6 +91,8 @@ class ResolvedPriors:
                 out.append(f"  {label:<28} ~ {cor}  [{self.source[label]}]")
         if self.sigma is not None:
             out.append(f"  {'sigma':<28} ~ {self.sigma}  [{self.source['sigma']}]")
+        if self.theta is not None:
+            out.append(f"  {'theta (as 1/sqrt(theta))':<28} ~ {self.theta}  [{self.source['theta']}]")
         return out
 
 
@@ -110,9 +127,8 @@ def resolve_priors(design: Design) -> ResolvedPriors:
     spec = design.spec
     user = dict(spec.priors)
     family = spec.family
-    y = design.y
     gaussian = family.normal_errors
-    s_y = float(np.std(y)) if gaussian else 1.0
+    s_y = float(np.std(_outcome_scale(design))) if gaussian else 1.0
     if not s_y > 0:
         s_y = 1.0
     source: dict[str, str] = {}
@@ -135,7 +151,7 @@ def resolve_priors(design: Design) -> ResolvedPriors:
     for j, name in enumerate(design.x_names):
         col = design.X[:, j]
         if name == INTERCEPT:
-            centre = _INTERCEPT_CENTRE[family.link.name](y)
+            centre = _INTERCEPT_CENTRE[family.link.name](_outcome_scale(design))
             beta.append(pick(INTERCEPT, [INTERCEPT], normal(_round(centre), _round(2.5 * s_y)), LOCATION_PRIORS))
         else:
             sx = float(np.std(col))
@@ -157,14 +173,33 @@ def resolve_priors(design: Design) -> ResolvedPriors:
         else:
             cors.append(None)
     sigma = pick("sigma", ["sigma"], half_normal(_round(s_y)), SCALE_PRIORS) if gaussian else None
+    theta = pick("theta", ["theta"], half_normal(1.0), SCALE_PRIORS) if family.dispersion == "theta" else None
     unused = sorted(k for k in user if not _target_used(k, design))
     if unused:
         raise SpecError(
             f"Prior target {unused[0]!r} matches no parameter of this model. Population columns: "
             f"{', '.join(design.x_names)}; levels: {', '.join(t.level for t in design.terms) or 'none'}"
-            f"{'' if gaussian else '; no sigma for family ' + repr(family.name)}."
+            f"{'' if gaussian else '; no sigma for family ' + repr(family.name)}"
+            f"{'' if family.dispersion == 'theta' else '; theta is the negative-binomial size'}."
         )
-    return ResolvedPriors(tuple(beta), tuple(sds), tuple(cors), sigma, source)
+    return ResolvedPriors(tuple(beta), tuple(sds), tuple(cors), sigma, source, theta)
+
+
+def _weighted_rows(y: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """The outcomes that carry likelihood (rows of weight 0 say nothing about its scale)."""
+    return y if weights is None else y[weights > 0]
+
+
+def _outcome_scale(design: Design) -> np.ndarray:
+    """The outcome net of the offset, per trial, on the rows that carry likelihood: what the
+    default priors are scaled from (``y - offset`` for the identity link, a rate
+    ``y / exp(offset)`` otherwise, so the log link's intercept centre is a log-rate)."""
+    y = np.asarray(design.y, dtype=float)
+    if design.trials is not None:
+        y = y / np.maximum(design.trials, 1.0)
+    if design.offset is not None:
+        y = y - design.offset if design.spec.family.link.name == "identity" else y / np.exp(design.offset)
+    return _weighted_rows(y, design.weights)
 
 
 def _target_used(key: str, design: Design) -> bool:
@@ -182,4 +217,6 @@ def _target_used(key: str, design: Design) -> bool:
         return any(t.term.correlated and len(t.coefficients) > 1 for t in design.terms)
     if key == "sigma":
         return design.spec.family.normal_errors
+    if key == "theta":
+        return design.spec.family.dispersion == "theta"
     return False

@@ -9,8 +9,27 @@ Group effects are non-centred at every level (``b_t[g] = diag(sd_t) L_t z_t[g]``
   (:mod:`hierfit.engines.bayes.marginal`); NUTS samples only the SDs, correlations, sigma
   (and any non-normal-prior coefficient), and the effects are drawn afterwards from their
   exact conditional posterior. One gradient costs O((p+q)³), independent of the rows.
-* ``"suffstats"``: every coefficient sampled, gaussian likelihood from ``W'W, W'y, y'y``.
-* ``"rows"``: the plain per-row model (the only choice for bernoulli/poisson).
+* ``"suffstats"``: every coefficient sampled, gaussian likelihood from ``W'ΩW, W'Ωy, y'Ωy``.
+* ``"rows"``: the plain per-row model (the only choice for the other families).
+
+Both gaussian fast paths are exact with prior weights (``Ω``, residual variances ``σ²/w``) and
+offsets (``y - offset``): see :mod:`hierfit.engines.bayes.structure`. Per-row likelihoods
+(``eta = offset + X beta + sum_t Z_t b_t``; prior weights multiply each row's log-likelihood,
+except the gaussian's, where they divide its variance, as lme4):
+
+=================  ===================================================================
+family             likelihood
+=================  ===================================================================
+gaussian           ``Normal(eta, sigma / sqrt(w))``
+bernoulli          ``Binomial(1, logit_p=eta)`` (summed over rows that share ``eta``)
+binomial           ``Binomial(trials, logit_p=eta)`` (``cbind(y, n - y)``; summed likewise)
+poisson            ``Poisson(exp(eta))`` (summed likewise, the count of rows an offset)
+negative_binomial  ``NegativeBinomial(mu=exp(eta), alpha=theta)`` (NB2), prior on ``1/sqrt(theta)``
+=================  ===================================================================
+
+``aggregate=True`` (the default) sums bernoulli, binomial and poisson rows identical in
+covariates, groups, offset and weight before sampling -- exact, see
+:mod:`hierfit.engines.bayes.aggregate` -- and the pointwise log-likelihood is still per row.
 
 Examples
 --------
@@ -36,10 +55,10 @@ from typing import Any, Literal
 import numpy as np
 
 from hierfit.design import Design
+from hierfit.engines.bayes.aggregate import aggregate_rows, drop_zero_weights
 from hierfit.engines.bayes.marginal import MarginalData, marginal_data
 from hierfit.engines.bayes.pt_marginal import marginal_loglik_op
 from hierfit.engines.bayes.result import BayesFit, assemble_fit
-from hierfit.engines.state import LoadContext, StateReader
 from hierfit.engines.bayes.structure import (
     BayesStructure,
     canonical_rows,
@@ -47,6 +66,7 @@ from hierfit.engines.bayes.structure import (
     sufficient_stats,
 )
 from hierfit.engines.options import option
+from hierfit.engines.state import LoadContext, StateReader
 from hierfit.exceptions import EngineError, SpecError
 from hierfit.model import ModelSpec
 from hierfit.model.priors import Prior
@@ -88,6 +108,9 @@ class OPTIONS:
         Store pointwise log-likelihood (for LOO/WAIC): ``None`` = when draws × rows ≤ 5e7.
     posterior_predictive
         Add a ``posterior_predictive`` group of replicated outcomes to the InferenceData.
+    aggregate
+        Sum bernoulli, binomial and poisson rows that share covariates, groups, offset and
+        weight before sampling (exact; :mod:`hierfit.engines.bayes.aggregate`).
     """
 
     draws: int = option(1000, ge=1)
@@ -103,6 +126,7 @@ class OPTIONS:
     new_groups: Literal["parent", "sample"] = "sample"
     log_likelihood: bool | None = None
     posterior_predictive: bool = False
+    aggregate: bool = True
 
 
 FAST_OPTIONS: dict = {"draws": 300, "tune": 300, "chains": 2, "progressbar": False}
@@ -204,11 +228,15 @@ def build_model(design: Design, structure: BayesStructure, likelihood: str, md: 
             else:
                 lambdas.append(pt.diag(_vector_rv(f"sd_{t.name}", sd_priors, True)))
         sigma = _named("sigma", pri.sigma, True) if pri.sigma is not None else None
+        if pri.theta is not None:
+            # the NB size through phi = 1/sqrt(theta), the scale the prior is stated on (see .priors)
+            sigma = 1.0 / pt.sqr(_named("inv_sqrt_theta", pri.theta, True))
         if likelihood == "marginal":
             assert md is not None, "the marginal model needs its summaries"
             beta_S = _vector_rv("beta", tuple(pri.beta[j] for j in structure.sampled_beta), False)
             loglik = marginal_loglik_op(md, structure)
-            pm.Potential("marginal_loglik", loglik(sigma, lambdas, beta_S) - 0.5 * md.n * np.log(2 * np.pi))
+            constant = -0.5 * md.n * np.log(2 * np.pi) + 0.5 * md.log_weights
+            pm.Potential("marginal_loglik", loglik(sigma, lambdas, beta_S) + constant)
             return model
         beta = _vector_rv("beta", pri.beta, False)
         bs = []
@@ -219,23 +247,49 @@ def build_model(design: Design, structure: BayesStructure, likelihood: str, md: 
             assert md is not None and sigma is not None, "the sufficient-statistics model needs its summaries and sigma"
             u = pt.concatenate([beta] + [b.reshape((-1,)) for b in bs])
             quad = md.yty - 2 * pt.dot(u, md.Wty) + pt.dot(u, pt.dot(md.M, u))
-            pm.Potential("loglik", -0.5 * md.n * pt.log(2 * np.pi * sigma**2) - quad / (2 * sigma**2))
+            pm.Potential("loglik", -0.5 * md.n * pt.log(2 * np.pi * sigma**2) - quad / (2 * sigma**2)
+                         + 0.5 * md.log_weights)
             return model
         eta = pt.dot(design.X, beta)
+        if design.offset is not None:
+            eta = eta + design.offset
         for td, b in zip(design.terms, bs):
             idx = design.group_index[td.level]
             eta = eta + (pt.as_tensor(td.Z) * b[idx]).sum(axis=1)
-        _LIKELIHOODS[structure.family.name](pm, pt, eta, sigma, design.y)
+        family = structure.family
+        w = design.weights
+        if w is not None and family.normal_errors:
+            sigma = sigma / np.sqrt(w)  # lme4's gaussian weights: residual variance sigma^2 / w (w > 0 here)
+        cls, kwargs = _LIKELIHOODS[family.name](pt, eta, sigma, design)
+        y = design.y if not family.discrete else np.round(design.y).astype(np.int64)
+        if w is None or family.normal_errors:
+            cls("y", **kwargs, observed=y)
+        else:
+            # prior weights multiply each row's log-likelihood (no observed variable can say that)
+            pm.Potential("weighted_loglik", (w * pm.logp(cls.dist(**kwargs), y)).sum())
     return model
 
 
-#: family name -> the PyMC observed variable given the linear predictor (the engine's
-#: translation of the family table; pymc and pytensor are passed in, being imported lazily).
-_LIKELIHOODS: dict[str, Callable[..., Any]] = {
-    "gaussian": lambda pm, pt, eta, sigma, y: pm.Normal("y", eta, sigma, observed=y),
-    "bernoulli": lambda pm, pt, eta, sigma, y: pm.Bernoulli("y", logit_p=eta, observed=y),
-    "poisson": lambda pm, pt, eta, sigma, y: pm.Poisson("y", pt.exp(eta), observed=y),
+def _trials(design: Design) -> np.ndarray:
+    """Trials per row: the binomial's, or one (bernoulli rows; aggregated cells carry theirs)."""
+    return np.ones(design.n, dtype=np.int64) if design.trials is None else np.round(design.trials).astype(np.int64)
+
+
+#: family name -> the PyMC distribution and its arguments given the linear predictor and the
+#: dispersion (the engine's translation of the family table; pytensor is passed in, imported lazily)
+_LIKELIHOODS: dict[str, Callable[..., tuple[Any, dict[str, Any]]]] = {
+    "gaussian": lambda pt, eta, disp, d: (_pm("Normal"), {"mu": eta, "sigma": disp}),
+    "bernoulli": lambda pt, eta, disp, d: (_pm("Binomial"), {"n": _trials(d), "logit_p": eta}),
+    "binomial": lambda pt, eta, disp, d: (_pm("Binomial"), {"n": _trials(d), "logit_p": eta}),
+    "poisson": lambda pt, eta, disp, d: (_pm("Poisson"), {"mu": pt.exp(eta)}),
+    "negative_binomial": lambda pt, eta, disp, d: (_pm("NegativeBinomial"), {"mu": pt.exp(eta), "alpha": disp}),
 }
+
+
+def _pm(name: str) -> Any:
+    import pymc as pm
+
+    return getattr(pm, name)
 
 
 # -- sampling -----------------------------------------------------------------------------------
@@ -256,7 +310,7 @@ def initial_values(structure: BayesStructure, md: MarginalData | None, likelihoo
     rng = np.random.default_rng([seed, 7])
     out = []
     for _ in range(chains):
-        jit = lambda v: float(v * np.exp(rng.uniform(-0.2, 0.2)))  # noqa: E731
+        jit = lambda v: float(v * np.exp(rng.uniform(-0.2, 0.2)))
         # sigma's posterior SD on the log scale is ~1/sqrt(2n): jitter it by about two of those, not 20%
         start: dict = {"sigma": float(sigma0 * np.exp(rng.uniform(-2, 2) / np.sqrt(2 * md.n)))}
         for t in structure.terms:
@@ -324,9 +378,11 @@ def _sample(model, options: OPTIONS, sampler: str, initvals: list[dict]):
 def _posterior_arrays(idata: Any, structure: BayesStructure, likelihood: str) -> dict[str, Any]:
     """Flatten chains: sigma, Λ_t per term, sampled betas, and (non-marginal) b draws."""
     post = idata.posterior
-    flat = lambda name: np.asarray(post[name]).reshape(-1, *post[name].shape[2:])  # noqa: E731
+    flat = lambda name: np.asarray(post[name]).reshape(-1, *post[name].shape[2:])
     out: dict[str, Any] = {}
-    out["sigma"] = flat("sigma") if structure.priors.sigma is not None else None
+    out["dispersion"] = flat("sigma") if structure.priors.sigma is not None else None
+    if structure.priors.theta is not None:
+        out["dispersion"] = 1.0 / flat("inv_sqrt_theta") ** 2
     lambdas = []
     for t in structure.terms:
         if t.correlated:
@@ -339,7 +395,7 @@ def _posterior_arrays(idata: Any, structure: BayesStructure, likelihood: str) ->
             lambdas.append(np.einsum("sj,jk->sjk", sds, np.eye(t.k)))
     out["lambdas"] = lambdas
     if likelihood == "marginal":
-        out["beta_S"] = np.stack([flat(f"beta_{i}") for i in range(len(structure.sampled_beta))], axis=1) if len(structure.sampled_beta) else np.zeros((len(out["sigma"]), 0))
+        out["beta_S"] = np.stack([flat(f"beta_{i}") for i in range(len(structure.sampled_beta))], axis=1) if len(structure.sampled_beta) else np.zeros((len(out["dispersion"]), 0))
     else:
         beta = np.stack([flat(f"beta_{i}") for i in range(structure.p)], axis=1) if structure.p else None
         bs = [np.einsum("sgk,sjk->sgj", flat(f"z_{t.name}"), lam) for t, lam in zip(structure.terms, lambdas)]
@@ -355,7 +411,15 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BayesFit:
     sampler = choose_sampler(options.sampler, likelihood)
     if options.new_groups not in ("parent", "sample"):
         raise EngineError(f"Option 'new_groups' must be 'parent' or 'sample'; got {options.new_groups!r}.")
-    ordered = canonical_rows(design)  # the same draws whatever the input row order
+    cells = None
+    if likelihood == "rows" and options.aggregate:
+        # rows sharing eta summed (exact); the cells come sorted, so the draws ignore the input order
+        cells = aggregate_rows(design)
+        ordered = cells.design
+    elif likelihood == "rows":
+        ordered = canonical_rows(drop_zero_weights(design))  # the same draws whatever the input row order
+    else:
+        ordered = canonical_rows(design)  # weight-0 rows add nothing to the sufficient statistics
     md = marginal_data(structure, sufficient_stats(ordered)) if likelihood in ("marginal", "suffstats") else None
     from threadpoolctl import threadpool_limits
 
@@ -367,10 +431,13 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BayesFit:
         idata = _sample(model, options, sampler, inits)
         sampling_seconds = time.perf_counter() - t0
         arrays = _posterior_arrays(idata, structure, likelihood)
-        return _assemble(design, structure, md, arrays, idata, options, likelihood, sampler, sampling_seconds)
+        info = {"likelihood": likelihood, "sampler": sampler, "sampling_seconds": sampling_seconds}
+        if cells is not None:
+            info.update(aggregated_rows=cells.rows, aggregated_cells=cells.cells)
+        return _assemble(design, structure, md, arrays, idata, options, info)
 
 
-def _assemble(design, structure, md, arrays, idata, options, likelihood, sampler, sampling_seconds) -> BayesFit:
+def _assemble(design, structure, md, arrays, idata, options, info) -> BayesFit:
     return assemble_fit(
         engine="pymc",
         design=design,
@@ -383,7 +450,7 @@ def _assemble(design, structure, md, arrays, idata, options, likelihood, sampler
         new_groups=options.new_groups,
         log_likelihood=options.log_likelihood,
         posterior_predictive=options.posterior_predictive,
-        info={"likelihood": likelihood, "sampler": sampler, "sampling_seconds": sampling_seconds},
+        info=info,
     )
 
 

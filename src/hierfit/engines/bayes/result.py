@@ -1,9 +1,27 @@
 """Posterior draws -> InferenceData and the result contract, shared by ``pymc`` and ``stan``.
 
-Both engines hand over the same arrays (sigma, ``Λ_t`` per term, and either sampled
+Both engines hand over the same arrays (the dispersion, ``Λ_t`` per term, and either sampled
 coefficients or what the marginal model needs to draw them), so the two produce identical
 variable names: ``beta[coef]``, ``r_<term>[group, coef]``, ``sd_<term>[coef]``,
-``cor_<term>[pair]`` (each distinct correlation of a correlated term, e.g. ``Intercept:x1``), ``sigma``.
+``cor_<term>[pair]`` (each distinct correlation of a correlated term, e.g. ``Intercept:x1``),
+and the family's dispersion (``Family.dispersion``): ``sigma`` (gaussian) or ``theta`` (the
+negative-binomial size, ``Var = mu + mu^2 / theta``).
+
+The dispersion is reported as the ``mixed`` engine reports it: a ``residual`` row of the
+variance components for sigma (posterior mean), a ``dispersion`` / ``theta`` row and the
+statistic ``nb_theta`` for the NB size -- its posterior *median*: the default prior on
+``1 / sqrt(theta)`` has positive density at 0 (the Poisson limit), so ``theta``'s posterior
+mean need not exist (draws near the Poisson limit are astronomically large).
+
+The pointwise log-likelihood (LOO/WAIC) and the posterior predictive are computed from the
+draws for every fitting row -- also when the sampler saw aggregated cells (:mod:`.aggregate`) --
+with lme4's prior weights: row ``i``'s log-likelihood times ``w_i`` (gaussian: the density of
+``N(mu, sigma^2 / w_i)``; 0 for rows of weight 0, which carry none). Replicated outcomes of
+weighted gaussian rows have variance ``sigma^2 / w_i`` (``sigma^2`` where ``w_i = 0``); the
+weights of the other families have no generative meaning and are not used there.
+Predictions are means per trial (a probability for the binomial families, as ``mixed`` and
+``ols``) and use the offset of the rows predicted; prediction intervals of binomial rows
+that carry trials bound the count of successes.
 """
 
 from __future__ import annotations
@@ -72,9 +90,17 @@ class BayesFit(LinearEngineFit):
     def summary_lines(self) -> list[str]:
         info = self.info
         lines = [
-            f"sampling: {info.get('sampler')} NUTS, likelihood '{info.get('likelihood')}', "
-            f"{info.get('chains')} chains x {info.get('draws')} draws, {info.get('sampling_seconds', float('nan')):.1f} s",
+            (f"sampling: {info.get('sampler')} NUTS, likelihood '{info.get('likelihood')}', "
+             f"{info.get('chains')} chains x {info.get('draws')} draws, {info.get('sampling_seconds', float('nan')):.1f} s"),
         ]
+        if "aggregated_cells" in info:
+            lines.append(f"likelihood evaluated on {info['aggregated_cells']} cells of rows sharing covariates, groups, offset "
+                         f"and weight ({info['aggregated_rows']} rows; exact)")
+        theta = self.sigma_draws if self.family.dispersion == "theta" else None
+        if theta is not None:
+            lo, mid, hi = np.quantile(theta, [0.05, 0.5, 0.95])
+            lines.append(f"negative-binomial size theta (Var = mu + mu^2/theta): posterior median {mid:.4g}, "
+                         f"90% interval {lo:.4g} to {hi:.4g}")
         if not info.get("log_likelihood"):
             lines.append("pointwise log-likelihood not stored (refit with log_likelihood=True for LOO/WAIC)")
         return lines + self.prior_lines
@@ -108,14 +134,15 @@ class BayesFit(LinearEngineFit):
             raise PersistenceError(f"{state.files.where(POSTERIOR_FILE)} cannot be read as InferenceData ({exc}). Refit and save again.") from None
         names = state.get_str_list("draw_variables")
         posterior = idata.posterior
-        missing = [v for v in names + (["sigma"] if state.get_bool("has_dispersion") else []) if v not in posterior]
+        disp_name = str(fit.family.dispersion) if state.get_bool("has_dispersion") else None
+        missing = [v for v in names + ([disp_name] if disp_name else []) if v not in posterior]
         if missing:
             raise state.fail(f"the posterior in {POSTERIOR_FILE} has no variables {missing}")
         n_draws = posterior.sizes["chain"] * posterior.sizes["draw"]
         flat = np.concatenate([np.asarray(posterior[v].values, dtype=float).reshape(n_draws, -1) for v in names], axis=1)
         if flat.shape[1] != fit.layout.size or not np.allclose(flat.mean(axis=0), fit.theta, rtol=1e-10, atol=1e-12):
             raise state.fail(f"the posterior draws in {POSTERIOR_FILE} do not match the saved estimates")
-        sigma = np.asarray(posterior["sigma"].values, dtype=float).reshape(-1) if state.get_bool("has_dispersion") else None
+        sigma = np.asarray(posterior[disp_name].values, dtype=float).reshape(-1) if disp_name else None
         fit.uncertainty = PosteriorDraws(Draws(flat, sigma))
         fit.idata = idata
         fit.info = state.get_dict("info")
@@ -194,30 +221,48 @@ def _posterior_dataset(design: Design, structure: BayesStructure, flat: np.ndarr
             i, j = np.tril_indices(t.k, -1)
             coords[f"{t.name}_pair"] = [f"{t.coefficients[b]}:{t.coefficients[a]}" for a, b in zip(i, j)]
             data[f"cor_{t.name}"] = (("chain", "draw", f"{t.name}_pair"), cor[:, i, j].reshape(chains, draws, len(i)))
-    if arrays.get("sigma") is not None:
-        data["sigma"] = (("chain", "draw"), arrays["sigma"].reshape(chains, draws))
+    if arrays.get("dispersion") is not None:
+        data[str(structure.family.dispersion)] = (("chain", "draw"), arrays["dispersion"].reshape(chains, draws))
     return xr.Dataset(data, coords=coords)
 
 
-def _pointwise(design: Design, layout: ParameterLayout, flat: np.ndarray, sigma: np.ndarray | None, family: Family,
+def _pointwise(design: Design, layout: ParameterLayout, flat: np.ndarray, disp: np.ndarray | None, family: Family,
                shape: tuple[int, int], rng: np.random.Generator | None = None) -> np.ndarray:
-    """Pointwise log-likelihood draws, or replicated outcomes when ``rng`` is given."""
+    """Pointwise log-likelihood draws (prior weights applied), or replicated outcomes when ``rng`` is given."""
     out = np.empty((len(flat), design.n))
-    disp = None if sigma is None else np.asarray(sigma)[:, None]
+    d = None if disp is None else np.asarray(disp)[:, None]
+    w = design.weights
     chunk = max(1, 5_000_000 // max(len(flat), 1))
     for start in range(0, design.n, chunk):
         rows = slice(start, min(start + chunk, design.n))
         mu = family.inverse_link(layout.eta_draws(design, flat, rows))
         trials = None if design.trials is None else design.trials[rows]
+        d_rows = d
+        if w is not None and family.normal_errors and d is not None:
+            # lme4's gaussian weights: residual SD sigma / sqrt(w) (sigma where w = 0)
+            wr = w[rows]
+            d_rows = d / np.sqrt(np.where(wr > 0, wr, 1.0))
         if rng is not None:
-            out[:, rows] = family.sample(rng, mu, trials, disp)
-        else:
-            out[:, rows] = family.logpdf(design.y[rows], mu, trials, disp)
+            out[:, rows] = family.sample(rng, mu, trials, d_rows)
+            continue
+        ll = family.logpdf(design.y[rows], mu, trials, d_rows)
+        if w is not None:
+            wr = w[rows]
+            ll = np.where(wr > 0, ll, 0.0) if family.normal_errors else ll * wr
+        out[:, rows] = ll
     return out.reshape(*shape, design.n)
 
 
-def variance_table(structure: BayesStructure, lambdas: list[np.ndarray], sigma: np.ndarray | None) -> pd.DataFrame:
-    """Posterior means of SDs, correlations and covariances (lme4's VarCorr schema)."""
+def dispersion_estimate(family: Family, draws: np.ndarray | None) -> float | None:
+    """The dispersion's point estimate: sigma's posterior mean, theta's posterior median (see the module docstring)."""
+    if draws is None:
+        return None
+    return float(np.median(draws)) if family.dispersion == "theta" else float(np.mean(draws))
+
+
+def variance_table(structure: BayesStructure, lambdas: list[np.ndarray], disp: np.ndarray | None) -> pd.DataFrame:
+    """Posterior means of SDs, correlations and covariances (lme4's VarCorr schema), and the
+    dispersion's row (``residual`` sigma, or ``dispersion`` theta as the ``mixed`` engine)."""
     rows = []
     for t, lam in zip(structure.terms, lambdas):
         sd, cor = sd_cor(lam)
@@ -228,8 +273,12 @@ def variance_table(structure: BayesStructure, lambdas: list[np.ndarray], sigma: 
                 for j in range(i + 1, t.k):
                     cov = sd[:, i] * sd[:, j] * cor[:, i, j]
                     rows.append({"level": t.level, "term1": t.coefficients[i], "term2": t.coefficients[j], "variance": float(cov.mean()), "sd_or_corr": float(cor[:, i, j].mean())})
-    if sigma is not None:
-        rows.append({"level": "residual", "term1": "", "term2": "", "variance": float((sigma**2).mean()), "sd_or_corr": float(sigma.mean())})
+    if disp is not None and structure.family.dispersion == "sigma":
+        rows.append({"level": "residual", "term1": "", "term2": "", "variance": float((disp**2).mean()), "sd_or_corr": float(disp.mean())})
+    elif disp is not None:
+        theta = dispersion_estimate(structure.family, disp)
+        rows.append({"level": "dispersion", "term1": str(structure.family.dispersion), "term2": "", "variance": theta,
+                     "sd_or_corr": theta})
     return pd.DataFrame(rows, columns=VARIANCE_COLUMNS)
 
 
@@ -251,7 +300,7 @@ def assemble_fit(
 ) -> BayesFit:
     """Turn an engine's posterior arrays into a :class:`BayesFit` with its InferenceData.
 
-    ``arrays`` holds ``sigma`` (S,) or None, ``lambdas`` (list of (S, k, k)), and either
+    ``arrays`` holds ``dispersion`` (S,: sigma or theta) or None, ``lambdas`` (list of (S, k, k)), and either
     ``beta_S`` (marginal model: effects are drawn here from their exact conditional posterior)
     or ``beta`` (S, p) and ``b`` (list of (S, g, k)).
     """
@@ -260,7 +309,7 @@ def assemble_fit(
 
     rng = np.random.default_rng([seed, 20260511])
     layout = ParameterLayout.from_design(design)
-    sigma = arrays.get("sigma")
+    sigma = arrays.get("dispersion")
     if "beta_S" in arrays:
         assert md is not None and sigma is not None, "the marginal model carries its data and sigma"
         flat = conditional_draws(md, structure, sigma, arrays["lambdas"], arrays["beta_S"], rng)
@@ -285,8 +334,12 @@ def assemble_fit(
     stats_out = {"n_obs": float(design.n), "n_draws": float(n_draws), "sampling_seconds": float(info.get("sampling_seconds", np.nan))}
     if "compile_seconds" in info:
         stats_out["compile_seconds"] = float(info["compile_seconds"])
-    if sigma is not None:
-        stats_out["sigma"] = float(sigma.mean())
+    point = dispersion_estimate(structure.family, sigma)
+    if point is not None:
+        stats_out["sigma" if structure.family.dispersion == "sigma" else "nb_theta"] = point
+    for key in ("aggregated_rows", "aggregated_cells"):
+        if key in info:
+            stats_out[key] = float(info[key])
     return BayesFit(
         idata=idata,
         info={**info, "chains": shape[0], "draws": shape[1], "log_likelihood": bool(store_ll)},
@@ -298,7 +351,7 @@ def assemble_fit(
         design=design,
         beta=beta,
         b=b,
-        sigma=float(sigma.mean()) if sigma is not None else None,
+        sigma=point,
         variance_table=table,
         uncertainty=PosteriorDraws(Draws(flat, sigma)),
         statistics=stats_out,

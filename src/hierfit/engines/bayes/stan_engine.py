@@ -6,6 +6,13 @@ since priors are passed as data -- does not recompile (``info["compiled"]`` says
 this fit compiled). PyStan runs its own asyncio event loop; inside a running loop (Jupyter)
 this engine runs it on a worker thread, so no ``nest_asyncio`` is needed.
 
+Families: gaussian (effects integrated out, :mod:`.marginal`), bernoulli, binomial (trials),
+poisson and negative binomial (NB2), with offsets and prior weights; every non-gaussian family
+(and ``likelihood="rows"``) runs the same generated per-row program with the family as data,
+so one compilation serves all of them (see :mod:`.stancode` for the likelihoods). Bernoulli,
+binomial and poisson rows that share covariates, groups, offset and weight are summed first
+(``aggregate=True``, exact: :mod:`.aggregate`).
+
 Examples
 --------
 >>> import hierfit
@@ -34,11 +41,12 @@ from typing import Literal
 import numpy as np
 
 from hierfit.design import Design
+from hierfit.engines.bayes.aggregate import aggregate_rows, drop_zero_weights
 from hierfit.engines.bayes.result import BayesFit, assemble_fit
-from hierfit.engines.state import LoadContext, StateReader
 from hierfit.engines.bayes.stancode import stan_code, stan_data
 from hierfit.engines.bayes.structure import canonical_rows, make_structure
 from hierfit.engines.options import option
+from hierfit.engines.state import LoadContext, StateReader
 from hierfit.exceptions import ConvergenceError, EngineError
 from hierfit.model import ModelSpec
 
@@ -64,7 +72,7 @@ class OPTIONS:
         alarms about priors, which are passed as data -- and the sampler's informational
         messages). ``False`` holds them back; hierfit's own checks (divergences, R-hat, ESS)
         report what matters either way.
-    new_groups, log_likelihood, posterior_predictive
+    new_groups, log_likelihood, posterior_predictive, aggregate
         As for the ``pymc`` engine.
     """
 
@@ -79,6 +87,7 @@ class OPTIONS:
     new_groups: Literal["parent", "sample"] = "sample"
     log_likelihood: bool | None = None
     posterior_predictive: bool = False
+    aggregate: bool = True
 
 
 FAST_OPTIONS: dict = {"draws": 300, "tune": 300, "chains": 2, "progressbar": False}
@@ -222,7 +231,7 @@ def _compile_locked(code: str, name: str) -> None:
         path = Path(tmp) / "model.stan"
         path.write_text(code)
         done = subprocess.run([stanc, "--name", f"model_{name.split('/')[1]}", "--o", str(Path(tmp) / "m.hpp"), str(path)],
-                              capture_output=True, timeout=600)
+                              capture_output=True, timeout=600, check=False)
     if done.returncode != 0:
         raise EngineError(f"stanc rejected the generated program: {done.stderr.decode().strip()}. Print it with stan_code(spec) and report it.")
     httpstan.cache.dump_stanc_warnings(done.stderr.decode(), name)
@@ -269,8 +278,15 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BayesFit:
     """Generate, compile (cached), sample, and wrap the posterior in the result contract."""
     marginal = spec.family.normal_errors and options.likelihood != "rows"
     code = stan_code(spec, likelihood=options.likelihood)
-    data = stan_data(canonical_rows(design), likelihood=options.likelihood)  # same draws whatever the row order
-    structure = make_structure(design, marginal=marginal)
+    structure = make_structure(design, marginal=marginal)  # priors scaled to the fitting rows
+    if marginal:
+        cells = None
+        data = stan_data(canonical_rows(design), likelihood=options.likelihood)  # same draws whatever the row order
+    else:
+        # rows sharing eta summed (exact; cells come sorted, so the draws ignore the input order)
+        cells = aggregate_rows(design) if options.aggregate else None
+        sampled = cells.design if cells is not None else canonical_rows(drop_zero_weights(design))
+        data = stan_data(sampled, likelihood=options.likelihood, structure=structure)
     quiet = not options.progressbar
     model, compiled, build_seconds = build(code, data, options.seed, quiet=quiet)
     iters = options.tune + options.draws
@@ -298,8 +314,9 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BayesFit:
         sd = _draws(fit_, f"sd_{t.name}", C, S)
         L = _draws(fit_, f"L_{t.name}", C, S) if t.correlated else np.broadcast_to(np.eye(t.k), (C * S, t.k, t.k))
         lambdas.append(sd[:, :, None] * L)
+    dispersion = spec.family.dispersion
     arrays = {
-        "sigma": _draws(fit_, "sigma", C, S).reshape(-1) if spec.family.normal_errors else None,
+        "dispersion": _draws(fit_, dispersion, C, S).reshape(-1) if dispersion is not None else None,
         "lambdas": lambdas,
         "beta": _draws(fit_, "beta", C, S),
         "b": [_draws(fit_, f"r_{t.name}", C, S) for t in structure.terms],
@@ -318,6 +335,7 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BayesFit:
         posterior_predictive=options.posterior_predictive,
         info={
             "likelihood": "marginal" if marginal else "rows",
+            **({} if cells is None else {"aggregated_rows": cells.rows, "aggregated_cells": cells.cells}),
             "sampler": "stan",
             "sampling_seconds": sampling_seconds,
             "compile_seconds": build_seconds,

@@ -9,9 +9,12 @@ Group effects are non-centred: ``b_t[g] = Λ_t z_t[g]`` with ``z ~ N(0, I)`` and
 identity for ``||`` terms or a single coefficient).
 
 For the gaussian family the likelihood depends on the data only through
-``M = W'W``, ``W'y``, ``y'y`` and ``n``, gathered here in one sparse pass: with
+``M = W'ΩW``, ``W'Ωy``, ``y'Ωy`` and ``n``, gathered here in one sparse pass: with
 q = total group coefficients (70 in the reference model) they are (p+q)² numbers whatever
-the number of rows.
+the number of rows. ``Ω = diag(w)`` holds the prior weights (lme4's: row ``i`` has residual
+variance ``σ²/w_i``, so whitening by ``sqrt(w)`` makes it an unweighted model and the
+statistics stay exact; rows of weight 0 leave them), and ``y`` is the outcome net of any
+offset (the offset is a known part of the gaussian mean, as in the ``mixed`` engine).
 """
 
 from __future__ import annotations
@@ -135,12 +138,18 @@ def expanded_columns(design: Design, rows: slice | None = None) -> sparse.csr_ma
 
 @dataclass(frozen=True, eq=False)
 class SufficientStats:
-    """``W'W``, ``W'y``, ``y'y`` and ``n``: all the gaussian likelihood needs."""
+    """``W'ΩW``, ``W'Ωy``, ``y'Ωy`` and ``n``: all the gaussian likelihood needs.
+
+    ``n`` counts the rows that carry likelihood (positive weight); ``log_weights`` is
+    ``sum(log w)`` over them, the Jacobian of the weighted variances ``σ²/w`` (a constant:
+    0 without weights).
+    """
 
     WtW: np.ndarray
     Wty: np.ndarray
     yty: float
     n: int
+    log_weights: float = 0.0
 
 
 def sufficient_stats(design: Design, chunk: int = 1 << 18) -> SufficientStats:
@@ -156,16 +165,27 @@ def sufficient_stats(design: Design, chunk: int = 1 << 18) -> SufficientStats:
     >>> s.WtW.shape, s.n
     ((4, 4), 20)
     """
-    y = design.y
+    y = net_outcome(design)
+    w = design.weights
     d = expanded_columns(design, slice(0, 1)).shape[1]
     WtW = np.zeros((d, d))
     Wty = np.zeros(d)
     for start in range(0, design.n, chunk):
         rows = slice(start, min(start + chunk, design.n))
         W = expanded_columns(design, rows)
-        WtW += (W.T @ W).toarray()
-        Wty += W.T @ y[rows]
-    return SufficientStats(WtW, Wty, float(y @ y), int(design.n))
+        WtO = W.T if w is None else W.T @ sparse.diags(w[rows])
+        WtW += (WtO @ W).toarray()
+        Wty += WtO @ y[rows]
+    if w is None:
+        return SufficientStats(WtW, Wty, float(y @ y), int(design.n))
+    counted = w > 0
+    return SufficientStats(WtW, Wty, float(y @ (w * y)), int(counted.sum()), float(np.log(w[counted]).sum()))
+
+
+def net_outcome(design: Design) -> np.ndarray:
+    """The gaussian outcome net of its offset, ``y - offset`` (the offset is known mean)."""
+    y = np.asarray(design.y, dtype=float)
+    return y if design.offset is None else y - design.offset
 
 
 def canonical_rows(design: Design) -> Design:
@@ -179,15 +199,20 @@ def canonical_rows(design: Design) -> Design:
 
     from hierfit.design import TermDesign
 
+    extras = [v for v in (design.trials, design.offset, design.weights) if v is not None]
     keys = [design.y] + [design.X[:, j] for j in range(design.X.shape[1])]
     for td in design.terms:
         keys += [td.Z[:, j] for j in range(td.Z.shape[1])]
-    keys += [design.group_index[name] for name in sorted(design.group_index)]
+    keys += [design.group_index[name] for name in sorted(design.group_index)] + extras
     order = np.lexsort(keys[::-1])
+    pick = lambda v: None if v is None else v[order]
     return replace(
         design,
         y=design.y[order],
         X=design.X[order],
         group_index={k: v[order] for k, v in design.group_index.items()},
         terms=tuple(TermDesign(td.term, td.Z[order]) for td in design.terms),
+        trials=pick(design.trials),
+        offset=pick(design.offset),
+        weights=pick(design.weights),
     )
