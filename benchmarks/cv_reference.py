@@ -78,12 +78,13 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def run(seeds: list[int], engines: list[str], rows_per_submarket: int = REFERENCE_ROWS,
-        family: str = "gaussian") -> tuple[pd.DataFrame, dict[str, str]]:
+        family: str = "gaussian", national: float = 1.0) -> tuple[pd.DataFrame, dict[str, str]]:
     rows = []
     failures: dict[str, str] = {}
     metric = metric_of(family)
     for seed in seeds:
-        sim = hierfit.simulate(seed=seed, national_name=NATIONAL, rows_per_submarket=rows_per_submarket, family=family)
+        sim = hierfit.simulate(seed=seed, national_name=NATIONAL, rows_per_submarket=rows_per_submarket, family=family,
+                               national=national)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -191,6 +192,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     parser.add_argument("--rows-per-submarket", type=int, default=REFERENCE_ROWS, help="rows per submarket (reference: 100)")
     parser.add_argument("--family", default="gaussian", help="outcome family of the simulated tree (default gaussian)")
+    parser.add_argument("--national", type=float, default=1.0, help="national intercept on the link scale (default 1.0)")
     args = parser.parse_args()
     engines = args.engines.split(",") if args.engines else available_engines()
     if "ols" not in engines:
@@ -199,7 +201,7 @@ def main() -> None:
     if skipped:
         print(f"not run (not installed or not importable): {', '.join(skipped)}")
     t0 = time.perf_counter()
-    table, failures = run(args.seeds, engines, args.rows_per_submarket, args.family)
+    table, failures = run(args.seeds, engines, args.rows_per_submarket, args.family, args.national)
     summary = summarise(table, args.family)
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
