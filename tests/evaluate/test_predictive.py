@@ -76,3 +76,13 @@ def test_expected_frequencies_sum_to_the_rows():
     top = int(sim.data["y"].max()) + 60
     total = dist.expected_frequencies(np.arange(top)).sum()
     assert total == pytest.approx(len(sim.data), rel=1e-6)
+
+
+def test_counts_at_an_astronomical_mean_are_sampled_not_refused():
+    # an all-zero group fitted without pooling: log-scale SE ~1e3, so drawn means reach 1e300
+    from hierfit.model import get_family
+
+    rng = np.random.default_rng(0)
+    for name, theta in (("poisson", None), ("negative_binomial", 2.0)):
+        draws = get_family(name).sample(rng, np.array([1e300, 3.0]), None, theta)
+        assert np.all(np.isfinite(draws)) and draws[0] >= 1e14

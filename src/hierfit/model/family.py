@@ -261,9 +261,15 @@ def _nb_deviance(y: Array, mu: Array, trials: Array, disp: Dispersion) -> Array:
     return 2.0 * (special.xlogy(y, y / mu) - (y + th) * np.log1p((y - mu) / (mu + th)))
 
 
+#: means above this are sampled at it: numpy refuses a Poisson mean near 2**63, and a draw of a
+#: linear predictor from a wide sampling distribution (a group of all-zero counts fitted without
+#: pooling has a standard error of ~1e3 on the log scale) can reach one
+_MAX_COUNT_MEAN = 1e15
+
+
 def _nb_sample(rng: np.random.Generator, mu: Array, trials: Array, disp: Dispersion) -> Array:
     th = np.broadcast_to(_nb_theta(disp), np.shape(mu))
-    return rng.negative_binomial(th, th / (th + mu)).astype(float)
+    return rng.negative_binomial(th, th / (th + np.minimum(mu, _MAX_COUNT_MEAN))).astype(float)
 
 
 def _bad_real(y: Array, trials: Array) -> Array:
@@ -468,7 +474,7 @@ FAMILIES: dict[str, Family] = {
     "poisson": Family(
         "poisson", LINKS["log"], ("log",), "non-negative integer counts", None, False, True, False,
         _bad_count, lambda mu, d: mu, _pois_deviance, _pois_logpdf,
-        lambda rng, mu, n, d: rng.poisson(mu).astype(float), lambda y, n: y + 0.1,
+        lambda rng, mu, n, d: rng.poisson(np.minimum(mu, _MAX_COUNT_MEAN)).astype(float), lambda y, n: y + 0.1,
         lambda mu, d: np.ones_like(mu), lambda mu, d: np.zeros_like(mu), _cdf=_pois_cdf,
         mean_range=(0.0, np.inf), overdispersed_alternative="negative_binomial",
     ),
