@@ -32,6 +32,7 @@ from hierfit.engines.bayes.marginal import marginal_data, marginal_loglik
 from hierfit.engines.bayes.priors import resolve_priors
 from hierfit.engines.bayes.stancode import stan_code, stan_data
 from hierfit.engines.bayes.structure import expanded_columns, make_structure, sufficient_stats
+from tests.engines.test_pymc import _dense_T
 
 QUIET = {"few_groups": "ignore", "ess": "ignore", "single_row_groups": "ignore"}
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -146,14 +147,7 @@ def test_weighted_sufficient_statistics_give_the_dense_weighted_gaussian():
     assert md.n == keep.sum()
     W = expanded_columns(design).toarray()[keep]
     lambdas = [np.array([[0.7, 0.0], [0.2, 0.4]]), np.array([[0.5]])]
-    T = np.zeros((len(md.index_I), len(md.index_I)))
-    nb = len(md.s0)
-    T[:nb, :nb] = np.diag(md.s0)
-    off = nb
-    for t, lam in zip(structure.terms, lambdas):
-        for g in range(t.n_groups):
-            T[off + g * t.k: off + (g + 1) * t.k, off + g * t.k: off + (g + 1) * t.k] = lam
-        off += t.size
+    T = _dense_T(structure, md, lambdas)
     A = W[:, md.index_I] @ T
     y = (design.y - design.offset)[keep]
     cov = 1.3**2 * np.diag(1 / design.weights[keep]) + A @ A.T

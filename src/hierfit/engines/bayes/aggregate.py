@@ -49,8 +49,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from hierfit.design import Design, TermDesign
-from hierfit.engines.bayes.structure import canonical_rows
+from hierfit.design import Design
+from hierfit.engines.bayes.structure import canonical_rows, take_rows
 from hierfit.model import Family
 
 #: how each family's likelihood combines over rows that share a linear predictor (see above);
@@ -96,7 +96,7 @@ def aggregate_rows(design: Design) -> Aggregation:
     key = _key(kept)
     _, first, inverse, counts = np.unique(key, axis=0, return_index=True, return_inverse=True, return_counts=True)
     inverse = inverse.ravel()
-    cells = _take(kept, first)
+    cells = take_rows(kept, first)
     y = np.bincount(inverse, weights=kept.y, minlength=len(first))
     out = _AGGREGATES[family.name](cells, kept, y, inverse, counts)
     return Aggregation(out, design.n, out.n)
@@ -118,7 +118,7 @@ def drop_zero_weights(design: Design) -> Design:
     """The rows that carry likelihood: those of positive prior weight (all without weights)."""
     if design.weights is None or (design.weights > 0).all():
         return design
-    return _take(design, design.weights > 0)
+    return take_rows(design, design.weights > 0)
 
 
 def _key(design: Design) -> np.ndarray:
@@ -127,17 +127,3 @@ def _key(design: Design) -> np.ndarray:
     cols += [design.group_index[name][:, None].astype(float) for name in sorted(design.group_index)]
     cols += [v[:, None] for v in (design.offset, design.weights) if v is not None]
     return np.hstack(cols) if cols else np.zeros((design.n, 0))
-
-
-def _take(design: Design, rows: np.ndarray) -> Design:
-    pick = lambda v: None if v is None else v[rows]
-    return replace(
-        design,
-        y=design.y[rows],
-        X=design.X[rows],
-        group_index={k: v[rows] for k, v in design.group_index.items()},
-        terms=tuple(TermDesign(td.term, td.Z[rows]) for td in design.terms),
-        trials=pick(design.trials),
-        offset=pick(design.offset),
-        weights=pick(design.weights),
-    )

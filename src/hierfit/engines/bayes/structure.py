@@ -195,23 +195,27 @@ def canonical_rows(design: Design) -> Design:
     makes floating-point sums -- and so the whole seeded MCMC run -- identical however the
     input rows were ordered (rows that tie on every value are interchangeable).
     """
-    from dataclasses import replace
-
-    from hierfit.design import TermDesign
-
     extras = [v for v in (design.trials, design.offset, design.weights) if v is not None]
     keys = [design.y] + [design.X[:, j] for j in range(design.X.shape[1])]
     for td in design.terms:
         keys += [td.Z[:, j] for j in range(td.Z.shape[1])]
     keys += [design.group_index[name] for name in sorted(design.group_index)] + extras
-    order = np.lexsort(keys[::-1])
-    pick = lambda v: None if v is None else v[order]
+    return take_rows(design, np.lexsort(keys[::-1]))
+
+
+def take_rows(design: Design, rows: np.ndarray) -> Design:
+    """The design of ``rows`` (indices or a mask): every per-row array taken alike."""
+    from dataclasses import replace
+
+    from hierfit.design import TermDesign
+
+    pick = lambda v: None if v is None else v[rows]
     return replace(
         design,
-        y=design.y[order],
-        X=design.X[order],
-        group_index={k: v[order] for k, v in design.group_index.items()},
-        terms=tuple(TermDesign(td.term, td.Z[order]) for td in design.terms),
+        y=design.y[rows],
+        X=design.X[rows],
+        group_index={k: v[rows] for k, v in design.group_index.items()},
+        terms=tuple(TermDesign(td.term, td.Z[rows]) for td in design.terms),
         trials=pick(design.trials),
         offset=pick(design.offset),
         weights=pick(design.weights),
