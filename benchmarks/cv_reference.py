@@ -121,7 +121,7 @@ def summarise(table: pd.DataFrame, family: str = "gaussian") -> pd.DataFrame:
 
 
 def markdown(summary: pd.DataFrame, table: pd.DataFrame, failures: dict[str, str], seeds: list[int], seconds: float,
-             rows_per_submarket: int = REFERENCE_ROWS, family: str = "gaussian") -> str:
+             rows_per_submarket: int = REFERENCE_ROWS, family: str = "gaussian", national: float = 1.0) -> str:
     def fmt(frame: pd.DataFrame) -> str:
         return frame.to_markdown(index=False, floatfmt=".4f") if _has_tabulate() else "```\n" + frame.to_string(index=False, float_format=lambda v: f"{v:.4f}") + "\n```"
 
@@ -135,6 +135,7 @@ def markdown(summary: pd.DataFrame, table: pd.DataFrame, failures: dict[str, str
     ]
     rows_flag = "" if rows_per_submarket == REFERENCE_ROWS else f" --rows-per-submarket {rows_per_submarket}"
     rows_flag += "" if family == "gaussian" else f" --family {family}"
+    rows_flag += "" if national == 1.0 else f" --national {national:g}"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
         heading(rows_per_submarket, family),
@@ -207,7 +208,8 @@ def main() -> None:
         print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     for k, v in failures.items():
         print(f"failed: {k}: {v}")
-    text = markdown(summary, table, failures, args.seeds, time.perf_counter() - t0, args.rows_per_submarket, args.family)
+    text = markdown(summary, table, failures, args.seeds, time.perf_counter() - t0, args.rows_per_submarket, args.family,
+                    args.national)
     if not args.no_write:
         write_section(text, heading(args.rows_per_submarket, args.family))
         print(f"wrote {RESULTS}")
