@@ -60,7 +60,6 @@ from hierfit.engines.boosting._booster import (
     load_booster,
     outcome_standardisation,
     save_booster,
-    single_threaded_blas,
 )
 from hierfit.engines.boosting._family_loss import FamilyLoss
 from hierfit.engines.boosting._features import FeatureMap, validation_split
@@ -380,10 +379,8 @@ def thread_limits(num_threads: int) -> Any:
     10 GLMM fits) took 10-20 s wall with BLAS alone limited, 2.5-3.3 s with OpenMP capped at
     ``num_threads`` as well (the same trees: the threads only change who waits).
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional: without it, only speed suffers
-        return single_threaded_blas()
+    from threadpoolctl import threadpool_limits
+
     return threadpool_limits(limits={"blas": 1, "openmp": max(1, num_threads)})
 
 

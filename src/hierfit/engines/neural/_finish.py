@@ -203,9 +203,10 @@ def _statistics(design, spec, eta_m, histories, settings, disp) -> dict[str, flo
         "batch_size": float(settings.batch_size),
         "rmse": float(np.sqrt(np.mean((design.y - mu) ** 2))),
     }
-    if disp is not None:
+    point = reported_dispersion(family, disp)
+    if point is not None:
         # the mixed engine's names: gaussian sigma, the negative binomial's nb_theta
-        stats["sigma" if family.normal_errors else "nb_theta"] = float(np.sqrt(np.mean(disp**2)) if family.normal_errors else np.mean(disp))
+        stats["sigma" if family.normal_errors else "nb_theta"] = point
     return stats
 
 
