@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from hierfit.exceptions import EngineError, SpecError
 from hierfit.model import ModelSpec
@@ -94,6 +95,25 @@ class EngineEntry:
     def fast_options(self) -> dict[str, Any]:
         """A copy of the engine module's ``FAST_OPTIONS`` (quick-fit settings; empty if none)."""
         return dict(getattr(self.load(), "FAST_OPTIONS", None) or {})
+
+    def prepare(self, spec: ModelSpec, options: Mapping[str, Any]) -> Preparation | None:
+        """Start, in the background, slow work a later fit of ``spec`` with ``options`` will
+        need (the engine module's optional ``prepare``; Stan: compiling its program), so a
+        caller with other work to do first -- :func:`hierfit.evaluate.compare` -- hides it.
+        ``None`` when there is nothing to prepare. The fit itself never depends on it: it
+        waits for, or redoes, whatever was not finished."""
+        hook = getattr(self.load(), "prepare", None)
+        return hook(spec, dict(options)) if hook is not None else None
+
+
+class Preparation(Protocol):
+    """Background work started by :meth:`EngineEntry.prepare`."""
+
+    def running(self) -> bool:
+        """Whether the work is still going on."""
+
+    def cancel(self) -> None:
+        """Stop the work if it still runs (a later fit redoes what it needs)."""
 
 
 ENGINES: dict[str, EngineEntry] = {

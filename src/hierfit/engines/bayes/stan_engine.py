@@ -219,6 +219,51 @@ def compile_program(code: str) -> bool:
     return True
 
 
+class BackgroundCompile:
+    """A compilation of one program into httpstan's cache, running in a child process.
+
+    A child, not a thread: the C++ compiler is a process anyway, and no thread of this
+    process may be alive when a sampler later forks its chain workers. The fit that needs the
+    program blocks on :func:`compile_program`'s lock until the child is done, and compiles
+    itself if the child failed or was cancelled (a half-written cache entry is redone).
+    """
+
+    def __init__(self, code: str) -> None:
+        import subprocess
+
+        self._dir = tempfile.TemporaryDirectory(prefix="hierfit-stan-")
+        source = Path(self._dir.name) / "model.stan"
+        source.write_text(code)
+        self._log = open(Path(self._dir.name) / "compile.log", "wb")  # noqa: SIM115 -- closed in _finish
+        self._process = subprocess.Popen([sys.executable, "-m", "hierfit.engines.bayes.stan_engine", str(source)],
+                                         stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def running(self) -> bool:
+        if self._process.poll() is None:
+            return True
+        self._finish()
+        return False
+
+    def cancel(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait()
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self._log.closed:
+            self._log.close()
+            self._dir.cleanup()
+
+
+def prepare(spec: ModelSpec, options: dict) -> BackgroundCompile | None:
+    """Start compiling the program a fit of ``spec`` with ``options`` needs, unless cached
+    (the engine-registry hook :meth:`hierfit.engines.registry.EngineEntry.prepare`)."""
+    code = stan_code(spec, likelihood=options.get("likelihood", "auto"))
+    _import_stan()
+    return None if is_compiled(code) else BackgroundCompile(code)
+
+
 def _compile_locked(code: str, name: str) -> None:
     import importlib.resources
     import subprocess
@@ -240,17 +285,20 @@ def _compile_locked(code: str, name: str) -> None:
 
 
 def build(code: str, data: dict, seed: int, quiet: bool = False):
-    """Compile (or fetch from the cache) and bind data; returns ``(model, compiled, seconds)``."""
+    """Compile (or fetch from the cache) and bind data; returns ``(model, compiled, compile
+    seconds, build seconds)``: the seconds spent compiling -- or waiting for a background
+    compile (:func:`prepare`) -- and the whole build including them."""
     stan = _import_stan()
     t0 = time.perf_counter()
     compiled = compile_program(code)
+    compile_seconds = time.perf_counter() - t0  # ~0 when the cache holds the program
     with _quiet(quiet) as log:
         try:
             model = _run(stan.build, code, data=data, random_seed=int(seed) + 1)
         except (ValueError, RuntimeError) as exc:
             raise EngineError(f"Stan could not build the generated program: {exc}. Print it with stan_code(spec) and report it."
                               + _tail(log.getvalue())) from None
-    return model, compiled, time.perf_counter() - t0
+    return model, compiled, compile_seconds, time.perf_counter() - t0
 
 
 def _draws(fit, name: str, chains: int, draws: int) -> np.ndarray:
@@ -288,7 +336,7 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BayesFit:
         sampled = cells.design if cells is not None else canonical_rows(drop_zero_weights(design))
         data = stan_data(sampled, likelihood=options.likelihood, structure=structure)
     quiet = not options.progressbar
-    model, compiled, build_seconds = build(code, data, options.seed, quiet=quiet)
+    model, compiled, compile_seconds, build_seconds = build(code, data, options.seed, quiet=quiet)
     iters = options.tune + options.draws
     t0 = time.perf_counter()
     with _quiet(quiet) as log:
@@ -338,7 +386,8 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BayesFit:
             **({} if cells is None else {"aggregated_rows": cells.rows, "aggregated_cells": cells.cells}),
             "sampler": "stan",
             "sampling_seconds": sampling_seconds,
-            "compile_seconds": build_seconds,
+            "compile_seconds": compile_seconds,
+            "build_seconds": build_seconds,
             "compiled": compiled,
             "stan_code": code,
         },
@@ -350,3 +399,8 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BayesFit:
 def load(state: StateReader, context: LoadContext) -> BayesFit:
     """Rebuild a saved ``stan`` fit (InferenceData from its netCDF, no sampling)."""
     return BayesFit.load_state(state, context)
+
+
+if __name__ == "__main__":  # the child process of BackgroundCompile: compile one program file
+    _import_stan()
+    compile_program(Path(sys.argv[1]).read_text())
