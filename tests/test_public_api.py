@@ -28,6 +28,7 @@ PUBLIC = [
     "PersistenceError",
     "Simulation",
     "SpecError",
+    "TrainingRowsUnavailableError",
     "UnseenGroupsWarning",
     "build_design",
     "compare",

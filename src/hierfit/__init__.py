@@ -29,6 +29,7 @@ from hierfit.exceptions import (
     HierfitWarning,
     PersistenceError,
     SpecError,
+    TrainingRowsUnavailableError,
     UnseenGroupsWarning,
 )
 
@@ -111,6 +112,7 @@ __all__ = [
     "PersistenceError",
     "Simulation",
     "SpecError",
+    "TrainingRowsUnavailableError",
     "UnseenGroupsWarning",
     "build_design",
     "compare",

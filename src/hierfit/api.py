@@ -8,9 +8,11 @@ from typing import Any
 import pandas as pd
 
 from hierfit.design import build_design
+from hierfit.design.sources import is_source, open_source
+from hierfit.design.streamed import build_streamed_design
 from hierfit.engines import check_capabilities, default_engine, get_engine
 from hierfit.exceptions import SpecError
-from hierfit.fitting import fit_design
+from hierfit.fitting import check_streaming, fit_design
 from hierfit.model import DEFAULT_NATIONAL, ModelSpec, Prior, make_spec
 from hierfit.results import FitResult
 
@@ -19,7 +21,7 @@ __all__ = ["fit", "fit_design"]
 
 def fit(
     formula: str | ModelSpec,
-    data: pd.DataFrame,
+    data: pd.DataFrame | Any,
     *,
     engine: str | None = None,
     family: str | None = None,
@@ -30,6 +32,8 @@ def fit(
     weights: str | None = None,
     offset: str | None = None,
     checks: Mapping[str, str] | None = None,
+    batch_size: int | None = None,
+    workers: int | None = None,
     **engine_options: Any,
 ) -> FitResult:
     """Fit a hierarchical model with one engine and return the common :class:`FitResult`.
@@ -40,7 +44,13 @@ def fit(
         lme4/brms syntax, e.g. ``"y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)"``,
         or a :class:`ModelSpec`.
     data
-        One row per observation; grouping columns hold group labels.
+        One row per observation; grouping columns hold group labels. A pandas DataFrame, or a
+        *streaming source* whose rows need not fit in memory: a ``pyarrow.Table``, a Parquet
+        file, folder or glob (``"lake/*.parquet"``, read in record batches), or a Dask
+        DataFrame (summarised partition by partition on the active ``dask.distributed``
+        client). Streaming sources are fitted by ``engine="mixed"`` with a gaussian family,
+        from per-group statistics merged over the batches; the estimates equal those of the
+        same rows in memory (see :mod:`hierfit.design.streamed`).
     engine
         A name from ``hierfit.engines.ENGINES`` (``hierfit engines`` lists them); default
         ``mixed`` where installed, else ``ols``.
@@ -65,6 +75,11 @@ def fit(
         like ``offset(...)`` in the formula.
     checks
         Severity per named check, e.g. ``{"single_row_groups": "ignore"}``.
+    batch_size
+        Streaming sources: rows per batch at most (default 524,288).
+    workers
+        Streaming sources: start a Dask ``LocalCluster`` of this many worker processes for the
+        fit (and close it after); Parquet files are then read one task per file.
     **engine_options
         Passed to the engine (each engine's ``OPTIONS`` lists them).
 
@@ -83,6 +98,17 @@ def fit(
                      weights=weights, offset=offset)
     name = engine if engine is not None else default_engine()
     # fail on a bad engine name or a spec it cannot fit before the (possibly long) design pass
-    check_capabilities(get_engine(name), spec)
+    entry = get_engine(name)
+    check_capabilities(entry, spec)
+    if is_source(data):
+        check_streaming(entry, spec)
+        with open_source(data, batch_size=batch_size, workers=workers) as source:
+            streamed = build_streamed_design(spec, source, checks=checks)
+            return fit_design(streamed, engine=name, checks=checks, **engine_options)
+    if batch_size is not None or workers is not None:
+        raise SpecError(
+            "'batch_size' and 'workers' apply to streaming sources (a pyarrow.Table, Parquet files, a Dask DataFrame); "
+            "a pandas DataFrame is fitted in memory. Drop them, or pass e.g. pyarrow.Table.from_pandas(data)."
+        )
     design = build_design(spec, data, checks=checks)
     return fit_design(design, engine=name, checks=checks, **engine_options)

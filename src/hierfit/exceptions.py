@@ -7,7 +7,8 @@ catches all of them; every warning derives from :class:`HierfitWarning`::
     ├── FormulaError            the formula text cannot be read (quotes it, marks the span)
     ├── SpecError               a valid formula asks for something unsupported
     ├── DataError               the data do not fit the spec (missing column, NA, bad labels)
-    │   └── HierarchyError      groups do not form a tree (a child with two parents)
+    │   ├── HierarchyError      groups do not form a tree (a child with two parents)
+    │   └── TrainingRowsUnavailableError  per-row arrays asked of a fit streamed from Parquet / Dask
     ├── EngineError             unknown engine, bad engine option, missing optional dependency
     ├── ConvergenceError        an optimiser or sampler failed and no result can be trusted
     └── PersistenceError        a save cannot be written (occupied folder) or read back (damaged, foreign, old)
@@ -34,6 +35,7 @@ __all__ = [
     "HierfitWarning",
     "PersistenceError",
     "SpecError",
+    "TrainingRowsUnavailableError",
     "UnseenGroupsWarning",
 ]
 
@@ -86,6 +88,11 @@ class DataError(HierfitError):
 
 class HierarchyError(DataError):
     """The grouping columns do not form a tree."""
+
+
+class TrainingRowsUnavailableError(DataError):
+    """Per-row arrays of the training rows were asked of a fit or design made from a streamed
+    source (Parquet files, a Dask DataFrame), whose rows were never held in memory."""
 
 
 class EngineError(HierfitError):

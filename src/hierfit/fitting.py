@@ -4,6 +4,7 @@ As lme4's ``lmer()`` is ``lFormula → mkLmerDevfun → optimizeLmer → mkMerMo
 
     make_spec(formula, family=..., ...)        -> ModelSpec     (hierfit.model: what to fit)
     build_design(spec, data, checks=...)       -> Design        (hierfit.design: numbers from data)
+      or build_streamed_design(spec, source)   -> StreamedDesign  (rows left in Parquet / Dask)
     check_capabilities(entry, spec)                             (hierfit.engines: can the engine?)
     parse_engine_options(entry, options)       -> the engine's OPTIONS
     run_data_checks(design, entry, severities) -> [Diagnostic]
@@ -20,20 +21,21 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
 from hierfit.checks import Diagnostic, Severity, apply_severities, data_checks, resolve_severities
 from hierfit.design import Design
-from hierfit.engines import EngineEntry, check_capabilities, get_engine
+from hierfit.design.streamed import StreamedDesign
+from hierfit.engines import ENGINES, EngineEntry, check_capabilities, get_engine
 from hierfit.engines.base import EngineFit
 from hierfit.engines.options import parse_options
-from hierfit.exceptions import EngineError, HierfitError
+from hierfit.exceptions import EngineError, HierfitError, SpecError
+from hierfit.model import ModelSpec
 from hierfit.results import FitResult
 from hierfit.results.variance_partition import DesignMoments
 
 __all__ = [
     "assemble_result",
     "check_capabilities",
+    "check_streaming",
     "fit_design",
     "fit_engine",
     "parse_engine_options",
@@ -44,12 +46,36 @@ __all__ = [
 _STACKLEVEL = 5
 
 
+def check_streaming(entry: EngineEntry, spec: ModelSpec) -> None:
+    """Refuse, before any pass over the source, an engine or family that cannot be streamed.
+
+    Examples
+    --------
+    >>> from hierfit.engines import get_engine
+    >>> from hierfit.model import make_spec
+    >>> check_streaming(get_engine("ols"), make_spec("y ~ x + (1 | g)"))
+    Traceback (most recent call last):
+    ...
+    hierfit.exceptions.SpecError: streaming sources are supported by engine='mixed' with family='gaussian'; got engine='ols' with family='gaussian'. ...
+    """
+    if spec.family.name not in entry.capabilities.streaming_families:
+        supported = "; ".join(
+            f"engine={name!r} with family={' or '.join(map(repr, row.capabilities.streaming_families))}"
+            for name, row in sorted(ENGINES.items()) if row.capabilities.streaming_families
+        )
+        raise SpecError(
+            f"streaming sources are supported by {supported}; got engine={entry.name!r} with family={spec.family.name!r}. "
+            "Fit that model on a pandas DataFrame of rows that fit in memory (e.g. a sample read with "
+            "pandas.read_parquet), or fit engine='mixed' on a gaussian outcome."
+        )
+
+
 def parse_engine_options(entry: EngineEntry, options: Mapping[str, Any]) -> Any:
     """The engine's ``OPTIONS`` dataclass from keyword options (unknown names are an error)."""
     return parse_options(entry.load().OPTIONS, dict(options), entry.name)
 
 
-def run_data_checks(design: Design, entry: EngineEntry, severities: Mapping[str, Severity]) -> list[Diagnostic]:
+def run_data_checks(design: Design | StreamedDesign, entry: EngineEntry, severities: Mapping[str, Severity]) -> list[Diagnostic]:
     """The named data checks that depend on the engine (few groups matter only when it pools).
 
     The design's own findings (made, and warned about, when it was built) come first.
@@ -58,7 +84,7 @@ def run_data_checks(design: Design, entry: EngineEntry, severities: Mapping[str,
     return list(design.diagnostics) + apply_severities(found, severities, stacklevel=_STACKLEVEL)
 
 
-def fit_engine(design: Design, entry: EngineEntry, options: Any) -> tuple[EngineFit, float]:
+def fit_engine(design: Design | StreamedDesign, entry: EngineEntry, options: Any) -> tuple[EngineFit, float]:
     """Run the engine on the design; return its fit and the wall seconds it took.
 
     Errors from inside an engine that are not already :class:`~hierfit.exceptions.HierfitError`
@@ -82,9 +108,13 @@ def fit_engine(design: Design, entry: EngineEntry, options: Any) -> tuple[Engine
     return engine_fit, time.perf_counter() - t0
 
 
-def assemble_result(design: Design, entry: EngineEntry, engine_fit: EngineFit, diagnostics: list[Diagnostic],
+def assemble_result(design: Design | StreamedDesign, entry: EngineEntry, engine_fit: EngineFit, diagnostics: list[Diagnostic],
                     seconds: float, options: Mapping[str, Any]) -> FitResult:
     """Wrap an engine's fit into the one result type."""
+    if isinstance(design, StreamedDesign):
+        moments, source = DesignMoments.from_streamed(design), design.source.info
+    else:
+        moments, source = DesignMoments.from_design(design), None
     return FitResult(
         spec=design.spec,
         engine=entry.name,
@@ -94,11 +124,13 @@ def assemble_result(design: Design, entry: EngineEntry, engine_fit: EngineFit, d
         diagnostics=diagnostics,
         timings={"fit_seconds": seconds},
         options=dict(options),
-        moments=DesignMoments.from_design(design),
+        moments=moments,
+        source=source,
     )
 
 
-def fit_design(design: Design, *, engine: str, checks: Mapping[str, str] | None = None, **engine_options: Any) -> FitResult:
+def fit_design(design: Design | StreamedDesign, *, engine: str, checks: Mapping[str, str] | None = None,
+               **engine_options: Any) -> FitResult:
     """Fit an already built design with one engine (every stage after :func:`build_design`).
 
     Examples
@@ -111,6 +143,8 @@ def fit_design(design: Design, *, engine: str, checks: Mapping[str, str] | None 
     """
     entry = get_engine(engine)
     check_capabilities(entry, design.spec)
+    if isinstance(design, StreamedDesign):
+        check_streaming(entry, design.spec)
     options = parse_engine_options(entry, engine_options)
     severities = resolve_severities(checks)
     found = run_data_checks(design, entry, severities)

@@ -137,6 +137,25 @@ class Design(RowDesign):
 
 
 @dataclass(frozen=True, eq=False)
+class RowColumns:
+    """The per-row arrays that do not depend on the tree of groups (see :meth:`DesignEncoding.columns`).
+
+    ``y`` and ``trials`` are ``None`` for rows without their outcome.
+    """
+
+    X: np.ndarray
+    x_names: tuple[str, ...]
+    terms: tuple[TermDesign, ...]
+    offset: np.ndarray | None = None
+    y: np.ndarray | None = None
+    trials: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return self.X.shape[0]
+
+
+@dataclass(frozen=True, eq=False)
 class DesignEncoding:
     """Everything needed to rebuild a design for new data.
 
@@ -165,7 +184,12 @@ class DesignEncoding:
         assert isinstance(design, Design)
         return design
 
-    def _build(self, data: pd.DataFrame, *, observed: bool) -> RowDesign:
+    def columns(self, data: pd.DataFrame, *, observed: bool) -> RowColumns:
+        """The arrays of some rows that do not depend on the tree of groups, checked.
+
+        What a streamed design pass reads from each batch before the tree is known
+        (:mod:`hierfit.design.streamed`); :meth:`apply` adds the group indices.
+        """
         _check_frame(data)
         spec = self.spec
         if observed and spec.response not in data.columns:
@@ -181,6 +205,18 @@ class DesignEncoding:
             )
         _check_finite_matrix(X, names, data.index)
         X, names = _drop_columns(X, names, self.dropped)
+        terms = tuple(TermDesign(t, _term_columns(t, data)) for t in spec.formula.group_terms)
+        offset = offset_vector(spec, data)
+        if not observed:
+            return RowColumns(X, names, terms, offset)
+        y = _response(spec, data)
+        trials = trials_vector(spec, data, y)
+        spec.family.check_outcome(y, spec.response, trials)
+        return RowColumns(X, names, terms, offset, y, trials)
+
+    def _build(self, data: pd.DataFrame, *, observed: bool) -> RowDesign:
+        cols = self.columns(data, observed=observed)
+        X, names = cols.X, cols.x_names
         group_index: dict[str, np.ndarray] = {}
         unseen: dict[str, dict[str, int]] = {}
         for lv in self.hierarchy.levels:
@@ -196,16 +232,12 @@ class DesignEncoding:
             if (idx < 0).any():
                 counts = np.bincount(codes[idx < 0], minlength=len(labels))
                 unseen[lv.name] = {labels[g]: int(counts[g]) for g in np.argsort(-counts, kind="stable") if counts[g]}
-        terms = tuple(TermDesign(t, _term_columns(t, data)) for t in spec.formula.group_terms)
-        offset = offset_vector(spec, data)
         if observed:
-            y = _response(spec, data)
-            trials = trials_vector(spec, data, y)
-            spec.family.check_outcome(y, spec.response, trials)
-            return Design(X=X, x_names=names, group_index=group_index, terms=terms, encoding=self, unseen=unseen, y=y,
-                          trials=trials, offset=offset)
-        return RowDesign(X=X, x_names=names, group_index=group_index, terms=terms, encoding=self, unseen=unseen,
-                         offset=offset)
+            assert cols.y is not None
+            return Design(X=X, x_names=names, group_index=group_index, terms=cols.terms, encoding=self, unseen=unseen,
+                          y=cols.y, trials=cols.trials, offset=cols.offset)
+        return RowDesign(X=X, x_names=names, group_index=group_index, terms=cols.terms, encoding=self, unseen=unseen,
+                         offset=cols.offset)
 
 
 def build_design(spec: ModelSpec, data: pd.DataFrame, *, checks: Mapping[str, str] | None = None) -> Design:

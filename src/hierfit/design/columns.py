@@ -90,8 +90,12 @@ def trials_vector(spec: ModelSpec, data: pd.DataFrame, y: np.ndarray | None) -> 
     return y + failures
 
 
-def weights_vector(spec: ModelSpec, data: pd.DataFrame) -> np.ndarray | None:
-    """Prior weights per row (``None`` when the model has none)."""
+def weights_vector(spec: ModelSpec, data: pd.DataFrame, *, require_positive: bool = True) -> np.ndarray | None:
+    """Prior weights per row (``None`` when the model has none).
+
+    ``require_positive=False`` accepts rows that all weigh 0: one batch of a streamed source
+    may, as long as some batch does not (the streamed design pass checks that over all rows).
+    """
     if spec.weights is None:
         return None
     if spec.weights not in data.columns:
@@ -99,6 +103,6 @@ def weights_vector(spec: ModelSpec, data: pd.DataFrame) -> np.ndarray | None:
     w = _finite(data[spec.weights].to_numpy(dtype=np.float64), f"weights column {spec.weights!r}", data.index)
     if (w < 0).any():
         raise DataError(f"The weights column {spec.weights!r} has {int((w < 0).sum())} negative values; prior weights are >= 0.")
-    if not (w > 0).any():
+    if require_positive and not (w > 0).any():
         raise DataError(f"Every weight in column {spec.weights!r} is 0: no row counts.")
     return w

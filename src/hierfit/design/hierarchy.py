@@ -169,8 +169,15 @@ def group_labels(data: pd.DataFrame, factor: GroupingFactor) -> np.ndarray:
     return np.asarray(labels, dtype=object)[codes]
 
 
-def build_hierarchy(spec: ModelSpec, data: pd.DataFrame) -> tuple[Hierarchy, dict[str, np.ndarray]]:
-    """Build the tree from the data; return it with each level's group index per row."""
+def build_hierarchy(spec: ModelSpec, data: pd.DataFrame,
+                    counts: np.ndarray | None = None) -> tuple[Hierarchy, dict[str, np.ndarray]]:
+    """Build the tree from the data; return it with each level's group index per row.
+
+    ``counts`` (optional) says how many rows each row of ``data`` stands for: a streamed
+    design builds the tree from the distinct combinations of the grouping columns and their
+    row counts (:mod:`hierfit.design.streamed`); groups, parents and order are the same as
+    from the rows themselves, because both only depend on which combinations occur.
+    """
     factors = spec.formula.factors
     codes: dict[str, np.ndarray] = {}
     uniques: dict[str, tuple[str, ...]] = {}
@@ -186,7 +193,8 @@ def build_hierarchy(spec: ModelSpec, data: pd.DataFrame) -> tuple[Hierarchy, dic
         if parent is not None:
             parent_index = np.zeros(len(uniques[f.level]), dtype=np.int64)
             parent_index[codes[f.level]] = codes[parent]
-        sizes = np.bincount(codes[f.level], minlength=len(uniques[f.level]))
+        sizes = np.bincount(codes[f.level], weights=counts, minlength=len(uniques[f.level]))
+        sizes = np.rint(sizes).astype(np.int64) if counts is not None else sizes
         levels.append(Level(f.level, f, parent, uniques[f.level], parent_index, sizes))
     return Hierarchy(spec.national, tuple(levels), tuple(crossed)), codes
 

@@ -25,7 +25,7 @@ from hierfit.exceptions import DataError
 from hierfit.formula import INTERCEPT
 from hierfit.model import ModelSpec
 
-__all__ = ["check_enough_rows", "outcome_checks", "zero_trials_check"]
+__all__ = ["check_enough_rows", "degenerate_outcome_check", "outcome_checks", "zero_trials_check"]
 
 
 def check_enough_rows(n: int, x_names: tuple[str, ...]) -> None:
@@ -77,13 +77,32 @@ def outcome_checks(spec: ModelSpec, y: np.ndarray, trials: np.ndarray | None, X:
     ['separation']
     """
     family = spec.family
-    response = spec.response
-    found: list[Diagnostic] = []
     p = _proportion(y, trials)
     finite = np.isfinite(p)
     if not finite.any():
-        return found
+        return []
     lo, hi = float(np.min(p[finite])), float(np.max(p[finite]))
+    found = degenerate_outcome_check(spec, lo, hi, int(finite.sum()))
+    if found:
+        return found
+    if family.mean_range == (0.0, 1.0):
+        found += _separation(spec.response, p, X, x_names)
+    return found
+
+
+def degenerate_outcome_check(spec: ModelSpec, lo: float, hi: float, n: int) -> list[Diagnostic]:
+    """``degenerate_outcome`` from the range ``[lo, hi]`` of the outcome (a proportion for
+    binomials) over its ``n`` rows: all a streamed design pass needs to keep of the outcome.
+
+    Examples
+    --------
+    >>> from hierfit.model import make_spec
+    >>> [d.check for d in degenerate_outcome_check(make_spec("y ~ 1 + (1 | g)"), 3.0, 3.0, 10)]
+    ['degenerate_outcome']
+    """
+    family = spec.family
+    response = spec.response
+    found: list[Diagnostic] = []
     if lo == hi:
         at_bound = lo in family.mean_range
         if at_bound:
@@ -92,19 +111,16 @@ def outcome_checks(spec: ModelSpec, y: np.ndarray, trials: np.ndarray | None, X:
             direction = "-infinity" if low else "+infinity"
             found.append(Diagnostic(
                 "degenerate_outcome",
-                f"The outcome {response!r} is {what} in every row ({int(finite.sum())} rows): a {family.name} model's intercept "
+                f"The outcome {response!r} is {what} in every row ({n} rows): a {family.name} model's intercept "
                 f"runs off to {direction}, so there is nothing to estimate. Check how the outcome is coded and which rows "
                 "were selected.",
             ))
         else:
             found.append(Diagnostic(
                 "degenerate_outcome",
-                f"The outcome {response!r} is {lo:g} in every row ({int(finite.sum())} rows): there is no variation to model. "
+                f"The outcome {response!r} is {lo:g} in every row ({n} rows): there is no variation to model. "
                 "Check the outcome column and the row filter.",
             ))
-        return found
-    if family.mean_range == (0.0, 1.0):
-        found += _separation(response, p, X, x_names)
     return found
 
 

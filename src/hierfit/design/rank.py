@@ -21,7 +21,7 @@ import scipy.linalg as sla
 from hierfit.checks import Diagnostic, Severity
 from hierfit.formula import INTERCEPT
 
-__all__ = ["RANK_TOL", "dependent_columns", "rank_check"]
+__all__ = ["RANK_TOL", "centred_gram", "dependent_columns", "rank_check", "rank_check_gram"]
 
 #: relative norm of a column's residual below which it counts as dependent (squared: 1e-10,
 #: the same as the eigenvalue tolerance of the ols engine)
@@ -92,9 +92,34 @@ def rank_check(X: np.ndarray, names: tuple[str, ...], severity: Severity) -> tup
     n, p = X.shape
     if p == 0 or n == 0:
         return (), []
+    center = np.where(np.array([nm != INTERCEPT for nm in names]), X.mean(axis=0), 0.0) if INTERCEPT in names else np.zeros(p)
+    return rank_check_gram(_gram(X, center), names, severity)
+
+
+def centred_gram(n: int, mean: np.ndarray, m2: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+    """The Gram matrix :func:`rank_check` uses, from the columns' row count, means and
+    co-moments about their means (``sum (x - mean)(x - mean)'``), as a streamed design pass
+    gathers them: columns are centred beside an intercept and used as they are otherwise.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.column_stack([np.ones(4), [1.0, 2, 3, 5]])
+    >>> m = X.mean(axis=0)
+    >>> G = centred_gram(4, m, (X - m).T @ (X - m), ("Intercept", "x"))
+    >>> G.tolist()
+    [[4.0, 0.0], [0.0, 8.75]]
+    """
+    center = np.where(np.array([nm != INTERCEPT for nm in names]), mean, 0.0) if INTERCEPT in names else np.zeros(len(names))
+    d = np.asarray(mean, dtype=float) - center
+    return np.asarray(m2, dtype=float) + n * np.outer(d, d)
+
+
+def rank_check_gram(G: np.ndarray, names: tuple[str, ...], severity: Severity) -> tuple[tuple[str, ...], list[Diagnostic]]:
+    """:func:`rank_check` from the Gram matrix of the (centred) columns (see :func:`centred_gram`)."""
+    if not names:
+        return (), []
     centred = INTERCEPT in names
-    center = np.where(np.array([nm != INTERCEPT for nm in names]), X.mean(axis=0), 0.0) if centred else np.zeros(p)
-    G = _gram(X, center)
     # scale to unit diagonal (constant and zero columns keep a zero diagonal)
     d = np.sqrt(np.maximum(np.diag(G), 0.0))
     scale = np.where(d > 0, d, 1.0)

@@ -45,6 +45,9 @@ class Capabilities:
         Whether the formula must have at least one group-level term such as ``(1 | market)``.
     offsets, weights
         Whether the engine takes an offset (``offset(...)`` / ``offset=``) and prior weights.
+    streaming_families
+        Families the engine fits from a streaming source (Parquet files, a Dask DataFrame:
+        :mod:`hierfit.design.sources`) without holding its rows.
     links
         ``"any"``: every link a family allows (``link="probit"``, ``"cloglog"``); ``"canonical"``:
         only each family's default link (its likelihood is written for logit / log).
@@ -62,6 +65,7 @@ class Capabilities:
     offsets: bool = False
     weights: bool = False
     links: Literal["any", "canonical"] = "canonical"
+    streaming_families: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,7 @@ ENGINES: dict[str, EngineEntry] = {
             offsets=True,
             weights=True,
             links="any",
+            streaming_families=("gaussian",),
         ),
     ),
     "pymc": EngineEntry(

@@ -13,6 +13,7 @@ import pandas as pd
 
 from hierfit.checks import Diagnostic
 from hierfit.design import NATIONAL_LEVEL, DesignEncoding, RowDesign
+from hierfit.design.sources import SourceInfo, is_source
 from hierfit.design.hierarchy import Hierarchy
 from hierfit.engines.base import EngineFit
 from hierfit.exceptions import SpecError, UnseenGroupsWarning
@@ -57,6 +58,8 @@ class FitResult:
     timings: dict[str, float] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     moments: DesignMoments | None = None
+    #: where the fitting rows were streamed from (``None``: a pandas DataFrame in memory)
+    source: SourceInfo | None = None
 
     # -- tables -------------------------------------------------------------------------------
     @property
@@ -160,13 +163,21 @@ class FitResult:
             )
         return design
 
-    def decompose(self, data: pd.DataFrame) -> pd.DataFrame:
+    def decompose(self, data: pd.DataFrame | Any, *, out: str | Path | None = None,
+                  batch_size: int | None = None) -> pd.DataFrame | Any:
         """Per-row additive parts on the link scale, indexed like ``data``.
 
         Columns: ``national``, one per level and coefficient (``market[Intercept]``,
         ``market[x1]``, ...), ``population`` (the population-level predictors), and for engines
         with one, ``nonlinear``. Unseen groups contribute 0 at their level.
+
+        ``data`` may also be a streaming source (:mod:`hierfit.results.streaming`): a Dask
+        DataFrame gives a Dask DataFrame; Parquet files are written to the folder ``out``.
         """
+        if is_source(data):
+            from hierfit.results.streaming import apply_to_source
+
+            return apply_to_source(self, data, "decompose", out=out, batch_size=batch_size)
         design = self._design(data)
         parts = self.engine_fit.contributions(design)
         parts.index = data.index
@@ -178,8 +189,15 @@ class FitResult:
         interval: Literal["confidence", "prediction"] | None = None,
         level: float = DEFAULT_LEVEL,
         scale: Literal["response", "link"] = "response",
-    ) -> pd.DataFrame:
+        *,
+        out: str | Path | None = None,
+        batch_size: int | None = None,
+    ) -> pd.DataFrame | Any:
         """Predictions for ``data`` (same rows and order), falling back for unseen groups.
+
+        ``data`` may also be a streaming source (:mod:`hierfit.results.streaming`), predicted
+        batch by batch: a Dask DataFrame gives a Dask DataFrame (or, with ``out=``, a Parquet
+        folder); Parquet files are written to the folder ``out``, one output file per input file.
 
         Parameters
         ----------
@@ -198,6 +216,11 @@ class FitResult:
         -------
         DataFrame with ``prediction`` (and ``lower``, ``upper``) and ``level_used``.
         """
+        if is_source(data):
+            from hierfit.results.streaming import apply_to_source
+
+            return apply_to_source(self, data, "predict", out=out, batch_size=batch_size, interval=interval, level=level,
+                                   scale=scale)
         if interval not in (None, *INTERVALS):
             raise SpecError(f"'interval' must be None, 'confidence' or 'prediction'; got {interval!r}.")
         if scale not in ("response", "link"):
@@ -212,17 +235,17 @@ class FitResult:
         design = self._design(data)
         eta = self.engine_fit.contributions(design).to_numpy().sum(axis=1)
         pred = eta if scale == "link" else family.inverse_link(eta)
-        out = pd.DataFrame({"prediction": pred}, index=data.index)
+        table = pd.DataFrame({"prediction": pred}, index=data.index)
         if interval is not None:
             bounds = self.engine_fit.interval(design, interval, level, scale)
             if bounds is None:
                 marginal.warn_without_uncertainty(self.engine, "'lower' and 'upper' are", stacklevel=3)
-                out["lower"] = np.nan
-                out["upper"] = np.nan
+                table["lower"] = np.nan
+                table["upper"] = np.nan
             else:
-                out["lower"], out["upper"] = bounds
-        out["level_used"] = design.level_used()
-        return out
+                table["lower"], table["upper"] = bounds
+        table["level_used"] = design.level_used()
+        return table
 
     def native(self) -> Any:
         """The engine's own fitted object (InferenceData, booster, torch module, ...)."""
@@ -234,7 +257,8 @@ class FitResult:
         lines = [
             f"hierfit fit -- engine '{self.engine}', family '{self.spec.family}'",
             f"formula: {self.spec.text}",
-            f"rows: {self.n_obs}",
+            f"rows: {self.n_obs}" + ("" if self.source is None else
+                                     f" (streamed from {self.source.description}, batches of up to {self.source.batch_size:,} rows)"),
             "",
             "hierarchy:",
             self.hierarchy.describe(),

@@ -53,6 +53,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hierfit.design.sources import SourceInfo
 from hierfit.engines.registry import ENGINES
 from hierfit.engines.state import (
     LoadContext,
@@ -116,6 +117,7 @@ def write_fit(result: FitResult, directory: Path) -> None:
         timings=encode(dict(result.timings), "timings"),
         options=encode(dict(result.options), "the engine options"),
         moments=None if result.moments is None else result.moments.to_json(),
+        source=None if result.source is None else result.source.to_json(),
     )
     seal(directory, manifest)
 
@@ -161,11 +163,13 @@ def read_fit(manifest: dict[str, Any], files: SavedFiles) -> FitResult:
         options = dict(decode(manifest["options"], where))
         # saves from before the variance partition have no moments: load, but cannot partition
         moments = None if manifest.get("moments") is None else DesignMoments.from_json(manifest["moments"])
+        # saves of in-memory fits (and older saves) have no source
+        source = None if manifest.get("source") is None else SourceInfo.from_json(manifest["source"])
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PersistenceError(f"{where}: malformed fit fields ({type(exc).__name__}: {exc}).") from None
     diagnostics = diagnostics_from_json(manifest.get("diagnostics"), where)
     return FitResult(spec=spec, engine=str(name), engine_fit=engine_fit, encoding=encoding, n_obs=n_obs,
-                     diagnostics=diagnostics, timings=timings, options=options, moments=moments)
+                     diagnostics=diagnostics, timings=timings, options=options, moments=moments, source=source)
 
 
 def load_engine(name: Any, state: StateReader, context: LoadContext, where: str) -> Any:

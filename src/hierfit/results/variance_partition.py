@@ -91,6 +91,25 @@ class DesignMoments:
             z_second.append(np.block([[a.T @ b for b in blocks] for a in blocks]) / max(n, 1))
         return cls(tuple(design.x_names), x_cov, tuple(levels), tuple(tuple(names[lv]) for lv in levels), tuple(z_second))
 
+    @classmethod
+    def from_streamed(cls, design: Any) -> DesignMoments:
+        """The same moments from a streamed design's merged column moments (no rows):
+        ``Cov(X) = M2 / (n - 1)`` and ``E[z z'] = (M2 + n mean mean') / n`` per level."""
+        m, lay = design.column_moments, design.layout
+        x = m.select(lay.x)
+        x_cov = x.m2 / max(x.n - 1, 1)
+        levels: list[str] = []
+        index: dict[str, list[int]] = {}
+        names: dict[str, list[str]] = {}
+        for td, cols in zip(design.terms, lay.terms):
+            if td.level not in index:
+                levels.append(td.level)
+                index[td.level], names[td.level] = [], []
+            index[td.level].extend(cols)
+            names[td.level].extend(td.coefficients)
+        z_second = tuple(m.select(index[lv]).second_moment() for lv in levels)
+        return cls(tuple(design.x_names), x_cov, tuple(levels), tuple(tuple(names[lv]) for lv in levels), z_second)
+
     def to_json(self) -> dict[str, Any]:
         """Plain data for a save."""
         return {"x_names": list(self.x_names), "x_cov": self.x_cov.tolist(), "levels": list(self.levels),

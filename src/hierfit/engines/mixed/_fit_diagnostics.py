@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from hierfit.checks import Diagnostic
 from hierfit.design import Design
+from hierfit.design.streamed import StreamedDesign
 
 from ._glmm_diagnostics import SeparationFlag
 from .glmm import GlmmSolution
@@ -20,7 +21,7 @@ _SHOWN = 5
 POISSON_LIMIT = 1e-3
 
 
-def lmm_diagnostics(design: Design, sol: LmmSolution) -> list[Diagnostic]:
+def lmm_diagnostics(design: Design | StreamedDesign, sol: LmmSolution) -> list[Diagnostic]:
     """Convergence and singular fits of a linear mixed model."""
     found = []
     if not sol.converged:
@@ -86,7 +87,7 @@ def _at_poisson_limit(design: Design, sol: GlmmSolution) -> bool:
     return largest / float(sol.nb_theta) < POISSON_LIMIT
 
 
-def _singular(design: Design, terms: list[tuple[int, int]]) -> Diagnostic:
+def _singular(design: Design | StreamedDesign, terms: list[tuple[int, int]]) -> Diagnostic:
     parts = []
     for t, col in terms:
         td = design.terms[t]

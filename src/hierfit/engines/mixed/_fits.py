@@ -12,7 +12,7 @@ are mapped through the inverse link row by row.
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,7 @@ from scipy import stats
 
 from hierfit.checks import Diagnostic
 from hierfit.design import Design, RowDesign
+from hierfit.design.streamed import StreamedDesign
 from hierfit.engines.base import FIXED_COLUMNS, GROUP_COLUMNS, Draws, LazyDraws, LinearEngineFit, variance_table
 from hierfit.engines.state import StateWriter
 
@@ -91,16 +92,20 @@ class _ModeFit(LinearEngineFit):
 class MixedFit(_ModeFit):
     """A linear mixed model; ``native()`` is the core's :class:`LmmSolution`."""
 
-    def __init__(self, design: Design, solution: LmmSolution, n_draws: int, seed: int, diagnostics: list[Diagnostic]) -> None:
+    def __init__(self, design: Design | StreamedDesign, solution: LmmSolution, n_draws: int, seed: int,
+                 diagnostics: list[Diagnostic]) -> None:
         self.solution = solution
         self.n_draws = n_draws
+        # the layout and the variance table read only the design's structure (names, terms,
+        # tree), which a streamed design has as well; the shared code is typed for Design
+        structure = cast(Design, design)
         super().__init__(
             engine="mixed",
-            design=design,
+            design=structure,
             beta=solution.beta,
             b=solution.ranef,
             sigma=solution.sigma,
-            variance_table=variance_table(design, solution.covariances, solution.sigma),
+            variance_table=variance_table(structure, solution.covariances, solution.sigma),
             # joint draws of (beta, b) are made on first use: a fit that only needs estimates
             # never pays for them
             uncertainty=LazyDraws(self._joint_draws),

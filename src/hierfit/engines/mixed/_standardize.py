@@ -25,12 +25,14 @@ unaffected by ``s``; the per-term ``T`` becomes the lower-triangular root of ``B
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ColumnMap", "Standardization", "standardize"]
+from hierfit.design.moments import ColumnMoments
+
+__all__ = ["ColumnMap", "Standardization", "standardize", "standardize_from_moments"]
 
 
 @dataclass(frozen=True)
@@ -153,30 +155,49 @@ def _lower_root(M: np.ndarray) -> np.ndarray:
     return T * signs[None, :]
 
 
+def _usable(d: float) -> float:
+    return d if np.isfinite(d) and d > 0.0 else 1.0
+
+
 def _spread(col: np.ndarray, center: float) -> float:
     """Root mean square of ``col - center``; 1 for a constant (nothing to scale)."""
-    d = float(np.sqrt(np.mean(np.square(col - center)))) if col.size else 0.0
-    return d if np.isfinite(d) and d > 0.0 else 1.0
+    return _usable(float(np.sqrt(np.mean(np.square(col - center)))) if col.size else 0.0)
 
 
 def _is_ones(col: np.ndarray) -> bool:
     return bool(col.size) and bool(np.all(col == 1.0))
 
 
-def column_map(columns: Sequence[np.ndarray], center: bool) -> ColumnMap:
-    """The map of one group of columns (centred only if ``center`` and an intercept exists)."""
-    k = len(columns)
-    ones = [j for j, c in enumerate(columns) if _is_ones(c)]
+def _column_map(is_ones: Sequence[bool], mean: Callable[[int], float], spread: Callable[[int, float], float],
+                center: bool) -> ColumnMap:
+    """The map's decisions, from what is known of each column (rows in memory, or moments)."""
+    k = len(is_ones)
+    ones = [j for j in range(k) if is_ones[j]]
     intercept = ones[0] if ones else None
     c = np.zeros(k)
     s = np.ones(k)
-    for j, col in enumerate(columns):
+    for j in range(k):
         if j == intercept:
             continue
         if center and intercept is not None:
-            c[j] = float(np.mean(col)) if col.size else 0.0
-        s[j] = _spread(col, c[j])
+            c[j] = mean(j)
+        s[j] = spread(j, c[j])
     return ColumnMap(c, s, intercept)
+
+
+def column_map(columns: Sequence[np.ndarray], center: bool) -> ColumnMap:
+    """The map of one group of columns (centred only if ``center`` and an intercept exists)."""
+    return _column_map([_is_ones(c) for c in columns], lambda j: float(np.mean(columns[j])) if columns[j].size else 0.0,
+                       lambda j, c: _spread(columns[j], c), center)
+
+
+def column_map_from_moments(moments: ColumnMoments, center: bool) -> ColumnMap:
+    """:func:`column_map` from the columns' moments (a streamed source): the same decisions,
+    with ``rms(x - c) = sqrt(M2 / n + (mean - c)^2)``."""
+    n = max(moments.n, 1)
+    return _column_map(list(moments.is_ones()), lambda j: float(moments.mean[j]),
+                       lambda j, c: _usable(float(np.sqrt(max(moments.m2[j, j], 0.0) / n + (moments.mean[j] - c) ** 2))),
+                       center)
 
 
 def _ones_coefficients(X: np.ndarray, xmap: ColumnMap) -> np.ndarray | None:
@@ -192,6 +213,46 @@ def _ones_coefficients(X: np.ndarray, xmap: ColumnMap) -> np.ndarray | None:
     c, *_ = np.linalg.lstsq(Xt, np.ones(n), rcond=None)
     resid = float(np.max(np.abs(Xt @ c - 1.0)))
     return c if resid <= 1e-10 else None
+
+
+#: mean squared residual of ``X_t c = 1`` below which moments say a constant may lie in the span
+#: of ``X`` (the normal equations resolve no finer; the rows then confirm it: :mod:`._stream`)
+ONES_MOMENT_TOL = 1e-12
+
+
+def _ones_from_moments(x: ColumnMoments, xmap: ColumnMap) -> np.ndarray | None:
+    """A candidate ``c`` with ``X_t c = 1`` from the moments of ``X`` (``None``: no constant in its span)."""
+    n, p = x.n, x.mean.size
+    if p == 0 or n == 0:
+        return None
+    if xmap.intercept is not None:
+        c = np.zeros(p)
+        c[xmap.intercept] = 1.0
+        return c
+    # no intercept, so no column is centred: X_t = X / s
+    s = xmap.scale
+    G = (x.m2 + n * np.outer(x.mean, x.mean)) / np.outer(s, s)
+    b = n * x.mean / s
+    c, *_ = np.linalg.lstsq(G, b, rcond=None)
+    resid = n - 2.0 * float(b @ c) + float(c @ G @ c)
+    return c if resid <= ONES_MOMENT_TOL * n else None
+
+
+def standardize_from_moments(x: ColumnMoments, y_mean: float, y_m2: float, terms: Sequence[ColumnMoments],
+                             term_correlated: Sequence[bool]) -> Standardization:
+    """:func:`standardize` from moments instead of rows (a streamed source; :mod:`._stream`).
+
+    ``x`` are the moments of ``X``, ``y_mean`` and ``y_m2`` (``sum (y - mean)^2``) the outcome's,
+    ``terms`` each term's ``Z``. Without an intercept column, a constant in the span of ``X``
+    is only a candidate here (``ones_coef``): the caller confirms it on the rows.
+    """
+    xmap = column_map_from_moments(x, center=True)
+    ones = _ones_from_moments(x, xmap)
+    a = y_mean if (ones is not None and x.n) else 0.0
+    n = max(x.n, 1)
+    s = _usable(float(np.sqrt(max(y_m2, 0.0) / n + (y_mean - a) ** 2)))
+    zmaps = [column_map_from_moments(m, center=corr) for m, corr in zip(terms, term_correlated)]
+    return Standardization(xmap, a, s, ones, zmaps)
 
 
 def standardize(X: np.ndarray, y: np.ndarray, term_columns: Sequence[Sequence[np.ndarray]],

@@ -18,7 +18,7 @@ for a coarser chain factor holds the single group its group is nested in.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,7 +133,8 @@ def _sparse_z(fac: Factor, rows: slice, amap: ColumnAffine | None) -> sp.csr_mat
 def compute_rows(X: np.ndarray, y: np.ndarray, plan: Plan, layout: Layout,
                  xy_map: ColumnAffine | None = None,
                  factor_maps: list[ColumnAffine] | None = None,
-                 weights: np.ndarray | None = None) -> list[np.ndarray]:
+                 weights: np.ndarray | None = None,
+                 x_ones: Sequence[bool] | None = None) -> list[np.ndarray]:
     """Gather all sufficient statistics in one chunked pass over the rows.
 
     Parameters
@@ -153,6 +154,10 @@ def compute_rows(X: np.ndarray, y: np.ndarray, plan: Plan, layout: Layout,
     weights : numpy.ndarray, optional
         ``(n,)`` row weights: the statistics of ``[Z X y]' diag(weights) [Z X y]`` (the
         system of one GLMM PIRLS step).  ``None`` means unit weights.
+    x_ones : sequence of bool, optional
+        Which columns of ``X`` are identically 1 over *all* the rows (the pass then counts
+        instead of multiplying).  A batch of a streamed source must be told: a dummy or a slope
+        can be all ones within one batch without being so overall (default: read from ``X``).
 
     Returns
     -------
@@ -168,7 +173,7 @@ def compute_rows(X: np.ndarray, y: np.ndarray, plan: Plan, layout: Layout,
         for i in range(layout.n_levels)
     ]
     chain = [plan.factors[f] for f in plan.chain]
-    x_ones = [_is_ones_col(X[:, c]) for c in range(p)]
+    x_ones = [_is_ones_col(X[:, c]) for c in range(p)] if x_ones is None else list(x_ones)
     fixed = rows[-1][0]
     fix_off = layout.offsets[-1]
     for start in range(0, n, CHUNK_ROWS):

@@ -23,6 +23,7 @@ import pandas as pd
 from scipy import stats
 
 from hierfit.design import Design
+from hierfit.design.streamed import StreamedDesign
 from hierfit.engines.base import LazyDraws, NoUncertainty
 from hierfit.engines.options import option
 from hierfit.engines.state import LoadContext, StateReader
@@ -33,6 +34,7 @@ from ._fit_diagnostics import glmm_diagnostics, lmm_diagnostics
 from ._fits import GlmmFit, MixedFit
 from ._glmm_persist import restore_glmm
 from ._persist import restore_solution
+from ._stream import fit_streamed_lmm
 from .glmm import fit_glmm
 from .lmm import RandomBlock, fit_lmm
 
@@ -109,9 +111,21 @@ def random_blocks(design: Design) -> list[RandomBlock]:
     return blocks
 
 
-def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> MixedFit | GlmmFit:
-    """Fit by REML/ML (gaussian) or by Laplace / adaptive quadrature (other families)."""
+def fit(design: Design | StreamedDesign, spec: ModelSpec, options: OPTIONS) -> MixedFit | GlmmFit:
+    """Fit by REML/ML (gaussian) or by Laplace / adaptive quadrature (other families).
+
+    A :class:`~hierfit.design.streamed.StreamedDesign` (rows left in a Parquet lake or a Dask
+    DataFrame) is fitted from per-group statistics gathered batch by batch (:mod:`._stream`).
+    """
     family = spec.family
+    if isinstance(design, StreamedDesign):
+        if not family.normal_errors:
+            raise EngineError(f"Engine 'mixed' streams gaussian models only; got family {family.name!r}.")
+        _check_options_streamed(options)
+        with _progress(options.progress, design.n, "linear mixed model (streamed)"):
+            sol = fit_streamed_lmm(design, reml=options.reml is not False, maxiter=options.maxiter,
+                                   n_starts=options.n_starts, seed=options.seed, solver=options.solver)
+        return MixedFit(design, sol, options.n_draws, options.seed, lmm_diagnostics(design, sol))
     _check_options(design, spec, options)
     what = "linear mixed model" if family.normal_errors else f"{family.name} GLMM"
     with _progress(options.progress, design.n, what):
@@ -124,6 +138,14 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> MixedFit | GlmmFit
         glmm = fit_glmm(design.X, design.y, random_blocks(design), family, trials=design.trials, weights=design.weights,
                         offset=design.offset, n_agq=options.n_agq, information=options.information, maxiter=options.maxiter)
     return GlmmFit(design, glmm, options.n_draws, options.seed, glmm_diagnostics(design, glmm))
+
+
+def _check_options_streamed(options: OPTIONS) -> None:
+    if options.n_agq != 1:
+        raise EngineError(
+            f"Engine 'mixed': option 'n_agq' ({options.n_agq}) applies to non-gaussian families (quadrature of a "
+            "GLMM likelihood); a gaussian model's likelihood is exact. Drop n_agq."
+        )
 
 
 def _check_options(design: Design, spec: ModelSpec, options: OPTIONS) -> None:

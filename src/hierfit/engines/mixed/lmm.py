@@ -35,7 +35,7 @@ from ._factor import Factorization, System
 from ._gradient import criterion_and_gradient
 from ._optim import minimize_theta
 from ._standardize import Standardization, standardize
-from ._suffstats import compute_rows, make_layout
+from ._suffstats import ColumnAffine, compute_rows, make_layout
 from ._theta import ThetaSpec, profiled_criterion, sd_and_correlation
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "LmmSolution",
     "OptSummary",
     "RandomBlock",
+    "devfun_from_system",
     "draw_effects",
     "evaluated_at",
     "fit_lmm",
@@ -50,6 +51,7 @@ __all__ = [
     "lmm_devfun",
     "lmm_solution",
     "optimize_lmm",
+    "standardization_maps",
 ]
 
 #: lme4's isSingular tolerance on bounded (diagonal) theta elements.
@@ -453,17 +455,34 @@ def lmm_devfun(X: np.ndarray, y: np.ndarray, blocks: Sequence[RandomBlock], *, r
     # cross-products of a large-mean outcome lose every digit the variances depend on.
     std = standardize(X, y, [[blk.column(a) for a in range(blk.k)] for blk in blocks],
                       [blk.correlated for blk in blocks])
-    xy_map = (np.append(std.x.center, std.y_center), np.append(std.x.scale, std.y_scale))
-    factor_maps = [_factor_map(std, fac.blocks) for fac in plan.factors]
+    xy_map, factor_maps = standardization_maps(std, plan)
     sysm: MixedSystem
     if kind == "crossed":
         sysm = CrossedSystem.from_data(X, y, plan, p, xy_map, factor_maps, w)
     else:
         layout = make_layout(plan, p)
         sysm = System(plan, layout, compute_rows(X, y, plan, layout, xy_map, factor_maps, weights=w))
+    return devfun_from_system(sysm, blocks, std, n, p, reml=reml, data_seconds=time.perf_counter() - t0,
+                              log_weights=log_weights)
+
+
+def standardization_maps(std: Standardization, plan: Plan) -> tuple[ColumnAffine, list[ColumnAffine]]:
+    """The ``(center, scale)`` maps of ``[X y]`` and of each factor's columns that the data pass
+    applies (:func:`._suffstats.compute_rows`)."""
+    xy_map = (np.append(std.x.center, std.y_center), np.append(std.x.scale, std.y_scale))
+    return xy_map, [_factor_map(std, fac.blocks) for fac in plan.factors]
+
+
+def devfun_from_system(sysm: MixedSystem, blocks: Sequence[RandomBlock], std: Standardization, n: int, p: int, *,
+                       reml: bool, data_seconds: float, log_weights: float = 0.0) -> LmmDevfun:
+    """The criterion of already gathered statistics (from one pass over rows in memory, or the
+    merged passes over a streamed source: :mod:`._stream`).
+
+    ``blocks`` give the terms' structure (their order, sizes and correlation); ``n`` counts the
+    rows that carry likelihood.
+    """
     _check_fixed_rank(sysm.raw_rows[-1][0], p)
-    return LmmDevfun(sysm, ThetaSpec.from_blocks(blocks), std, blocks, n, p, reml, time.perf_counter() - t0,
-                     log_weights)
+    return LmmDevfun(sysm, ThetaSpec.from_blocks(blocks), std, tuple(blocks), n, p, reml, data_seconds, log_weights)
 
 
 def _prior_weights(weights: np.ndarray | None, n: int) -> tuple[np.ndarray | None, float]:

@@ -1,0 +1,217 @@
+"""The gaussian mixed model of a streamed design: its statistics gathered batch by batch.
+
+A :class:`~hierfit.design.streamed.StreamedDesign` holds no rows, but everything the linear
+core needs to *plan* the fit: the tree of groups, the cells (distinct combinations of the
+grouping columns, from which nesting is found exactly as from the rows) and the moments of
+``[X, y, offset, Z]`` (from which the same centring and scaling as in memory is chosen,
+:func:`._standardize.standardize_from_moments`). One more fold over the source then gathers
+the per-group sufficient statistics: every batch is encoded with the design's encoding, its
+statistics computed by the very :func:`._suffstats.compute_rows` of an in-memory fit (with the
+global plan, maps and all-ones flags), and the batches' statistics added with compensated sums
+(:class:`~hierfit.design.sources.CompensatedSum`). The fit proper -- optimisation, solution,
+draws, save -- is the in-memory one, from :func:`.lmm.devfun_from_system` on.
+
+Equality with the in-memory fit of the same rows: the statistics differ only by the rounding
+of each batch's own sums, so estimates agree to ~1e-12 relative or better whatever the
+batching, partitioning and row order (``tests/test_sources.py`` measures it).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from hierfit.design import DesignEncoding
+from hierfit.design.columns import weights_vector
+from hierfit.design.moments import ColumnMoments
+from hierfit.design.sources import Batch, CompensatedSum
+from hierfit.design.streamed import StreamedDesign
+from hierfit.exceptions import DataError, EngineError
+
+from ._blocks import Plan, RandomBlock, make_plan
+from ._factor import System
+from ._standardize import Standardization, standardize_from_moments
+from ._suffstats import ColumnAffine, Layout, compute_rows, make_layout
+from .lmm import LmmSolution, _warn_if_slow, choose_solver, devfun_from_system, lmm_solution, optimize_lmm, standardization_maps
+
+__all__ = ["StatisticsPass", "fit_streamed_lmm", "stream_plan"]
+
+#: largest ``|X_t c - 1|`` over the rows for which a constant counts as in the span of ``X``
+#: (the in-memory rule of :func:`._standardize.standardize`)
+ONES_TOL = 1e-10
+
+
+def stream_plan(design: StreamedDesign, solver: str) -> tuple[list[RandomBlock], Plan]:
+    """The terms' structure and the elimination plan, found from the design's cells.
+
+    Nesting, shared factors and the chain/root split only depend on which combinations of
+    groups occur, so the plan made from the cells is the one the rows would give. The
+    all-ones flags of the factors' columns come from the moments (over all rows).
+    """
+    n_cells = design.cell_rows.size
+    first_term_of_level: dict[str, int] = {}
+    blocks = []
+    for i, td in enumerate(design.terms):
+        lv = design.hierarchy.level(td.level)
+        parent = None
+        if lv.parent is not None and lv.parent in first_term_of_level and lv.parent_index is not None:
+            parent = (first_term_of_level[lv.parent], lv.parent_index)
+        first_term_of_level.setdefault(td.level, i)
+        blocks.append(RandomBlock(design.cell_codes[td.level], lv.n_groups, np.ones((n_cells, td.k)), td.term.correlated,
+                                  parent))
+    plan, _ = make_plan(blocks, n_cells, warn=False)
+    kind, plan = choose_solver(plan, solver)
+    if kind == "crossed":
+        raise EngineError(
+            "Engine 'mixed': this crossed design would be eliminated with the sparse crossed solver, which a streamed fit "
+            "does not offer yet. Pass solver='blocked' (the dense-root elimination; the same fit, slower per evaluation)."
+        )
+    _warn_if_slow(plan, kind)
+    ones = design.column_moments.is_ones()
+    for fac in plan.factors:
+        fac.is_ones = [bool(ones[j]) for b in fac.blocks for j in design.layout.terms[b]]
+    return blocks, plan
+
+
+def _batch_plan(skeleton: Plan, levels: tuple[str, ...], group_index: dict[str, np.ndarray],
+                columns: list[list[np.ndarray]]) -> Plan:
+    """The skeleton's plan with one batch's group codes and model columns."""
+    factors = []
+    for fac in skeleton.factors:
+        g = np.ascontiguousarray(group_index[levels[fac.blocks[0]]], dtype=np.int64)
+        cols = [c for b in fac.blocks for c in columns[b]]
+        factors.append(replace(fac, group_index=g, columns=cols, is_ones=list(fac.is_ones)))
+    return Plan(factors, skeleton.chain, skeleton.root, skeleton.parent_maps)
+
+
+@dataclass(frozen=True, eq=False)
+class BatchStatistics:
+    """The PLS rows of some batches (plus ``sum log w``, last), positive-weight rows, and the
+    largest ``|X_t c - 1|`` seen (0 when no constant is to be confirmed)."""
+
+    sums: CompensatedSum
+    positive: int
+    ones_residual: float
+
+    @staticmethod
+    def merge(parts: list[BatchStatistics]) -> BatchStatistics:
+        return BatchStatistics(CompensatedSum.merge([p.sums for p in parts]), sum(p.positive for p in parts),
+                               max(p.ones_residual for p in parts))
+
+
+@dataclass(frozen=True, eq=False)
+class StatisticsPass:
+    """Per batch: the unscaled rows of the mixed-model equations with the fit's global plan
+    and maps (see the module docstring). It travels to Dask workers: plain data and code only."""
+
+    encoding: DesignEncoding
+    levels: tuple[str, ...]
+    skeleton: Plan
+    layout: Layout
+    xy_map: ColumnAffine
+    factor_maps: tuple[ColumnAffine, ...]
+    x_ones: tuple[bool, ...]
+    ones_coef: np.ndarray | None
+
+    def __call__(self, batch: Batch) -> BatchStatistics:
+        d = self.encoding.apply_observed(batch.frame)
+        if d.unseen:
+            level, groups = next(iter(d.unseen.items()))
+            raise DataError(
+                f"Level {level!r} has groups the design pass did not see ({', '.join(map(repr, list(groups)[:3]))}): the "
+                "source changed between the passes of the fit. Fit a source that does not change while it is read."
+            )
+        y = d.y if d.offset is None else d.y - d.offset
+        w = weights_vector(self.encoding.spec, batch.frame, require_positive=False)
+        columns = [[np.asarray(td.Z[:, a], dtype=np.float64) for a in range(td.Z.shape[1])] for td in d.terms]
+        plan = _batch_plan(self.skeleton, self.levels, d.group_index, columns)
+        rows = compute_rows(d.X, y, plan, self.layout, self.xy_map, list(self.factor_maps), weights=w, x_ones=self.x_ones)
+        log_w = 0.0 if w is None else float(np.sum(np.log(w[w > 0])))
+        positive = d.n if w is None else int(np.count_nonzero(w > 0))
+        residual = 0.0
+        if self.ones_coef is not None and d.n:
+            center, scale = self.xy_map[0][:-1], self.xy_map[1][:-1]
+            residual = float(np.max(np.abs(((d.X - center) / scale) @ self.ones_coef - 1.0)))
+        return BatchStatistics(CompensatedSum.of([*rows, np.array([log_w])]), positive, residual)
+
+
+def _outcome_moments(design: StreamedDesign) -> tuple[float, float]:
+    """Mean and ``sum (r - mean)^2`` of the modelled outcome ``r = y - offset`` (the gaussian
+    model of ``y`` with a known part of its mean is the model of what is left)."""
+    m, lay = design.column_moments, design.layout
+    if lay.offset is None:
+        return float(m.mean[lay.y]), float(m.m2[lay.y, lay.y])
+    y, o = lay.y, lay.offset
+    return float(m.mean[y] - m.mean[o]), float(m.m2[y, y] - 2.0 * m.m2[y, o] + m.m2[o, o])
+
+
+def stream_standardization(design: StreamedDesign) -> Standardization:
+    """The column maps an in-memory fit of the same rows would choose, from the moments."""
+    m = design.column_moments
+    y_mean, y_m2 = _outcome_moments(design)
+    terms: list[ColumnMoments] = [m.select(idx) for idx in design.layout.terms]
+    return standardize_from_moments(m.select(design.layout.x), y_mean, y_m2, terms,
+                                    [td.term.correlated for td in design.terms])
+
+
+def _without_shift(std: Standardization, design: StreamedDesign) -> Standardization:
+    """The maps when no constant lies in the span of ``X``: the outcome is only scaled."""
+    y_mean, y_m2 = _outcome_moments(design)
+    n = max(design.n, 1)
+    s = float(np.sqrt(max(y_m2, 0.0) / n + y_mean ** 2))
+    return replace(std, y_center=0.0, ones_coef=None, y_scale=s if np.isfinite(s) and s > 0 else 1.0)
+
+
+def fit_streamed_lmm(design: StreamedDesign, *, reml: bool, maxiter: int, n_starts: int, seed: int,
+                     solver: str) -> LmmSolution:
+    """REML/ML fit of a streamed design: plan, one statistics pass over the source, optimise.
+
+    Examples
+    --------
+    >>> import pyarrow as pa, hierfit
+    >>> from hierfit.design import build_streamed_design
+    >>> from hierfit.design.sources import open_source
+    >>> sim = hierfit.simulate(n_markets=5, n_submarkets=3, rows_per_submarket=8, seed=4)
+    >>> spec = hierfit.make_spec("y ~ x1 + (1 | market/submarket)")
+    >>> with open_source(pa.Table.from_pandas(sim.data), batch_size=25) as source:
+    ...     sol = fit_streamed_lmm(build_streamed_design(spec, source), reml=True, maxiter=1000, n_starts=1, seed=0,
+    ...                            solver="auto")
+    >>> mem = hierfit.fit("y ~ x1 + (1 | market/submarket)", sim.data, engine="mixed").native()
+    >>> bool(np.allclose(sol.beta, mem.beta, rtol=1e-10)), bool(np.isclose(sol.loglik, mem.loglik, rtol=1e-12))
+    (True, True)
+    """
+    t0 = time.perf_counter()
+    blocks, plan = stream_plan(design, solver)
+    std = stream_standardization(design)
+    p = len(design.x_names)
+    layout = make_layout(plan, p)
+    ones = design.column_moments.is_ones()
+    x_ones = tuple(bool(ones[j]) for j in design.layout.x)
+    confirm = std.ones_coef is not None and std.x.intercept is None
+    stats = _gather(design, plan, layout, std, x_ones, confirm)
+    if confirm and stats.ones_residual > ONES_TOL:
+        # the moments suggested a constant in the span of X that the rows do not confirm:
+        # gather again without shifting the outcome (as the in-memory rule decides)
+        std = _without_shift(std, design)
+        stats = _gather(design, plan, layout, std, x_ones, False)
+    values = stats.sums.values()
+    sysm = System(plan, layout, values[:-1])
+    n = stats.positive if design.spec.weights is not None else design.n
+    log_weights = float(values[-1][0]) if design.spec.weights is not None else 0.0
+    devfun = devfun_from_system(sysm, blocks, std, n, p, reml=reml, data_seconds=time.perf_counter() - t0,
+                                log_weights=log_weights)
+    optsum = optimize_lmm(devfun, maxiter=maxiter, n_starts=n_starts, seed=seed)
+    return lmm_solution(devfun, optsum)
+
+
+def _gather(design: StreamedDesign, plan: Plan, layout: Layout, std: Standardization, x_ones: tuple[bool, ...],
+            confirm: bool) -> BatchStatistics:
+    xy_map, factor_maps = standardization_maps(std, plan)
+    # the skeleton travels to every worker: drop the cells' codes it was planned from
+    skeleton = Plan([replace(f, group_index=np.zeros(0, dtype=np.int64), columns=[]) for f in plan.factors],
+                    plan.chain, plan.root, plan.parent_maps)
+    task = StatisticsPass(design.encoding, tuple(td.level for td in design.terms), skeleton, layout, xy_map,
+                          tuple(factor_maps), x_ones, std.ones_coef if confirm else None)
+    return design.source.fold(task, BatchStatistics.merge, design.read_columns)
