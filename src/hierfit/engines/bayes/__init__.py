@@ -3,6 +3,9 @@
 * :mod:`.priors` -- default priors scaled to the data and the user's engine-neutral priors;
 * :mod:`.structure` -- term layout and the gaussian sufficient statistics;
 * :mod:`.marginal` -- the exact marginalised gaussian likelihood and conditional draws;
+* :mod:`.tree`, :mod:`.tree_marginal` -- the same for nested levels in O(groups): block
+  statistics, a leaves-first block Cholesky and selected inversion over the tree of groups;
+* :mod:`.cost` -- which gaussian likelihood ``likelihood="auto"`` runs, from the problem's sizes;
 * :mod:`.aggregate` -- rows sharing covariates, groups, offset and weight summed (exact for
   bernoulli, binomial, poisson);
 * :mod:`.result` -- draws -> ArviZ InferenceData and the result contract;

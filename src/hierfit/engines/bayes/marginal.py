@@ -17,7 +17,10 @@ statistics ``W'ΩW, W'Ωy, y'Ωy`` of :func:`hierfit.engines.bayes.structure.suf
 ``½ Σ log w`` their Jacobian; an offset enters as ``y - offset``.
 
 Each evaluation costs O(d² k + d³/3) with d = dim(u_I) (73 for the reference model),
-independent of the number of rows. Given a draw of ``(σ, Λ, beta_S)`` the integrated part has
+independent of the number of rows. Nested levels give ``M`` the pattern of the tree of groups,
+and :mod:`.tree_marginal` computes the same likelihood, gradient and draws in O(groups) from
+block statistics (:mod:`.tree`); the dense algebra here stays the reference and the path for
+crossed factors (and for small problems, where it is as fast: see :mod:`.cost`). Given a draw of ``(σ, Λ, beta_S)`` the integrated part has
 the exact conditional posterior ``z | y ~ N(P⁻¹c/σ², P⁻¹)``; :func:`conditional_draws` draws
 from it, so every posterior draw of the variance parameters gets exact draws of the effects.
 """
@@ -31,6 +34,7 @@ import numpy as np
 from scipy import linalg
 
 from hierfit.engines.bayes.structure import BayesStructure, SufficientStats
+from hierfit.engines.bayes.tree_marginal import TreeMarginalData, tree_conditional_draws
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,7 +142,7 @@ def marginal_loglik(md: MarginalData, structure: BayesStructure, sigma, lambdas,
 
 
 def conditional_draws(
-    md: MarginalData,
+    md: MarginalData | TreeMarginalData,
     structure: BayesStructure,
     sigma: np.ndarray,
     lambdas: list[np.ndarray],
@@ -148,8 +152,11 @@ def conditional_draws(
 ) -> np.ndarray:
     """Exact draws of ``u = [beta, b]`` given each draw of ``(σ, Λ_t, beta_S)``.
 
-    Returns the flat coefficient draws (S, d) in :class:`ParameterLayout` order.
+    Returns the flat coefficient draws (S, d) in :class:`ParameterLayout` order. Block
+    statistics (:class:`.tree_marginal.TreeMarginalData`) are drawn on the tree, O(groups) per draw.
     """
+    if isinstance(md, TreeMarginalData):
+        return tree_conditional_draws(md, structure, sigma, lambdas, beta_S, rng)
     S = len(sigma)
     out = np.empty((S, structure.size))
     for start in range(0, S, chunk):

@@ -12,6 +12,10 @@ With ``K = T'MT/σ²``, ``P = I + K``, ``r = W'y - Mμ``, ``c = T'r_I``, ``a = P
 * ``∂ll/∂T  = -MTP⁻¹/σ² + r_I a'/σ⁴ - (MTa) a'/σ⁶`` (summed over each term's diagonal blocks
   to give ``∂ll/∂Λ_t``)
 * ``∂ll/∂β_S = r_S/σ² - M_SI T a/σ⁴``
+
+The same formulas are computed on the tree of nested groups by
+:func:`.tree_marginal.tree_value_and_grad` (``tr(P⁻¹)`` and the blocks of ``M T P⁻¹`` from the
+selected inverse); :func:`value_and_grad` dispatches on the kind of summaries it is given.
 """
 
 from __future__ import annotations
@@ -21,10 +25,20 @@ from scipy.linalg import lapack
 
 from hierfit.engines.bayes.marginal import MarginalData, _right_T, _T_vec
 from hierfit.engines.bayes.structure import BayesStructure
+from hierfit.engines.bayes.tree_marginal import TreeMarginalData, tree_value_and_grad
 
 
-def value_and_grad(md: MarginalData, structure: BayesStructure, sigma: float, lambdas: list[np.ndarray], beta_S: np.ndarray):
+def value_and_grad(md: MarginalData | TreeMarginalData, structure: BayesStructure, sigma: float, lambdas: list[np.ndarray],
+                   beta_S: np.ndarray):
     """Marginal log-likelihood and its gradient w.r.t. ``sigma``, each ``Λ_t`` and ``beta_S``."""
+    if isinstance(md, TreeMarginalData):
+        return tree_value_and_grad(md, structure, sigma, lambdas, beta_S)
+    return dense_value_and_grad(md, structure, sigma, lambdas, beta_S)
+
+
+def dense_value_and_grad(md: MarginalData, structure: BayesStructure, sigma: float, lambdas: list[np.ndarray],
+                         beta_S: np.ndarray):
+    """:func:`value_and_grad` with the dense (d_I × d_I) algebra of the module docstring."""
     if not (np.isfinite(sigma) and sigma > 0):
         # a wild warm-up trajectory (sigma underflowed to 0): reject the point, NUTS marks it divergent
         return -np.inf, 0.0, [np.zeros_like(l) for l in lambdas], np.zeros_like(beta_S, dtype=float)
@@ -95,7 +109,7 @@ def _op_class():
 
         __props__ = ()
 
-        def __init__(self, md: MarginalData, structure: BayesStructure) -> None:
+        def __init__(self, md: MarginalData | TreeMarginalData, structure: BayesStructure) -> None:
             self.md = md
             self.structure = structure
 
@@ -129,7 +143,7 @@ def _op_class():
 _OP_CLASS = None
 
 
-def marginal_loglik_op(md: MarginalData, structure: BayesStructure):
+def marginal_loglik_op(md: MarginalData | TreeMarginalData, structure: BayesStructure):
     """A function ``(sigma, [Λ_t], beta_S) -> ll`` (a PyTensor scalar with the analytic gradient)."""
     import pytensor.tensor as pt
 

@@ -8,9 +8,15 @@ Group effects are non-centred at every level (``b_t[g] = diag(sd_t) L_t z_t[g]``
   are integrated out analytically from per-group sufficient statistics
   (:mod:`hierfit.engines.bayes.marginal`); NUTS samples only the SDs, correlations, sigma
   (and any non-normal-prior coefficient), and the effects are drawn afterwards from their
-  exact conditional posterior. One gradient costs O((p+q)³), independent of the rows.
+  exact conditional posterior. Nested levels are eliminated on the tree of groups
+  (:mod:`hierfit.engines.bayes.tree_marginal`, O(groups) per gradient, block statistics);
+  crossed factors use the dense algebra (O((p+q)³)). Both are independent of the rows.
 * ``"suffstats"``: every coefficient sampled, gaussian likelihood from ``W'ΩW, W'Ωy, y'Ωy``.
 * ``"rows"``: the plain per-row model (the only choice for the other families).
+
+``"auto"`` picks the gaussian likelihood (and the marginal's algebra) by the cost model of
+:mod:`hierfit.engines.bayes.cost`; ``info["likelihood"]`` and ``info["marginal_algebra"]``
+record what ran.
 
 Both gaussian fast paths are exact with prior weights (``Ω``, residual variances ``σ²/w``) and
 offsets (``y - offset``): see :mod:`hierfit.engines.bayes.structure`. Per-row likelihoods
@@ -56,6 +62,9 @@ import numpy as np
 
 from hierfit.design import Design
 from hierfit.engines.bayes.aggregate import aggregate_rows, drop_zero_weights
+from hierfit.engines.bayes.cost import MAX_MARGINAL_SIZE as _MAX_DENSE
+from hierfit.engines.bayes.cost import LikelihoodChoice, ProblemSize
+from hierfit.engines.bayes.cost import choose_likelihood as _cost_choice
 from hierfit.engines.bayes.marginal import MarginalData, marginal_data
 from hierfit.engines.bayes.pt_marginal import marginal_loglik_op
 from hierfit.engines.bayes.result import BayesFit, assemble_fit
@@ -65,14 +74,17 @@ from hierfit.engines.bayes.structure import (
     make_structure,
     sufficient_stats,
 )
+from hierfit.engines.bayes.tree import TreeLayout, tree_layout, tree_stats
+from hierfit.engines.bayes.tree_marginal import TreeMarginalData, ridge_solution, tree_marginal_data
 from hierfit.engines.options import option
 from hierfit.engines.state import LoadContext, StateReader
 from hierfit.exceptions import EngineError, SpecError
 from hierfit.model import ModelSpec
 from hierfit.model.priors import Prior
 
-#: above this many integrated coefficients the O(d³) marginal likelihood loses to sampling them
-MAX_MARGINAL_SIZE = 1500
+#: above this many integrated coefficients the O(d³) dense marginal likelihood (crossed factors) loses
+#: to sampling them; nested levels use the tree algebra at any size (see :mod:`.cost`)
+MAX_MARGINAL_SIZE = _MAX_DENSE
 
 
 @dataclass(frozen=True)
@@ -92,8 +104,9 @@ class OPTIONS:
     seed
         Seeds sampling and the conditional draws: same seed, same draws.
     likelihood
-        ``"auto"`` (gaussian: ``"marginal"`` up to 1,500 group coefficients, else
-        ``"suffstats"``; other families: ``"rows"``), or one of those names.
+        ``"auto"`` (gaussian: the fastest by :mod:`hierfit.engines.bayes.cost` -- ``"marginal"``
+        for nested levels of any size, and for crossed factors up to 1,500 integrated
+        coefficients; other families: ``"rows"``), or one of those names.
     sampler
         ``"auto"``: PyMC's own NUTS for the marginal model, numpyro (JAX, vectorised chains)
         for the others; or ``"pymc"``, ``"nutpie"``, ``"numpyro"`` (see
@@ -132,18 +145,27 @@ class OPTIONS:
 FAST_OPTIONS: dict = {"draws": 300, "tune": 300, "chains": 2, "progressbar": False}
 
 
-def choose_likelihood(structure: BayesStructure, requested: str) -> str:
-    """Resolve ``likelihood="auto"`` and reject impossible combinations."""
+def problem_size(structure: BayesStructure, rows: int, layout: TreeLayout | None) -> ProblemSize:
+    """The sizes :mod:`.cost` decides on."""
+    levels = None if layout is None else tuple((lv.n_groups, lv.k) for lv in layout.levels)
+    return ProblemSize(rows, structure.p, len(structure.integrated_beta), tuple((t.n_groups, t.k) for t in structure.terms),
+                       levels)
+
+
+def choose_likelihood(structure: BayesStructure, requested: str, rows: int = 0,
+                      layout: TreeLayout | None = None) -> LikelihoodChoice:
+    """Resolve ``likelihood="auto"`` by the cost model and reject impossible combinations.
+
+    ``layout`` is the nested chain of the structure's levels (``None``: crossed, dense algebra).
+    """
     if not structure.family.normal_errors:
         if requested in ("marginal", "suffstats"):
             raise SpecError(
                 f"likelihood={requested!r} is exact only for the gaussian family; family {structure.family.name!r} "
                 "uses likelihood='rows' (the default)."
             )
-        return "rows"
-    if requested == "auto":
-        return "marginal" if structure.size - structure.p <= MAX_MARGINAL_SIZE else "suffstats"
-    return requested
+        return LikelihoodChoice("rows", None)
+    return _cost_choice(problem_size(structure, rows, layout), requested)
 
 
 def choose_sampler(requested: str, likelihood: str) -> str:
@@ -210,7 +232,8 @@ def _vector_rv(name: str, priors: tuple[Prior, ...], positive: bool):
 
 
 # -- the model --------------------------------------------------------------------------------
-def build_model(design: Design, structure: BayesStructure, likelihood: str, md: MarginalData | None = None):
+def build_model(design: Design, structure: BayesStructure, likelihood: str,
+                md: MarginalData | TreeMarginalData | None = None):
     """The PyMC model of the spec; free variables ``sigma``, ``sd_<t>``, ``chol_<t>``, ``z_<t>``, ``beta``."""
     import pymc as pm
     import pytensor.tensor as pt
@@ -244,7 +267,7 @@ def build_model(design: Design, structure: BayesStructure, likelihood: str, md: 
             z = pm.Normal(f"z_{t.name}", 0.0, 1.0, shape=(t.n_groups, t.k))
             bs.append(pt.dot(z, lam.T))
         if likelihood == "suffstats":
-            assert md is not None and sigma is not None, "the sufficient-statistics model needs its summaries and sigma"
+            assert isinstance(md, MarginalData) and sigma is not None, "the sufficient-statistics model needs W'ΩW and sigma"
             u = pt.concatenate([beta] + [b.reshape((-1,)) for b in bs])
             quad = md.yty - 2 * pt.dot(u, md.Wty) + pt.dot(u, pt.dot(md.M, u))
             pm.Potential("loglik", -0.5 * md.n * pt.log(2 * np.pi * sigma**2) - quad / (2 * sigma**2)
@@ -293,19 +316,24 @@ def _pm(name: str) -> Any:
 
 
 # -- sampling -----------------------------------------------------------------------------------
-def initial_values(structure: BayesStructure, md: MarginalData | None, likelihood: str, chains: int, seed: int) -> list[dict]:
+def initial_values(structure: BayesStructure, md: MarginalData | TreeMarginalData | None, likelihood: str, chains: int,
+                   seed: int) -> list[dict]:
     """Per-chain starting points near the no-pooling fit (dummy least squares), jittered.
 
     NUTS warm-up from PyMC's default start (the prior's centre, jittered) can begin where the
     gaussian likelihood's gradient is ~1e5 (thousands of rows, sigma far off): early trees then
     hit the maximum depth and warm-up dominates the run. Starting near the data avoids that.
+    The least squares are ``(M + δI)u = W'y`` (δ = 1e-8 tr(M)/d), solved densely or on the tree.
     """
     if md is None:
         return [{} for _ in range(chains)]
-    d = structure.size
-    u = np.linalg.lstsq(md.M + 1e-8 * np.trace(md.M) / d * np.eye(d), md.Wty, rcond=None)[0]
-    rss = md.yty - 2 * u @ md.Wty + u @ md.M @ u
-    rank = np.linalg.matrix_rank(md.M)
+    if isinstance(md, TreeMarginalData):
+        u, rss, rank = ridge_solution(md)
+    else:
+        d = structure.size
+        u = np.linalg.lstsq(md.M + 1e-8 * np.trace(md.M) / d * np.eye(d), md.Wty, rcond=None)[0]
+        rss = md.yty - 2 * u @ md.Wty + u @ md.M @ u
+        rank = np.linalg.matrix_rank(md.M)
     sigma0 = float(np.sqrt(max(rss, 1e-12) / max(md.n - rank, 1)))
     rng = np.random.default_rng([seed, 7])
     out = []
@@ -406,7 +434,9 @@ def _posterior_arrays(idata: Any, structure: BayesStructure, likelihood: str) ->
 def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BayesFit:
     """Sample the posterior with NUTS and wrap it in the result contract."""
     structure0 = make_structure(design, marginal=True)
-    likelihood = choose_likelihood(structure0, options.likelihood)
+    layout = tree_layout(design, structure0) if structure0.family.normal_errors else None
+    choice = choose_likelihood(structure0, options.likelihood, design.n, layout)
+    likelihood = choice.likelihood
     structure = structure0 if likelihood == "marginal" else make_structure(design, marginal=False)
     sampler = choose_sampler(options.sampler, likelihood)
     if options.new_groups not in ("parent", "sample"):
@@ -420,7 +450,7 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BayesFit:
         ordered = canonical_rows(drop_zero_weights(design))  # the same draws whatever the input row order
     else:
         ordered = canonical_rows(design)  # weight-0 rows add nothing to the sufficient statistics
-    md = marginal_data(structure, sufficient_stats(ordered)) if likelihood in ("marginal", "suffstats") else None
+    md = _summaries(structure, ordered, choice, layout)
     from threadpoolctl import threadpool_limits
 
     # Small dense algebra: BLAS threads only contend (37x slower per gradient measured on 2 busy cores).
@@ -432,9 +462,22 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BayesFit:
         sampling_seconds = time.perf_counter() - t0
         arrays = _posterior_arrays(idata, structure, likelihood)
         info = {"likelihood": likelihood, "sampler": sampler, "sampling_seconds": sampling_seconds}
+        if choice.algebra is not None:
+            info["marginal_algebra"] = choice.algebra
         if cells is not None:
             info.update(aggregated_rows=cells.rows, aggregated_cells=cells.cells)
         return _assemble(design, structure, md, arrays, idata, options, info)
+
+
+def _summaries(structure: BayesStructure, ordered: Design, choice: LikelihoodChoice,
+               layout: TreeLayout | None) -> MarginalData | TreeMarginalData | None:
+    """What the gaussian likelihood reads: block statistics on the tree, or the dense ``W'ΩW``."""
+    if choice.likelihood == "marginal" and choice.algebra == "tree":
+        assert layout is not None, "the tree algebra needs the nested chain"
+        return tree_marginal_data(structure, tree_stats(ordered, layout))
+    if choice.likelihood in ("marginal", "suffstats"):
+        return marginal_data(structure, sufficient_stats(ordered))
+    return None
 
 
 def _assemble(design, structure, md, arrays, idata, options, info) -> BayesFit:

@@ -37,6 +37,7 @@ from hierfit.engines.base import VARIANCE_COLUMNS, Draws, LinearEngineFit, NoUnc
 from hierfit.engines.bayes.diagnostics import sampler_diagnostics
 from hierfit.engines.bayes.marginal import MarginalData, conditional_draws
 from hierfit.engines.bayes.structure import BayesStructure
+from hierfit.engines.bayes.tree_marginal import TreeMarginalData
 from hierfit.engines.layout import ParameterLayout
 from hierfit.engines.state import LoadContext, StateReader, StateWriter
 from hierfit.exceptions import PersistenceError
@@ -90,7 +91,8 @@ class BayesFit(LinearEngineFit):
     def summary_lines(self) -> list[str]:
         info = self.info
         lines = [
-            (f"sampling: {info.get('sampler')} NUTS, likelihood '{info.get('likelihood')}', "
+            (f"sampling: {info.get('sampler')} NUTS, likelihood '{info.get('likelihood')}'"
+             + (f" ({info['marginal_algebra']} algebra)" if "marginal_algebra" in info else "") + ", "
              f"{info.get('chains')} chains x {info.get('draws')} draws, {info.get('sampling_seconds', float('nan')):.1f} s"),
         ]
         if "aggregated_cells" in info:
@@ -287,7 +289,7 @@ def assemble_fit(
     engine: str,
     design: Design,
     structure: BayesStructure,
-    md: MarginalData | None,
+    md: MarginalData | TreeMarginalData | None,
     arrays: dict,
     sample_stats,
     shape: tuple[int, int],
