@@ -140,12 +140,13 @@ def speed(names: list[str], plain_names: list[str], engines: list[str]) -> None:
                        f"sampling {sinfo['sampling_seconds']:.1f} s]"), flush=True)
 
 
-def coverage(k: int, seed: int, rows: int) -> None:
-    """Share of 90% intervals of group-effect deviations covering the truth over k data sets."""
+def coverage(k: int, seed: int, rows: int, markets: int = 10, submarkets: int = 5) -> None:
+    """Share of 90% intervals of group-effect deviations covering the truth over k data sets
+    (the reference DGP on a ``markets`` x ``submarkets`` tree, ``rows`` rows per submarket)."""
     hits, total, per_level = 0, 0, {}
     t0 = time.perf_counter()
     for i in range(k):
-        sim = hierfit.simulate(rows_per_submarket=rows, seed=seed + 1000 + i)
+        sim = hierfit.simulate(n_markets=markets, n_submarkets=submarkets, rows_per_submarket=rows, seed=seed + 1000 + i)
         res, *_ = run(Dataset("coverage", sim.formula, sim.data, sim.national), "pymc", seed=i, **COVERAGE_OPTIONS)
         est = res.group_effects("deviation", level=0.9).set_index(["level", "group", "term"])
         truth = sim.truth.group_effects("deviation").set_index(["level", "group", "term"])["estimate"]
@@ -157,7 +158,7 @@ def coverage(k: int, seed: int, rows: int) -> None:
             h, t = per_level.get((level, term), (0, 0))
             per_level[(level, term)] = (h + int(ok), t + 1)
         print(f"  simulation {i + 1}/{k}: {int(inside.sum())}/{len(inside)} covered; running {hits / total:.3f}", flush=True)
-    print(f"coverage of 90% intervals for group effects over {k} simulations ({rows * 50} rows each): {hits / total:.3f} "
+    print(f"coverage of 90% intervals for group effects over {k} simulations ({markets} x {submarkets} tree, {rows * markets * submarkets} rows each): {hits / total:.3f} "
           f"({hits}/{total}), {time.perf_counter() - t0:.0f} s", flush=True)
     for (level, term), (h, t) in sorted(per_level.items()):
         print(f"  {level}[{term}]: {h / t:.3f} ({h}/{t})", flush=True)
@@ -273,11 +274,12 @@ def _calibrate_sampler() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     names = ["radon", "ref5k", "ref50k", "tree100x10", "tree1000x20"]
-    parser.add_argument("--datasets", nargs="+", default=names, choices=names)
+    parser.add_argument("--datasets", nargs="*", default=names, choices=names)
     parser.add_argument("--plain", nargs="*", default=["radon", "ref5k"], choices=names, help="datasets the plain model runs on")
     parser.add_argument("--engines", nargs="+", default=["pymc", "plain"], choices=["pymc", "plain", "stan"])
     parser.add_argument("--coverage", type=int, default=0, help="number of simulations for the coverage study")
     parser.add_argument("--coverage-rows", type=int, default=40, help="rows per submarket in the coverage study")
+    parser.add_argument("--coverage-tree", default="10x5", help="markets x submarkets of the coverage study's tree, e.g. 100x10")
     parser.add_argument("--calibrate", action="store_true", help="measure the cost model's constants and stop")
     args = parser.parse_args()
     if args.calibrate:
@@ -286,7 +288,8 @@ def main() -> None:
     if args.datasets:
         speed(args.datasets, args.plain, args.engines)
     if args.coverage:
-        coverage(args.coverage, SEED, args.coverage_rows)
+        markets, submarkets = (int(v) for v in args.coverage_tree.lower().split("x"))
+        coverage(args.coverage, SEED, args.coverage_rows, markets, submarkets)
 
 
 if __name__ == "__main__":
