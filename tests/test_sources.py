@@ -271,3 +271,71 @@ def test_non_finite_value_in_one_partition(client) -> None:
     df.loc[17, "x1"] = np.inf
     with client.as_current(), pytest.raises(DataError, match=r"In partition 0 \(rows 0-199\): Column 'x1' has 1 infinite"):
         hierfit.fit(FORMULA, dd.from_pandas(df, npartitions=3), engine="mixed")
+
+
+# -- a worker dying mid-pass: rerun by the scheduler (the exact answer), or a clear error ----------------
+def _kill_worker_once(frame: pd.DataFrame, marker: str, always: bool = False) -> pd.DataFrame:
+    """A partition function that kills the worker process computing it (the first time only,
+    unless ``always``): a worker lost mid-pass, as an out-of-memory kill would lose it."""
+    import os
+    import signal
+
+    distributed.get_worker()  # only ever kill a worker process, never the test's own
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        if not always:
+            return frame
+    else:
+        os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
+    return frame  # pragma: no cover
+
+
+def _dying(marker, always: bool = False) -> dd.DataFrame:
+    frame = dd.from_pandas(_shuffled(8), npartitions=4)
+    return frame.map_partitions(_kill_worker_once, str(marker), always, meta=frame._meta)
+
+
+def test_a_worker_killed_mid_pass_is_rerun_and_the_fit_is_exact(tmp_path, client, reference) -> None:
+    marker = tmp_path / "killed"
+    with client.as_current():
+        fit = hierfit.fit(FORMULA, _dying(marker), engine="mixed", n_draws=50)
+    assert marker.exists()  # a worker did die during the pass
+    assert_same_fit(fit, reference)
+
+
+def test_workers_that_keep_dying_fail_the_fit_clearly(tmp_path) -> None:
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            distributed.LocalCluster(n_workers=1, processes=True, threads_per_worker=1, dashboard_address=":0") as cluster, \
+            distributed.Client(cluster, set_as_default=False) as c, c.as_current(), \
+            pytest.raises(hierfit.HierfitError, match="Dask workers died while summarising"):
+        hierfit.fit(FORMULA, _dying(tmp_path / "killed", always=True), engine="mixed")
+
+
+# -- dictionary-encoded labels: each file its own dictionary, read as sorted categoricals ----------------
+def _categorical_parts(frame: pd.DataFrame, folder) -> None:
+    """Files written from pandas categoricals, each with another category order and an unused category."""
+    folder.mkdir(exist_ok=True)
+    markets = sorted(DATA["market"].unique())
+    for i, rows in enumerate(np.array_split(np.arange(len(frame)), 3)):
+        part = frame.iloc[rows].copy()
+        order = (markets[::-1] if i % 2 else markets) + [f"Unused_{i}"]
+        part["market"] = pd.Categorical(part["market"], categories=order)
+        part["submarket"] = part["submarket"].astype("category")
+        part.to_parquet(folder / f"part-{i}.parquet", index=False)
+
+
+def test_dictionary_labels_with_their_own_dictionary_per_file(tmp_path, reference) -> None:
+    _categorical_parts(_shuffled(9), tmp_path / "lake")
+    assert pq.read_schema(tmp_path / "lake" / "part-0.parquet").field("market").type.value_type == pa.string()
+    fit = hierfit.fit(FORMULA, str(tmp_path / "lake"), engine="mixed", n_draws=50, batch_size=64)
+    assert_same_fit(fit, reference)
+
+
+def test_missing_label_in_a_dictionary_column_names_the_file(tmp_path) -> None:
+    frame = _shuffled(10)
+    frame.loc[len(frame) - 3, "market"] = None  # in the last file
+    _categorical_parts(frame, tmp_path / "lake")
+    with pytest.raises(DataError, match=r"In file 'part-2.parquet' \(rows .*\): Grouping column 'market' has 1 missing"):
+        hierfit.fit(FORMULA, str(tmp_path / "lake"), engine="mixed")

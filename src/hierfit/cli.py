@@ -1,18 +1,27 @@
 """The ``hierfit`` command line: a thin shell over the public API.
 
 Errors hierfit raises on purpose print as one line ``error: ...`` and exit with code 2.
+
+``fit`` and ``predict`` stream their DATA when it is a glob (``'lake/*.parquet'``), a folder
+of Parquet files, or when ``--batch-size``, ``--workers`` or ``--scheduler`` is given: the rows
+are then read in record batches and never held together (see :mod:`hierfit.design.sources`),
+with one progress line per pass on stderr when it is a terminal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from hierfit.exceptions import HierfitError, HierfitWarning
+from hierfit.exceptions import DataError, HierfitError, HierfitWarning
+
+_GLOB = set("*?[")
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -49,6 +58,71 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
                   file: Any = None, line: str | None = None) -> None:
     """Warnings as one line (``warning: ...``), without the source line Python shows."""
     click.echo(f"warning: {' '.join(str(message).split())}", err=True)
+
+
+def _streams(data: str, *flags: object) -> bool:
+    """Whether DATA is read as a streaming source rather than one in-memory table."""
+    return any(ch in _GLOB for ch in data) or os.path.isdir(data) or any(f is not None for f in flags)
+
+
+def _stream_options(command: Any) -> Any:
+    """``--batch-size``, ``--workers`` and ``--scheduler``, shared by fit and predict."""
+    for option in reversed((
+        click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                     help="Stream DATA in record batches of at most this many rows (default 524,288)."),
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="Stream DATA on a local Dask cluster of this many worker processes (one task per file)."),
+        click.option("--scheduler", default=None, metavar="ADDRESS",
+                     help="Stream DATA on the Dask cluster at ADDRESS (e.g. tcp://10.0.0.5:8786); the client is closed after."),
+    )):
+        command = option(command)
+    return command
+
+
+class _PassProgress:
+    """A :class:`~hierfit.design.sources.FoldObserver` drawing one rich line per pass on stderr:
+    pieces (files or partitions) done of all, and batches read where they are counted here."""
+
+    def __init__(self, unit: str, console: Any = None) -> None:
+        from rich.console import Console
+
+        self.unit = unit
+        self.console = console if console is not None else Console(stderr=True)
+        self._bar: Any = None
+
+    def start(self, what: str, pieces: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn(f"{self.unit}{{task.fields[batches]}}"), TimeElapsedColumn(),
+                             console=self.console, transient=False)
+        self._bar.start()
+        self._task = self._bar.add_task(what, total=pieces, batches="")
+        self._batches = 0
+
+    def advance(self, *, batches: int = 0, pieces: int = 0) -> None:
+        # batches are counted where they are read here; a Dask task only reports its piece
+        self._batches += batches
+        self._bar.update(self._task, advance=pieces, batches=f" · {self._batches} batches" if self._batches else "")
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+@contextlib.contextmanager
+def _streaming(unit: str, workers: int | None, scheduler: str | None) -> Iterator[None]:
+    """The Dask client the options ask for, and the progress lines when stderr is a terminal."""
+    from hierfit.design.sources import dask_client, observe_folds
+
+    show = bool(getattr(sys.stderr, "isatty", lambda: False)())
+    with dask_client(workers=workers, scheduler=scheduler):
+        if not show:
+            yield
+            return
+        with observe_folds(_PassProgress(unit)):
+            yield
 
 
 class _Group(click.Group):
@@ -124,7 +198,7 @@ def simulate(out, truth_out, n_markets, n_submarkets, rows_per_submarket, unbala
 
 
 @main.command()
-@click.argument("data", type=click.Path(dir_okay=False))
+@click.argument("data")
 @click.option("--formula", "-f", required=True, help="lme4/brms formula, e.g. 'y ~ x1 + (1 + x1 | market/submarket)'.")
 @click.option("--engine", "-e", default=None, help="Engine name (see `hierfit engines`); default mixed, else ols.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), callback=_output, help="Directory to save the fit in.")
@@ -135,17 +209,27 @@ def simulate(out, truth_out, n_markets, n_submarkets, rows_per_submarket, unbala
 @click.option("--offset", "offset", default=None, help="Column added to the linear predictor as is (a log exposure for counts).")
 @click.option("--option", "-o", "options", multiple=True, help="Engine option key=value (repeatable), e.g. n_agq=9.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing hierfit save in --out (never a folder of other files).")
-def fit(data, formula, engine, out, family, national, link, weights, offset, options, overwrite) -> None:
-    """Fit a model to DATA and save it to --out (atomically: readers see the old save or the new one)."""
+@_stream_options
+def fit(data, formula, engine, out, family, national, link, weights, offset, options, overwrite, batch_size, workers,
+        scheduler) -> None:
+    """Fit a model to DATA and save it to --out (atomically: readers see the old save or the new one).
+
+    DATA is a .csv or .parquet file, or -- streamed, for engine mixed with a gaussian family --
+    a glob ('lake/*.parquet') or folder of Parquet files.
+    """
     import hierfit
     from hierfit.io import read_table
     from hierfit.storage import check_target
 
     # refuse an occupied --out before the (possibly long) fit, not after it
     check_target(out, overwrite)
-    frame = read_table(data)
-    result = hierfit.fit(formula, frame, engine=engine, family=family, link=link, national=national, weights=weights,
-                         offset=offset, **_parse_options(options))
+    common = dict(engine=engine, family=family, link=link, national=national, weights=weights, offset=offset,
+                  **_parse_options(options))
+    if _streams(data, batch_size, workers, scheduler):
+        with _streaming("files", workers, scheduler):
+            result = hierfit.fit(formula, data, batch_size=batch_size, **common)
+    else:
+        result = hierfit.fit(formula, read_table(data), **common)
     result.save(out, overwrite=overwrite)
     click.echo(result.summary())
     click.echo(f"\nsaved to {out}")
@@ -177,26 +261,66 @@ def effects(fit_dir, table, kind, out) -> None:
 
 @main.command()
 @click.argument("fit_dir", type=click.Path(file_okay=False))
-@click.argument("data", type=click.Path(dir_okay=False))
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), callback=_output, help="Predictions file (.csv/.parquet).")
+@click.argument("data")
+@click.option("--out", "out", required=True, type=click.Path(), callback=_output,
+              help="Predictions file (.csv/.parquet); for streamed DATA a new or empty folder of Parquet files.")
 @click.option("--interval", type=click.Choice(["confidence", "prediction"]), default=None)
 @click.option("--level", default=0.9, show_default=True)
-def predict(fit_dir, data, out, interval, level) -> None:
-    """Predict DATA with a saved fit; rows keep their order."""
+@_stream_options
+def predict(fit_dir, data, out, interval, level, batch_size, workers, scheduler) -> None:
+    """Predict DATA with a saved fit; rows keep their order.
+
+    Streamed DATA (a glob or folder of Parquet files) is predicted a batch at a time into the
+    folder --out: one output file per input file, row i predicting the input file's row i
+    (with --workers/--scheduler: one file per Dask partition, written on the cluster).
+    """
     import warnings
 
     import hierfit
     from hierfit.io import read_table, write_table
 
     result = hierfit.load(fit_dir)
-    frame = read_table(data)
+    streamed = _streams(data, batch_size, workers, scheduler)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", hierfit.UnseenGroupsWarning)
-        pred = result.predict(frame, interval=interval, level=level)
+        if streamed:
+            rows = _predict_source(result, data, out, interval, level, batch_size, workers, scheduler)
+        else:
+            pred = result.predict(read_table(data), interval=interval, level=level)
+            write_table(pred, out)
+            rows = len(pred)
     for w in caught:
         click.echo(f"warning: {w.message}", err=True)
-    write_table(pred, out)
-    click.echo(f"wrote {len(pred)} predictions to {out}")
+    click.echo(f"wrote {rows} predictions to {out}")
+
+
+def _predict_source(result: Any, data: str, out: str, interval: str | None, level: float, batch_size: int | None,
+                    workers: int | None, scheduler: str | None) -> int:
+    """Predict a streamed source into the folder ``out``; the number of rows written."""
+    import pyarrow.parquet as pq
+
+    if Path(out).suffix.lower() in (".csv", ".parquet", ".pq"):
+        raise DataError(f"Predictions of a streamed source are written as Parquet files into a folder; --out {out!r} names a "
+                        "file. Give a new or empty folder, e.g. --out predictions/.")
+    options = {"interval": interval, "level": level}
+    with _streaming("files", workers, scheduler):
+        if workers is None and scheduler is None:
+            result.predict(data, out=out, batch_size=batch_size, **options)
+        else:
+            result.predict(_dask_frame(data), out=out, **options)
+    return sum(pq.read_metadata(f).num_rows for f in sorted(Path(out).glob("**/*.parquet")))
+
+
+def _dask_frame(data: str) -> Any:
+    """DATA as a Dask DataFrame (one partition per file), for predicting on a cluster."""
+    try:
+        import dask.dataframe as dd
+    except ImportError:
+        from hierfit.design.sources.source import DASK_MISSING
+        from hierfit.exceptions import EngineError
+
+        raise EngineError(DASK_MISSING) from None
+    return dd.read_parquet(data)
 
 
 @main.command()
@@ -245,7 +369,7 @@ def engines() -> None:
 
 
 @main.command()
-@click.argument("data", type=click.Path(dir_okay=False))
+@click.argument("data")
 @click.option("--formula", "-f", required=True, help="lme4/brms formula, e.g. 'y ~ x1 + (1 + x1 | market/submarket)'.")
 @click.option("--engines", "-e", default=None, help="Comma-separated engines, e.g. mixed,pymc,ols; default every installed engine.")
 @click.option("--cv", default="kfold", show_default=True, help="kfold (rows), or a level to hold out whole groups of: submarket, market, ...")
@@ -280,6 +404,12 @@ def compare(data, formula, engines, cv, folds, out, family, national, link, weig
     if out:
         check_target(out, overwrite)
 
+    if _streams(data):
+        raise DataError(
+            f"compare reads DATA into memory (cross-validation refits every engine on subsets of the rows); {data!r} is a "
+            "glob or folder, which only `hierfit fit` and `hierfit predict` stream (engine mixed, gaussian). Compare on one "
+            "CSV or Parquet file of a sample of the rows."
+        )
     names = [e.strip() for e in engines.split(",") if e.strip()] if engines else None
     per_engine: dict[str, dict[str, object]] = {}
     if fast:

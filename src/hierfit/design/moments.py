@@ -48,7 +48,9 @@ class ColumnMoments:
     @classmethod
     def of(cls, C: np.ndarray) -> ColumnMoments:
         """The moments of the rows of ``C`` (``(n, q)``)."""
-        C = np.asarray(C, dtype=np.float64)
+        # column-major: numpy's reductions over the rows (mean, min, max) of a row-major (n, q)
+        # array walk it with a stride of q and ran ~5x slower than the whole co-moment product
+        C = np.asfortranarray(C, dtype=np.float64)
         n, q = C.shape
         if n == 0:
             return cls(0, np.zeros(q), np.zeros((q, q)), np.full(q, np.inf), np.full(q, -np.inf))

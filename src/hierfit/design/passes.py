@@ -31,10 +31,16 @@ from hierfit.design.moments import ColumnMoments
 from hierfit.design.sources import Batch
 from hierfit.exceptions import DataError
 
-__all__ = ["DesignPass", "DesignSummary", "merge_summaries", "model_columns"]
+__all__ = ["DesignPass", "DesignSummary", "label_columns", "merge_summaries", "model_columns"]
 
 #: cell columns beside the grouping columns
 ROWS, FIRST = "__rows__", "__first__"
+
+
+def label_columns(grouping: Sequence[str], used: Sequence[str]) -> tuple[str, ...]:
+    """The grouping columns that no population term, outcome, offset or weight reads: only their
+    labels' identity and order matter, so a reader may keep them dictionary-encoded."""
+    return tuple(c for c in grouping if c not in set(used))
 
 
 def column_kind(dtype: object) -> str:
@@ -77,7 +83,14 @@ def model_columns(encoding: DesignEncoding, frame: pd.DataFrame) -> tuple[np.nda
     if cols.offset is not None:
         parts.append(cols.offset[:, None])
     parts += [np.asarray(td.Z, dtype=np.float64) for td in cols.terms]
-    return np.hstack(parts), cols.offset is not None
+    # built column-major: what ColumnMoments.of reads fastest (no row-major copy first)
+    widths = [1 if p.ndim == 1 else p.shape[1] for p in parts]
+    C = np.empty((len(frame), sum(widths)), dtype=np.float64, order="F")
+    start = 0
+    for part, width in zip(parts, widths):
+        C[:, start:start + width] = part.reshape(len(frame), width)
+        start += width
+    return C, cols.offset is not None
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,13 +99,16 @@ class DesignPass:
 
     ``grouping`` are the grouping columns, ``categorical`` the population variables whose
     distinct values are collected (empty: none, or they are known); ``encoding`` (without a
-    tree) builds the model's columns for the moments (``None``: not in this pass).
+    tree) builds the model's columns for the moments (``None``: not in this pass). ``labels``
+    are the grouping columns nothing else reads, which readers may hand over as sorted
+    categoricals (:func:`hierfit.design.sources.arrow.arrow_to_pandas`).
     """
 
     grouping: tuple[str, ...]
     categorical: tuple[str, ...] = ()
     discover: bool = True
     encoding: DesignEncoding | None = None
+    labels: tuple[str, ...] = ()
 
     def __call__(self, batch: Batch) -> DesignSummary:
         frame = batch.frame

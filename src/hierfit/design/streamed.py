@@ -42,14 +42,14 @@ from hierfit.design.build import (
 from hierfit.design.hierarchy import Hierarchy, build_hierarchy, group_labels
 from hierfit.design.moments import ColumnMoments
 from hierfit.design.outcome import check_enough_rows, degenerate_outcome_check
-from hierfit.design.passes import FIRST, ROWS, DesignPass, DesignSummary, merge_summaries
+from hierfit.design.passes import FIRST, ROWS, DesignPass, DesignSummary, label_columns, merge_summaries
 from hierfit.design.rank import centred_gram, rank_check_gram
 from hierfit.design.sources import Source, TrainingRowsUnavailableError
 from hierfit.exceptions import DataError, HierarchyError, SpecError
 from hierfit.formula import GroupTerm
 from hierfit.model import ModelSpec
 
-__all__ = ["MomentLayout", "StreamedDesign", "TermShape", "build_streamed_design"]
+__all__ = ["MomentLayout", "StreamedDesign", "TermShape", "build_streamed_design", "stream_labels"]
 
 
 @dataclass(frozen=True)
@@ -231,6 +231,12 @@ def _grouping_columns(spec: ModelSpec) -> tuple[str, ...]:
     return tuple(dict.fromkeys(c for f in spec.formula.factors for c in f.columns))
 
 
+def stream_labels(spec: ModelSpec, schema: pd.DataFrame, *, include_response: bool = True) -> tuple[str, ...]:
+    """The grouping columns a pass over a source with ``schema`` may read as sorted categoricals
+    (those no other part of the model reads: :func:`~hierfit.design.passes.label_columns`)."""
+    return label_columns(_grouping_columns(spec), _used_columns(spec, _probe_frame(schema), include_response=include_response))
+
+
 def _check_single_parents(spec: ModelSpec, summary: DesignSummary) -> None:
     """An explicit ``hierarchy=`` makes labels identifiers: name a child found under two
     parents together with the parts of the source each pairing was first seen in."""
@@ -290,19 +296,23 @@ def build_streamed_design(spec: ModelSpec, source: Source, *, checks: Mapping[st
     grouping = _grouping_columns(spec)
     used = _used_columns(spec, probe, include_response=True)
     read = tuple(dict.fromkeys([*used, *grouping]))
+    labels = label_columns(grouping, used)
     source.check_columns(read)
     names, population_spec = _population_encoding(spec, probe)
     categorical = _categorical_variables(spec, population_spec, [str(c) for c in probe.columns])
     national_only = Hierarchy(spec.national, ())
     if categorical:
-        discovered = source.fold(DesignPass(grouping, categorical), merge_summaries, [*grouping, *categorical])
+        discovered = source.fold(DesignPass(grouping, categorical, labels=labels), merge_summaries, [*grouping, *categorical],
+                                 what="design pass")
         prototype = _prototype(probe, discovered.levels)
         names, population_spec = _population_encoding(spec, prototype)
         provisional = DesignEncoding(spec, population_spec, national_only, (), names)
-        measured = source.fold(DesignPass(grouping, discover=False, encoding=provisional), merge_summaries, read)
+        measured = source.fold(DesignPass(grouping, discover=False, encoding=provisional, labels=labels), merge_summaries, read,
+                               what="moments pass")
     else:
         provisional = DesignEncoding(spec, population_spec, national_only, (), names)
-        discovered = measured = source.fold(DesignPass(grouping, encoding=provisional), merge_summaries, read)
+        discovered = measured = source.fold(DesignPass(grouping, encoding=provisional, labels=labels), merge_summaries, read,
+                                            what="design pass")
     assert measured.moments is not None
     return _finish(spec, source, discovered, measured.moments, measured.positive_weights, names, population_spec,
                    read, checks)

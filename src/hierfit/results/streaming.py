@@ -28,7 +28,8 @@ import pandas as pd
 from hierfit.design.build import _used_columns
 from hierfit.design.sources import Batch, open_source
 from hierfit.design.sources.base import located, plain_text
-from hierfit.design.streamed import _probe_frame
+from hierfit.design.sources.runner import current_observer
+from hierfit.design.streamed import _probe_frame, stream_labels
 from hierfit.exceptions import HierfitError, SpecError, UnseenGroupsWarning
 
 if TYPE_CHECKING:
@@ -72,7 +73,9 @@ def apply_to_source(result: FitResult, data: Any, method: str, *, out: str | os.
                 raise SpecError(f"{method}() of Parquet files writes Parquet files: give out='a/new/folder' (or pass a Dask "
                                 "DataFrame, e.g. dask.dataframe.read_parquet(...), for a lazy result).")
             return _write_parquet(result, source, columns, task, Path(out))
-        frames = [_batch(task, batch) for piece in source.pieces for batch in piece.batches(columns, source.batch_size, 0)]
+        labels = stream_labels(result.spec, source.schema, include_response=False)
+        frames = [_batch(task, batch) for piece in source.pieces
+                  for batch in piece.batches(columns, source.batch_size, 0, labels)]
         _warn_fallbacks(result, Counter(lv for f in frames for lv in f.get("level_used", ())))
         return pd.concat(frames)
 
@@ -90,32 +93,47 @@ def _batch(task: functools.partial[pd.DataFrame], batch: Batch) -> pd.DataFrame:
 
 def _write_parquet(result: FitResult, source: Any, columns: list[str], task: functools.partial[pd.DataFrame],
                    folder: Path) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     if folder.exists() and any(folder.iterdir()):
         raise SpecError(f"out={str(folder)!r} is not empty; give a new or empty folder for the output files.")
     folder.mkdir(parents=True, exist_ok=True)
     names: Counter[str] = Counter()
     levels: Counter[str] = Counter()
-    for i, piece in enumerate(source.pieces):
-        name = os.path.basename(piece.path)
-        names[name] += 1
-        target = folder / (name if names[name] == 1 else f"{names[name]}-{name}")  # Hive folders may repeat names
-        writer = None
-        try:
-            for batch in piece.batches(columns, source.batch_size, i):
-                frame = _batch(task, batch)
-                levels.update(frame.get("level_used", ()))
-                table = pa.Table.from_pandas(frame, preserve_index=False)
-                if writer is None:
-                    writer = pq.ParquetWriter(target, table.schema)
-                writer.write_table(table)
-        finally:
-            if writer is not None:
-                writer.close()
+    observer = current_observer()
+    observer.start("predict", len(source.pieces))
+    labels = stream_labels(result.spec, source.schema, include_response=False)
+    try:
+        for i, piece in enumerate(source.pieces):
+            _write_piece(task, piece, i, (source.batch_size, labels), columns, folder, names, levels, observer)
+            observer.advance(pieces=1)
+    finally:
+        observer.finish()
     _warn_fallbacks(result, levels)
     return folder
+
+
+def _write_piece(task: functools.partial[pd.DataFrame], piece: Any, i: int, reading: tuple[int, tuple[str, ...]],
+                 columns: list[str], folder: Path, names: Counter[str], levels: Counter[str], observer: Any) -> None:
+    """One input file's predictions as one output file, a record batch at a time (``reading``:
+    the batch size and the label columns)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    name = os.path.basename(piece.path)
+    names[name] += 1
+    target = folder / (name if names[name] == 1 else f"{names[name]}-{name}")  # Hive folders may repeat names
+    writer = None
+    try:
+        for batch in piece.batches(columns, reading[0], i, reading[1]):
+            frame = _batch(task, batch)
+            levels.update(frame.get("level_used", ()))
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(target, table.schema)
+            writer.write_table(table)
+            observer.advance(batches=1)
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def _warn_fallbacks(result: FitResult, levels: Counter[str]) -> None:

@@ -14,7 +14,7 @@ batch; a Parquet dataset many; a Dask DataFrame one piece per partition.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,8 +49,12 @@ class Piece(Protocol):
 
     label: str
 
-    def batches(self, columns: Sequence[str], batch_size: int, index: int) -> Iterator[Batch]:
-        """The piece's rows as batches of at most ``batch_size`` rows with ``columns`` only."""
+    def batches(self, columns: Sequence[str], batch_size: int, index: int, labels: Collection[str] = ()) -> Iterator[Batch]:
+        """The piece's rows as batches of at most ``batch_size`` rows with ``columns`` only.
+
+        ``labels`` are grouping columns only compared and counted: a reader may hand them over
+        as pandas Categoricals with sorted categories (:func:`.arrow.arrow_to_pandas`).
+        """
         ...
 
 
@@ -122,7 +126,7 @@ class FramePiece:
     frame: pd.DataFrame
     label: str
 
-    def batches(self, columns: Sequence[str], batch_size: int, index: int) -> Iterator[Batch]:
+    def batches(self, columns: Sequence[str], batch_size: int, index: int, labels: Collection[str] = ()) -> Iterator[Batch]:
         check_columns(self.frame.columns, columns, self.label)
         n = len(self.frame)
         for start in range(0, n, batch_size):

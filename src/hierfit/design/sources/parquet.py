@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ class ParquetPiece:
     label: str
     partition: tuple[tuple[str, Any], ...] = ()
 
-    def batches(self, columns: Sequence[str], batch_size: int, index: int) -> Iterator[Batch]:
+    def batches(self, columns: Sequence[str], batch_size: int, index: int, labels: Collection[str] = ()) -> Iterator[Batch]:
         import pyarrow as pa
         import pyarrow.dataset as ds
 
@@ -50,7 +50,7 @@ class ParquetPiece:
             for key in (c for c in columns if c in keys):
                 table = table.append_column(key, pa.array([keys[key]] * rb.num_rows))
             stop = start + rb.num_rows
-            yield Batch(arrow_to_pandas(table.select(list(columns)), start), f"{self.label} ({row_range(start, stop)})", index)
+            yield Batch(arrow_to_pandas(table.select(list(columns)), start, labels), f"{self.label} ({row_range(start, stop)})", index)
             start = stop
 
 

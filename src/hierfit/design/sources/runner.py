@@ -14,24 +14,97 @@ result does not depend on how the rows were split or in which order the pieces f
 
 Errors raised while summarising a batch get the batch's place in front of their message
 (``In file 'part-2.parquet' (rows 0-999): ...``), on whichever machine they happen.
+
+A worker that dies mid-pass loses only its tasks: ``dask.distributed`` reruns them (and any
+summary it held) on another worker, so the merged result is the one of every piece exactly
+once. A task whose workers keep dying (``KilledWorker``) or a cluster that goes away fails
+the fold with an :class:`~hierfit.exceptions.EngineError`: a fold never returns a partial sum.
+
+Progress: :func:`observe_folds` hands every fold in its block to an observer (the command
+line draws it with rich): the pass's name and piece count, then batches and pieces as they
+finish (batches only for the local runner; a Dask task reports its piece when it is done).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import contextvars
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from hierfit.exceptions import DataError, HierfitError
+from hierfit.exceptions import DataError, EngineError, HierfitError
 
 from .base import Batch, FramePiece, located
 
-__all__ = ["FAN_IN", "DaskRunner", "LocalRunner", "Runner"]
+__all__ = ["FAN_IN", "DaskRunner", "FoldObserver", "LocalRunner", "Runner", "observe_folds"]
 
 S = TypeVar("S")
 
 #: summaries merged by one task of the tree reduction
 FAN_IN = 8
+
+
+class FoldObserver(Protocol):
+    """What is told of each fold's progress (see :func:`observe_folds`)."""
+
+    def start(self, what: str, pieces: int) -> None:
+        """A fold named ``what`` (``"design pass"``) begins over ``pieces`` pieces."""
+
+    def advance(self, *, batches: int = 0, pieces: int = 0) -> None:
+        """``batches`` more batches, ``pieces`` more whole pieces are summarised."""
+
+    def finish(self) -> None:
+        """The fold is done (or failed)."""
+
+
+class _Silent:
+    def start(self, what: str, pieces: int) -> None:
+        pass
+
+    def advance(self, *, batches: int = 0, pieces: int = 0) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+_SILENT = _Silent()
+_OBSERVER: contextvars.ContextVar[FoldObserver | None] = contextvars.ContextVar("hierfit_fold_observer", default=None)
+
+
+@contextlib.contextmanager
+def observe_folds(observer: FoldObserver) -> Iterator[None]:
+    """Report the progress of every fold run inside the block to ``observer``.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> from hierfit.design.sources import open_source
+    >>> class Log:
+    ...     def start(self, what, pieces): print("start", what, pieces)
+    ...     def advance(self, *, batches=0, pieces=0): print("batches", batches, "pieces", pieces)
+    ...     def finish(self): print("done")
+    >>> with observe_folds(Log()), open_source(pa.table({"y": [1.0, 2.0, 3.0]}), batch_size=2) as source:
+    ...     source.fold(lambda b: len(b.frame), sum, ["y"], what="count")
+    start count 1
+    batches 1 pieces 0
+    batches 1 pieces 0
+    batches 0 pieces 1
+    done
+    3
+    """
+    token = _OBSERVER.set(observer)
+    try:
+        yield
+    finally:
+        _OBSERVER.reset(token)
+
+
+def current_observer() -> FoldObserver:
+    """The observer of :func:`observe_folds` around this call, or one that ignores everything."""
+    return _OBSERVER.get() or _SILENT
 
 
 def _summarise_batch(summarise: Callable[[Batch], S], batch: Batch) -> S:
@@ -42,7 +115,7 @@ def _summarise_batch(summarise: Callable[[Batch], S], batch: Batch) -> S:
 
 
 def summarise_piece(piece: Any, index: int, summarise: Callable[[Batch], S], merge: Callable[[list[S]], S],
-                    columns: Sequence[str], batch_size: int) -> S | None:
+                    columns: Sequence[str], batch_size: int, observer: FoldObserver | None = None) -> S | None:
     """The merged summary of one piece's batches (``None`` for a piece without rows).
 
     ``piece`` is a :class:`~.base.Piece` or, for a Dask partition computed on its worker, a
@@ -53,7 +126,9 @@ def summarise_piece(piece: Any, index: int, summarise: Callable[[Batch], S], mer
     if isinstance(piece, pd.DataFrame):
         piece = FramePiece(piece, f"partition {index}")
     total: S | None = None
-    batches = iter(piece.batches(columns, batch_size, index))
+    # grouping columns the summary only compares and counts (DesignPass.labels, StatisticsPass.labels)
+    labels = tuple(getattr(summarise, "labels", ()))
+    batches = iter(piece.batches(columns, batch_size, index, labels))
     while True:
         try:
             batch = next(batches)
@@ -66,6 +141,8 @@ def summarise_piece(piece: Any, index: int, summarise: Callable[[Batch], S], mer
             raise DataError(f"Cannot read {piece.label}: {first}. Check that it is an intact Parquet file.") from exc
         s = _summarise_batch(summarise, batch)
         total = s if total is None else merge([total, s])
+        if observer is not None:
+            observer.advance(batches=1)
 
 
 def merge_optional(merge: Callable[[list[S]], S], summaries: Sequence[S | None]) -> S | None:
@@ -80,7 +157,17 @@ class Runner:
     """How a source's pieces are summarised and merged."""
 
     def fold(self, pieces: Sequence[Any], summarise: Callable[[Batch], S], merge: Callable[[list[S]], S],
-             columns: Sequence[str], batch_size: int) -> S | None:
+             columns: Sequence[str], batch_size: int, what: str = "pass") -> S | None:
+        """The merged summary of every piece (``None``: no rows), reported to the current observer."""
+        observer = current_observer()
+        observer.start(what, len(pieces))
+        try:
+            return self._fold(pieces, summarise, merge, columns, batch_size, observer)
+        finally:
+            observer.finish()
+
+    def _fold(self, pieces: Sequence[Any], summarise: Callable[[Batch], S], merge: Callable[[list[S]], S],
+              columns: Sequence[str], batch_size: int, observer: FoldObserver) -> S | None:
         raise NotImplementedError
 
 
@@ -88,17 +175,20 @@ class Runner:
 class LocalRunner(Runner):
     """Every piece in this process, one batch at a time."""
 
-    def fold(self, pieces: Sequence[Any], summarise: Callable[[Batch], S], merge: Callable[[list[S]], S],
-             columns: Sequence[str], batch_size: int) -> S | None:
+    def _fold(self, pieces: Sequence[Any], summarise: Callable[[Batch], S], merge: Callable[[list[S]], S],
+              columns: Sequence[str], batch_size: int, observer: FoldObserver) -> S | None:
         total: S | None = None
         for i, piece in enumerate(pieces):
-            s = summarise_piece(piece, i, summarise, merge, columns, batch_size)
+            s = summarise_piece(piece, i, summarise, merge, columns, batch_size, observer)
             total = merge_optional(merge, [total, s])
+            observer.advance(pieces=1)
         return total
 
 
 def active_client() -> Any:
     """The ``dask.distributed`` client current in this context (``None``: none, or no distributed)."""
+    if "distributed" not in sys.modules:  # no client can exist; and importing it costs a second
+        return None
     try:
         from distributed import get_client
     except ImportError:
@@ -117,24 +207,24 @@ def _identity(value: Any) -> Any:
 class DaskRunner(Runner):
     """Each piece summarised by one Dask task where it lives; summaries merged in a tree."""
 
-    def fold(self, pieces: Sequence[Any], summarise: Callable[[Batch], S], merge: Callable[[list[S]], S],
-             columns: Sequence[str], batch_size: int) -> S | None:
+    def _fold(self, pieces: Sequence[Any], summarise: Callable[[Batch], S], merge: Callable[[list[S]], S],
+              columns: Sequence[str], batch_size: int, observer: FoldObserver) -> S | None:
         import dask
 
         # the summarising function carries the encoding and the tree of groups: one task holds
         # it, so it travels to each worker once instead of once per piece
         shared = dask.delayed(_identity, pure=True)(summarise)
         merger = dask.delayed(_identity, pure=True)(merge)
-        level = [dask.delayed(summarise_piece, pure=False)(piece, i, shared, merger, list(columns), batch_size)
-                 for i, piece in enumerate(pieces)]
+        leaves = [dask.delayed(summarise_piece, pure=False)(piece, i, shared, merger, list(columns), batch_size)
+                  for i, piece in enumerate(pieces)]
+        level = leaves
         while len(level) > 1:
             level = [dask.delayed(merge_optional, pure=False)(merger, level[i:i + FAN_IN]) for i in range(0, len(level), FAN_IN)]
-        client = active_client()
         try:
+            client = active_client()
             if client is not None:
-                result = client.compute(level[0]).result()
-            else:
-                (result,) = dask.compute(level[0])
+                return _on_client(client, leaves, level[0], observer)
+            return _on_local_scheduler(level[0], observer)
         except HierfitError:
             raise
         except ValueError as exc:
@@ -145,7 +235,52 @@ class DaskRunner(Runner):
                 f"A partition of the Dask DataFrame does not match the frame's declared columns: {_compact(str(exc))}. "
                 "Make every partition hold the same columns with the same dtypes."
             ) from exc
-        return result
+
+
+def _on_client(client: Any, leaves: list[Any], root: Any, observer: FoldObserver) -> Any:
+    """Compute the tree on a distributed client, reporting each piece as its task finishes.
+
+    One ``compute`` of the leaves and the root shares their tasks: the pieces are summarised
+    once. A lost worker's tasks are rerun by the scheduler; only when that keeps failing, or
+    the cluster goes away, does the fold fail -- with an EngineError, never a partial sum.
+    """
+    from concurrent.futures import CancelledError
+
+    from distributed import KilledWorker, as_completed
+
+    futures = client.compute([*leaves, root])
+    try:
+        for _ in as_completed(futures[:-1]):
+            observer.advance(pieces=1)
+        return futures[-1].result()
+    except KilledWorker as exc:
+        raise EngineError(
+            f"Dask workers died while summarising a piece of the source ({exc.args[0] if exc.args else exc}); the scheduler "
+            "gave up after retrying it on other workers, so no result was computed. Give the workers more memory or "
+            "use a smaller batch_size, and check the workers' logs."
+        ) from None
+    except (OSError, TimeoutError, CancelledError) as exc:
+        # the scheduler or the connection to it is gone
+        raise EngineError(f"The Dask cluster was lost during a pass over the source ({type(exc).__name__}: {exc}); no "
+                          "result was computed. Check the scheduler and fit again.") from None
+    finally:
+        for f in futures:
+            f.release()
+
+
+def _on_local_scheduler(root: Any, observer: FoldObserver) -> Any:
+    """Compute the tree on Dask's default (threaded) scheduler, counting finished piece tasks."""
+    import dask
+    from dask.callbacks import Callback
+    from dask.utils import key_split
+
+    def posttask(key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+        if key_split(key) == "summarise_piece":
+            observer.advance(pieces=1)
+
+    with Callback(posttask=posttask):
+        (result,) = dask.compute(root)
+    return result
 
 
 def _compact(text: str) -> str:

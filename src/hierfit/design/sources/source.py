@@ -6,8 +6,9 @@ closed when the ``with`` block ends, whatever happens inside. Where the folds ru
 
 * a Dask DataFrame: one task per partition, on the active ``dask.distributed`` client if
   there is one (else on the ``LocalCluster`` of ``workers=N``, else Dask's default scheduler);
-* Parquet files: in this process, file after file, unless ``workers=N`` asks for a
-  ``LocalCluster`` (then one task per file);
+* Parquet files: one task per file on the active ``dask.distributed`` client if there is one
+  (``hierfit fit --scheduler ADDRESS`` makes one) or on the ``LocalCluster`` of ``workers=N``;
+  else in this process, file after file;
 * an Arrow table: in this process (it is in memory already).
 """
 
@@ -30,7 +31,7 @@ from .base import Batch, SourceInfo, plain_text
 from .parquet import check_parquet_schemas, parquet_pieces
 from .runner import DaskRunner, LocalRunner, Runner, active_client
 
-__all__ = ["DEFAULT_BATCH_ROWS", "Source", "is_dask_frame", "is_source", "open_source"]
+__all__ = ["DEFAULT_BATCH_ROWS", "Source", "dask_client", "is_dask_frame", "is_source", "open_source"]
 
 S = TypeVar("S")
 
@@ -92,9 +93,11 @@ class Source:
         if self.kind == "parquet":
             check_parquet_schemas(self.pieces, columns)
 
-    def fold(self, summarise: Callable[[Batch], S], merge: Callable[[list[S]], S], columns: Sequence[str]) -> S:
-        """``merge`` of ``summarise`` over every batch (only ``columns`` are read)."""
-        result = self.runner.fold(self.pieces, summarise, merge, list(columns), self.batch_size)
+    def fold(self, summarise: Callable[[Batch], S], merge: Callable[[list[S]], S], columns: Sequence[str], *,
+             what: str = "pass") -> S:
+        """``merge`` of ``summarise`` over every batch (only ``columns`` are read); ``what`` names
+        the pass for progress displays (:func:`~.runner.observe_folds`)."""
+        result = self.runner.fold(self.pieces, summarise, merge, list(columns), self.batch_size, what)
         if result is None:
             raise DataError(f"The data source ({self.description}) has no rows.")
         return result
@@ -135,6 +138,33 @@ def _cluster(workers: int | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def dask_client(*, workers: int | None = None, scheduler: str | None = None) -> Iterator[None]:
+    """For the block: a client of the Dask scheduler at ``scheduler`` (closed after; the cluster
+    stays up), or a ``LocalCluster`` of ``workers`` processes, or nothing when neither is given.
+
+    Every fold inside the block runs on that client (:func:`open_source` finds it).
+    """
+    if workers is not None and scheduler is not None:
+        raise SpecError(f"Give workers (a LocalCluster started for the fit) or a scheduler address ({scheduler!r}), not both.")
+    if scheduler is None:
+        with _cluster(workers):
+            yield
+        return
+    try:
+        from distributed import Client
+    except ImportError:
+        raise EngineError(DASK_MISSING) from None
+    try:
+        client = Client(scheduler, timeout="10s")
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise EngineError(f"Cannot connect to the Dask scheduler at {scheduler!r} ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}). Check the address (e.g. tcp://10.0.0.5:8786) "
+                          "and that the scheduler is running.") from None
+    with client:
+        yield
+
+
+@contextlib.contextmanager
 def open_source(data: Any, *, batch_size: int | None = None, workers: int | None = None) -> Iterator[Source]:
     """The :class:`Source` of ``data``, with the cluster ``workers`` asks for while it is open.
 
@@ -167,7 +197,7 @@ def open_source(data: Any, *, batch_size: int | None = None, workers: int | None
             raise DataError(f"{text!r} is CSV; streaming reads Parquet files. Convert it, or read it with pandas.read_csv.")
         pieces_, schema, where = parquet_pieces(text)
         with _cluster(workers):
-            runner: Runner = DaskRunner() if workers is not None else LocalRunner()
+            runner: Runner = DaskRunner() if workers is not None or active_client() is not None else LocalRunner()
             yield Source("parquet", where, tuple(pieces_), empty_frame(schema), size, runner)
         return
     raise DataError(

@@ -27,7 +27,7 @@ from hierfit.design import DesignEncoding
 from hierfit.design.columns import weights_vector
 from hierfit.design.moments import ColumnMoments
 from hierfit.design.sources import Batch, CompensatedSum
-from hierfit.design.streamed import StreamedDesign
+from hierfit.design.streamed import StreamedDesign, stream_labels
 from hierfit.exceptions import DataError, EngineError
 
 from ._blocks import Plan, RandomBlock, make_plan
@@ -114,6 +114,8 @@ class StatisticsPass:
     factor_maps: tuple[ColumnAffine, ...]
     x_ones: tuple[bool, ...]
     ones_coef: np.ndarray | None
+    #: grouping columns read as sorted categoricals (see :func:`hierfit.design.streamed.stream_labels`)
+    labels: tuple[str, ...] = ()
 
     def __call__(self, batch: Batch) -> BatchStatistics:
         d = self.encoding.apply_observed(batch.frame)
@@ -213,5 +215,6 @@ def _gather(design: StreamedDesign, plan: Plan, layout: Layout, std: Standardiza
     skeleton = Plan([replace(f, group_index=np.zeros(0, dtype=np.int64), columns=[]) for f in plan.factors],
                     plan.chain, plan.root, plan.parent_maps)
     task = StatisticsPass(design.encoding, tuple(td.level for td in design.terms), skeleton, layout, xy_map,
-                          tuple(factor_maps), x_ones, std.ones_coef if confirm else None)
-    return design.source.fold(task, BatchStatistics.merge, design.read_columns)
+                          tuple(factor_maps), x_ones, std.ones_coef if confirm else None,
+                          stream_labels(design.spec, design.source.schema))
+    return design.source.fold(task, BatchStatistics.merge, design.read_columns, what="statistics pass")
