@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Callable, Mapping
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -127,6 +128,23 @@ class Plan:
     chain: list[int]
     root: list[int]
     parent_maps: dict[tuple[int, int], np.ndarray]
+
+
+def term_blocks(design: Any, codes: Mapping[str, np.ndarray], columns: Callable[[Any], np.ndarray]) -> list[RandomBlock]:
+    """One block per group-level term of ``design`` (a ``Design`` or a streamed one), from
+    the group codes per level and each term's columns (the rows' ``Z``, or placeholders over
+    the cells of a streamed design); a term is nested in the first term of its level's
+    parent level."""
+    first_term_of_level: dict[str, int] = {}
+    blocks = []
+    for i, td in enumerate(design.terms):
+        lv = design.hierarchy.level(td.level)
+        parent = None
+        if lv.parent is not None and lv.parent in first_term_of_level and lv.parent_index is not None:
+            parent = (first_term_of_level[lv.parent], lv.parent_index)
+        first_term_of_level.setdefault(td.level, i)
+        blocks.append(RandomBlock(codes[td.level], lv.n_groups, columns(td), td.term.correlated, parent))
+    return blocks
 
 
 def _is_ones(col: np.ndarray) -> bool:

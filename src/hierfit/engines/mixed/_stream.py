@@ -30,7 +30,7 @@ from hierfit.design.sources import Batch, CompensatedSum
 from hierfit.design.streamed import StreamedDesign, stream_labels
 from hierfit.exceptions import DataError, EngineError
 
-from ._blocks import Plan, RandomBlock, make_plan
+from ._blocks import Plan, RandomBlock, make_plan, term_blocks
 from ._factor import System
 from ._standardize import Standardization, standardize_from_moments
 from ._suffstats import ColumnAffine, Layout, compute_rows, make_layout
@@ -51,16 +51,7 @@ def stream_plan(design: StreamedDesign, solver: str) -> tuple[list[RandomBlock],
     all-ones flags of the factors' columns come from the moments (over all rows).
     """
     n_cells = design.cell_rows.size
-    first_term_of_level: dict[str, int] = {}
-    blocks = []
-    for i, td in enumerate(design.terms):
-        lv = design.hierarchy.level(td.level)
-        parent = None
-        if lv.parent is not None and lv.parent in first_term_of_level and lv.parent_index is not None:
-            parent = (first_term_of_level[lv.parent], lv.parent_index)
-        first_term_of_level.setdefault(td.level, i)
-        blocks.append(RandomBlock(design.cell_codes[td.level], lv.n_groups, np.ones((n_cells, td.k)), td.term.correlated,
-                                  parent))
+    blocks = term_blocks(design, design.cell_codes, lambda td: np.ones((n_cells, td.k)))
     plan, _ = make_plan(blocks, n_cells, warn=False)
     kind, plan = choose_solver(plan, solver)
     if kind == "crossed":

@@ -30,6 +30,7 @@ from hierfit.engines.state import LoadContext, StateReader
 from hierfit.exceptions import EngineError, SpecError
 from hierfit.model import ModelSpec
 
+from ._blocks import term_blocks
 from ._fit_diagnostics import glmm_diagnostics, lmm_diagnostics
 from ._fits import GlmmFit, MixedFit
 from ._glmm_persist import restore_glmm
@@ -99,16 +100,7 @@ FAST_OPTIONS: dict[str, object] = {"n_draws": 400, "progress": False}
 
 def random_blocks(design: Design) -> list[RandomBlock]:
     """One core block per group-level term, with the nesting hint from the hierarchy."""
-    first_term_of_level: dict[str, int] = {}
-    blocks = []
-    for i, td in enumerate(design.terms):
-        lv = design.hierarchy.level(td.level)
-        parent = None
-        if lv.parent is not None and lv.parent in first_term_of_level and lv.parent_index is not None:
-            parent = (first_term_of_level[lv.parent], lv.parent_index)
-        first_term_of_level.setdefault(td.level, i)
-        blocks.append(RandomBlock(design.group_index[td.level], lv.n_groups, td.Z, td.term.correlated, parent))
-    return blocks
+    return term_blocks(design, design.group_index, lambda td: td.Z)
 
 
 def fit(design: Design | StreamedDesign, spec: ModelSpec, options: OPTIONS) -> MixedFit | GlmmFit:
