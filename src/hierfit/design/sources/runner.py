@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -153,8 +154,8 @@ def merge_optional(merge: Callable[[list[S]], S], summaries: Sequence[S | None])
     return present[0] if len(present) == 1 else merge(present)
 
 
-class Runner:
-    """How a source's pieces are summarised and merged."""
+class Runner(ABC):
+    """How a source's pieces are summarised and merged (here, or on a Dask cluster)."""
 
     def fold(self, pieces: Sequence[Any], summarise: Callable[[Batch], S], merge: Callable[[list[S]], S],
              columns: Sequence[str], batch_size: int, what: str = "pass") -> S | None:
@@ -166,9 +167,10 @@ class Runner:
         finally:
             observer.finish()
 
+    @abstractmethod
     def _fold(self, pieces: Sequence[Any], summarise: Callable[[Batch], S], merge: Callable[[list[S]], S],
               columns: Sequence[str], batch_size: int, observer: FoldObserver) -> S | None:
-        raise NotImplementedError
+        """Summarise every piece and merge the summaries (``None``: no rows)."""
 
 
 @dataclass(frozen=True)
