@@ -59,6 +59,11 @@ Examples
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the cost model itself is pure arithmetic on sizes
+    from hierfit.engines.bayes.structure import BayesStructure
+    from hierfit.engines.bayes.tree import TreeLayout
 
 #: above this many integrated coefficients the O(d³) dense marginal likelihood is not a candidate
 MAX_MARGINAL_SIZE = 1500
@@ -154,3 +159,11 @@ def choose_likelihood(size: ProblemSize, requested: str = "auto") -> LikelihoodC
     best = min(seconds, key=seconds.__getitem__)
     likelihood, _, algebra = best.partition("/")
     return LikelihoodChoice(likelihood, algebra or None, seconds)
+
+
+def problem_size(structure: BayesStructure, rows: int, layout: TreeLayout | None) -> ProblemSize:
+    """The sizes of a model's structure that the choice depends on (``layout``: its nested
+    chain of levels, ``None`` for crossed factors or a program without the tree algebra)."""
+    levels = None if layout is None else tuple((lv.n_groups, lv.k) for lv in layout.levels)
+    return ProblemSize(rows, structure.p, len(structure.integrated_beta), tuple((t.n_groups, t.k) for t in structure.terms),
+                       levels)

@@ -63,7 +63,7 @@ import numpy as np
 from hierfit.design import Design
 from hierfit.engines.bayes.aggregate import aggregate_rows, drop_zero_weights
 from hierfit.engines.bayes.cost import MAX_MARGINAL_SIZE as _MAX_DENSE
-from hierfit.engines.bayes.cost import LikelihoodChoice, ProblemSize
+from hierfit.engines.bayes.cost import LikelihoodChoice, problem_size
 from hierfit.engines.bayes.cost import choose_likelihood as _cost_choice
 from hierfit.engines.bayes.marginal import MarginalData, marginal_data
 from hierfit.engines.bayes.pt_marginal import marginal_loglik_op
@@ -143,13 +143,6 @@ class OPTIONS:
 
 
 FAST_OPTIONS: dict = {"draws": 300, "tune": 300, "chains": 2, "progressbar": False}
-
-
-def problem_size(structure: BayesStructure, rows: int, layout: TreeLayout | None) -> ProblemSize:
-    """The sizes :mod:`.cost` decides on."""
-    levels = None if layout is None else tuple((lv.n_groups, lv.k) for lv in layout.levels)
-    return ProblemSize(rows, structure.p, len(structure.integrated_beta), tuple((t.n_groups, t.k) for t in structure.terms),
-                       levels)
 
 
 def choose_likelihood(structure: BayesStructure, requested: str, rows: int = 0,

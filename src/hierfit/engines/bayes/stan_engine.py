@@ -42,6 +42,7 @@ import numpy as np
 
 from hierfit.design import Design
 from hierfit.engines.bayes.aggregate import aggregate_rows, drop_zero_weights
+from hierfit.engines.bayes.cost import predicted_seconds, problem_size
 from hierfit.engines.bayes.result import BayesFit, assemble_fit
 from hierfit.engines.bayes.stancode import stan_code, stan_data
 from hierfit.engines.bayes.structure import canonical_rows, make_structure
@@ -66,7 +67,9 @@ class OPTIONS:
     seed
         Stan's random seed: same seed, same draws.
     likelihood
-        ``"auto"``/``"marginal"`` (gaussian: effects integrated out) or ``"rows"``.
+        ``"marginal"`` (gaussian: effects integrated out, a dense algebra), ``"rows"`` (the
+        per-row program), or ``"auto"``: the marginal program while the cost model predicts it
+        cheaper, the per-row one beyond (:func:`choose_likelihood`; other families: rows).
     progressbar
         Show Stan's progress and console messages (build notices, stanc's warnings -- false
         alarms about priors, which are passed as data -- and the sampler's informational
@@ -322,19 +325,40 @@ def _sample_stats(fit, chains: int, draws: int):
     return xr.Dataset(data, coords={"chain": np.arange(chains), "draw": np.arange(draws)})
 
 
+def choose_likelihood(design: Design, spec: ModelSpec, requested: str) -> str:
+    """``"marginal"`` or ``"rows"``: a forced choice as asked (``"marginal"`` only for the
+    gaussian family, see :func:`.stancode.stan_code`); for ``"auto"`` the gaussian marginal
+    program while :mod:`.cost` predicts its dense algebra cheaper than the per-row model, else
+    the per-row program (other families: always rows).
+
+    Stan's marginal program is the dense one (O(d_I³) per gradient, ``d_I`` the integrated
+    coefficients), so above :data:`.cost.MAX_MARGINAL_SIZE` of them -- a 1,000 × 20 tree has
+    41,000 -- it is never chosen. The constants are PyMC's (Stan's were not calibrated apart);
+    the two candidates are far apart except near the crossover, where both are quick.
+    """
+    if requested != "auto" or not spec.family.normal_errors:
+        return "marginal" if requested == "marginal" else "rows"
+    structure = make_structure(design, marginal=True)
+    size = problem_size(structure, design.n, None)  # no tree: Stan's program is dense
+    seconds = predicted_seconds(size)
+    dense = seconds.get("marginal/dense")
+    return "marginal" if dense is not None and dense <= seconds["rows"] else "rows"
+
+
 def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BayesFit:
     """Generate, compile (cached), sample, and wrap the posterior in the result contract."""
-    marginal = spec.family.normal_errors and options.likelihood != "rows"
-    code = stan_code(spec, likelihood=options.likelihood)
+    likelihood = choose_likelihood(design, spec, options.likelihood)
+    marginal = likelihood == "marginal"
+    code = stan_code(spec, likelihood=likelihood)
     structure = make_structure(design, marginal=marginal)  # priors scaled to the fitting rows
     if marginal:
         cells = None
-        data = stan_data(canonical_rows(design), likelihood=options.likelihood)  # same draws whatever the row order
+        data = stan_data(canonical_rows(design), likelihood=likelihood)  # same draws whatever the row order
     else:
         # rows sharing eta summed (exact; cells come sorted, so the draws ignore the input order)
         cells = aggregate_rows(design) if options.aggregate else None
         sampled = cells.design if cells is not None else canonical_rows(drop_zero_weights(design))
-        data = stan_data(sampled, likelihood=options.likelihood, structure=structure)
+        data = stan_data(sampled, likelihood=likelihood, structure=structure)
     quiet = not options.progressbar
     model, compiled, compile_seconds, build_seconds = build(code, data, options.seed, quiet=quiet)
     iters = options.tune + options.draws
