@@ -42,9 +42,10 @@ The gradient constants hold to ~25%, the numpyro ones to a factor ~2 (loaded mac
 fits); the choice only needs the ordering, which is far apart except near the tree/dense
 cross-over (d_I ~ 100, both fast) and between ``rows`` and the dense marginal for crossed factors
 of a few hundred coefficients. ``suffstats`` is not a candidate where its dense ``M`` would exceed ``SUFFSTATS_MAX_BYTES``.
-Crossed (non-nested) factors have no tree: the dense marginal is a candidate up to
-:data:`MAX_MARGINAL_SIZE` integrated coefficients (its O(d³) gradient loses to sampling
-beyond), as before this model existed.
+Crossed (non-nested) factors keep a tree through their finest factor with the crossed terms'
+coefficients in its dense border (:mod:`.crossed`; ``d_B`` then counts them, and the border's own
+``d_B³`` factorisation is priced with the dense constant); the dense marginal is a candidate up to
+:data:`MAX_MARGINAL_SIZE` integrated coefficients (its O(d³) gradient loses to sampling beyond).
 
 Examples
 --------
@@ -86,7 +87,8 @@ class ProblemSize:
     """The sizes the choice depends on.
 
     ``terms``: ``(groups, coefficients)`` per group-level term; ``levels``: ``(groups, K)`` per
-    level of the nested chain, top first (``None`` when the factors cross).
+    level of the nested chain, top first (``None``: no tree); ``crossed``: coefficients of crossed
+    terms kept in the tree's dense border (:mod:`.crossed`).
     """
 
     rows: int
@@ -94,6 +96,12 @@ class ProblemSize:
     integrated_population: int
     terms: tuple[tuple[int, int], ...]
     levels: tuple[tuple[int, int], ...] | None
+    crossed: int = 0
+
+    @property
+    def border(self) -> int:
+        """Width of the tree's dense border: integrated population and crossed coefficients."""
+        return self.integrated_population + self.crossed
 
     @property
     def q(self) -> int:
@@ -115,14 +123,15 @@ class LikelihoodChoice:
 
 
 def tree_gradient_seconds(levels: tuple[tuple[int, int], ...], border: int) -> float:
-    """Predicted seconds of one tree-structured value and gradient."""
+    """Predicted seconds of one tree-structured value and gradient (the border's own dense
+    factorisation and inverse priced as the dense algebra's cubic term)."""
     a0, a1, a2, a3 = TREE
     units, above = 0, 0
     for g, k in levels:
         units += g * k * (k + above + border) ** 2
         above += k
     L = len(levels)
-    return a0 + a1 * L + a2 * L * L + a3 * units
+    return a0 + a1 * L + a2 * L * L + a3 * units + DENSE[2] * border**3
 
 
 def dense_gradient_seconds(d_I: int) -> float:
@@ -137,7 +146,7 @@ def predicted_seconds(size: ProblemSize, iterations: int = 4000) -> dict[str, fl
     out: dict[str, float] = {}
     marginal_steps = iterations * LEAP_MARGINAL
     if size.levels is not None:
-        out["marginal/tree"] = SETUP_PYMC + marginal_steps * (tree_gradient_seconds(size.levels, size.integrated_population) + STEP)
+        out["marginal/tree"] = SETUP_PYMC + marginal_steps * (tree_gradient_seconds(size.levels, size.border) + STEP)
     if size.integrated <= MAX_MARGINAL_SIZE:
         out["marginal/dense"] = SETUP_PYMC + marginal_steps * (dense_gradient_seconds(size.integrated) + STEP)
     d = size.population + size.q
@@ -163,7 +172,9 @@ def choose_likelihood(size: ProblemSize, requested: str = "auto") -> LikelihoodC
 
 def problem_size(structure: BayesStructure, rows: int, layout: TreeLayout | None) -> ProblemSize:
     """The sizes of a model's structure that the choice depends on (``layout``: its nested
-    chain of levels, ``None`` for crossed factors or a program without the tree algebra)."""
+    chain of levels, with crossed terms in its border (a :class:`.crossed.CrossedTreeLayout`), or
+    ``None`` for a program without the tree algebra)."""
     levels = None if layout is None else tuple((lv.n_groups, lv.k) for lv in layout.levels)
+    crossed = sum(bt.size for bt in getattr(layout, "border_terms", ()))
     return ProblemSize(rows, structure.p, len(structure.integrated_beta), tuple((t.n_groups, t.k) for t in structure.terms),
-                       levels)
+                       levels, crossed)

@@ -42,6 +42,7 @@ from functools import cached_property
 import numpy as np
 from scipy.linalg import lapack
 
+from hierfit.engines.bayes.crossed import BorderTerm, CrossedTreeLayout
 from hierfit.engines.bayes.structure import BayesStructure
 from hierfit.engines.bayes.tree import TreeLayout, TreeStats
 
@@ -83,9 +84,32 @@ class TreeMarginalData:
         return self.sampled
 
     @property
+    def border_terms(self) -> tuple[BorderTerm, ...]:
+        """Crossed terms whose coefficients sit in the dense border (:mod:`.crossed`)."""
+        return self.layout.border_terms if isinstance(self.layout, CrossedTreeLayout) else ()
+
+    @cached_property
+    def border(self) -> np.ndarray:
+        """Columns of the statistics in the border: the integrated population ones, then the crossed terms'."""
+        p = len(self.integrated) + len(self.sampled)
+        return np.concatenate([self.integrated, np.arange(p, self.stats.XtX.shape[0])]).astype(np.int64)
+
+    @cached_property
+    def m_B(self) -> np.ndarray:
+        """Prior means of the border coordinates (crossed group effects have mean 0)."""
+        return np.concatenate([self.m_I, np.zeros(len(self.border) - len(self.integrated))])
+
+    @cached_property
+    def border_u_index(self) -> np.ndarray:
+        """Position in ``u`` of every column of the statistics (population columns first)."""
+        if isinstance(self.layout, CrossedTreeLayout):
+            return self.layout.border_u_index
+        return np.arange(self.layout.p)
+
+    @property
     def size_I(self) -> int:
         """Integrated coordinates: border plus every node's coefficients."""
-        return len(self.integrated) + sum(lv.size for lv in self.layout.levels)
+        return len(self.border) + sum(lv.size for lv in self.layout.levels)
 
     @cached_property
     def ZtZ(self) -> tuple[np.ndarray, ...]:
@@ -99,8 +123,8 @@ class TreeMarginalData:
 
     @cached_property
     def E_I(self) -> tuple[np.ndarray, ...]:
-        """Node × integrated-population blocks (K, d_B, G) of ``M``."""
-        return tuple(_last(x[:, :, self.integrated]) for x in self.stats.ZtX)
+        """Node × border blocks (K, d_B, G) of ``M``."""
+        return tuple(_last(x[:, :, self.border]) for x in self.stats.ZtX)
 
     @cached_property
     def E_S(self) -> tuple[np.ndarray, ...]:
@@ -108,31 +132,26 @@ class TreeMarginalData:
         return tuple(_last(x[:, :, self.sampled]) for x in self.stats.ZtX)
 
     @cached_property
-    def EB(self) -> tuple[np.ndarray, ...]:
-        """``E_I diag(s0)``: the node × border blocks of ``M T`` (the border's ``T`` is ``diag(s0)``)."""
-        return tuple(e * self.s0[None, :, None] for e in self.E_I)
-
-    @cached_property
-    def BB(self) -> np.ndarray:
-        """``diag(s0) M_BB diag(s0)``: the border's block of ``T'MT``."""
-        return np.outer(self.s0, self.s0) * self.xtx(self.integrated, self.integrated)
+    def M_BB(self) -> np.ndarray:
+        """The border's block of ``M``."""
+        return self.xtx(self.border, self.border)
 
     @cached_property
     def r0(self) -> tuple[np.ndarray, ...]:
-        """Node residuals (K, G) at the prior mean of the integrated betas: ``Z'y - E_I m_I``."""
-        return tuple(_last(zy) - np.einsum("kbg,b->kg", e, self.m_I) for zy, e in zip(self.stats.Zty, self.E_I))
+        """Node residuals (K, G) at the border's prior mean: ``Z'y - E_I m_B``."""
+        return tuple(_last(zy) - np.einsum("kbg,b->kg", e, self.m_B) for zy, e in zip(self.stats.Zty, self.E_I))
 
     @cached_property
     def at_prior_mean(self) -> tuple[float, np.ndarray, np.ndarray]:
         """``q``, ``r_B``, ``r_S`` at ``beta_S = 0`` (the sampled betas enter linearly and quadratically)."""
-        st, ib, sb = self.stats, self.integrated, self.sampled
-        m = self.m_I
-        q0 = st.yty - 2.0 * m @ st.Xty[ib] + m @ self.xtx(ib, ib) @ m
-        return float(q0), st.Xty[ib] - self.xtx(ib, ib) @ m, st.Xty[sb] - self.xtx(sb, ib) @ m
+        st, ib, sb = self.stats, self.border, self.sampled
+        m = self.m_B
+        q0 = st.yty - 2.0 * m @ st.Xty[ib] + m @ self.M_BB @ m
+        return float(q0), st.Xty[ib] - self.M_BB @ m, st.Xty[sb] - self.xtx(sb, ib) @ m
 
     @cached_property
     def XtX_SI(self) -> np.ndarray:
-        return self.xtx(self.sampled, self.integrated)
+        return self.xtx(self.sampled, self.border)
 
     @cached_property
     def XtX_SS(self) -> np.ndarray:
@@ -145,6 +164,57 @@ class TreeMarginalData:
 
     def xtx(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         return self.stats.XtX[np.ix_(rows, cols)]
+
+    def border_transform(self, lambdas: list[np.ndarray]) -> BorderTransform:
+        """The border's ``T`` at ``lambdas``: ``diag(s0)``, then ``I ⊗ Λ_t`` per crossed term."""
+        p, n_i = len(self.integrated) + len(self.sampled), len(self.integrated)
+        blocks = tuple((slice(n_i + bt.start - p, n_i + bt.start - p + bt.size), bt.n_groups, bt.k,
+                        np.asarray(lambdas[bt.term], dtype=float)) for bt in self.border_terms)
+        return BorderTransform(self.s0, blocks)
+
+    @cached_property
+    def _fixed_border(self) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray]:
+        """:func:`_border_blocks` without crossed terms, where ``T_B = diag(s0)`` is a constant."""
+        TB = BorderTransform(self.s0, ())
+        MT = TB.right(self.M_BB, 1)
+        return tuple(TB.right(e, 1) for e in self.E_I), TB.right(MT, 0), MT
+
+
+@dataclass(frozen=True, eq=False)
+class BorderTransform:
+    """``T_B``, block diagonal: ``diag(s0)`` on the integrated population coordinates, then for each
+    crossed term ``I_m ⊗ Λ_t`` on its ``m × k`` coefficients (``blocks``: border slice, ``m``, ``k``, ``Λ_t``)."""
+
+    s0: np.ndarray
+    blocks: tuple[tuple[slice, int, int, np.ndarray], ...]
+
+    def right(self, A: np.ndarray, axis: int) -> np.ndarray:
+        """``A T_B`` along ``axis`` (``out_c = Σ_b A_b T_bc``): on axis 0 of a matrix, ``T_B' A``."""
+        A = np.moveaxis(np.asarray(A, dtype=float), axis, 0)
+        out = np.empty_like(A)
+        n = len(self.s0)
+        out[:n] = A[:n] * self.s0.reshape((-1,) + (1,) * (A.ndim - 1))
+        for sl, m, k, lam in self.blocks:
+            blk = A[sl].reshape((m, k) + A.shape[1:])
+            out[sl] = np.einsum("js...,st->jt...", blk, lam).reshape((m * k,) + A.shape[1:])
+        return np.moveaxis(out, 0, axis)
+
+    def left(self, x: np.ndarray) -> np.ndarray:
+        """``T_B x`` for a border vector: each crossed group's ``Λ_t z_j``."""
+        out = np.empty_like(x)
+        n = len(self.s0)
+        out[:n] = self.s0 * x[:n]
+        for sl, m, k, lam in self.blocks:
+            out[sl] = (x[sl].reshape(m, k) @ lam.T).ravel()
+        return out
+
+
+def _border_blocks(md: TreeMarginalData, TB: BorderTransform) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray]:
+    """``E T_B`` per level (node × border blocks of ``MT``), ``T_B'M_BB T_B`` and ``M_BB T_B``."""
+    if not TB.blocks:
+        return md._fixed_border
+    MT = TB.right(md.M_BB, 1)
+    return tuple(TB.right(e, 1) for e in md.E_I), TB.right(MT, 0), MT
 
 
 def tree_marginal_data(structure: BayesStructure, stats: TreeStats) -> TreeMarginalData:
@@ -414,14 +484,15 @@ def _residuals(md: TreeMarginalData, beta_S: np.ndarray) -> tuple[float, list[np
     return float(q), r, rB0 - md.XtX_SI.T @ beta_S, rS0 - MSSb
 
 
-def _c(r: list[np.ndarray], r_B: np.ndarray, T: list[np.ndarray], md: TreeMarginalData) -> tuple[list[np.ndarray], np.ndarray]:
+def _c(r: list[np.ndarray], r_B: np.ndarray, T: list[np.ndarray], TB: BorderTransform) -> tuple[list[np.ndarray], np.ndarray]:
     """``c = T'r`` at the nodes (K, G) and the border."""
-    return [Tl.T @ rl for rl, Tl in zip(r, T)], md.s0 * r_B
+    return [Tl.T @ rl for rl, Tl in zip(r, T)], TB.right(r_B, 0)
 
 
-def _factor_at(md: TreeMarginalData, T: list[np.ndarray], sigma: float) -> TreeFactor:
+def _factor_at(md: TreeMarginalData, T: list[np.ndarray], TB: BorderTransform, sigma: float) -> TreeFactor:
     """The factor of ``P = I + T'M_II T/σ²``."""
-    S, F, FB, SB = block_matrix(md.ZtZ, md.ZtZ_up, T, md.EB, md.BB, 1.0 / (sigma * sigma), 1.0)
+    EB, BB, _ = _border_blocks(md, TB)
+    S, F, FB, SB = block_matrix(md.ZtZ, md.ZtZ_up, T, EB, BB, 1.0 / (sigma * sigma), 1.0)
     return factorize(md.layout, S, F, FB, SB)
 
 
@@ -440,12 +511,32 @@ def _M_times(md: TreeMarginalData, v: list[np.ndarray], v_B: np.ndarray) -> list
     return out
 
 
-def _H_sums(md: TreeMarginalData, T: list[np.ndarray], sel: SelectedInverse) -> list[np.ndarray]:
+def _border_M_times(md: TreeMarginalData, v: list[np.ndarray], v_B: np.ndarray) -> np.ndarray:
+    """``(M_II v)`` at the border."""
+    out = md.M_BB @ v_B
+    for e, vl in zip(md.E_I, v):
+        out = out + np.einsum("kbg,kg->b", e, vl)
+    return out
+
+
+def _H_border(md: TreeMarginalData, T: list[np.ndarray], MT: np.ndarray, sel: SelectedInverse,
+              sl: slice, m: int, k: int) -> np.ndarray:
+    """``Σ_j [M T Σ]_jj`` over the groups ``j`` of a crossed term (k × k), on the pattern."""
+    Y = (MT[sl] @ sel.BB[:, sl]).reshape(m, k, m, k)
+    H = np.einsum("jsjt->st", Y)
+    for l, Tl in enumerate(T):
+        K, G = Tl.shape[0], md.layout.levels[l].n_groups
+        X1 = np.einsum("kj,kbg->jbg", Tl, md.E_I[l][:, sl]).reshape(K, m, k, G)
+        H = H + np.einsum("kmsg,kmtg->st", X1, sel.border[l][:, sl].reshape(K, m, k, G))
+    return H
+
+
+def _H_sums(md: TreeMarginalData, T: list[np.ndarray], EB: tuple[np.ndarray, ...], sel: SelectedInverse) -> list[np.ndarray]:
     """``Σ_g [M T Σ]_gg`` per level (K × K): only pattern blocks of ``M`` and ``Σ`` enter."""
     n_levels = len(md.layout.levels)
     out = []
     for l in range(n_levels):
-        H = _sum_mm(np.einsum("ijg,jk->ikg", md.ZtZ[l], T[l]), sel.diag[l]) + _sum_mt(md.EB[l], sel.border[l])
+        H = _sum_mm(np.einsum("ijg,jk->ikg", md.ZtZ[l], T[l]), sel.diag[l]) + _sum_mt(EB[l], sel.border[l])
         for a in range(l):
             H = H + _sum_mt(np.einsum("ijg,jk->ikg", md.ZtZ_up[l][a], T[a]), sel.up[l][a])
         for m in range(l + 1, n_levels):
@@ -465,10 +556,11 @@ def tree_value_and_grad(md: TreeMarginalData, structure: BayesStructure, sigma: 
         return _rejected(lambdas, beta_S, -np.inf, 0.0)
     beta_S = np.asarray(beta_S, dtype=float)
     T = node_transforms(md, lambdas)
+    TB = md.border_transform(lambdas)
     q, r, r_B, r_S = _residuals(md, beta_S)
-    c, c_B = _c(r, r_B, T, md)
+    c, c_B = _c(r, r_B, T, TB)
     try:
-        fac = _factor_at(md, T, sigma)
+        fac = _factor_at(md, T, TB, sigma)
     except np.linalg.LinAlgError:
         return _rejected(lambdas, beta_S, -np.inf, np.nan)
     w, w_B = forward(fac, c, c_B)
@@ -484,14 +576,21 @@ def tree_value_and_grad(md: TreeMarginalData, structure: BayesStructure, sigma: 
     aKa = ca - aa  # K a = P a - a = c - a
     g_sigma = -md.n / sigma + tr_PinvK / sigma + q / (s2 * sigma) + aKa / (s2 * s2 * sigma) - 2 * ca / (s2 * s2 * sigma)
     v = [Tl @ al for al, Tl in zip(a, T)]  # T a at the nodes
-    v_B = md.s0 * a_B
+    v_B = TB.left(a_B)
     MTa = _M_times(md, v, v_B)
-    H = _H_sums(md, T, sel)
+    EB, _, MT = _border_blocks(md, TB)
+    H = _H_sums(md, T, EB, sel)
     g_lams: list[np.ndarray] = [np.empty(0)] * len(structure.terms)
     for l, lv in enumerate(md.layout.levels):
         for i, s in zip(lv.terms, lv.slots):
             A = a[l][s]
             g_lams[i] = -H[l][s, s] / s2 + r[l][s] @ A.T / (s2 * s2) - MTa[l][s] @ A.T / (s2 * s2 * s2)
+    if TB.blocks:  # crossed terms in the border: the same three pieces over their groups
+        MTa_B = _border_M_times(md, v, v_B)
+        for bt, (sl, m, k, _) in zip(md.border_terms, TB.blocks):
+            A_B, R_B, N_B = a_B[sl].reshape(m, k), r_B[sl].reshape(m, k), MTa_B[sl].reshape(m, k)
+            g_lams[bt.term] = (-_H_border(md, T, MT, sel, sl, m, k) / s2 + R_B.T @ A_B / (s2 * s2)
+                               - N_B.T @ A_B / (s2 * s2 * s2))
     g_beta = np.zeros(0)
     if len(md.sampled):
         MSI_Ta = md.XtX_SI @ v_B
@@ -510,13 +609,16 @@ def tree_conditional_draws(md: TreeMarginalData, structure: BayesStructure, sigm
     layout = md.layout
     S = len(sigma)
     out = np.zeros((S, layout.size))
-    nb = len(md.integrated)
+    nb, n_i = len(md.border), len(md.integrated)
+    crossed_u = md.border_u_index[len(md.integrated) + len(md.sampled):]
     for s in range(S):
-        T = node_transforms(md, [np.asarray(l[s], dtype=float) for l in lambdas])
+        lams = [np.asarray(l[s], dtype=float) for l in lambdas]
+        T = node_transforms(md, lams)
+        TB = md.border_transform(lams)
         _, r, r_B, _ = _residuals(md, np.asarray(beta_S[s], dtype=float))
         s2 = float(sigma[s]) ** 2
-        fac = _factor_at(md, T, float(sigma[s]))
-        w, w_B = forward(fac, *_c(r, r_B, T, md))
+        fac = _factor_at(md, T, TB, float(sigma[s]))
+        w, w_B = forward(fac, *_c(r, r_B, T, TB))
         eps = rng.standard_normal(md.size_I)
         rhs, off = [], nb
         for l, lv in enumerate(layout.levels):
@@ -524,7 +626,9 @@ def tree_conditional_draws(md: TreeMarginalData, structure: BayesStructure, sigm
             off += lv.size
         z, z_B = backward(fac, rhs, w_B / s2 + eps[:nb])
         u = out[s]
-        u[md.integrated] = md.m_I + md.s0 * z_B
+        coef_B = md.m_B + TB.left(z_B)
+        u[md.integrated] = coef_B[:n_i]
+        u[crossed_u] = coef_B[n_i:]
         u[md.sampled] = beta_S[s]
         for l in range(len(layout.levels)):
             u[md.u_index[l]] = T[l] @ z[l]
@@ -545,7 +649,7 @@ def ridge_solution(md: TreeMarginalData, relative: float = 1e-8) -> tuple[np.nda
     w, w_B = forward(fac, [_last(z) for z in st.Zty], st.Xty.copy())
     a, a_B = backward(fac, w, w_B)
     u = np.zeros(layout.size)
-    u[: layout.p] = a_B
+    u[md.border_u_index] = a_B
     for l in range(len(layout.levels)):
         u[md.u_index[l]] = a[l]
     uc = float(sum(np.vdot(x, x) for x in w) + w_B @ w_B)  # u'(M + δI)u = u'W'y
