@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ColumnMoments"]
+__all__ = ["CellMoments", "ColumnMoments"]
 
 #: rows per block of the co-moment product (bounds the centred temporary)
 _BLOCK = 1 << 16
@@ -91,3 +91,181 @@ class ColumnMoments:
     def is_ones(self) -> np.ndarray:
         """Per column, whether every row holds exactly 1."""
         return (self.lo == 1.0) & (self.hi == 1.0)
+
+
+def _packed(q: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of each entry of a packed upper triangle of a ``q x q`` matrix."""
+    return np.triu_indices(q)
+
+
+@dataclass(frozen=True, eq=False)
+class CellMoments:
+    """Per cell (distinct combination of the grouping columns): rows, means and co-moments of
+    ``q`` columns, about an ``origin`` shared by all cells.
+
+    Every group of every level is a union of cells, so the sums a mixed model needs per group
+    (``sum z z'``, ``sum z x'``, ...) are sums of cells' ``M2 + n (mean - c)(mean - c)'``: one
+    pass over the rows gathers them all, without knowing the groups' centring first.
+
+    Precision: the means are kept *about* ``origin`` (a batch's column means, merged to the
+    first summary's), so an outcome of mean 1e8 and SD 1 keeps its digits: ``x - origin`` is
+    exact for rows near the origin, and no sum of squares of 1e8-sized values is ever formed.
+    Cells merge by Chan's pairwise formula for any number of parts at once (:meth:`combine`).
+
+    Attributes
+    ----------
+    origin
+        ``(q,)``: the means are of ``x - origin``.
+    count
+        ``(m,)`` rows per cell.
+    mean
+        ``(m, q)`` per-cell means of ``x - origin``.
+    m2
+        ``(m, q (q + 1) / 2)`` per-cell co-moments about the cell's mean, the upper triangle
+        packed row by row (``numpy.triu_indices``).
+    lo, hi
+        ``(q,)`` minima and maxima over all rows.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> C = rng.normal(loc=1e8, size=(200, 2))
+    >>> cell = rng.integers(0, 3, 200)
+    >>> a = CellMoments.of(C[:120], cell[:120], 3)
+    >>> b = CellMoments.of(C[120:], cell[120:], 3)
+    >>> both = CellMoments.combine([a, b], [np.arange(3), np.arange(3)], 3)
+    >>> direct = np.cov(C[cell == 1].T, bias=True) * np.sum(cell == 1)
+    >>> bool(np.allclose(both.full_m2()[1], direct, rtol=1e-12))
+    True
+    """
+
+    origin: np.ndarray
+    count: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.count.size)
+
+    @property
+    def q(self) -> int:
+        return int(self.origin.size)
+
+    @classmethod
+    def of(cls, C: np.ndarray, cell: np.ndarray, n_cells: int) -> CellMoments:
+        """The moments of the rows of ``C`` (``(n, q)``) in cells ``cell`` (``(n,)``, ``0..n_cells-1``).
+
+        Columns constant over the batch (the intercept) and exact copies of an earlier column
+        (a slope that is also a population column) are not summed again: they are filled in.
+        """
+        C = np.asfortranarray(C, dtype=np.float64)
+        n, q = C.shape
+        cell = np.asarray(cell, dtype=np.int64)
+        iu, ju = _packed(q)
+        if n == 0:
+            return cls(np.zeros(q), np.zeros(n_cells), np.zeros((n_cells, q)), np.zeros((n_cells, iu.size)),
+                       np.full(q, np.inf), np.full(q, -np.inf))
+        lo, hi = C.min(axis=0), C.max(axis=0)
+        # a constant column sits at its value: its deviations are exactly 0
+        origin = np.where(lo == hi, lo, C.mean(axis=0))
+        count = np.bincount(cell, minlength=n_cells).astype(np.float64)
+        safe = np.maximum(count, 1.0)
+        mean = np.zeros((n_cells, q))
+        same = list(range(q))  # the earlier column each column is a copy of (itself if none)
+        centred: dict[int, np.ndarray] = {}
+        for j in range(q):
+            if lo[j] == hi[j]:
+                continue
+            copy = next((i for i in centred if lo[i] == lo[j] and hi[i] == hi[j] and origin[i] == origin[j]
+                         and np.array_equal(C[:, i], C[:, j])), None)
+            if copy is not None:
+                same[j] = copy
+                mean[:, j] = mean[:, copy]
+                continue
+            dev = C[:, j] - origin[j]
+            mean_j = np.bincount(cell, weights=dev, minlength=n_cells) / safe
+            mean[:, j] = mean_j
+            # centred at the cell's own mean: a second pass over the batch, as accurate as two-pass
+            dev -= mean_j[cell]
+            centred[j] = dev
+        m2 = np.zeros((n_cells, iu.size))
+        done: dict[tuple[int, int], int] = {}
+        for k, (i, j) in enumerate(zip(iu.tolist(), ju.tolist())):
+            a, b = sorted((same[i], same[j]))
+            if a not in centred or b not in centred:
+                continue
+            if (a, b) in done:
+                m2[:, k] = m2[:, done[(a, b)]]
+                continue
+            m2[:, k] = np.bincount(cell, weights=centred[a] * centred[b], minlength=n_cells)
+            done[(a, b)] = k
+        return cls(origin, count, mean, m2, lo, hi)
+
+    @classmethod
+    def combine(cls, parts: Sequence[CellMoments], index: Sequence[np.ndarray], n_cells: int) -> CellMoments:
+        """The moments of all the rows behind ``parts``; ``index[i]`` maps part ``i``'s cells to
+        the ``n_cells`` merged ones (Chan et al.: ``M2 = sum M2_i + sum n_i (m_i - m)(m_i - m)'``)."""
+        origin = parts[0].origin
+        q = origin.size
+        for p in parts:
+            if p.origin.shape != origin.shape:
+                raise ValueError("cell moments of different columns cannot be merged")
+        iu, ju = _packed(q)
+        # columns that vary somewhere (within a cell, or from the origin: not the intercept);
+        # the others' co-moments stay 0
+        diagonal = np.flatnonzero(iu == ju)
+        varies = np.zeros(q, dtype=bool)
+        for p in parts:
+            varies |= np.any(p.m2[:, diagonal] != 0.0, axis=0) | np.any(p.mean + (p.origin - origin) != 0.0, axis=0)
+        active = np.flatnonzero(varies[iu] & varies[ju])
+        m2 = np.zeros((n_cells, iu.size))
+        if all(np.array_equal(i, np.arange(n_cells)) for i in index):
+            # the same cells in every part (consecutive batches of one source): element by element
+            count = np.sum([p.count for p in parts], axis=0)
+            safe = np.maximum(count, 1.0)
+            shifted = [p.mean + (p.origin - origin) for p in parts]
+            mean = np.sum([p.count[:, None] * m for p, m in zip(parts, shifted)], axis=0) / safe[:, None]
+            for p, m in zip(parts, shifted):
+                d = m - mean
+                m2[:, active] += p.m2[:, active] + p.count[:, None] * d[:, iu[active]] * d[:, ju[active]]
+        else:
+            idx = np.concatenate([np.asarray(i, dtype=np.int64) for i in index])
+            n = np.concatenate([p.count for p in parts])
+            # every part's means about the common origin (origins are near each other: exact shifts)
+            means = np.concatenate([p.mean + (p.origin - origin) for p in parts])
+            # rows of the same merged cell next to each other: one segmented sum per quantity
+            order = np.argsort(idx, kind="stable")
+            idx_sorted = idx[order]
+            starts = np.flatnonzero(np.r_[True, idx_sorted[1:] != idx_sorted[:-1]])
+            present = idx_sorted[starts]
+            n_o, means_o = n[order], means[order]
+            count = np.zeros(n_cells)
+            count[present] = np.add.reduceat(n_o, starts)
+            safe = np.maximum(count, 1.0)
+            mean = np.zeros((n_cells, q))
+            mean[present] = np.add.reduceat(n_o[:, None] * means_o, starts, axis=0)
+            mean /= safe[:, None]
+            d = means_o - mean[idx_sorted]
+            parts_m2 = np.concatenate([p.m2[:, active] for p in parts])[order]
+            m2[np.ix_(present, active)] = np.add.reduceat(
+                parts_m2 + n_o[:, None] * d[:, iu[active]] * d[:, ju[active]], starts, axis=0)
+        lo = np.min([p.lo for p in parts], axis=0)
+        hi = np.max([p.hi for p in parts], axis=0)
+        return cls(origin, count, mean, m2, lo, hi)
+
+    def full_m2(self) -> np.ndarray:
+        """``(m, q, q)``: every cell's co-moment matrix, unpacked."""
+        iu, ju = _packed(self.q)
+        out = np.zeros((self.n_cells, self.q, self.q))
+        out[:, iu, ju] = self.m2
+        out[:, ju, iu] = self.m2
+        return out
+
+    def column_moments(self) -> ColumnMoments:
+        """The moments of all the rows together (the cells merged into one)."""
+        merged = CellMoments.combine([self], [np.zeros(self.n_cells, dtype=np.int64)], 1)
+        return ColumnMoments(round(float(merged.count[0])), merged.origin + merged.mean[0], merged.full_m2()[0],
+                             merged.lo, merged.hi)

@@ -10,7 +10,16 @@ A :class:`DesignSummary` of a batch holds
   differently from the others is refused by name;
 * optionally the :class:`~hierfit.design.moments.ColumnMoments` of the model's columns
   ``[X, y, offset, Z]`` (for the standardisation of the mixed model, the rank check, the
-  variance partition) and the count of rows with a positive prior weight.
+  variance partition) and the count of rows with a positive prior weight;
+* optionally (``per_cell``) the :class:`~hierfit.design.moments.CellMoments` of those columns
+  in every cell: every group's sums are sums of its cells', so the mixed model's statistics
+  follow from this one pass (:mod:`hierfit.engines.mixed._stream`) without reading the source
+  again.
+
+Cells are found from integer codes, not from label text: a grouping column read as a sorted
+categorical (:func:`hierfit.design.sources.arrow.arrow_to_pandas`) is its codes already, any
+other is factorized once; the codes combine into one integer per row, counted with
+``numpy.bincount``. Only each distinct cell's labels are looked up.
 
 Merging sorts cells and values by label, so the result does not depend on the order in which
 batches arrive; the cells remember the first batch each combination was seen in (by a
@@ -27,14 +36,22 @@ import pandas as pd
 
 from hierfit.design.build import DesignEncoding
 from hierfit.design.columns import weights_vector
-from hierfit.design.moments import ColumnMoments
+from hierfit.design.moments import CellMoments, ColumnMoments
 from hierfit.design.sources import Batch
 from hierfit.exceptions import DataError
 
-__all__ = ["DesignPass", "DesignSummary", "label_columns", "merge_summaries", "model_columns"]
+__all__ = ["MAX_CELL_VALUES", "DesignPass", "DesignSummary", "label_columns", "merge_summaries", "model_columns"]
 
 #: cell columns beside the grouping columns
 ROWS, FIRST = "__rows__", "__first__"
+
+#: most numbers per-cell moments may hold (cells x (q + q (q + 1) / 2), 8 bytes each: 256 MB);
+#: beyond, a pass keeps the overall moments only and the engine reads the source again
+MAX_CELL_VALUES = 1 << 25
+
+#: combined codes are counted with a dense ``bincount`` while their range is at most this
+#: many times the rows (else they are factorized: a sparse set of combinations)
+_DENSE_RANGE = 4
 
 
 def label_columns(grouping: Sequence[str], used: Sequence[str]) -> tuple[str, ...]:
@@ -72,6 +89,16 @@ class DesignSummary:
     moments: ColumnMoments | None = None
     positive_weights: int = 0
     grouping: tuple[str, ...] = field(default=())
+    #: per-cell moments of the model's columns, aligned with the rows of ``cells`` (``None``:
+    #: not gathered, or too many cells: :data:`MAX_CELL_VALUES`); ``moments`` is then ``None``
+    #: (see :meth:`overall_moments`)
+    cell_moments: CellMoments | None = None
+
+    def overall_moments(self) -> ColumnMoments | None:
+        """The moments of the model's columns over all rows (from the cells' when gathered per cell)."""
+        if self.moments is None and self.cell_moments is not None:
+            return self.cell_moments.column_moments()
+        return self.moments
 
 
 def model_columns(encoding: DesignEncoding, frame: pd.DataFrame) -> tuple[np.ndarray, bool]:
@@ -101,7 +128,9 @@ class DesignPass:
     distinct values are collected (empty: none, or they are known); ``encoding`` (without a
     tree) builds the model's columns for the moments (``None``: not in this pass). ``labels``
     are the grouping columns nothing else reads, which readers may hand over as sorted
-    categoricals (:func:`hierfit.design.sources.arrow.arrow_to_pandas`).
+    categoricals (:func:`hierfit.design.sources.arrow.arrow_to_pandas`). ``per_cell`` (with an
+    encoding) gathers the moments per cell too (:class:`~hierfit.design.moments.CellMoments`;
+    the cells are then found even when ``discover`` is off).
     """
 
     grouping: tuple[str, ...]
@@ -109,38 +138,111 @@ class DesignPass:
     discover: bool = True
     encoding: DesignEncoding | None = None
     labels: tuple[str, ...] = ()
+    per_cell: bool = False
+    #: batch summaries a fold merges at once (:func:`hierfit.design.sources.runner.summarise_piece`):
+    #: a merge aligns the cells once, whatever the number of summaries
+    merge_buffer: int = 8
 
     def __call__(self, batch: Batch) -> DesignSummary:
         frame = batch.frame
         key = ordinal(batch)
         kinds = {str(c): (column_kind(frame[c].dtype), batch.where) for c in frame.columns}
+        per_cell = self.per_cell and self.encoding is not None
         cells = pd.DataFrame()
+        cell = np.zeros(0, dtype=np.int64)
         levels: dict[str, np.ndarray] = {}
+        if self.discover or per_cell:
+            cells, cell = self._cells(frame, key)
         if self.discover:
-            cells = self._cells(frame, key)
             levels = {c: _distinct(frame[c]) for c in self.categorical}
-        moments, positive = None, 0
+        moments, positive, by_cell = None, 0, None
         if self.encoding is not None:
             C, _ = model_columns(self.encoding, frame)
-            moments = ColumnMoments.of(C)
+            q = C.shape[1]
+            if per_cell and len(cells) * (q + q * (q + 1) // 2) <= MAX_CELL_VALUES:
+                # the overall moments follow from the cells' when needed (CellMoments.column_moments)
+                by_cell = CellMoments.of(C, cell, len(cells))
+            else:
+                moments = ColumnMoments.of(C)
             w = weights_vector(self.encoding.spec, frame, require_positive=False)
             positive = len(frame) if w is None else int(np.count_nonzero(w > 0))
-        return DesignSummary(len(frame), cells, levels, kinds, {key: batch.where}, moments, positive, self.grouping)
+        return DesignSummary(len(frame), cells, levels, kinds, {key: batch.where}, moments, positive, self.grouping,
+                             by_cell)
 
-    def _cells(self, frame: pd.DataFrame, key: int) -> pd.DataFrame:
+    def _cells(self, frame: pd.DataFrame, key: int) -> tuple[pd.DataFrame, np.ndarray]:
+        """The batch's cells (sorted by label) with their row counts, and each row's cell."""
+        n = len(frame)
+        if not self.grouping:
+            return pd.DataFrame({ROWS: [n], FIRST: [key]}), np.zeros(n, dtype=np.int64)
+        codes, uniques = [], []
         for col in self.grouping:
-            missing = int(frame[col].isna().sum())
+            c, u = _codes(frame[col])
+            missing = int(np.count_nonzero(c < 0))
             if missing:
                 raise DataError(
                     f"Grouping column {col!r} has {missing} missing labels (of {len(frame)} rows); "
                     "drop those rows or give them a label before fitting."
                 )
-        if not self.grouping:
-            return pd.DataFrame({ROWS: [len(frame)], FIRST: [key]})
-        counts = frame.groupby(list(self.grouping), sort=False, observed=True).size()
-        cells = counts.rename(ROWS).reset_index()
+            codes.append(c)
+            uniques.append(u)
+        cell, n_cells = _combine(codes, [len(u) for u in uniques])
+        rep = _representatives(cell, n_cells)
+        cells = pd.DataFrame({col: _label_column(u[c[rep]]) for col, c, u in zip(self.grouping, codes, uniques)})
+        cells[ROWS] = np.bincount(cell, minlength=n_cells).astype(np.int64)
         cells[FIRST] = key
-        return cells
+        return cells, cell
+
+
+def _codes(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes of a column (``-1``: missing) and the values they stand for, sorted."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        cats = values.cat.categories
+        codes = values.cat.codes.to_numpy().astype(np.int64)
+        if cats.is_monotonic_increasing:
+            return codes, cats.to_numpy()
+        # a user's categorical may list its categories in any order: re-rank them by value
+        order = np.argsort(cats.to_numpy(), kind="stable")
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order))
+        return np.where(codes >= 0, rank[np.maximum(codes, 0)], -1), cats.to_numpy()[order]
+    codes, uniques = pd.factorize(values, sort=True)
+    return codes.astype(np.int64, copy=False), np.asarray(uniques)
+
+
+def _combine(codes: Sequence[np.ndarray], sizes: Sequence[int]) -> tuple[np.ndarray, int]:
+    """One code per row for the combination of several columns' codes, numbered in the
+    lexicographic order of the codes, and the number of distinct combinations."""
+    n = len(codes[0])
+    combined, size = codes[0], max(sizes[0], 1)
+    for c, k in zip(codes[1:], sizes[1:]):
+        if size * max(k, 1) >= 1 << 62:  # would overflow: renumber the combinations seen so far
+            combined, size = _dense(combined, size, n)
+        combined, size = combined * max(k, 1) + c, size * max(k, 1)
+    return _dense(combined, size, n)
+
+
+def _dense(combined: np.ndarray, size: int, n: int) -> tuple[np.ndarray, int]:
+    """``combined`` renumbered ``0..k-1`` in increasing order of value, and ``k``."""
+    if size <= _DENSE_RANGE * n + (1 << 16):
+        present = np.flatnonzero(np.bincount(combined, minlength=size))
+        rank = np.zeros(size, dtype=np.int64)
+        rank[present] = np.arange(present.size)
+        return rank[combined], int(present.size)
+    inverse, distinct = pd.factorize(combined, sort=True)
+    return inverse.astype(np.int64, copy=False), len(distinct)
+
+
+def _label_column(values: np.ndarray) -> pd.Series | np.ndarray:
+    """Cell labels as a frame column; text stays a plain object column (pandas would otherwise
+    infer Arrow-backed strings, and converting them back for every merge cost more than the merge)."""
+    return pd.Series(values, dtype=object) if values.dtype == object else values
+
+
+def _representatives(cell: np.ndarray, n_cells: int) -> np.ndarray:
+    """A row of each cell (any: all rows of a cell hold its labels)."""
+    rep = np.zeros(n_cells, dtype=np.int64)
+    rep[cell] = np.arange(cell.size)
+    return rep
 
 
 def _distinct(values: pd.Series) -> np.ndarray:
@@ -180,22 +282,62 @@ def merge_summaries(parts: Sequence[DesignSummary]) -> DesignSummary:
     """
     kinds = _merge_kinds(parts)
     grouping = parts[0].grouping
-    cell_parts = [p.cells for p in parts if len(p.cells)]
-    cells = pd.DataFrame()
-    if cell_parts:
-        joined = pd.concat(cell_parts, ignore_index=True)
-        if grouping:
-            cells = (joined.groupby(list(grouping), sort=True, observed=True)
-                     .agg(**{ROWS: (ROWS, "sum"), FIRST: (FIRST, "min")}).reset_index())
-        else:
-            cells = pd.DataFrame({ROWS: [int(joined[ROWS].sum())], FIRST: [int(joined[FIRST].min())]})
+    with_cells = [p for p in parts if len(p.cells)]
+    cells, index = _merge_cells(with_cells, grouping)
     names = sorted({c for p in parts for c in p.levels})
     levels = {c: _sorted_distinct([p.levels[c] for p in parts if c in p.levels]) for c in names}
-    measured = [p.moments for p in parts if p.moments is not None]
-    moments = ColumnMoments.merge(measured) if measured else None
+    by_cell = None
+    if with_cells and all(p.cell_moments is not None for p in parts):
+        q = with_cells[0].cell_moments.q  # type: ignore[union-attr]
+        if len(cells) * (q + q * (q + 1) // 2) <= MAX_CELL_VALUES:
+            by_cell = CellMoments.combine([p.cell_moments for p in with_cells], index,  # type: ignore[misc]
+                                          len(cells))
+    moments = None
+    if by_cell is None:
+        measured = [m for m in (p.overall_moments() for p in parts) if m is not None]
+        moments = ColumnMoments.merge(measured) if measured else None
     where = {k: v for p in parts for k, v in p.where.items()}
     # keep the places an error may still need: where cells were first seen, where kinds come from
     needed = set(cells[FIRST].tolist()) if len(cells) else set()
     where = {k: v for k, v in where.items() if k in needed or k == min(where)}
     return DesignSummary(sum(p.n for p in parts), cells, levels, kinds, where, moments,
-                         sum(p.positive_weights for p in parts), grouping)
+                         sum(p.positive_weights for p in parts), grouping, by_cell)
+
+
+def _merge_cells(parts: Sequence[DesignSummary], grouping: tuple[str, ...]) -> tuple[pd.DataFrame, list[np.ndarray]]:
+    """The cells of several summaries merged (sorted by label; rows added, first seen the
+    earliest), and for each summary the merged cell of each of its cells."""
+    if not parts:
+        return pd.DataFrame(), []
+    sizes = [len(p.cells) for p in parts]
+    if grouping and _same_cells(parts, grouping):
+        # consecutive batches mostly hold the same cells: nothing to align
+        cells = parts[0].cells[list(grouping)].copy()
+        cells[ROWS] = np.sum([p.cells[ROWS].to_numpy(dtype=np.int64) for p in parts], axis=0)
+        cells[FIRST] = np.min([p.cells[FIRST].to_numpy(dtype=np.int64) for p in parts], axis=0)
+        return cells, [np.arange(sizes[0])] * len(parts)
+    joined = pd.concat([p.cells for p in parts], ignore_index=True)
+    if grouping:
+        codes, uniques = [], []
+        for col in grouping:
+            c, u = _codes(joined[col])
+            codes.append(c)
+            uniques.append(u)
+        inverse, n_cells = _combine(codes, [len(u) for u in uniques])
+        rep = _representatives(inverse, n_cells)
+        cells = pd.DataFrame({col: _label_column(u[c[rep]]) for col, c, u in zip(grouping, codes, uniques)})
+    else:
+        inverse, n_cells = np.zeros(len(joined), dtype=np.int64), 1
+        cells = pd.DataFrame(index=range(1))
+    cells[ROWS] = np.bincount(inverse, weights=joined[ROWS].to_numpy(dtype=np.float64), minlength=n_cells).astype(np.int64)
+    first = np.full(n_cells, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, inverse, joined[FIRST].to_numpy(dtype=np.int64))
+    cells[FIRST] = first
+    return cells, np.split(inverse, np.cumsum(sizes)[:-1])
+
+
+def _same_cells(parts: Sequence[DesignSummary], grouping: tuple[str, ...]) -> bool:
+    """Whether every summary holds the same cells in the same (sorted) order."""
+    first = parts[0].cells
+    return all(len(p.cells) == len(first) and all(np.array_equal(p.cells[c].to_numpy(), first[c].to_numpy())
+                                                  for c in grouping) for p in parts[1:])

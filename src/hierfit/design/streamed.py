@@ -15,10 +15,16 @@ The in-memory :func:`~hierfit.design.build_design` holds every row's arrays; a
    categorical variables: otherwise the encoding is known from the schema and step 2 gathers
    them too). The rank check, the outcome check and the variance partition read the moments.
 
-Engines then read the source again with the encoding (the mixed engine gathers its per-group
-statistics in one more pass: :mod:`hierfit.engines.mixed._stream`). Only gaussian outcomes are
-streamed; stateful transforms (``center(x)``, ``bs(x)``), whose state needs all rows at once,
-are refused with what to do instead.
+Without prior weights, the moments pass gathers the moments per cell too (``cell_moments``):
+the mixed engine derives its per-group statistics from them and reads the source no more
+(:mod:`hierfit.engines.mixed._stream`); other engines, and weighted fits, read the source again
+with the encoding. Other families get the design of their gaussian twin (nothing here reads the
+outcome's support); the engine reads the outcome with the family.
+
+The state of stateful transforms (``center(x)``, ``scale(x)``, ``bs(x, df=4)``: a mean,
+spline knots) is learned from the source first, in passes of its own
+(:mod:`.transform_state`), so that every batch, and new data later, are encoded as in memory;
+those it cannot learn exactly are refused with what to do instead.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -40,14 +46,16 @@ from hierfit.design.build import (
     _used_columns,
 )
 from hierfit.design.hierarchy import Hierarchy, build_hierarchy, group_labels
-from hierfit.design.moments import ColumnMoments
+from hierfit.design.moments import CellMoments, ColumnMoments
 from hierfit.design.outcome import check_enough_rows, degenerate_outcome_check
 from hierfit.design.passes import FIRST, ROWS, DesignPass, DesignSummary, label_columns, merge_summaries
 from hierfit.design.rank import centred_gram, rank_check_gram
 from hierfit.design.sources import Source, TrainingRowsUnavailableError
+from hierfit.design.transform_state import learn_transform_state, placeholder_rows, with_transform_state
 from hierfit.exceptions import DataError, HierarchyError, SpecError
 from hierfit.formula import GroupTerm
 from hierfit.model import ModelSpec
+from hierfit.model.family import get_family
 
 __all__ = ["MomentLayout", "StreamedDesign", "TermShape", "build_streamed_design", "stream_labels"]
 
@@ -116,6 +124,10 @@ class StreamedDesign:
     cell_codes, cell_rows
         Per level, the group of each distinct combination of the grouping columns, and the
         rows of each combination (an engine finds nesting and plans its elimination from them).
+    cell_moments
+        The moments of ``[X, y, offset, Z]`` in each of those combinations (aligned with
+        ``cell_rows``), from which the mixed engine derives its per-group statistics without
+        reading the source again; ``None`` when not gathered (prior weights, too many cells).
     positive_weights
         Rows with a positive prior weight (all rows without weights).
     source
@@ -136,6 +148,7 @@ class StreamedDesign:
     source: Source
     read_columns: tuple[str, ...]
     diagnostics: tuple[Diagnostic, ...] = field(default=())
+    cell_moments: CellMoments | None = None
 
     @property
     def spec(self) -> ModelSpec:
@@ -183,25 +196,25 @@ def _probe_frame(schema: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(values)
 
 
-def _population_encoding(spec: ModelSpec, frame: pd.DataFrame) -> tuple[tuple[str, ...], object]:
+def _population_encoding(spec: ModelSpec, frame: pd.DataFrame,
+                         state: Mapping[str, Mapping[str, object]] | None = None) -> tuple[tuple[str, ...], object]:
+    """The population columns and formulaic spec, built on placeholder rows; ``state`` (learned
+    from the source by :func:`learn_transform_state`) replaces what transforms learned from them."""
     formula = Formula(spec.formula.population)
     variables = [c for c in frame.columns if c in _population_variables(formula, frame)]
+    frame = placeholder_rows(frame[variables], spec.formula.population)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # placeholder values may be outside a transform's domain
         _, names, population_spec = _fit_population_matrix(formula, frame[variables])
-    return names, population_spec
+    return names, with_transform_state(population_spec, state or {})
 
 
 def _categorical_variables(spec: ModelSpec, population_spec: object, columns: list[str]) -> tuple[str, ...]:
-    """Variables of the categorical factors, refusing what a stream cannot learn batch by batch."""
+    """Variables of the categorical factors, refusing a term that reads several columns.
+
+    (Stateful transforms are learned, or refused, before: :func:`learn_transform_state`.)
+    """
     ps: object = population_spec
-    state = dict(getattr(ps, "transform_state", {}))
-    if state:
-        raise SpecError(
-            f"The population part {spec.formula.population!r} uses stateful transforms ({', '.join(sorted(state))}), whose "
-            "state (a mean, spline knots) is learned from all rows at once; a streamed fit learns its encoding batch by "
-            "batch. Compute those columns first (e.g. centre with a mean from a first pass) and use them as plain columns."
-        )
     found: list[str] = []
     for expr, (kind, _) in getattr(ps, "encoder_state", {}).items():
         if getattr(kind, "value", kind) != "categorical":
@@ -288,7 +301,11 @@ def build_streamed_design(spec: ModelSpec, source: Source, *, checks: Mapping[st
     (30, ('Intercept', 'x1'), [3, 6])
     """
     if not spec.family.normal_errors:
-        raise SpecError(f"A streamed design is built for gaussian outcomes; got family {spec.family.name!r}.")
+        # Nothing of these passes depends on the family (the tree, the encoding, the moments): the
+        # design of the gaussian twin, given the spec back. The engine's own fold then reads the
+        # outcome with the real family (support checked, trials read).
+        twin = build_streamed_design(replace(spec, family=get_family("gaussian")), source, checks=checks)
+        return replace(twin, encoding=replace(twin.encoding, spec=spec))
     probe = _probe_frame(source.schema)
     if spec.response not in probe.columns:
         raise DataError(f"The response column {spec.response!r} is not in the data source ({source.description}); its "
@@ -299,23 +316,37 @@ def build_streamed_design(spec: ModelSpec, source: Source, *, checks: Mapping[st
     labels = label_columns(grouping, used)
     source.check_columns(read)
     names, population_spec = _population_encoding(spec, probe)
+    state = learn_transform_state(spec.formula.population, population_spec, source)
+    population_spec = with_transform_state(population_spec, state)
     categorical = _categorical_variables(spec, population_spec, [str(c) for c in probe.columns])
     national_only = Hierarchy(spec.national, ())
     if categorical:
-        discovered = source.fold(DesignPass(grouping, categorical, labels=labels), merge_summaries, [*grouping, *categorical],
+        discovered = source.fold(DesignPass(grouping, categorical, labels=labels), merge_summaries,
+                                 list(dict.fromkeys([*grouping, *categorical])),
                                  what="design pass")
         prototype = _prototype(probe, discovered.levels)
-        names, population_spec = _population_encoding(spec, prototype)
+        names, population_spec = _population_encoding(spec, prototype, state)
         provisional = DesignEncoding(spec, population_spec, national_only, (), names)
-        measured = source.fold(DesignPass(grouping, discover=False, encoding=provisional, labels=labels), merge_summaries, read,
+        measured = source.fold(DesignPass(grouping, discover=False, encoding=provisional, labels=labels,
+                                          per_cell=_per_cell(spec)), merge_summaries, read,
                                what="moments pass")
     else:
         provisional = DesignEncoding(spec, population_spec, national_only, (), names)
-        discovered = measured = source.fold(DesignPass(grouping, encoding=provisional, labels=labels), merge_summaries, read,
-                                            what="design pass")
-    assert measured.moments is not None
-    return _finish(spec, source, discovered, measured.moments, measured.positive_weights, names, population_spec,
+        discovered = measured = source.fold(DesignPass(grouping, encoding=provisional, labels=labels,
+                                                       per_cell=_per_cell(spec)),
+                                            merge_summaries, read, what="design pass")
+    moments = measured.overall_moments()
+    assert moments is not None
+    # the moments pass found the cells too when it gathered their moments (aligned with them)
+    cells_from = measured if measured.cell_moments is not None else discovered
+    return _finish(spec, source, cells_from, moments, measured.positive_weights, names, population_spec,
                    read, checks)
+
+
+def _per_cell(spec: ModelSpec) -> bool:
+    """Whether the moments pass gathers per-cell moments: the mixed engine's statistics then
+    need no pass of their own. Prior weights would need weighted cell moments: not gathered."""
+    return spec.weights is None
 
 
 def _finish(spec: ModelSpec, source: Source, discovered: DesignSummary, moments: ColumnMoments, positive: int,
@@ -343,4 +374,4 @@ def _finish(spec: ModelSpec, source: Source, discovered: DesignSummary, moments:
     return StreamedDesign(encoding=encoding, x_names=tuple(names[j] for j in keep), terms=terms, n_rows=n,
                           column_moments=moments, layout=layout, cell_codes=cell_codes,
                           cell_rows=cells[ROWS].to_numpy(dtype=np.int64), positive_weights=positive, source=source,
-                          read_columns=read, diagnostics=tuple(found))
+                          read_columns=read, diagnostics=tuple(found), cell_moments=discovered.cell_moments)

@@ -126,22 +126,26 @@ def summarise_piece(piece: Any, index: int, summarise: Callable[[Batch], S], mer
 
     if isinstance(piece, pd.DataFrame):
         piece = FramePiece(piece, f"partition {index}")
-    total: S | None = None
     # grouping columns the summary only compares and counts (DesignPass.labels, StatisticsPass.labels)
     labels = tuple(getattr(summarise, "labels", ()))
+    # summaries merged at once: one merge of several costs little more than one of two (a
+    # DesignPass's cells are aligned once per merge); 1 keeps memory at one summary
+    buffer = max(int(getattr(summarise, "merge_buffer", 1)), 1)
+    pending: list[S] = []
     batches = iter(piece.batches(columns, batch_size, index, labels))
     while True:
         try:
             batch = next(batches)
         except StopIteration:
-            return total
+            return merge_optional(merge, pending)
         except HierfitError:
             raise
         except (OSError, ValueError, TypeError, KeyError) as exc:  # the reader's own error (a damaged file, a bad cast)
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise DataError(f"Cannot read {piece.label}: {first}. Check that it is an intact Parquet file.") from exc
-        s = _summarise_batch(summarise, batch)
-        total = s if total is None else merge([total, s])
+        pending.append(_summarise_batch(summarise, batch))
+        if len(pending) > buffer:
+            pending = [merge(pending)]
         if observer is not None:
             observer.advance(batches=1)
 

@@ -11,6 +11,15 @@ global plan, maps and all-ones flags), and the batches' statistics added with co
 (:class:`~hierfit.design.sources.CompensatedSum`). The fit proper -- optimisation, solution,
 draws, save -- is the in-memory one, from :func:`.lmm.devfun_from_system` on.
 
+When the design pass gathered the moments of every *cell* (distinct combination of the
+grouping columns: :class:`~hierfit.design.moments.CellMoments`), the source is not read again.
+Every group is a union of cells, and every statistic is a sum over rows of a product of two
+standardised columns, so per cell it is ``n u u' + S' M2 S`` (``u`` the cell's standardised
+mean, ``S`` the column maps' scaling). :func:`cell_rows` writes each cell as ``1 + q`` *pseudo
+rows* with exactly those sums of products -- ``sqrt(n) u`` and the columns of a square root of
+the cell's co-moment matrix -- and the same :func:`._suffstats.compute_rows` gathers the
+statistics from them: no second implementation of the statistics, and no pass over the rows.
+
 Equality with the in-memory fit of the same rows: the statistics differ only by the rounding
 of each batch's own sums, so estimates agree to ~1e-12 relative or better whatever the
 batching, partitioning and row order (``tests/test_sources.py`` measures it).
@@ -25,7 +34,7 @@ import numpy as np
 
 from hierfit.design import DesignEncoding
 from hierfit.design.columns import weights_vector
-from hierfit.design.moments import ColumnMoments
+from hierfit.design.moments import CellMoments, ColumnMoments
 from hierfit.design.sources import Batch, CompensatedSum
 from hierfit.design.streamed import StreamedDesign, stream_labels
 from hierfit.exceptions import DataError, EngineError
@@ -36,7 +45,7 @@ from ._standardize import Standardization, standardize_from_moments
 from ._suffstats import ColumnAffine, Layout, compute_rows, make_layout
 from .lmm import LmmSolution, _warn_if_slow, choose_solver, devfun_from_system, lmm_solution, optimize_lmm, standardization_maps
 
-__all__ = ["StatisticsPass", "fit_streamed_lmm", "stream_plan"]
+__all__ = ["StatisticsPass", "cell_rows", "fit_streamed_lmm", "stream_plan"]
 
 #: largest ``|X_t c - 1|`` over the rows for which a constant counts as in the span of ``X``
 #: (the in-memory rule of :func:`._standardize.standardize`)
@@ -183,7 +192,11 @@ def fit_streamed_lmm(design: StreamedDesign, *, reml: bool, maxiter: int, n_star
     ones = design.column_moments.is_ones()
     x_ones = tuple(bool(ones[j]) for j in design.layout.x)
     confirm = std.ones_coef is not None and std.x.intercept is None
-    stats = _gather(design, plan, layout, std, x_ones, confirm)
+    if design.cell_moments is not None and design.spec.weights is None and not confirm:
+        # every statistic from the cells' moments: the design pass was the only read
+        stats = _from_cells(design, design.cell_moments, plan, layout, std)
+    else:
+        stats = _gather(design, plan, layout, std, x_ones, confirm)
     if confirm and stats.ones_residual > ONES_TOL:
         # the moments suggested a constant in the span of X that the rows do not confirm:
         # gather again without shifting the outcome (as the in-memory rule decides)
@@ -209,3 +222,85 @@ def _gather(design: StreamedDesign, plan: Plan, layout: Layout, std: Standardiza
                           tuple(factor_maps), x_ones, std.ones_coef if confirm else None,
                           stream_labels(design.spec, design.source.schema))
     return design.source.fold(task, BatchStatistics.merge, design.read_columns, what="statistics pass")
+
+
+def _column_maps(design: StreamedDesign, plan: Plan, std: Standardization) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every standardised column of ``[X y]`` and of each factor (in that order) as
+    ``(a' x - center) / scale`` of the raw moment columns ``x``: ``A`` (``a`` per column; the
+    outcome is ``y - offset``), the centres and the scales."""
+    lay = design.layout
+    xy_map, factor_maps = standardization_maps(std, plan)
+    raw: list[tuple[int, ...]] = [(j,) for j in lay.x]
+    raw.append((lay.y,) if lay.offset is None else (lay.y, -1 - lay.offset))
+    centers, scales = [xy_map[0]], [xy_map[1]]
+    for fac, (center, scale) in zip(plan.factors, factor_maps):
+        raw += [(j,) for b in fac.blocks for j in lay.terms[b]]
+        centers.append(center)
+        scales.append(scale)
+    q = design.column_moments.mean.size
+    A = np.zeros((q, len(raw)))
+    for k, cols in enumerate(raw):
+        for j in cols:
+            A[j if j >= 0 else -1 - j, k] = 1.0 if j >= 0 else -1.0
+    return A, np.concatenate(centers), np.concatenate(scales)
+
+
+def cell_rows(cells: CellMoments, A: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``(m (1 + q), k)`` pseudo rows, ``1 + q`` per cell (cell by cell), whose sums of products
+    in each cell equal those of the cell's real rows for the ``k`` columns ``(A' x - center) / scale``.
+
+    Row 0 of a cell is ``sqrt(n) u`` (``u``: the cell's standardised mean); rows ``1..q`` are
+    ``S' R`` with ``R R' = M2`` (its co-moments), from an eigendecomposition of ``M2`` scaled to
+    unit diagonal (columns of very different sizes keep their own digits). The mean is taken
+    about the moments' origin first, so a large-mean column (``y`` near 1e8) loses nothing.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> x = rng.normal(loc=[1e8, 0.0], size=(50, 2))
+    >>> cells = CellMoments.of(x, np.zeros(50, dtype=np.int64), 1)
+    >>> rows = cell_rows(cells, np.eye(2), np.array([1e8, 0.0]), np.ones(2))
+    >>> t = x - [1e8, 0.0]
+    >>> bool(np.allclose(rows.T @ rows, t.T @ t, rtol=1e-12))
+    True
+    """
+    m, q = cells.mean.shape
+    # (main raw column's origin - center) first: both near the mean of a large column, so their
+    # difference is exact; a second raw column (an offset, subtracted) is added to that after
+    main = np.argmax(A != 0.0, axis=0)
+    k = np.arange(A.shape[1])
+    rest = A.copy()
+    rest[main, k] = 0.0
+    shift = (cells.origin[main] * A[main, k] - center) + cells.origin @ rest
+    u = (shift[None, :] + cells.mean @ A) / scale
+    M2 = cells.full_m2()
+    sd = np.sqrt(np.maximum(np.diagonal(M2, axis1=1, axis2=2), 0.0))
+    unit = np.where(sd > 0, sd, 1.0)
+    corr = M2 / unit[:, :, None] / unit[:, None, :]
+    lam, V = np.linalg.eigh(corr)
+    R = sd[:, :, None] * V * np.sqrt(np.maximum(lam, 0.0))[:, None, :]  # (m, q, q): R R' = M2
+    rows = np.empty((m, 1 + q, A.shape[1]))
+    rows[:, 0] = np.sqrt(cells.count)[:, None] * u
+    rows[:, 1:] = np.einsum("mjr,jk->mrk", R, A) / scale
+    return rows.reshape(m * (1 + q), A.shape[1])
+
+
+def _from_cells(design: StreamedDesign, cells: CellMoments, plan: Plan, layout: Layout,
+                std: Standardization) -> BatchStatistics:
+    """The statistics of the fit from the cells' moments (see the module docstring)."""
+    A, center, scale = _column_maps(design, plan, std)
+    rows = cell_rows(cells, A, center, scale)
+    per_cell = 1 + cells.q
+    p = len(design.layout.x)
+    X, y = rows[:, :p], rows[:, p]
+    start = p + 1
+    factors = []
+    for fac in plan.factors:
+        cols = [np.ascontiguousarray(rows[:, start + a]) for a in range(fac.K)]
+        start += fac.K
+        # each pseudo row belongs to its cell's group; the columns are standardised already
+        g = np.repeat(np.asarray(design.cell_codes[design.terms[fac.blocks[0]].level], dtype=np.int64), per_cell)
+        factors.append(replace(fac, group_index=g, columns=cols, is_ones=[False] * fac.K))
+    pseudo = Plan(factors, plan.chain, plan.root, plan.parent_maps)
+    sums = compute_rows(X, y, pseudo, layout, None, None, weights=None, x_ones=[False] * p)
+    return BatchStatistics(CompensatedSum.of([*sums, np.zeros(1)]), design.n, 0.0)

@@ -1,0 +1,204 @@
+"""The one-pass streamed mixed fit: per-cell moments in the design pass, no statistics pass.
+
+The design pass gathers, per cell (distinct combination of the grouping columns), the means and
+co-moments of the model's columns (:class:`hierfit.design.moments.CellMoments`); the mixed
+engine derives every group's statistics from them (:func:`hierfit.engines.mixed._stream.cell_rows`)
+instead of reading the source a second time. It must equal the in-memory fit to 1e-10 relative
+whatever the batching, the files' own label dictionaries and the row order -- also for an
+outcome of mean 1e8 and SD 1, whose digits a sum of raw squares would lose -- and equal the
+two-pass path (the statistics pass), which remains for prior weights and too many cells.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import hierfit
+from hierfit.design import passes
+from hierfit.design.moments import CellMoments
+from hierfit.design.passes import ROWS, DesignPass, merge_summaries
+from hierfit.design.sources import Batch, observe_folds, open_source
+from hierfit.design.streamed import build_streamed_design
+from hierfit.engines.mixed._stream import fit_streamed_lmm
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+FORMULA = "y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)"
+RTOL = 1e-10
+
+
+def _data(seed: int = 3) -> pd.DataFrame:
+    sim = hierfit.simulate(n_markets=8, n_submarkets=4, rows_per_submarket=20, seed=seed)
+    df = sim.data[["y", "x1", "x2", "market", "submarket"]].copy()
+    rng = np.random.default_rng(seed)
+    # mean 1e8, SD ~1: raw sums of squares would keep ~0 significant digits of the variance
+    df["y"] = 1e8 + df["y"] - df["y"].mean()
+    return df.iloc[rng.permutation(len(df))].reset_index(drop=True)
+
+
+DATA = _data()
+
+
+class _Passes:
+    """Counts the folds run (their names), to tell which path a fit took."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def start(self, what: str, pieces: int) -> None:
+        self.names.append(what)
+
+    def advance(self, *, batches: int = 0, pieces: int = 0) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def _rel(a: object, b: object) -> float:
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-300))
+
+
+def _assert_same(sol, ref) -> None:
+    for name in ("beta", "theta", "sigma", "loglik", "objective"):
+        assert _rel(getattr(sol, name), getattr(ref, name)) < RTOL, name
+    for b_s, b_r in zip(sol.ranef, ref.ranef):
+        assert _rel(b_s, b_r) < RTOL
+
+
+def _fit(design):
+    return fit_streamed_lmm(design, reml=True, maxiter=1000, n_starts=1, seed=0, solver="auto")
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return hierfit.fit(FORMULA, DATA, engine="mixed").native()
+
+
+def _dictionary_parts(frame: pd.DataFrame, folder, n_files: int) -> None:
+    """Files whose label columns are dictionary-encoded with a dictionary of their own: the
+    labels they hold, in an order of their own (reversed in every other file)."""
+    folder.mkdir(exist_ok=True)
+    for i, rows in enumerate(np.array_split(np.arange(len(frame)), n_files)):
+        part = frame.iloc[rows]
+        columns = {c: pa.array(part[c].to_numpy()) for c in ("y", "x1", "x2")}
+        for c in ("market", "submarket"):
+            values = sorted(part[c].unique(), reverse=bool(i % 2))
+            codes = pd.Index(values).get_indexer(part[c])
+            columns[c] = pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(values))
+        pq.write_table(pa.table(columns), folder / f"part-{i:02d}.parquet")
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fastpath") / "lake"
+    _dictionary_parts(DATA, folder, 3)
+    return folder
+
+
+@pytest.mark.parametrize("batch_size", [7, 64, None])
+def test_one_pass_over_files_with_their_own_dictionaries_equals_in_memory(lake, reference, batch_size) -> None:
+    seen = _Passes()
+    with observe_folds(seen), open_source(str(lake / "*.parquet"), batch_size=batch_size) as source:
+        design = build_streamed_design(hierfit.make_spec(FORMULA), source)
+        sol = _fit(design)
+    assert seen.names == ["design pass"]  # the statistics came from the cells: no second read
+    assert design.cell_moments is not None and design.cell_moments.n_cells == design.cell_rows.size == 32
+    _assert_same(sol, reference)
+
+
+def test_large_mean_outcome_through_the_public_api(lake, reference) -> None:
+    fit = hierfit.fit(FORMULA, str(lake / "*.parquet"), engine="mixed", batch_size=50)
+    _assert_same(fit.native(), reference)
+    assert float(fit.fixed_effects()["estimate"].iloc[0]) == pytest.approx(1e8, rel=1e-6)
+
+
+def test_both_paths_give_the_same_statistics(reference) -> None:
+    table = pa.Table.from_pandas(DATA, preserve_index=False)
+    with open_source(table, batch_size=37) as source:
+        design = build_streamed_design(hierfit.make_spec(FORMULA), source)
+        seen = _Passes()
+        with observe_folds(seen):
+            two_pass = _fit(dataclasses.replace(design, cell_moments=None))
+        assert seen.names == ["statistics pass"]
+        one_pass = _fit(design)
+    _assert_same(one_pass, two_pass)
+    _assert_same(one_pass, reference)
+
+
+def test_weights_and_a_categorical_variable_keep_the_passes_they_need() -> None:
+    df = DATA.assign(w=np.random.default_rng(5).uniform(0.5, 2.0, len(DATA)),
+                     channel=np.random.default_rng(6).choice(["a", "b", "c"], len(DATA)))
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    for formula, kw, expected in [
+        (FORMULA, {"weights": "w"}, ["design pass", "statistics pass"]),  # weighted cells: not gathered
+        ("y ~ x1 + channel + (1 + x1 | market) + (1 | market:submarket)", {}, ["design pass", "moments pass"]),
+    ]:
+        seen = _Passes()
+        with observe_folds(seen):
+            streamed = hierfit.fit(formula, table, engine="mixed", batch_size=40, **kw)
+        assert seen.names == expected
+        _assert_same(streamed.native(), hierfit.fit(formula, df, engine="mixed", **kw).native())
+
+
+def test_too_many_cells_falls_back_to_the_statistics_pass(monkeypatch, reference) -> None:
+    monkeypatch.setattr(passes, "MAX_CELL_VALUES", 100)
+    with open_source(pa.Table.from_pandas(DATA, preserve_index=False), batch_size=30) as source:
+        design = build_streamed_design(hierfit.make_spec(FORMULA), source)
+        assert design.cell_moments is None
+        _assert_same(_fit(design), reference)
+
+
+def test_cell_summaries_merge_in_any_order() -> None:
+    spec = hierfit.make_spec(FORMULA)
+    with open_source(pa.Table.from_pandas(DATA.iloc[:10], preserve_index=False)) as source:
+        encoding = build_streamed_design(spec, source).encoding
+    task = DesignPass(("market", "submarket"), encoding=encoding, per_cell=True)
+    parts = [task(Batch(DATA.iloc[i:i + 45], f"rows {i}", 0)) for i in range(0, len(DATA), 45)]
+    a, b = merge_summaries(parts), merge_summaries(parts[::-1][:2] + [merge_summaries(parts[::-1][2:])])
+    pd.testing.assert_frame_equal(a.cells.drop(columns="__first__"), b.cells.drop(columns="__first__"))
+    assert a.cell_moments is not None and b.cell_moments is not None
+    # the origins differ with the order; the means about them do not
+    ma, mb = a.cell_moments, b.cell_moments
+    assert _rel(ma.origin + ma.mean, mb.origin + mb.mean) < 1e-15
+    for name in ("count", "m2"):
+        assert _rel(getattr(ma, name), getattr(mb, name)) < 1e-12, name
+    # and they are the moments of each cell's rows, computed directly
+    first = a.cells.iloc[0]
+    rows = DATA[(DATA["market"] == first["market"]) & (DATA["submarket"] == first["submarket"])]
+    assert int(first[ROWS]) == len(rows)
+    direct = CellMoments.of(rows[["x1", "y"]].to_numpy(), np.zeros(len(rows), dtype=np.int64), 1)
+    y_col = 3  # [Intercept, x1, x2, y, market: Intercept, x1, submarket: Intercept]
+    got = a.cell_moments.full_m2()[0]
+    assert got[y_col, y_col] == pytest.approx(direct.full_m2()[0][1, 1], rel=1e-12)
+    assert got[1, y_col] == pytest.approx(direct.full_m2()[0][0, 1], rel=1e-12)
+    assert a.cell_moments.origin[y_col] + a.cell_moments.mean[0, y_col] == pytest.approx(rows["y"].mean(), rel=1e-15)
+
+
+def test_missing_label_is_refused_with_its_count() -> None:
+    df = DATA.copy()
+    df.loc[[3, 9], "submarket"] = None
+    with pytest.raises(hierfit.exceptions.DataError, match=r"'submarket' has 2 missing labels .*drop those rows"):
+        hierfit.fit(FORMULA, pa.Table.from_pandas(df, preserve_index=False), engine="mixed", batch_size=1000)
+
+
+@pytest.mark.parametrize(("formula", "mean"), [
+    # the outcome is y - offset. (At mean 1e8 the in-memory fit rounds y - offset row by row,
+    # ~1e-8 absolute each, which the cells' exact moments do not: they agree to ~3e-10 there.)
+    ("y ~ x1 + offset(exposure) + (1 + x1 || market/submarket)", 1e3),
+    ("y ~ 0 + x1 + x2 + (1 | market:submarket)", 0.0),  # no constant in X: the outcome is only scaled
+])
+@pytest.mark.filterwarnings("ignore::hierfit.exceptions.FitWarning")  # a singular fit, the same in both
+def test_offset_and_no_intercept_on_the_one_pass_path(formula, mean) -> None:
+    df = DATA.assign(exposure=np.random.default_rng(8).normal(loc=5.0, size=len(DATA)), y=DATA["y"] - 1e8 + mean)
+    seen = _Passes()
+    with observe_folds(seen):
+        streamed = hierfit.fit(formula, pa.Table.from_pandas(df, preserve_index=False), engine="mixed", batch_size=90)
+    assert seen.names == ["design pass"]
+    _assert_same(streamed.native(), hierfit.fit(formula, df, engine="mixed").native())
