@@ -36,6 +36,7 @@ from ._fits import GlmmFit, MixedFit
 from ._glmm_persist import restore_glmm
 from ._persist import restore_solution
 from ._stream import fit_streamed_lmm
+from ._stream_glmm import gather_design
 from .glmm import fit_glmm
 from .lmm import RandomBlock, fit_lmm
 
@@ -107,12 +108,18 @@ def fit(design: Design | StreamedDesign, spec: ModelSpec, options: OPTIONS) -> M
     """Fit by REML/ML (gaussian) or by Laplace / adaptive quadrature (other families).
 
     A :class:`~hierfit.design.streamed.StreamedDesign` (rows left in a Parquet lake or a Dask
-    DataFrame) is fitted from per-group statistics gathered batch by batch (:mod:`._stream`).
+    DataFrame) is fitted from per-group statistics gathered batch by batch (:mod:`._stream`)
+    when gaussian; other families gather their model rows in one fold (:mod:`._stream_glmm`)
+    and are fitted by the in-memory GLMM core.
     """
     family = spec.family
     if isinstance(design, StreamedDesign):
         if not family.normal_errors:
-            raise EngineError(f"Engine 'mixed' streams gaussian models only; got family {family.name!r}.")
+            # the options are checked on the streamed structure first: a refused option costs no pass
+            _check_glmm_options(design, spec, options)
+            with _progress(options.progress, design.n, f"{family.name} GLMM (streamed)"):
+                design = gather_design(design)
+            return fit(design, spec, options)
         _check_options_streamed(options)
         with _progress(options.progress, design.n, "linear mixed model (streamed)"):
             sol = fit_streamed_lmm(design, reml=options.reml is not False, maxiter=options.maxiter,
@@ -150,6 +157,11 @@ def _check_options(design: Design, spec: ModelSpec, options: OPTIONS) -> None:
                 "GLMM likelihood); a gaussian model's likelihood is exact. Drop n_agq."
             )
         return
+    _check_glmm_options(design, spec, options)
+
+
+def _check_glmm_options(design: Design | StreamedDesign, spec: ModelSpec, options: OPTIONS) -> None:
+    family = spec.family
     if options.solver != "auto":
         raise EngineError(
             f"Engine 'mixed': option 'solver' ({options.solver!r}) applies to gaussian outcomes; a {family.name} "
@@ -161,7 +173,7 @@ def _check_options(design: Design, spec: ModelSpec, options: OPTIONS) -> None:
             "likelihood (Laplace, or n_agq > 1 for quadrature), as glmer. Drop reml=True."
         )
     if options.n_agq > 1:
-        scalar = [td for td in design.terms if td.Z.shape[1] == 1]
+        scalar = [td for td in design.terms if len(td.coefficients) == 1]
         if len(design.terms) != 1 or not scalar:
             terms = ", ".join(f"{td.level} ({', '.join(td.coefficients)})" for td in design.terms)
             raise EngineError(
