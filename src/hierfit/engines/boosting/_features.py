@@ -17,12 +17,13 @@ The partial-dependence averages over the tree of groups are in :mod:`._partial`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
-from hierfit.design import Design, RowDesign
+from hierfit.design import Design, RowDesign, StreamedDesign
 from hierfit.design.hierarchy import Hierarchy
 from hierfit.engines.splits import validation_rows
 from hierfit.exceptions import SpecError
@@ -49,7 +50,7 @@ def safe_name(name: str) -> str:
     return out or "feature"
 
 
-def population_columns(design: Design) -> list[int]:
+def population_columns(design: Design | StreamedDesign) -> list[int]:
     """Indices of the non-intercept columns of ``X``."""
     return [j for j, n in enumerate(design.x_names) if n != INTERCEPT]
 
@@ -106,6 +107,32 @@ class FeatureMap:
 
     @classmethod
     def from_design(cls, design: Design, *, groups: bool, slope_features: str = "trees") -> FeatureMap:
+        """The map of an in-memory design (centres and spreads from its rows)."""
+        def spread(x_columns: tuple[int, ...], onehot: list[tuple[int, int, str]]) -> tuple[tuple[float, ...], ...]:
+            x_center, x_scale = _centre_scale([design.X[:, j] for j in x_columns])
+            slope_center, slope_scale = _centre_scale([design.terms[t].Z[:, j] for t, j, _ in onehot])
+            return x_center, x_scale, slope_center, slope_scale
+
+        return cls._build(design, groups, slope_features, spread)
+
+    @classmethod
+    def from_streamed(cls, design: StreamedDesign, *, groups: bool, slope_features: str = "trees") -> FeatureMap:
+        """The map of a streamed design: the same centres and spreads, from its column moments
+        (the design pass's mean and ``sum (x - mean)^2`` of every model column), so that the
+        features built partition by partition equal those of the same rows in memory."""
+        m, lay = design.column_moments, design.layout
+
+        def spread(x_columns: tuple[int, ...], onehot: list[tuple[int, int, str]]) -> tuple[tuple[float, ...], ...]:
+            x_center, x_scale = _moment_centre_scale(m.n, m.mean, m.m2, [lay.x[j] for j in x_columns])
+            slope_center, slope_scale = _moment_centre_scale(m.n, m.mean, m.m2, [lay.terms[t][j] for t, j, _ in onehot])
+            return x_center, x_scale, slope_center, slope_scale
+
+        return cls._build(design, groups, slope_features, spread)
+
+    @classmethod
+    def _build(cls, design: Design | StreamedDesign, groups: bool, slope_features: str,
+               spread: Callable[[tuple[int, ...], list[tuple[int, int, str]]], tuple[tuple[float, ...], ...]]) -> FeatureMap:
+        """The layout from the design's structure; ``spread`` gives the columns' centres and scales."""
         slopes = set(design.spec.formula.slope_columns)
         x_columns = tuple(population_columns(design))
         names = [safe_name(design.x_names[j]) for j in x_columns]
@@ -119,7 +146,8 @@ class FeatureMap:
             if slope_features == "auto":
                 slope_features = "onehot" if count_onehot(design) <= AUTO_ONEHOT_MAX else "trees"
             if slope_features == "onehot":
-                for t, td in enumerate(design.terms):
+                terms: tuple[Any, ...] = design.terms  # TermDesign or TermShape: level and coefficients
+                for t, td in enumerate(terms):
                     for j, coef in enumerate(td.coefficients):
                         if coef == INTERCEPT:
                             continue
@@ -138,8 +166,7 @@ class FeatureMap:
                 f"{design.n} rows ({cells:.2g} cells); use slope_features='trees' for levels with many groups."
             )
         n_groups = tuple(design.hierarchy.level(lv).n_groups for lv in levels)
-        x_center, x_scale = _centre_scale([design.X[:, j] for j in x_columns])
-        slope_center, slope_scale = _centre_scale([design.terms[t].Z[:, j] for t, j, _ in onehot])
+        x_center, x_scale, slope_center, slope_scale = spread(x_columns, onehot)
         return cls(tuple(names), tuple(kinds), x_columns, levels, tuple(onehot), n_groups, onehot_groups,
                    x_center, x_scale, slope_center, slope_scale)
 
@@ -209,6 +236,17 @@ class FeatureMap:
         return np.ascontiguousarray(np.hstack(parts)) if len(parts) > 1 else np.ascontiguousarray(X)
 
 
+def _moment_centre_scale(n: int, mean: np.ndarray, m2: np.ndarray,
+                         index: list[int]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """:func:`_centre_scale` of columns from their streamed moments (``m2``: co-moments about the mean)."""
+    centers, scales = [], []
+    for k in index:
+        s = float(np.sqrt(max(float(m2[k, k]), 0.0) / n)) if n else 1.0
+        centers.append(float(mean[k]) if n else 0.0)
+        scales.append(s if np.isfinite(s) and s > 0 else 1.0)
+    return tuple(centers), tuple(scales)
+
+
 def _centre_scale(columns: list[np.ndarray]) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean and spread (1 for a constant) of each column, computed by centring first."""
     centers, scales = [], []
@@ -227,7 +265,7 @@ _FIELD_KINDS: dict[str, Any] = {
 }  # fmt: skip
 
 
-def count_onehot(design: Design) -> int:
+def count_onehot(design: Design | StreamedDesign) -> int:
     """Number of per-group slope columns ``slope_features="onehot"`` would add."""
     return sum(
         design.hierarchy.level(td.level).n_groups for td in design.terms for c in td.coefficients if c != INTERCEPT

@@ -52,7 +52,7 @@ import pandas as pd
 from scipy import sparse
 
 from hierfit.checks import Diagnostic
-from hierfit.design import Design, RowDesign
+from hierfit.design import Design, RowDesign, StreamedDesign
 from hierfit.design.build import TermDesign
 from hierfit.engines.base import BaseEngineFit, EngineFit, GaussianCoefficients
 from hierfit.engines.boosting._booster import (
@@ -94,6 +94,9 @@ class OPTIONS:
         LightGBM's threads; ``0`` (default): from the work around the fit -- every core for a
         single fit, ``cores // workers`` per fold worker inside ``compare`` (see
         :mod:`hierfit.engines.threads`).
+    dask_workers
+        Streamed sources without an active ``dask.distributed`` client: worker processes of
+        the ``LocalCluster`` started for the fit (see :mod:`._distributed`).
     """
 
     effects_engine: str = "mixed"
@@ -112,6 +115,7 @@ class OPTIONS:
     seed: int = 0
     num_threads: int = option(0, ge=0)
     params: dict[str, Any] = field(default_factory=dict)
+    dask_workers: int = option(2, ge=1)
 
 
 FAST_OPTIONS: dict[str, Any] = {"trees_per_round": 10, "learning_rate": 0.1, "max_rounds": 20, "patience": 2}
@@ -277,8 +281,14 @@ def effects_step(spec: ModelSpec, engine: str, options: OPTIONS) -> tuple[Any, A
     return module, parse_options(module.OPTIONS, dict(options.effects_options), engine)
 
 
-def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BoostedMixedFit:
+def fit(design: Design | StreamedDesign, spec: ModelSpec, options: OPTIONS) -> BoostedMixedFit:
     """Alternate the effects step and the tree step until the validation loss stops improving.
+
+    A :class:`~hierfit.design.streamed.StreamedDesign` (gaussian outcomes) alternates
+    ``lightgbm.dask`` with the streamed mixed fit (:mod:`._stream_boosted`).
+    Training runs on the active ``dask.distributed`` client (``fit(..., workers=N)`` starts one for
+    Parquet files and Dask DataFrames), or else on a ``LocalCluster`` of ``dask_workers`` processes
+    started for the fit and closed after it (an Arrow table; Parquet files read in this process).
 
     Examples
     --------
@@ -291,6 +301,11 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BoostedMixedFit:
     >>> bool(abs(parts["nonlinear"].mean()) < 1e-8)  # centred: the intercept keeps its meaning
     True
     """
+    if isinstance(design, StreamedDesign):
+        from hierfit.engines.boosting._stream_boosted import fit_streamed
+
+        streamed: BoostedMixedFit = fit_streamed(design, spec, options)
+        return streamed
     import lightgbm as lgb
 
     module, eff_options = effects_step(spec, options.effects_engine, options)

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from hierfit.checks import Diagnostic
-from hierfit.design import NATIONAL_LEVEL, Design, RowDesign
+from hierfit.design import NATIONAL_LEVEL, Design, RowDesign, StreamedDesign
 from hierfit.engines.base import (
     FIXED_COLUMNS,
     GROUP_COLUMNS,
@@ -100,6 +100,10 @@ class OPTIONS:
         :mod:`hierfit.engines.threads`).
     params
         Extra LightGBM parameters (override the ones above).
+    dask_workers
+        Streamed sources without an active ``dask.distributed`` client (an Arrow table,
+        Parquet files read in this process): worker processes of the ``LocalCluster`` started
+        for the fit (see :mod:`._distributed`).
     """
 
     num_boost_round: int = option(2000, ge=1)
@@ -119,6 +123,7 @@ class OPTIONS:
     seed: int = 0
     num_threads: int = option(0, ge=0)
     params: dict[str, Any] = field(default_factory=dict)
+    dask_workers: int = option(2, ge=1)
 
 
 FAST_OPTIONS: dict[str, Any] = {"num_boost_round": 300, "learning_rate": 0.1, "early_stopping_rounds": 20, "pd_rows_per_group": 20}
@@ -200,8 +205,8 @@ class LightGBMFit(BaseEngineFit):
 
     def summary_lines(self) -> list[str]:
         return [
-            f"lightgbm: {self.num_iteration} trees (early stopping); slope features: "
-            f"{'per-group columns' if self.features.onehot else 'trees split on group and slope'}.",
+            (f"lightgbm: {self.num_iteration} trees (early stopping); slope features: "
+             f"{'per-group columns' if self.features.onehot else 'trees split on group and slope'}."),
             "Group effects are derived by partial dependence over the tree of groups (no standard errors);",
             "variance components are the spread of those derived effects, not estimated variances.",
         ]
@@ -345,8 +350,15 @@ def spread_table(design: Design, b: list[np.ndarray], residual_sd: float | None)
     return pd.DataFrame(rows, columns=VARIANCE_COLUMNS)
 
 
-def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> LightGBMFit:
+def fit(design: Design | StreamedDesign, spec: ModelSpec, options: OPTIONS) -> LightGBMFit:
     """Train LightGBM with early stopping, then derive the group effects by partial dependence.
+
+    A :class:`~hierfit.design.streamed.StreamedDesign` (a Parquet source, a Dask DataFrame, an
+    Arrow table; gaussian outcomes) is trained with ``lightgbm.dask`` on features built piece
+    by piece (:mod:`._stream_lightgbm`).
+    Training runs on the active ``dask.distributed`` client (``fit(..., workers=N)`` starts one for
+    Parquet files and Dask DataFrames), or else on a ``LocalCluster`` of ``dask_workers`` processes
+    started for the fit and closed after it (an Arrow table; Parquet files read in this process).
 
     Examples
     --------
@@ -359,6 +371,11 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> LightGBMFit:
     >>> bool(np.allclose(parts.sum(axis=1), fit.predict(sim.data)["prediction"]))
     True
     """
+    if isinstance(design, StreamedDesign):
+        from hierfit.engines.boosting._stream_lightgbm import fit_streamed
+
+        result: LightGBMFit = fit_streamed(design, spec, options)
+        return result
     require_chain(design.hierarchy, "lightgbm")
     features = FeatureMap.from_design(design, groups=True, slope_features=options.slope_features)
     params = lgb_params(options, OBJECTIVES[spec.family.name])
@@ -391,7 +408,7 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> LightGBMFit:
     del X
     averager = PathAverager.sampled(design.hierarchy, features, options.pd_max_paths, options.seed)
     rows = reference_rows(design, options.pd_rows_per_group, options.seed)
-    predict = lambda M: centre + scale * booster.predict(M, raw_score=True, num_iteration=best)  # noqa: E731
+    predict = lambda M: centre + scale * booster.predict(M, raw_score=True, num_iteration=best)
     root, parts = averager.parts(design, predict, rows)
     national, beta, b = derive_effects(design, rows, root, parts)
     statistics = {"n_obs": float(design.n), "n_trees": float(best), "n_train": float(train.sum()), "n_valid": float(valid.sum())}
