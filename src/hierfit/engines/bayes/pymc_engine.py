@@ -10,9 +10,15 @@ Group effects are non-centred at every level (``b_t[g] = diag(sd_t) L_t z_t[g]``
   (and any non-normal-prior coefficient), and the effects are drawn afterwards from their
   exact conditional posterior. Nested levels are eliminated on the tree of groups
   (:mod:`hierfit.engines.bayes.tree_marginal`, O(groups) per gradient, block statistics);
-  crossed factors use the dense algebra (O((p+q)³)). Both are independent of the rows.
+  crossed factors keep the tree of their finest factor with the crossed terms in its dense border
+  (:mod:`hierfit.engines.bayes.crossed`), or the dense algebra (O((p+q)³)), whichever the cost model
+  prices lower. All are independent of the rows.
 * ``"suffstats"``: every coefficient sampled, gaussian likelihood from ``W'ΩW, W'Ωy, y'Ωy``.
 * ``"rows"``: the plain per-row model (the only choice for the other families).
+
+A streamed design (a Parquet lake, a Dask DataFrame) is fitted by the statistics-based
+likelihoods only (``"marginal"``, ``"suffstats"``): their statistics are gathered in one pass
+over the source (:mod:`hierfit.engines.bayes.stream`) and the sampler runs as in memory.
 
 ``"auto"`` picks the gaussian likelihood (and the marginal's algebra) by the cost model of
 :mod:`hierfit.engines.bayes.cost`; ``info["likelihood"]`` and ``info["marginal_algebra"]``
@@ -56,25 +62,33 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
-from hierfit.design import Design
+from hierfit.design import Design, StreamedDesign
 from hierfit.engines.bayes.aggregate import aggregate_rows, drop_zero_weights
 from hierfit.engines.bayes.cost import MAX_MARGINAL_SIZE as _MAX_DENSE
 from hierfit.engines.bayes.cost import LikelihoodChoice, problem_size
 from hierfit.engines.bayes.cost import choose_likelihood as _cost_choice
+from hierfit.engines.bayes.crossed import crossed_tree_layout, layout_stats
 from hierfit.engines.bayes.marginal import MarginalData, marginal_data
 from hierfit.engines.bayes.pt_marginal import marginal_loglik_op
 from hierfit.engines.bayes.result import BayesFit, assemble_fit
+from hierfit.engines.bayes.stream import (
+    check_streamed_options,
+    choose_streamed_likelihood,
+    gather_statistics,
+    scale_design,
+    stream_tree_layout,
+)
 from hierfit.engines.bayes.structure import (
     BayesStructure,
     canonical_rows,
     make_structure,
     sufficient_stats,
 )
-from hierfit.engines.bayes.tree import TreeLayout, tree_layout, tree_stats
+from hierfit.engines.bayes.tree import TreeLayout, TreeStats, tree_layout
 from hierfit.engines.bayes.tree_marginal import TreeMarginalData, ridge_solution, tree_marginal_data
 from hierfit.engines.options import option
 from hierfit.engines.state import LoadContext, StateReader
@@ -424,16 +438,22 @@ def _posterior_arrays(idata: Any, structure: BayesStructure, likelihood: str) ->
     return out
 
 
-def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BayesFit:
-    """Sample the posterior with NUTS and wrap it in the result contract."""
+def fit(design: Design | StreamedDesign, spec: ModelSpec, options: OPTIONS) -> BayesFit:
+    """Sample the posterior with NUTS and wrap it in the result contract.
+
+    A :class:`~hierfit.design.streamed.StreamedDesign` (rows left in their source) is fitted
+    from statistics gathered in one pass over the source (:mod:`.stream`).
+    """
+    if isinstance(design, StreamedDesign):
+        return _fit_streamed(design, options)
     structure0 = make_structure(design, marginal=True)
-    layout = tree_layout(design, structure0) if structure0.family.normal_errors else None
+    layout: TreeLayout | None = None
+    if structure0.family.normal_errors:  # nested: the tree; crossed: its finest factor's chain, the rest in the border
+        layout = tree_layout(design, structure0) or crossed_tree_layout(design, structure0)
     choice = choose_likelihood(structure0, options.likelihood, design.n, layout)
     likelihood = choice.likelihood
     structure = structure0 if likelihood == "marginal" else make_structure(design, marginal=False)
-    sampler = choose_sampler(options.sampler, likelihood)
-    if options.new_groups not in ("parent", "sample"):
-        raise EngineError(f"Option 'new_groups' must be 'parent' or 'sample'; got {options.new_groups!r}.")
+    _check_new_groups(options)
     cells = None
     if likelihood == "rows" and options.aggregate:
         # rows sharing eta summed (exact); the cells come sorted, so the draws ignore the input order
@@ -444,6 +464,40 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BayesFit:
     else:
         ordered = canonical_rows(design)  # weight-0 rows add nothing to the sufficient statistics
     md = _summaries(structure, ordered, choice, layout)
+    info: dict[str, Any] = {} if cells is None else {"aggregated_rows": cells.rows, "aggregated_cells": cells.cells}
+    return _sample_and_assemble(design, ordered, structure, md, choice, options, info)
+
+
+def _check_new_groups(options: OPTIONS) -> None:
+    if options.new_groups not in ("parent", "sample"):
+        raise EngineError(f"Option 'new_groups' must be 'parent' or 'sample'; got {options.new_groups!r}.")
+
+
+def _fit_streamed(design: StreamedDesign, options: OPTIONS) -> BayesFit:
+    """The statistics-based likelihoods of a streamed design: one statistics pass, then the same sampler."""
+    check_streamed_options(design, "pymc", options.likelihood, options.log_likelihood, options.posterior_predictive)
+    _check_new_groups(options)
+    structure0 = make_structure(scale_design(design), marginal=True)  # sizes and prior families: the choice
+    layout = stream_tree_layout(design, structure0)
+    choice = choose_streamed_likelihood(structure0, options.likelihood, design.n, layout)
+    tree = choice.likelihood == "marginal" and choice.algebra == "tree"
+    gathered = gather_statistics(design, layout if tree else None)
+    # the default priors from the outcome's moments over the rows of positive weight, as in memory
+    structure = make_structure(scale_design(design, gathered.outcome), marginal=choice.likelihood == "marginal")
+    md: MarginalData | TreeMarginalData
+    if isinstance(gathered.stats, TreeStats):
+        md = tree_marginal_data(structure, gathered.stats)
+    else:
+        md = marginal_data(structure, gathered.stats)
+    info: dict[str, Any] = {"streamed_from": design.source.description}
+    return _sample_and_assemble(cast(Design, design), cast(Design, design), structure, md, choice, options, info)
+
+
+def _sample_and_assemble(design: Design, ordered: Design, structure: BayesStructure,
+                         md: MarginalData | TreeMarginalData | None, choice: LikelihoodChoice, options: OPTIONS,
+                         extra: dict[str, Any]) -> BayesFit:
+    likelihood = choice.likelihood
+    sampler = choose_sampler(options.sampler, likelihood)
     from threadpoolctl import threadpool_limits
 
     # Small dense algebra: BLAS threads only contend (37x slower per gradient measured on 2 busy cores).
@@ -457,8 +511,7 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BayesFit:
         info = {"likelihood": likelihood, "sampler": sampler, "sampling_seconds": sampling_seconds}
         if choice.algebra is not None:
             info["marginal_algebra"] = choice.algebra
-        if cells is not None:
-            info.update(aggregated_rows=cells.rows, aggregated_cells=cells.cells)
+        info.update(extra)
         return _assemble(design, structure, md, arrays, idata, options, info)
 
 
@@ -467,7 +520,7 @@ def _summaries(structure: BayesStructure, ordered: Design, choice: LikelihoodCho
     """What the gaussian likelihood reads: block statistics on the tree, or the dense ``W'ΩW``."""
     if choice.likelihood == "marginal" and choice.algebra == "tree":
         assert layout is not None, "the tree algebra needs the nested chain"
-        return tree_marginal_data(structure, tree_stats(ordered, layout))
+        return tree_marginal_data(structure, layout_stats(ordered, layout))
     if choice.likelihood in ("marginal", "suffstats"):
         return marginal_data(structure, sufficient_stats(ordered))
     return None

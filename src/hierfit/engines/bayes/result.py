@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hierfit.design import Design, RowDesign
+from hierfit.design import Design, RowDesign, StreamedDesign
 from hierfit.engines.base import VARIANCE_COLUMNS, Draws, LinearEngineFit, NoUncertainty, PosteriorDraws
 from hierfit.engines.bayes.diagnostics import sampler_diagnostics
 from hierfit.engines.bayes.marginal import MarginalData, conditional_draws
@@ -40,7 +40,7 @@ from hierfit.engines.bayes.structure import BayesStructure
 from hierfit.engines.bayes.tree_marginal import TreeMarginalData
 from hierfit.engines.layout import ParameterLayout
 from hierfit.engines.state import LoadContext, StateReader, StateWriter
-from hierfit.exceptions import PersistenceError
+from hierfit.exceptions import PersistenceError, TrainingRowsUnavailableError
 from hierfit.model import Family
 
 #: above this many draws × rows the pointwise log-likelihood is skipped unless asked for
@@ -103,7 +103,10 @@ class BayesFit(LinearEngineFit):
             lo, mid, hi = np.quantile(theta, [0.05, 0.5, 0.95])
             lines.append(f"negative-binomial size theta (Var = mu + mu^2/theta): posterior median {mid:.4g}, "
                          f"90% interval {lo:.4g} to {hi:.4g}")
-        if not info.get("log_likelihood"):
+        if info.get("streamed_from"):
+            lines.append(f"fitted from statistics gathered in one pass over {info['streamed_from']}; no pointwise "
+                         "log-likelihood (LOO/WAIC need every row in memory)")
+        elif not info.get("log_likelihood"):
             lines.append("pointwise log-likelihood not stored (refit with log_likelihood=True for LOO/WAIC)")
         return lines + self.prior_lines
 
@@ -319,8 +322,15 @@ def assemble_fit(
         flat = layout.flatten(arrays["beta"], arrays["b"])
     posterior = _posterior_dataset(design, structure, flat, arrays, shape)
     groups = {"posterior": posterior, "sample_stats": sample_stats}
-    groups["observed_data"] = xr.Dataset({"y": (("obs",), design.y)})
-    store_ll = log_likelihood if log_likelihood is not None else len(flat) * design.n <= LOG_LIK_LIMIT
+    # a streamed design has no rows: nothing per row is stored (the engines refuse asking for it)
+    rows = not isinstance(design, StreamedDesign)
+    if isinstance(design, StreamedDesign):
+        if log_likelihood or posterior_predictive:
+            raise TrainingRowsUnavailableError(f"The rows of {design.source.description} were streamed: the pointwise "
+                                               "log-likelihood and the posterior predictive need every row. Drop those options.")
+    else:
+        groups["observed_data"] = xr.Dataset({"y": (("obs",), design.y)})
+    store_ll = rows and (log_likelihood if log_likelihood is not None else len(flat) * design.n <= LOG_LIK_LIMIT)
     if store_ll:
         ll = _pointwise(design, layout, flat, sigma, structure.family, shape)
         groups["log_likelihood"] = xr.Dataset({"y": (("chain", "draw", "obs"), ll)})

@@ -6,6 +6,9 @@ since priors are passed as data -- does not recompile (``info["compiled"]`` says
 this fit compiled). PyStan runs its own asyncio event loop; inside a running loop (Jupyter)
 this engine runs it on a worker thread, so no ``nest_asyncio`` is needed.
 
+A streamed design (a Parquet lake, a Dask DataFrame) runs the same marginal program on
+statistics gathered in one pass over the source (:mod:`.stream`).
+
 Families: gaussian (effects integrated out, :mod:`.marginal`), bernoulli, binomial (trials),
 poisson and negative binomial (NB2), with offsets and prior weights; every non-gaussian family
 (and ``likelihood="rows"``) runs the same generated per-row program with the family as data,
@@ -36,19 +39,20 @@ import time
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 
-from hierfit.design import Design
+from hierfit.design import Design, StreamedDesign
 from hierfit.engines.bayes.aggregate import aggregate_rows, drop_zero_weights
-from hierfit.engines.bayes.cost import predicted_seconds, problem_size
+from hierfit.engines.bayes.cost import MAX_MARGINAL_SIZE, predicted_seconds, problem_size
 from hierfit.engines.bayes.result import BayesFit, assemble_fit
 from hierfit.engines.bayes.stancode import stan_code, stan_data
-from hierfit.engines.bayes.structure import canonical_rows, make_structure
+from hierfit.engines.bayes.stream import check_streamed_options, gather_statistics, scale_design
+from hierfit.engines.bayes.structure import BayesStructure, SufficientStats, canonical_rows, make_structure
 from hierfit.engines.options import option
 from hierfit.engines.state import LoadContext, StateReader
-from hierfit.exceptions import ConvergenceError, EngineError
+from hierfit.exceptions import ConvergenceError, EngineError, SpecError
 from hierfit.model import ModelSpec
 
 
@@ -345,20 +349,49 @@ def choose_likelihood(design: Design, spec: ModelSpec, requested: str) -> str:
     return "marginal" if dense is not None and dense <= seconds["rows"] else "rows"
 
 
-def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BayesFit:
-    """Generate, compile (cached), sample, and wrap the posterior in the result contract."""
-    likelihood = choose_likelihood(design, spec, options.likelihood)
-    marginal = likelihood == "marginal"
-    code = stan_code(spec, likelihood=likelihood)
-    structure = make_structure(design, marginal=marginal)  # priors scaled to the fitting rows
-    if marginal:
-        cells = None
-        data = stan_data(canonical_rows(design), likelihood=likelihood)  # same draws whatever the row order
+def _streamed_data(design: StreamedDesign, options: OPTIONS) -> tuple[BayesStructure, dict]:
+    """The marginal program's data from one statistics pass over a streamed source (:mod:`.stream`)."""
+    check_streamed_options(design, "stan", options.likelihood, options.log_likelihood, options.posterior_predictive)
+    size = problem_size(make_structure(scale_design(design), marginal=True), design.n, None)
+    if "marginal/dense" not in predicted_seconds(size):
+        raise SpecError(
+            f"Stan's marginal program is dense, and this model has {size.integrated} integrated coefficients (more than "
+            f"{MAX_MARGINAL_SIZE}); a streamed fit cannot run the per-row program. Fit it with engine='pymc' (its marginal "
+            "likelihood runs on the tree of nested groups at any size), or on a pandas DataFrame."
+        )
+    gathered = gather_statistics(design, None)
+    scales = scale_design(design, gathered.outcome)
+    structure = make_structure(scales, marginal=True)
+    assert isinstance(gathered.stats, SufficientStats), "the dense statistics were gathered"
+    return structure, stan_data(scales, likelihood="marginal", structure=structure, stats=gathered.stats)
+
+
+def fit(design: Design | StreamedDesign, spec: ModelSpec, options: OPTIONS) -> BayesFit:
+    """Generate, compile (cached), sample, and wrap the posterior in the result contract.
+
+    A :class:`~hierfit.design.streamed.StreamedDesign` runs the marginal program on statistics
+    gathered in one pass over the source (:mod:`.stream`): the same program as in memory.
+    """
+    cells = None
+    if isinstance(design, StreamedDesign):
+        likelihood = "marginal"
+        code = stan_code(spec, likelihood=likelihood)
+        structure, data = _streamed_data(design, options)
+        streamed = {"streamed_from": design.source.description}
+        design = cast(Design, design)  # the result reads its structure only (names, terms, tree)
     else:
-        # rows sharing eta summed (exact; cells come sorted, so the draws ignore the input order)
-        cells = aggregate_rows(design) if options.aggregate else None
-        sampled = cells.design if cells is not None else canonical_rows(drop_zero_weights(design))
-        data = stan_data(sampled, likelihood=likelihood, structure=structure)
+        likelihood = choose_likelihood(design, spec, options.likelihood)
+        code = stan_code(spec, likelihood=likelihood)
+        structure = make_structure(design, marginal=likelihood == "marginal")  # priors scaled to the fitting rows
+        streamed = {}
+        if likelihood == "marginal":
+            data = stan_data(canonical_rows(design), likelihood=likelihood)  # same draws whatever the row order
+        else:
+            # rows sharing eta summed (exact; cells come sorted, so the draws ignore the input order)
+            cells = aggregate_rows(design) if options.aggregate else None
+            sampled = cells.design if cells is not None else canonical_rows(drop_zero_weights(design))
+            data = stan_data(sampled, likelihood=likelihood, structure=structure)
+    marginal = likelihood == "marginal"
     quiet = not options.progressbar
     model, compiled, compile_seconds, build_seconds = build(code, data, options.seed, quiet=quiet)
     iters = options.tune + options.draws
@@ -414,6 +447,7 @@ def fit(design: Design, spec: ModelSpec, options: OPTIONS) -> BayesFit:
             "build_seconds": build_seconds,
             "compiled": compiled,
             "stan_code": code,
+            **streamed,
         },
         max_treedepth=options.max_treedepth,
     )

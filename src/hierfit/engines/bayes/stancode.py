@@ -43,6 +43,7 @@ from hierfit._version import __version__
 from hierfit.design import Design
 from hierfit.engines.bayes.structure import (
     BayesStructure,
+    SufficientStats,
     TermInfo,
     _safe,
     make_structure,
@@ -410,12 +411,14 @@ def _rows_program(w: _Writer, terms: list[TermInfo], fam: dict[str, str]) -> Non
 
 
 # -- data ---------------------------------------------------------------------------------------
-def stan_data(design: Design, *, likelihood: str = "auto", structure: BayesStructure | None = None) -> dict:
+def stan_data(design: Design, *, likelihood: str = "auto", structure: BayesStructure | None = None,
+              stats: SufficientStats | None = None) -> dict:
     """The data dict :func:`stan_code`'s program reads, from a design (priors resolved on its data).
 
     ``structure`` (from :func:`make_structure` of the fitting rows) supplies the priors when
     ``design`` holds aggregated cells (:mod:`.aggregate`): the default priors are scaled to the
-    rows, not to the cells.
+    rows, not to the cells. ``stats`` are the marginal program's sufficient statistics when they
+    were gathered elsewhere (a streamed source, :mod:`.stream`; ``design`` then only scales the priors).
 
     Examples
     --------
@@ -452,7 +455,7 @@ def stan_data(design: Design, *, likelihood: str = "auto", structure: BayesStruc
         assert pri.sigma is not None, "the gaussian family has a residual SD"
         for p in _SCALE[pri.sigma.distribution][1]:
             data[f"prior_sigma_{p}"] = float(pri.sigma.param(p))
-        stats = sufficient_stats(design)
+        stats = sufficient_stats(design) if stats is None else stats
         data["N"] = stats.n  # the rows that carry likelihood (positive weight)
         data["P_I"] = int(structure.integrated.sum())
         data["idx_beta_I"] = (structure.integrated_beta + 1).astype(int)
