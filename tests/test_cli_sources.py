@@ -83,10 +83,16 @@ def test_predict_of_a_source_needs_a_folder(tmp_path, lake) -> None:
     assert "into a folder" in res.output and "pred.parquet" in res.output
 
 
-def test_compare_refuses_a_source_clearly(lake) -> None:
-    res = CliRunner().invoke(main, ["compare", lake, "-f", FORMULA, "-e", "ols"])
+def test_compare_of_a_source_refuses_engines_that_cannot_stream(lake) -> None:
+    res = CliRunner().invoke(main, ["compare", lake, "-f", FORMULA, "-e", "ols", "--cv", "submarket"])
     assert res.exit_code == 2
-    assert res.output.startswith("error: compare reads DATA into memory") and "hierfit fit" in res.output
+    assert res.output.startswith("error: compare() on a streaming source") and "'ols' cannot stream" in res.output
+
+
+def test_compare_of_a_source_needs_folds_of_groups(lake) -> None:
+    res = CliRunner().invoke(main, ["compare", lake, "-f", FORMULA, "-e", "mixed"])  # the default --cv kfold
+    assert res.exit_code == 2
+    assert "position among all rows" in res.output and "cv='submarket:5'" in res.output
 
 
 def test_workers_and_scheduler_exclude_each_other(tmp_path, lake) -> None:
@@ -104,7 +110,7 @@ def test_progress_draws_one_line_per_pass(lake, in_memory) -> None:
     with observe_folds(_PassProgress("files", console)):
         result = hierfit.fit(FORMULA, lake, engine="mixed", batch_size=64)
     text = buffer.getvalue()
-    assert "design pass" in text and "statistics pass" in text
+    assert "design pass" in text  # the per-group statistics come from the same pass (per-cell moments)
     assert "3/3" in text and "batches" in text
     np.testing.assert_allclose(result.fixed_effects()["estimate"], in_memory.fixed_effects()["estimate"], rtol=1e-10)
 

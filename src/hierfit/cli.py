@@ -2,10 +2,11 @@
 
 Errors hierfit raises on purpose print as one line ``error: ...`` and exit with code 2.
 
-``fit`` and ``predict`` stream their DATA when it is a glob (``'lake/*.parquet'``), a folder
-of Parquet files, or when ``--batch-size``, ``--workers`` or ``--scheduler`` is given: the rows
-are then read in record batches and never held together (see :mod:`hierfit.design.sources`),
-with one progress line per pass on stderr when it is a terminal.
+``fit``, ``predict`` and ``compare`` stream their DATA when it is a glob (``'lake/*.parquet'``),
+a folder of Parquet files, or when ``--batch-size``, ``--workers`` or ``--scheduler`` is given:
+the rows are then read in record batches and never held together (see
+:mod:`hierfit.design.sources`, and :mod:`hierfit.evaluate.streamed` for ``compare``), with one
+progress line per pass on stderr when it is a terminal.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def _streams(data: str, *flags: object) -> bool:
 
 
 def _stream_options(command: Any) -> Any:
-    """``--batch-size``, ``--workers`` and ``--scheduler``, shared by fit and predict."""
+    """``--batch-size``, ``--workers`` and ``--scheduler``, shared by fit, predict and compare."""
     for option in reversed((
         click.option("--batch-size", type=click.IntRange(min=1), default=None,
                      help="Stream DATA in record batches of at most this many rows (default 524,288)."),
@@ -389,9 +390,16 @@ def engines() -> None:
               help="True group effects (from `hierfit simulate --truth`): adds recovery of the truth to the scores and report.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Also write DIR/report.html (with --out).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing hierfit save in --out (never a folder of other files).")
+@_stream_options
 def compare(data, formula, engines, cv, folds, out, family, national, link, weights, offset, options, fast, level, time_budget, seed,
-            truth, report, overwrite) -> None:
-    """Fit several engines to DATA, cross-validate them, and print the scores."""
+            truth, report, overwrite, batch_size, workers, scheduler) -> None:
+    """Fit several engines to DATA, cross-validate them, and print the scores.
+
+    DATA is a .csv or .parquet file, or -- streamed, for the engines that stream the family
+    (mixed, gaussian) and with --cv naming a level -- a glob ('lake/*.parquet') or folder of
+    Parquet files: the folds hold out groups found by a pass over the files, every fold's fit
+    streams the other groups' rows, and the held-out rows are scored batch by batch.
+    """
     import warnings
 
     from hierfit.engines import get_engine
@@ -403,13 +411,7 @@ def compare(data, formula, engines, cv, folds, out, family, national, link, weig
 
     if out:
         check_target(out, overwrite)
-
-    if _streams(data):
-        raise DataError(
-            f"compare reads DATA into memory (cross-validation refits every engine on subsets of the rows); {data!r} is a "
-            "glob or folder, which only `hierfit fit` and `hierfit predict` stream (engine mixed, gaussian). Compare on one "
-            "CSV or Parquet file of a sample of the rows."
-        )
+    streamed = _streams(data, batch_size, workers, scheduler)
     names = [e.strip() for e in engines.split(",") if e.strip()] if engines else None
     per_engine: dict[str, dict[str, object]] = {}
     if fast:
@@ -420,13 +422,18 @@ def compare(data, formula, engines, cv, folds, out, family, national, link, weig
         if not dot:
             raise click.BadParameter(f"Engine options are ENGINE.key=value; got {pair!r}.", param_hint="--option")
         per_engine.setdefault(target, {}).update(_parse_options((rest,)))
-    frame = read_table(data)
     true = truth_effects(read_table(truth)) if truth else None  # a bad file fails before any fit
     scheme = parse_cv(cv if ":" in cv else f"{cv}:{folds}", seed=seed)
+    common = {"engines": names, "cv": scheme, "family": family, "link": link, "national": national, "weights": weights,
+              "offset": offset, "options": per_engine, "truth": true, "level": level, "time_budget": time_budget}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # failures are echoed below, one line each
-        comp = run(formula, frame, engines=names, cv=scheme, family=family, link=link, national=national, weights=weights,
-                   offset=offset, options=per_engine, truth=true, level=level, time_budget=time_budget, progress=True)
+        if streamed:
+            # one progress line per pass (named by engine and fold) instead of the bar over folds
+            with _streaming("files", workers, scheduler):
+                comp = run(formula, data, batch_size=batch_size, progress=False, **common)
+        else:
+            comp = run(formula, read_table(data), progress=True, **common)
     with _wide_pandas():
         click.echo(comp.shown_summary().to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for note in comp.notes:

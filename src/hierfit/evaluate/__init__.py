@@ -1,7 +1,10 @@
 """Evaluation: cross-validation by row and by held-out group, scores, engine comparison.
 
 * :func:`compare` fits engines on one spec and data and cross-validates them
-  (K-fold by row, or leave-groups-out at a level), returning a :class:`Comparison`;
+  (K-fold by row, or leave-groups-out at a level), returning a :class:`Comparison`; on a
+  streaming source (Parquet files, an Arrow table, a Dask DataFrame) it holds out groups found
+  by a pass, streams each fold's fit and scores held-out rows as sums
+  (:mod:`hierfit.evaluate.streamed`);
 * :class:`CVScheme` / :func:`parse_cv` say how rows are split into folds; :class:`RowKFold` and
   :class:`LeaveGroupsOut` (or ``CVScheme.splitter()``) give scikit-learn the same folds;
 * :func:`predictive` gives a fit's predictive distribution at new rows (densities, CDF,

@@ -20,12 +20,14 @@ import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Self
 
 import numpy as np
 import pandas as pd
 
 from hierfit.design import Design, build_design
+from hierfit.design.sources import is_source
 from hierfit.engines import ENGINES, get_engine
 from hierfit.engines.registry import Preparation
 from hierfit.engines.threads import fold_budget, limit_threads, thread_budget
@@ -40,7 +42,7 @@ from hierfit.model import DEFAULT_NATIONAL, ModelSpec, Prior, make_spec
 
 def compare(
     spec_or_formula: str | ModelSpec,
-    data: pd.DataFrame,
+    data: pd.DataFrame | Any,
     engines: Sequence[str] | None = None,
     cv: CVScheme | str | int | None = "kfold",
     *,
@@ -59,6 +61,7 @@ def compare(
     workers: int = 1,
     progress: bool = True,
     seed: int = 0,
+    batch_size: int | None = None,
 ) -> Comparison:
     """Fit engines on the same spec and data, cross-validate them, and tabulate the scores.
 
@@ -67,9 +70,16 @@ def compare(
     spec_or_formula
         A formula (lme4/brms syntax) or a :class:`ModelSpec`.
     data
-        The rows to fit and split.
+        The rows to fit and split: a pandas DataFrame, or a streaming source as in
+        :func:`hierfit.fit` (a ``pyarrow.Table``, a Parquet file, folder or glob, a Dask
+        DataFrame), whose rows are never held together: folds hold out groups found by a pass
+        over it, each fold is fitted by streaming the other groups' rows (on the active
+        ``dask.distributed`` client for a Dask DataFrame), and held-out rows are scored batch by
+        batch as sums (see :mod:`hierfit.evaluate.streamed`). The scores equal those of the same
+        rows in memory; the comparison then has no per-row ``predictions``.
     engines
-        Engine names; default every registered engine whose dependencies are installed.
+        Engine names; default every registered engine whose dependencies are installed (for a
+        streaming source: every one that streams the family).
     cv
         ``"kfold"`` / ``"kfold:K"`` (rows), a level name such as ``"submarket"`` or
         ``"market:5"`` (hold out whole groups of that level, keeping their parents), an int
@@ -97,11 +107,15 @@ def compare(
         (LightGBM, BLAS) and each full-data fit every core; ``folds["threads"]`` records what
         each fold's fit used. Posterior samplers' folds stay here, one at a time (their chains
         are processes already). Worker processes import the calling script, so a script that
-        passes ``workers`` needs the usual ``if __name__ == "__main__":`` guard.
+        passes ``workers`` needs the usual ``if __name__ == "__main__":`` guard. For a
+        streaming source, ``workers > 1`` instead starts a Dask ``LocalCluster`` of that many
+        worker processes for the comparison (closed after), on which every pass runs.
     progress
         Show a progress bar over engines x folds (rich, on stderr).
     seed
         Seed of the fold assignment when ``cv`` is not a :class:`CVScheme`.
+    batch_size
+        Streaming sources: rows per batch at most (default 524,288).
 
     Returns
     -------
@@ -125,6 +139,18 @@ def compare(
                          weights=weights, offset=offset)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise SpecError(f"'workers' must be a positive integer (folds fitted at once); got {workers!r}.")
+    streamed = is_source(data)
+    if streamed and engines is None:
+        from hierfit.evaluate.streamed import streaming_engines
+
+        engines = [n for n in streaming_engines(spec.family) if n in available_engines()]
+        if not engines:
+            raise EngineError(f"No installed engine streams a {spec.family.name} model; compare a pandas DataFrame of the rows.")
+    elif not streamed and batch_size is not None:
+        raise SpecError(
+            "'batch_size' applies to streaming sources (a pyarrow.Table, Parquet files, a Dask DataFrame); a pandas "
+            "DataFrame is compared in memory. Drop it, or pass e.g. pyarrow.Table.from_pandas(data)."
+        )
     names = _resolve_engines(engines)
     options = dict(options or {})
     unknown = sorted(set(options) - set(names))
@@ -132,6 +158,11 @@ def compare(
         raise EngineError(f"'options' names engines that are not compared: {', '.join(unknown)}. Compared: {', '.join(names)}.")
     scheme = parse_cv(cv, seed=seed)
     true_effects = truth_effects(truth) if truth is not None else None
+    if streamed:
+        from hierfit.evaluate.streamed import compare_source
+
+        return compare_source(spec, data, names, scheme, options=options, checks=checks, truth=truth, true_effects=true_effects,
+                              level=level, time_budget=time_budget, workers=workers, batch_size=batch_size, progress=progress)
     design = build_design(spec, data)
     fold_of_row = scheme.assign(spec, data)
     comp = Comparison(spec=spec, cv=scheme, level=level, engines=list(names), data=data.reset_index(drop=True), truth=true_effects)
@@ -198,7 +229,7 @@ def _fit_and_cross_validate(comp: Comparison, design: Design, data: pd.DataFrame
     bar.describe(f"{name}: fit on all {len(data)} rows")
     try:
         comp.fits[name] = _quiet_fit(design, name, checks, opts)
-    except Exception as exc:  # one failing engine must not sink the comparison
+    except Exception as exc:  # noqa: BLE001 -- one failing engine must not sink the comparison
         comp.failures[name] = _first_lines(exc)
         bar.advance(folds + 1)
         return
@@ -220,7 +251,7 @@ def _fit_and_cross_validate(comp: Comparison, design: Design, data: pd.DataFrame
     for k, outcome in enumerate(pending):
         try:
             _keep_fold(comp, outcome if isinstance(outcome, FoldOutput) else outcome.result())
-        except Exception as exc:  # the first failing fold ends the engine's cross-validation
+        except Exception as exc:  # noqa: BLE001 -- the first failing fold ends the engine's cross-validation
             comp.failures[name] = f"fold {k + 1}: {_first_lines(exc)}"
             for later in pending[k + 1:]:
                 if isinstance(later, Future):
@@ -252,7 +283,7 @@ def available_engines() -> list[str]:
             continue
         try:
             entry.load()
-        except Exception:  # an engine that cannot be imported is simply not available
+        except Exception:  # noqa: BLE001, S112 -- an engine that cannot be imported is simply not available
             continue
         names.append(name)
     return names
@@ -395,10 +426,10 @@ class _FoldWorkers:
         self._pool = None
         self.workers = 1
 
-    def __enter__(self) -> _FoldWorkers:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -432,7 +463,7 @@ class _Progress:
         self.enabled = enabled
         self.total = total
 
-    def __enter__(self) -> _Progress:
+    def __enter__(self) -> Self:
         if self.enabled:
             from rich.console import Console
             from rich.progress import (
@@ -463,7 +494,7 @@ class _Progress:
         if self.enabled:
             self._progress.advance(self._task, steps)
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if self.enabled:
             self._progress.update(self._task, description="done")
-            self._progress.__exit__(*exc)
+            self._progress.__exit__(exc_type, exc, tb)

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from hierfit.design.columns import trials_vector
+from hierfit.design.sources.base import SourceInfo
 from hierfit.evaluate.metrics import FAMILY_SCORES, METRICS, RECOVERY_COLUMNS, SCORES, primary_metric, score
 from hierfit.evaluate.paired import paired_differences
 from hierfit.evaluate.splits import CVScheme
@@ -65,7 +66,11 @@ class Comparison:
     notes
         Other things to know (engines skipped for time).
     data, truth
-        The data compared on; the true effects table when given.
+        The data compared on; the true effects table when given. A comparison on a streaming
+        source (:mod:`hierfit.evaluate.streamed`) keeps no rows: ``data`` is then an empty
+        frame with the source's columns, ``source`` says what was streamed and ``n_rows`` how
+        many rows it had; its pooled scores are the fold scores weighted by their held-out rows
+        (the same numbers pooling the rows gives), and there is no ``predictions`` table.
     """
 
     spec: ModelSpec
@@ -82,6 +87,13 @@ class Comparison:
     prediction_parts: list[pd.DataFrame] = field(default_factory=list)
     recovery_parts: list[pd.DataFrame] = field(default_factory=list)
     fold_diagnostics: list[dict[str, Any]] = field(default_factory=list)
+    source: SourceInfo | None = None
+    n_rows: int | None = None
+
+    @property
+    def rows(self) -> int:
+        """Rows compared on (in memory or in the streamed source)."""
+        return len(self.data) if self.n_rows is None else self.n_rows
 
     # -- tables ---------------------------------------------------------------------------
     @property
@@ -134,6 +146,8 @@ class Comparison:
             if len(p):
                 n = None if trials is None else trials[p["row"].to_numpy(dtype=int)]
                 row.update(score(p["y"], p["prediction"], p["lower"], p["upper"], p["logpd"], family, n))
+            elif self.source is not None and len(f):
+                row.update(pooled_fold_scores(f))
             else:
                 row.update({k: np.nan for k in SCORES})
             row["fit_seconds"] = float(f["fit_seconds"].mean()) if len(f) else np.nan
@@ -205,13 +219,15 @@ class Comparison:
         return str(s.loc[s[metric].idxmax() if larger else s[metric].idxmin(), "engine"])
 
     def __repr__(self) -> str:
-        return f"<Comparison engines={self.engines} cv={self.cv.describe()!r} rows={len(self.data)}>"
+        return f"<Comparison engines={self.engines} cv={self.cv.describe()!r} rows={self.rows}>"
 
     def _repr_html_(self) -> str:
         """Jupyter's display: spec, CV scheme, the summary table, notes and failures."""
         from hierfit.results import notebook
 
-        facts = [f"formula {self.spec.text}", f"cross-validation {self.cv.describe()}", f"{len(self.data)} rows"]
+        facts = [f"formula {self.spec.text}", f"cross-validation {self.cv.describe()}", f"{self.rows} rows"]
+        if self.source is not None:
+            facts.append(f"streamed from {self.source.description}")
         blocks = [notebook.block("summary (held-out scores per engine)", notebook.table(self.summary()))]
         warnings = list(self.notes) + [f"{name} failed: {msg}" for name, msg in self.failures.items()]
         return notebook.fragment(f"hierfit comparison of {len(self.engines)} engines", facts, blocks, warnings)
@@ -250,6 +266,8 @@ class Comparison:
             failures=dict(self.failures),
             notes=list(self.notes),
             truth=self.truth is not None,
+            source=None if self.source is None else self.source.to_json(),
+            n_rows=self.n_rows,
         ))
 
     @classmethod
@@ -270,6 +288,9 @@ class Comparison:
             failures = {str(k): str(v) for k, v in manifest["failures"].items()}
             notes = [str(n) for n in manifest["notes"]]
             has_truth = bool(manifest["truth"])
+            # saves from before streamed comparisons have neither field
+            source = None if manifest.get("source") is None else SourceInfo.from_json(manifest["source"])
+            n_rows = None if manifest.get("n_rows") is None else int(manifest["n_rows"])
         except (KeyError, TypeError, ValueError, AttributeError, HierfitError) as exc:
             raise PersistenceError(f"{where}: malformed comparison fields ({type(exc).__name__}: {exc}).") from None
         data = _table(files, "data.parquet")
@@ -277,7 +298,8 @@ class Comparison:
             raise PersistenceError(f"{files.where('data.parquet')} has no '__fold__' column. Run the comparison again and save it.")
         fold_of_row = data.pop("__fold__").to_numpy()
         comp = cls(spec=spec_from_json(manifest.get("spec"), where), cv=scheme, level=level, engines=engines, data=data,
-                   truth=_table(files, "truth.parquet") if has_truth else None, failures=failures, notes=notes, fold_of_row=fold_of_row)
+                   truth=_table(files, "truth.parquet") if has_truth else None, failures=failures, notes=notes, fold_of_row=fold_of_row,
+                   source=source, n_rows=n_rows)
         comp.fold_rows = _table(files, "folds.parquet").to_dict("records")
         preds = _table(files, "predictions.parquet")
         if len(preds):
@@ -292,6 +314,35 @@ class Comparison:
             except PersistenceError as exc:  # e.g. its engine is not installed here: keep the tables
                 comp.failures[name] = f"its saved full-data fit cannot be loaded ({exc}); install its engine or refit to see its effects."
         return comp
+
+
+#: scores that are a mean over held-out rows, so the fold scores weighted by their rows pool them
+#: (RMSE through its square); the rest (AUC, calibration, the trial-weighted probability scores)
+#: need the rows themselves
+_ROW_MEANS = ("mae", "mlpd", "coverage", "width", "deviance")
+
+
+def pooled_fold_scores(folds: pd.DataFrame) -> dict[str, float]:
+    """Scores pooled over every held-out row from one engine's fold scores: each fold's mean
+    weighted by its held-out rows (RMSE as the root of the weighted mean square).
+
+    Examples
+    --------
+    >>> folds = pd.DataFrame({"n_test": [1, 3], "rmse": [2.0, 0.0], "mae": [2.0, 0.0], "mlpd": [-1.0, -3.0],
+    ...                       "coverage": [1.0, 0.0], "width": [1.0, 1.0], "deviance": [np.nan, np.nan]})
+    >>> s = pooled_fold_scores(folds)
+    >>> s["rmse"], s["mae"], s["mlpd"], s["coverage"]
+    (1.0, 0.5, -2.5, 0.25)
+    """
+    n = folds["n_test"].to_numpy(dtype=float)
+    out = dict.fromkeys(SCORES, np.nan)
+    total = n.sum()
+    if total <= 0:
+        return out
+    out["rmse"] = float(np.sqrt(n @ folds["rmse"].to_numpy(dtype=float) ** 2 / total))
+    for name in _ROW_MEANS:
+        out[name] = float(n @ folds[name].to_numpy(dtype=float) / total)
+    return out
 
 
 def _table(files: SavedFiles, name: str) -> pd.DataFrame:

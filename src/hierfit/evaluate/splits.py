@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hierfit.design.hierarchy import build_hierarchy
+from hierfit.design.hierarchy import Hierarchy, build_hierarchy
 from hierfit.exceptions import SpecError
 from hierfit.model import ModelSpec, make_spec
 
@@ -131,13 +131,37 @@ def parse_cv(cv: CVScheme | str | int | None, seed: int = 0) -> CVScheme:
 
 
 def _group_folds(spec: ModelSpec, data: pd.DataFrame, level: str, folds: int, rng: np.random.Generator) -> np.ndarray:
+    check_cv_level(spec, level)
+    hierarchy, codes = build_hierarchy(spec, data)
+    return group_folds(hierarchy, level, folds, rng)[codes[level]]
+
+
+def check_cv_level(spec: ModelSpec, level: str) -> None:
+    """Refuse a cv level that is not a level of the formula, listing those that are."""
     levels = [f.level for f in spec.formula.factors]
     if level not in levels:
         raise SpecError(
             f"cv level {level!r} is not a level of the formula {spec.text!r}; choose one of: "
             f"{', '.join(sorted(levels))}, or 'kfold'."
         )
-    hierarchy, codes = build_hierarchy(spec, data)
+
+
+def group_folds(hierarchy: Hierarchy, level: str, folds: int, rng: np.random.Generator) -> np.ndarray:
+    """Fold number of every group of ``level`` (in the tree's order of groups).
+
+    Only the tree is read -- its sorted groups and their parents -- so a tree built from the
+    distinct groups of a streamed source gives the folds the rows in memory give
+    (:func:`hierfit.evaluate.streamed.compare_source` relies on it).
+
+    Examples
+    --------
+    >>> import hierfit
+    >>> from hierfit.design.hierarchy import build_hierarchy
+    >>> sim = hierfit.simulate(n_markets=2, n_submarkets=3, rows_per_submarket=2, seed=0)
+    >>> tree, _ = build_hierarchy(hierfit.make_spec(sim.formula), sim.data)
+    >>> group_folds(tree, "submarket", 3, np.random.default_rng(0)).tolist()
+    [1, 2, 0, 2, 1, 0]
+    """
     lv = hierarchy.level(level)
     if lv.n_groups < folds:
         raise SpecError(
@@ -153,8 +177,7 @@ def _group_folds(spec: ModelSpec, data: pd.DataFrame, level: str, folds: int, rn
         kids = rng.permutation(np.flatnonzero(parent == p))
         group_fold[kids] = (start + np.arange(len(kids))) % folds
         start = (start + len(kids)) % folds
-    return group_fold[codes[level]]
-
+    return group_fold
 
 
 # -- the same folds for scikit-learn ------------------------------------------------------------
