@@ -48,9 +48,12 @@ def fit(
         *streaming source* whose rows need not fit in memory: a ``pyarrow.Table``, a Parquet
         file, folder or glob (``"lake/*.parquet"``, read in record batches), or a Dask
         DataFrame (summarised partition by partition on the active ``dask.distributed``
-        client). Streaming sources are fitted by ``engine="mixed"`` with a gaussian family,
-        from per-group statistics merged over the batches; the estimates equal those of the
-        same rows in memory (see :mod:`hierfit.design.streamed`).
+        client). Which engines and families stream is each engine's
+        ``capabilities.streaming_families``: ``mixed`` (gaussian from per-group statistics merged
+        over the batches, estimates equal to the same rows in memory; the GLMM families by
+        gathering the model's arrays, which must fit in memory), ``pymc`` and ``stan`` (gaussian,
+        statistics-based likelihoods), ``lightgbm`` and ``boosted-mixed`` (gaussian, trained with
+        ``lightgbm.dask``). See :mod:`hierfit.design.streamed` and the README's "Bigger than memory".
     engine
         A name from ``hierfit.engines.ENGINES`` (``hierfit engines`` lists them); default
         ``mixed`` where installed, else ``ols``.
