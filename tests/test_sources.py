@@ -127,6 +127,13 @@ def test_weights_offset_and_no_intercept_equal_in_memory() -> None:
         assert_same_fit(hierfit.fit(formula, table, engine="mixed", batch_size=41, n_draws=50, **kw), ref)
 
 
+def test_a_grouping_column_that_is_also_a_categorical_predictor() -> None:
+    # market is read once for the tree and once as C(market)'s levels: the pass reads the column once
+    formula = "y ~ C(market) + x1 + (1 | market:submarket)"
+    ref = hierfit.fit(formula, DATA, engine="mixed", n_draws=50)
+    assert_same_fit(hierfit.fit(formula, pa.Table.from_pandas(DATA), engine="mixed", batch_size=53, n_draws=50), ref)
+
+
 def test_compensated_merge_does_not_depend_on_order() -> None:
     rng = np.random.default_rng(0)
     parts = [rng.normal(scale=10.0 ** rng.integers(-8, 8), size=50) for _ in range(200)]
