@@ -151,7 +151,7 @@ def test_pymc_samples_crossed_factors_on_the_tree():
     formula = "y ~ x1 + (1 | market/submarket) + (1 | season)"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # 4 seasons (few groups) and short chains (ESS): not what this checks
-        fit = hierfit.fit(formula, DATA, engine="pymc", likelihood="marginal", chains=2, tune=300, draws=300, seed=3)
+        fit = hierfit.fit(formula, DATA, engine="pymc", likelihood="marginal", chains=2, tune=200, draws=200, seed=3)
         reml = hierfit.fit(formula, DATA, engine="mixed").fixed_effects().set_index("term")
     assert fit.engine_fit.info["marginal_algebra"] == "tree" and "(tree algebra)" in str(fit.summary())
     assert not any(d.check == "divergences" for d in fit.diagnostics)
