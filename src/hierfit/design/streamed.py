@@ -40,6 +40,7 @@ from formulaic import Formula
 
 from hierfit.checks import Diagnostic, apply_severities, resolve_severities
 from hierfit.design.build import (
+    Design,
     DesignEncoding,
     _fit_population_matrix,
     _population_variables,
@@ -57,7 +58,7 @@ from hierfit.formula import GroupTerm
 from hierfit.model import ModelSpec
 from hierfit.model.family import get_family
 
-__all__ = ["MomentLayout", "StreamedDesign", "TermShape", "build_streamed_design", "stream_labels"]
+__all__ = ["MomentLayout", "StreamedDesign", "TermShape", "build_streamed_design", "encode_batch", "stream_labels"]
 
 
 @dataclass(frozen=True)
@@ -242,6 +243,22 @@ def _prototype(probe: pd.DataFrame, levels: Mapping[str, np.ndarray]) -> pd.Data
 
 def _grouping_columns(spec: ModelSpec) -> tuple[str, ...]:
     return tuple(dict.fromkeys(c for f in spec.formula.factors for c in f.columns))
+
+
+def encode_batch(encoding: DesignEncoding, frame: pd.DataFrame) -> Design:
+    """A batch's rows under a streamed design's encoding, for a later pass of the fit.
+
+    Every group was found by the design pass, so a group it did not see means the source
+    changed between the passes: a clear error, never rows silently dropped from the sums.
+    """
+    d = encoding.apply_observed(frame)
+    if d.unseen:
+        level, groups = next(iter(d.unseen.items()))
+        raise DataError(
+            f"Level {level!r} has groups the design pass did not see ({', '.join(map(repr, list(groups)[:3]))}): the "
+            "source changed between the passes of the fit. Fit a source that does not change while it is read."
+        )
+    return d
 
 
 def stream_labels(spec: ModelSpec, schema: pd.DataFrame, *, include_response: bool = True) -> tuple[str, ...]:

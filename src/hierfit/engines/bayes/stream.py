@@ -49,12 +49,12 @@ from hierfit.design.columns import weights_vector
 from hierfit.design.hierarchy import Hierarchy
 from hierfit.design.moments import ColumnMoments
 from hierfit.design.sources import Batch, CompensatedSum
-from hierfit.design.streamed import StreamedDesign, stream_labels
+from hierfit.design.streamed import StreamedDesign, encode_batch, stream_labels
 from hierfit.engines.bayes.cost import LikelihoodChoice, predicted_seconds, problem_size
 from hierfit.engines.bayes.priors import _outcome_scale
 from hierfit.engines.bayes.structure import BayesStructure, SufficientStats, sufficient_stats
 from hierfit.engines.bayes.tree import TreeLayout, TreeStats, tree_layout, tree_stats
-from hierfit.exceptions import DataError, SpecError, TrainingRowsUnavailableError
+from hierfit.exceptions import SpecError, TrainingRowsUnavailableError
 
 __all__ = ["BayesStatisticsPass", "StreamedStatistics", "check_streamed_options", "choose_streamed_likelihood",
            "gather_statistics", "scale_design", "stream_tree_layout"]
@@ -185,13 +185,7 @@ class BayesStatisticsPass:
     labels: tuple[str, ...] = ()
 
     def __call__(self, batch: Batch) -> BayesBatch:
-        d = self.encoding.apply_observed(batch.frame)
-        if d.unseen:
-            level, groups = next(iter(d.unseen.items()))
-            raise DataError(
-                f"Level {level!r} has groups the design pass did not see ({', '.join(map(repr, list(groups)[:3]))}): the "
-                "source changed between the passes of the fit. Fit a source that does not change while it is read."
-            )
+        d = encode_batch(self.encoding, batch.frame)
         d = replace(d, weights=weights_vector(self.encoding.spec, batch.frame, require_positive=False))
         if self.layout is None:
             s = sufficient_stats(d)

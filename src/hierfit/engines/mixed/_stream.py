@@ -36,8 +36,8 @@ from hierfit.design import DesignEncoding
 from hierfit.design.columns import weights_vector
 from hierfit.design.moments import CellMoments, ColumnMoments
 from hierfit.design.sources import Batch, CompensatedSum
-from hierfit.design.streamed import StreamedDesign, stream_labels
-from hierfit.exceptions import DataError, EngineError
+from hierfit.design.streamed import StreamedDesign, encode_batch, stream_labels
+from hierfit.exceptions import EngineError
 
 from ._blocks import Plan, RandomBlock, make_plan, term_blocks
 from ._factor import System
@@ -118,13 +118,7 @@ class StatisticsPass:
     labels: tuple[str, ...] = ()
 
     def __call__(self, batch: Batch) -> BatchStatistics:
-        d = self.encoding.apply_observed(batch.frame)
-        if d.unseen:
-            level, groups = next(iter(d.unseen.items()))
-            raise DataError(
-                f"Level {level!r} has groups the design pass did not see ({', '.join(map(repr, list(groups)[:3]))}): the "
-                "source changed between the passes of the fit. Fit a source that does not change while it is read."
-            )
+        d = encode_batch(self.encoding, batch.frame)
         y = d.y if d.offset is None else d.y - d.offset
         w = weights_vector(self.encoding.spec, batch.frame, require_positive=False)
         columns = [[np.asarray(td.Z[:, a], dtype=np.float64) for a in range(td.Z.shape[1])] for td in d.terms]

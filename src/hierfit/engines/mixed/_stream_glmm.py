@@ -32,7 +32,7 @@ from hierfit.design import Design, DesignEncoding, TermDesign
 from hierfit.design.columns import weights_vector
 from hierfit.design.outcome import outcome_checks, zero_trials_check
 from hierfit.design.sources import Batch
-from hierfit.design.streamed import StreamedDesign
+from hierfit.design.streamed import StreamedDesign, encode_batch
 from hierfit.exceptions import DataError
 
 __all__ = ["GatherRows", "ModelRows", "gather_design"]
@@ -111,13 +111,7 @@ class GatherRows:
     encoding: DesignEncoding
 
     def __call__(self, batch: Batch) -> ModelRows:
-        d = self.encoding.apply_observed(batch.frame)
-        if d.unseen:
-            level, groups = next(iter(d.unseen.items()))
-            raise DataError(
-                f"Level {level!r} has groups the design pass did not see ({', '.join(map(repr, list(groups)[:3]))}): the "
-                "source changed between the passes of the fit. Fit a source that does not change while it is read."
-            )
+        d = encode_batch(self.encoding, batch.frame)
         w = weights_vector(self.encoding.spec, batch.frame, require_positive=False)
         start = int(batch.frame.index[0]) if len(batch.frame.index) else 0
         chunk = RowChunk((int(batch.piece), start), np.ascontiguousarray(d.X, dtype=np.float64), d.y, d.trials, w,
