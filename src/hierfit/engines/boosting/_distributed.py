@@ -40,8 +40,9 @@ from hierfit.design.sources import Batch, CompensatedSum, FramePiece, Source
 from hierfit.design.sources.base import located
 from hierfit.design.sources.runner import active_client
 from hierfit.design.streamed import StreamedDesign
+from hierfit.design.streamed import encode_batch as streamed_batch
 from hierfit.engines.splits import _GOLDEN, _mix
-from hierfit.exceptions import DataError, EngineError, HierfitError, SpecError
+from hierfit.exceptions import EngineError, HierfitError, SpecError
 
 __all__ = [
     "LABEL",
@@ -119,14 +120,7 @@ def require_random_validation(engine: str, validation: str) -> None:
 def encode_batch(encoding: DesignEncoding, frame: pd.DataFrame) -> tuple[Design, np.ndarray | None]:
     """A batch's design (outcome included) and prior weights, refusing groups the design pass
     never saw: the source changed while it was read."""
-    d = encoding.apply_observed(frame)
-    if d.unseen:
-        level, groups = next(iter(d.unseen.items()))
-        raise DataError(
-            f"Level {level!r} has groups the design pass did not see ({', '.join(map(repr, list(groups)[:3]))}): the "
-            "source changed between the passes of the fit. Fit a source that does not change while it is read."
-        )
-    return d, weights_vector(encoding.spec, frame, require_positive=False)
+    return streamed_batch(encoding, frame), weights_vector(encoding.spec, frame, require_positive=False)
 
 
 # -- the outcome's standardisation --------------------------------------------------------------------------
