@@ -149,7 +149,7 @@ def _gradient_case(family: str, link: str | None, information: str | None, cross
                         [0.1, 0.3, -0.2]])
 
     def mode(z: np.ndarray):  # type: ignore[no-untyped-def]
-        return pirls(prob, prob.factor_T(z[:nt]), prob.xbeta(z[nt:]), disp, np.zeros(prob.q),
+        return pirls(prob, prob.factor_T(z[:nt]), z[nt:], disp, np.zeros(prob.q),
                      grad=True, tol=1e-24)
 
     m = mode(x)

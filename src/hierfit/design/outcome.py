@@ -17,6 +17,7 @@ A row count at or below the number of population coefficients is refused outrigh
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,7 +26,8 @@ from hierfit.exceptions import DataError
 from hierfit.formula import INTERCEPT
 from hierfit.model import ModelSpec
 
-__all__ = ["check_enough_rows", "degenerate_outcome_check", "outcome_checks", "zero_trials_check"]
+__all__ = ["SeparationRanges", "check_enough_rows", "degenerate_outcome_check", "outcome_checks", "proportion", "separation_check",
+           "zero_trials_check"]
 
 
 def check_enough_rows(n: int, x_names: tuple[str, ...]) -> None:
@@ -59,7 +61,8 @@ def zero_trials_check(trials: np.ndarray | None, labels: Sequence[object]) -> li
     )]
 
 
-def _proportion(y: np.ndarray, trials: np.ndarray | None) -> np.ndarray:
+def proportion(y: np.ndarray, trials: np.ndarray | None) -> np.ndarray:
+    """The outcome per trial (NaN for a row without trials); the outcome itself without trials."""
     return y if trials is None else np.divide(y, trials, out=np.full_like(y, np.nan), where=trials > 0)
 
 
@@ -77,7 +80,7 @@ def outcome_checks(spec: ModelSpec, y: np.ndarray, trials: np.ndarray | None, X:
     ['separation']
     """
     family = spec.family
-    p = _proportion(y, trials)
+    p = proportion(y, trials)
     finite = np.isfinite(p)
     if not finite.any():
         return []
@@ -124,17 +127,51 @@ def degenerate_outcome_check(spec: ModelSpec, lo: float, hi: float, n: int) -> l
     return found
 
 
+@dataclass(frozen=True)
+class SeparationRanges:
+    """What the separation check keeps of some rows: whether every proportion is 0 or 1, whether
+    both occur, and per column of ``X`` its range among the 0 rows and among the 1 rows. The
+    ranges of row shards merge (:meth:`merge`) into those of all their rows."""
+
+    binary: bool
+    zero: bool
+    one: bool
+    x0: np.ndarray  # (2, p): min, max over rows with proportion 0 (+inf, -inf when none)
+    x1: np.ndarray
+
+    @staticmethod
+    def of(p: np.ndarray, X: np.ndarray) -> SeparationRanges:
+        zero, one = p == 0.0, p == 1.0
+
+        def span(rows: np.ndarray) -> np.ndarray:
+            if not rows.any():
+                return np.stack([np.full(X.shape[1], np.inf), np.full(X.shape[1], -np.inf)])
+            return np.stack([X[rows].min(axis=0), X[rows].max(axis=0)])
+
+        return SeparationRanges(bool((zero | one).all()), bool(zero.any()), bool(one.any()), span(zero), span(one))
+
+    @staticmethod
+    def merge(a: SeparationRanges, b: SeparationRanges) -> SeparationRanges:
+        def both(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+            return np.stack([np.minimum(u[0], v[0]), np.maximum(u[1], v[1])])
+
+        return SeparationRanges(a.binary and b.binary, a.zero or b.zero, a.one or b.one, both(a.x0, b.x0), both(a.x1, b.x1))
+
+
 def _separation(response: str, p: np.ndarray, X: np.ndarray, x_names: tuple[str, ...]) -> list[Diagnostic]:
     """Single predictors that split rows with proportion 0 from rows with proportion 1."""
-    zero, one = p == 0.0, p == 1.0
-    if not (zero | one).all() or not zero.any() or not one.any():
+    return separation_check(response, SeparationRanges.of(p, X), x_names)
+
+
+def separation_check(response: str, r: SeparationRanges, x_names: tuple[str, ...]) -> list[Diagnostic]:
+    """``separation`` findings from the :class:`SeparationRanges` of the rows."""
+    if not r.binary or not r.zero or not r.one:
         return []  # some rows have proportions strictly between 0 and 1: no separation by one threshold
     out = []
     for j, name in enumerate(x_names):
         if name == INTERCEPT:
             continue
-        x = X[:, j]
-        x0_max, x0_min, x1_max, x1_min = x[zero].max(), x[zero].min(), x[one].max(), x[one].min()
+        x0_min, x0_max, x1_min, x1_max = r.x0[0, j], r.x0[1, j], r.x1[0, j], r.x1[1, j]
         if x0_max < x1_min or x1_max < x0_min:
             kind, threshold = "completely", (x0_max + x1_min) / 2 if x0_max < x1_min else (x1_max + x0_min) / 2
         elif x0_max == x1_min or x1_max == x0_min:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,7 @@ from hierfit.model.family import Family
 
 from ._glmm_rows import row_chunks
 
-__all__ = ["GlmmDiagnostics", "SeparationFlag", "pearson", "pinned_rows", "separated_groups"]
+__all__ = ["EndSums", "GlmmDiagnostics", "SeparationFlag", "end_sums", "pearson", "pinned_rows", "separated_groups"]
 
 #: Standardised size above which a coefficient or theta is tested for running off.
 SEPARATION_CANDIDATE = 4.0
@@ -118,6 +119,13 @@ def pearson(family: Family, y: np.ndarray, mu: np.ndarray, trials: np.ndarray,
             weights: np.ndarray, disp: float | None, n_params: int
             ) -> tuple[float, int, float, float]:
     """Pearson chi-square, residual df, ratio and upper-tail p-value."""
+    chi2, used = pearson_sums(family, y, mu, trials, weights, disp)
+    return pearson_test(chi2, used, n_params)
+
+
+def pearson_sums(family: Family, y: np.ndarray, mu: np.ndarray, trials: np.ndarray,
+                 weights: np.ndarray, disp: float | None) -> tuple[float, int]:
+    """Pearson chi-square of some rows and the rows it uses (sums over shards add up)."""
     chi2, used = 0.0, 0
     d = None if disp is None else np.asarray(disp)
     for sl in row_chunks(y.size):  # in chunks: a dozen temporaries per row otherwise
@@ -126,6 +134,11 @@ def pearson(family: Family, y: np.ndarray, mu: np.ndarray, trials: np.ndarray,
         V = family.variance(m, d)
         chi2 += float(np.sum(weights[sl][use] * (y[sl][use] - t * m) ** 2 / (t * np.maximum(V, 1e-300))))
         used += int(np.count_nonzero(use))
+    return chi2, used
+
+
+def pearson_test(chi2: float, used: int, n_params: int) -> tuple[float, int, float, float]:
+    """``(chi2, df, ratio, p)`` of the overdispersion test from the Pearson sums."""
     df = used - n_params
     if df <= 0:
         return chi2, df, float("nan"), float("nan")
@@ -146,10 +159,60 @@ def pinned_rows(family: Family, y: np.ndarray, mu: np.ndarray, trials: np.ndarra
 def separated_groups(codes: np.ndarray, n_groups: int, side: np.ndarray, modes: np.ndarray,
                      weights: np.ndarray) -> tuple[int, ...]:
     """Groups whose weighted rows all sit at one boundary, largest ``|mode|`` first."""
+    return separated_from_counts(boundary_counts(codes, n_groups, side, weights), modes)
+
+
+def boundary_counts(codes: np.ndarray, n_groups: int, side: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``(3, n_groups)``: per group its weighted rows, and those pinned at the lower and at the
+    upper boundary (:func:`pinned_rows`); counts of row shards add up."""
     use = weights > 0
-    cnt = np.bincount(codes[use], minlength=n_groups)
-    lo = np.bincount(codes[use], weights=(side[use] == -1), minlength=n_groups)
-    hi = np.bincount(codes[use], weights=(side[use] == 1), minlength=n_groups)
+    return np.stack([np.bincount(codes[use], minlength=n_groups).astype(float),
+                     np.bincount(codes[use], weights=(side[use] == -1), minlength=n_groups),
+                     np.bincount(codes[use], weights=(side[use] == 1), minlength=n_groups)])
+
+
+def separated_from_counts(counts: np.ndarray, modes: np.ndarray) -> tuple[int, ...]:
+    """The groups of :func:`separated_groups` from their :func:`boundary_counts`."""
+    cnt, lo, hi = counts
     sep = np.flatnonzero((cnt > 0) & ((lo == cnt) | (hi == cnt)))
     order = np.argsort(-np.abs(modes[sep]))
     return tuple(int(g) for g in sep[order][:10])
+
+
+
+@dataclass(frozen=True)
+class EndSums:
+    """What the end of a fit reads from the rows at the modes, as sums (shards' sums add up).
+
+    Attributes
+    ----------
+    deviance : float
+        lme4's GLMM deviance: the weighted unit deviances.
+    chi2 : float
+        Pearson chi-square, over ``used`` rows (positive weight and trials).
+    counts : tuple of numpy.ndarray
+        Per term, its :func:`boundary_counts` (the separation check of group effects).
+    """
+
+    deviance: float
+    chi2: float
+    used: int
+    counts: tuple[np.ndarray, ...]
+
+    @staticmethod
+    def add(a: EndSums, b: EndSums) -> EndSums:
+        return EndSums(a.deviance + b.deviance, a.chi2 + b.chi2, a.used + b.used,
+                       tuple(x + y for x, y in zip(a.counts, b.counts)))
+
+
+def end_sums(family: Family, y: np.ndarray, mu: np.ndarray, trials: np.ndarray, weights: np.ndarray,
+             disp: float | None, codes: Sequence[np.ndarray], n_groups: Sequence[int]) -> EndSums:
+    """The :class:`EndSums` of some rows at fitted means ``mu`` (``codes``: each term's group codes)."""
+    d = None if disp is None else np.asarray(disp)
+    deviance = 0.0
+    for sl in row_chunks(mu.size):  # in chunks: a dozen temporaries per row otherwise
+        deviance += float(np.sum(weights[sl] * family.unit_deviance(y[sl], mu[sl], trials[sl], d)))
+    chi2, used = pearson_sums(family, y, mu, trials, weights, disp)
+    side = pinned_rows(family, y, mu, trials)
+    counts = tuple(boundary_counts(np.asarray(c), int(m), side, weights) for c, m in zip(codes, n_groups))
+    return EndSums(deviance, chi2, used, counts)

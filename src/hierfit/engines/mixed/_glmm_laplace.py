@@ -33,9 +33,10 @@ import numpy as np
 from ._factor import Factorization
 from ._glmm_kernels import linpred, quad, scatter, xtc
 from ._glmm_pirls import Mode, Problem, mode_terms, solve_h
+from ._glmm_rows import RowTerms
 from ._gradient import logdet_gradient
 
-__all__ = ["factor_outer", "laplace_gradient"]
+__all__ = ["factor_outer", "laplace_gradient", "leverage_sums", "score_sums"]
 
 
 def factor_outer(prob: Problem, a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
@@ -79,29 +80,76 @@ def laplace_gradient(prob: Problem, mode: Mode, Ts: list[np.ndarray],
                      disp: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact ``(df/dtheta_t, df/dbeta_t)`` at a converged mode.
 
+    Two row passes (:func:`leverage_sums`, :func:`score_sums`; summed over the shards of a
+    sharded problem) around one adjoint solve.
+
     Returns
     -------
     g_theta, g_beta : numpy.ndarray
     """
-    sysm, rl = prob.sys0, prob.rl
+    sysm = prob.sys0
     sysm.raw_rows = mode.raw
     sig = sysm.diag_inverse(mode.fz, full=True)
+    if prob.shards is not None:
+        assert mode.beta_t is not None
+        zdwh, zd1 = prob.shards.leverage(Ts, mode.beta_t, mode.u, disp, sig)
+    else:
+        terms = None if prob.fused is not None else mode_terms(prob, mode, disp, grad=True)
+        zdwh, zd1, dwh = leverage_sums(prob, mode.eta, terms, Ts, sig)
+    g_u = prob.lam(Ts, zdwh, transpose=True)
+    # canonical weights (fused, and every sharded problem): H_o = H, factored at the mode
+    fz_o = mode.fz if prob.fused is not None else observed_factor(prob, mode, Ts, disp)
+    v = 0.5 * prob.flat(solve_h(sysm, fz_o, prob.levels(g_u)))
+    if prob.shards is not None:
+        assert mode.beta_t is not None
+        zc, g_beta = prob.shards.scores(Ts, mode.beta_t, mode.u, disp, sig, v)
+    else:
+        zc, g_beta = score_sums(prob, mode.eta, terms, dwh, Ts, v)
+    return _assemble_theta(prob, Ts, sig, zc, zd1, mode.u, v), g_beta
+
+
+def leverage_sums(prob: Problem, eta: np.ndarray, terms: RowTerms | None, Ts: list[np.ndarray],
+                  sig: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first gradient pass: grouped sums ``Z_t'(W' h)`` and ``Z_t' d1``, and the per-row
+    ``W' h`` the second pass reads (``terms``: the row terms at ``eta`` with ``dw``; ``None``
+    for a fused problem, whose kernel computes them)."""
+    rl = prob.rl
     if prob.fused is not None:
-        return _fused_gradient(prob, mode, Ts, sig)
-    terms = mode_terms(prob, mode, disp, grad=True)
-    assert terms.dw is not None
+        rows = prob.rows
+        zdwh, zd1, dwh = np.zeros(prob.q), np.zeros(prob.q), np.empty(prob.n)
+        flat_sig = np.concatenate([x.ravel() for x in sig])
+        tmat = np.concatenate([np.ascontiguousarray(T, dtype=float).ravel() for T in Ts])
+        E, C = prob.coef_sig
+        prob.fused.grad_a(eta, rows.y, rows.t, rows.pw, flat_sig, tmat, E, C, rl.gidx, rl.zc,
+                          zdwh, zd1, dwh)
+        return zdwh, zd1, dwh
+    assert terms is not None and terms.dw is not None
     h = quad(rl, sig, Ts, prob.use_numba)
     dwh = terms.dw * h
-    zdwh, zd1 = scatter(rl, dwh, terms.d1, prob.use_numba)
-    assert zd1 is not None
-    g_u = prob.lam(Ts, zdwh, transpose=True)
-    fz_o = observed_factor(prob, mode, Ts, disp)
-    v = 0.5 * prob.flat(solve_h(sysm, fz_o, prob.levels(g_u)))
+    zdwh_r, zd1_r = scatter(rl, dwh, terms.d1, prob.use_numba)
+    assert zd1_r is not None
+    return zdwh_r, zd1_r, dwh
+
+
+def score_sums(prob: Problem, eta: np.ndarray, terms: RowTerms | None, dwh: np.ndarray,
+               Ts: list[np.ndarray], v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The second gradient pass: ``c = d1 + W'h - 2 W_o s`` (``s = Z Lambda v``) summed per
+    group (``Z_t' c``) and over the fixed-effects columns (``X_t' c``)."""
+    rl = prob.rl
+    if prob.fused is not None:
+        rows = prob.rows
+        E, C = prob.coef_sig
+        zc, g_beta = np.zeros(prob.q), np.zeros(prob.p)
+        X = prob.X if prob.p else np.zeros((1, 1))
+        prob.fused.grad_b(eta, rows.y, rows.t, rows.pw, dwh, prob.lam(Ts, v), X,
+                          prob.xmap.center, prob.xmap.scale, E, C, rl.gidx, rl.zc, zc, g_beta)
+        return zc, g_beta
+    assert terms is not None
     s = linpred(rl, np.zeros(prob.n), prob.lam(Ts, v), prob.use_numba)
     c = terms.d1 + dwh - 2.0 * terms.wo * s
     zc, _ = scatter(rl, c, None, prob.use_numba)
     g_beta = xtc(prob.X, prob.xmap.center, prob.xmap.scale, c, prob.use_numba) if prob.p else np.zeros(0)
-    return _assemble_theta(prob, Ts, sig, zc, zd1, mode.u, v), g_beta
+    return zc, g_beta
 
 
 def _assemble_theta(prob: Problem, Ts: list[np.ndarray], sig: list[np.ndarray],
@@ -111,24 +159,3 @@ def _assemble_theta(prob: Problem, Ts: list[np.ndarray], sig: list[np.ndarray],
         G -= Gv
     logdet_gradient(prob.sys0, Ts, sig, grads)
     return theta_vector(prob, grads)
-
-
-def _fused_gradient(prob: Problem, mode: Mode, Ts: list[np.ndarray], sig: list[np.ndarray]
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """The same gradient from the two fused passes (canonical weights: ``H_o = H``)."""
-    assert prob.fused is not None
-    rows, rl = prob.rows, prob.rl
-    E, C = prob.coef_sig
-    q = prob.q
-    zdwh, zd1, dwh = np.zeros(q), np.zeros(q), np.empty(prob.n)
-    flat_sig = np.concatenate([x.ravel() for x in sig])
-    tmat = np.concatenate([np.ascontiguousarray(T, dtype=float).ravel() for T in Ts])
-    prob.fused.grad_a(mode.eta, rows.y, rows.t, rows.pw, flat_sig, tmat, E, C, rl.gidx, rl.zc,
-                      zdwh, zd1, dwh)
-    g_u = prob.lam(Ts, zdwh, transpose=True)
-    v = 0.5 * prob.flat(solve_h(prob.sys0, mode.fz, prob.levels(g_u)))
-    zc, g_beta = np.zeros(q), np.zeros(prob.p)
-    X = prob.X if prob.p else np.zeros((1, 1))
-    prob.fused.grad_b(mode.eta, rows.y, rows.t, rows.pw, dwh, prob.lam(Ts, v), X,
-                      prob.xmap.center, prob.xmap.scale, E, C, rl.gidx, rl.zc, zc, g_beta)
-    return _assemble_theta(prob, Ts, sig, zc, zd1, mode.u, v), g_beta

@@ -109,7 +109,7 @@ class Objective:
         theta_t, beta_t, disp = self.unpack(x)
         prob = self.prob
         tol = self.tol if tol is None else tol
-        m = pirls(prob, prob.factor_T(theta_t), prob.xbeta(beta_t), disp, self.u, grad=grad,
+        m = pirls(prob, prob.factor_T(theta_t), beta_t, disp, self.u, grad=grad,
                   tol=PIRLS_TOL if tol is None else tol)
         if m.converged:
             self.u = m.u

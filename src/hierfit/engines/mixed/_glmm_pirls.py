@@ -19,12 +19,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Protocol
 
 import numpy as np
 import scipy.linalg as sla
 
 from ._blocks import Plan
 from ._factor import Factorization, System, _solve_lower
+from ._glmm_diagnostics import EndSums
 from ._glmm_kernels import (
     RowLayout,
     accumulate,
@@ -50,6 +52,8 @@ PIRLS_STALL_TOL = 1e-12
 PIRLS_MAXIT = 100
 #: Placeholder outputs of a fused step that keeps no weights / working response.
 _NO_V = np.zeros(1)
+#: The linear predictor of a sharded pass: its rows stay in the shards.
+_NO_ETA = np.zeros(0)
 
 
 
@@ -91,6 +95,9 @@ class Problem:
     sysf: System
     use_numba: bool = True
     fused: ModuleType | None = None
+    #: The rows live elsewhere (Dask workers, a Parquet lake): every row pass is one
+    #: map-reduce of per-group sums over them (:mod:`._glmm_shards`); ``X`` then has no rows.
+    shards: Shards | None = None
 
     def __post_init__(self) -> None:
         # Coefficient tables of the fused passes (constant for the fit).
@@ -211,6 +218,38 @@ class Mode:
     iterations: int
     decrement: float
     fz_o: Factorization | None = None
+    #: the fixed effects of the mode (a sharded problem recomputes ``eta`` from them)
+    beta_t: np.ndarray | None = None
+
+
+class Shards(Protocol):
+    """The row passes of a problem whose rows are held in shards (:mod:`._glmm_shards`):
+    each returns the sums over every row, exactly what the in-memory pass computes."""
+
+    def step(self, Ts: list[np.ndarray], beta_t: np.ndarray, disp: float | None, u: np.ndarray
+             ) -> tuple[float, list[np.ndarray]]:
+        """``sum dev`` and the unpadded u-only system of the next PIRLS step (:func:`_pass`)."""
+
+    def joint_step(self, Ts: list[np.ndarray], disp: float | None, beta_t: np.ndarray, u: np.ndarray,
+                   start: bool) -> tuple[float, list[np.ndarray]]:
+        """``sum dev`` and the unpadded joint system (:func:`_joint_pass`)."""
+
+    def leverage(self, Ts: list[np.ndarray], beta_t: np.ndarray, u: np.ndarray, disp: float | None,
+                 sig: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The sums of :func:`._glmm_laplace.leverage_sums`."""
+
+    def scores(self, Ts: list[np.ndarray], beta_t: np.ndarray, u: np.ndarray, disp: float | None,
+               sig: list[np.ndarray], v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The sums of :func:`._glmm_laplace.score_sums`."""
+
+    def moment_sums(self, Ts: list[np.ndarray], beta_t: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """The sums of :func:`._glmm_start.moment_sums`."""
+
+    def end_sums(self, Ts: list[np.ndarray], beta_t: np.ndarray, u: np.ndarray, disp: float | None) -> EndSums:
+        """The sums of :func:`._glmm_diagnostics.end_sums`."""
+
+    def close(self) -> None:
+        """Release the shards once the fit is done."""
 
 
 def _lt_times(sysm: System, fz: Factorization, x: list[np.ndarray]) -> list[np.ndarray]:
@@ -271,7 +310,7 @@ def _working(prob: Problem, terms: RowTerms, eta: np.ndarray, base: np.ndarray,
 def _finish(prob: Problem, Ts: list[np.ndarray], u: np.ndarray, eta: np.ndarray,
             terms: RowTerms | None, pd: float, w_used: np.ndarray | None,
             raw: list[np.ndarray], fz: Factorization, converged: bool, it: int,
-            dec: float) -> Mode:
+            dec: float, beta_t: np.ndarray) -> Mode:
     """The mode record; refactorises with the weights of ``H`` if the steps used others.
 
     ``terms``/``w_used`` are ``None`` for a fused pass (canonical weights: ``H = H_o``).
@@ -287,19 +326,26 @@ def _finish(prob: Problem, Ts: list[np.ndarray], u: np.ndarray, eta: np.ndarray,
     elif terms.wo is terms.w:
         fz_o = fz
     return Mode(u, eta, terms, fz, raw, pd, fz.logdet_L, pd + fz.logdet_L, converged, it, dec,
-                fz_o)
+                fz_o, beta_t)
 
 
 PassResult = tuple[float, "RowTerms | None", np.ndarray, list[np.ndarray], "np.ndarray | None"]
 
 
 def _pass(prob: Problem, Ts: list[np.ndarray], xb: np.ndarray, disp: float | None,
-          u: np.ndarray, grad: bool, out: np.ndarray | None = None) -> PassResult:
+          u: np.ndarray, grad: bool, out: np.ndarray | None = None,
+          beta_t: np.ndarray | None = None) -> PassResult:
     """One pass at ``u``: ``pd``, row terms, ``eta``, the system of the next step, its weights.
 
     Fused (one read of the rows) for the families of :mod:`._glmm_fused`; it writes ``eta``
-    into ``out`` when given.
+    into ``out`` when given.  A sharded problem sums the pass over its shards (from
+    ``beta_t``; no row terms or ``eta`` come back, as from a fused pass).
     """
+    if prob.shards is not None:
+        assert beta_t is not None
+        dev, raw = prob.shards.step(Ts, beta_t, disp, u)
+        raw[-1][0, -1, -1] += 1.0  # see Problem.weighted_rows
+        return dev + float(u @ u), None, _NO_ETA, raw, None
     bvec = prob.lam(Ts, u)
     if prob.fused is not None:
         rl_sys, total, _, _, size = prob.sys_layout0
@@ -320,10 +366,10 @@ def _pass(prob: Problem, Ts: list[np.ndarray], xb: np.ndarray, disp: float | Non
     return terms.dev + float(u @ u), terms, eta, prob.weighted_rows(w, r, with_x=False), w
 
 
-def pirls(prob: Problem, Ts: list[np.ndarray], xb: np.ndarray, disp: float | None,
+def pirls(prob: Problem, Ts: list[np.ndarray], beta_t: np.ndarray, disp: float | None,
           u0: np.ndarray, *, grad: bool = False, tol: float = PIRLS_TOL,
           maxit: int = PIRLS_MAXIT) -> Mode:
-    """Conditional modes at fixed ``theta`` (``Ts``) and ``beta`` (``xb = X beta + offset``).
+    """Conditional modes at fixed ``theta`` (``Ts``) and standardised ``beta``.
 
     Each iteration is one pass at the current modes (its ``pd`` also decides the step
     halving of the previous step) and an O(groups) solve.
@@ -335,7 +381,9 @@ def pirls(prob: Problem, Ts: list[np.ndarray], xb: np.ndarray, disp: float | Non
     """
     sysm = prob.sys0
     u = np.array(u0, dtype=float, copy=True)
-    pd, terms, eta, raw, w = _pass(prob, Ts, xb, disp, u, grad)
+    # X beta + offset once per solve (a sharded problem's shards compute their own)
+    xb = prob.xbeta(beta_t) if prob.shards is None else _NO_ETA
+    pd, terms, eta, raw, w = _pass(prob, Ts, xb, disp, u, grad, beta_t=beta_t)
     dec = dec_prev = np.inf
     fz = None
     for it in range(maxit):
@@ -348,28 +396,28 @@ def pirls(prob: Problem, Ts: list[np.ndarray], xb: np.ndarray, disp: float | Non
             raise np.linalg.LinAlgError("PIRLS step is not finite")
         scale = max(1.0, 1e-6 * abs(pd))
         if dec <= tol * scale or (dec <= PIRLS_STALL_TOL * scale and dec >= 0.9 * dec_prev):
-            return _finish(prob, Ts, u, eta, terms, pd, w, raw, fz, True, it, dec)
+            return _finish(prob, Ts, u, eta, terms, pd, w, raw, fz, True, it, dec, beta_t)
         dec_prev = dec
         step = 1.0
         # A fused trial writes its eta over the current one (one row-sized array, not two:
         # memory is per row); only when every halving fails is the eta at u needed again.
-        reuse = eta if prob.fused is not None else None
+        reuse = eta if prob.fused is not None and prob.shards is None else None
         for _ in range(40):  # step halving, as lme4's pwrssUpdate
             u_try = u + step * delta
-            trial = _pass(prob, Ts, xb, disp, u_try, grad, out=reuse)
+            trial = _pass(prob, Ts, xb, disp, u_try, grad, out=reuse, beta_t=beta_t)
             if np.isfinite(trial[0]) and trial[0] <= pd + 1e-13 * abs(pd):
                 break
             step *= 0.5
         else:
             if reuse is not None:  # the same system as at u (fz stays valid), and eta at u
-                pd, terms, eta, raw, w = _pass(prob, Ts, xb, disp, u, grad, out=reuse)
-            return _finish(prob, Ts, u, eta, terms, pd, w, raw, fz, False, it, dec)
+                pd, terms, eta, raw, w = _pass(prob, Ts, xb, disp, u, grad, out=reuse, beta_t=beta_t)
+            return _finish(prob, Ts, u, eta, terms, pd, w, raw, fz, False, it, dec, beta_t)
         u = u_try
         pd, terms, eta, raw, w = trial
     # Out of iterations: the state is consistent (system at u), flagged as not converged.
     sysm.raw_rows = raw
     fz = sysm.factorize(Ts, keep=True)
-    return _finish(prob, Ts, u, eta, terms, pd, w, raw, fz, False, maxit, dec)
+    return _finish(prob, Ts, u, eta, terms, pd, w, raw, fz, False, maxit, dec, beta_t)
 
 
 def mode_terms(prob: Problem, mode: Mode, disp: float | None, grad: bool = False) -> RowTerms:
@@ -379,14 +427,14 @@ def mode_terms(prob: Problem, mode: Mode, disp: float | None, grad: bool = False
     return mode.terms
 
 
-def pirls_joint(prob: Problem, Ts: list[np.ndarray], disp: float | None,
-                eta0: np.ndarray | None, *, warm: tuple[np.ndarray, np.ndarray] | None = None,
+def pirls_joint(prob: Problem, Ts: list[np.ndarray], disp: float | None, *,
+                warm: tuple[np.ndarray, np.ndarray] | None = None,
                 maxit: int = PIRLS_MAXIT, tol: float = 1e-12
                 ) -> tuple[np.ndarray, np.ndarray, bool, np.ndarray]:
     """Joint PIRLS over ``(u, beta)`` at fixed theta (glmer's nAGQ = 0 inner loop).
 
-    Starts from the linear predictor ``eta0`` (e.g. ``link(mustart)``), or from ``warm =
-    (beta_t, u)``.
+    Starts from glmer's linear predictor ``link(mustart)`` (without the offset), or from
+    ``warm = (beta_t, u)``.
 
     Returns
     -------
@@ -403,10 +451,8 @@ def pirls_joint(prob: Problem, Ts: list[np.ndarray], disp: float | None,
     p = prob.p
     if warm is None:
         # The first system comes from the start's linear predictor (no beta, u yet).
-        assert eta0 is not None
         beta, u = np.zeros(p), np.zeros(prob.q)
-        raw = _joint_pass(prob, Ts, disp, beta, u, xb=np.asarray(eta0, dtype=float))[1]
-        eta0 = None  # drop the start's row-sized array before the next passes allocate theirs
+        raw = _joint_pass(prob, Ts, disp, beta, u, start=True)[1]
         pd_old = np.inf
     else:
         beta, u = warm
@@ -457,15 +503,21 @@ def full_system_and_eta(prob: Problem, Ts: list[np.ndarray], disp: float | None,
 
 
 def _joint_pass(prob: Problem, Ts: list[np.ndarray], disp: float | None, beta: np.ndarray,
-                u: np.ndarray, xb: np.ndarray | None = None
+                u: np.ndarray, start: bool = False
                 ) -> tuple[float, list[np.ndarray], np.ndarray]:
     """``pd`` at ``(beta, u)`` and the joint system of the next step (fused when possible).
 
-    ``xb`` overrides ``X beta + offset`` (the start's linear predictor, with ``u = 0``).
+    ``start`` replaces ``X beta + offset`` by the start's linear predictor (with ``u = 0``).
     The system is the u-only one with the working response relative to the offset, plus
-    the fixed-effects columns (:func:`_with_x`): no kernel depends on ``p``.
+    the fixed-effects columns (:func:`_with_x`): no kernel depends on ``p``.  A sharded
+    problem sums the pass over its shards (no ``eta`` comes back).
     """
-    xb = prob.xbeta(beta) if xb is None else xb
+    if prob.shards is not None:
+        dev, raw = prob.shards.joint_step(Ts, disp, beta, u, start)
+        raw[-1][0, -1, -1] += 1.0  # see Problem.weighted_rows
+        return dev + float(u @ u), raw, _NO_ETA
+    # the start's row-sized array lives only during this pass
+    xb = np.asarray(prob.rows.start_eta(), dtype=float) if start else prob.xbeta(beta)
     bvec = prob.lam(Ts, u)
     rows = prob.rows
     if prob.fused is not None:

@@ -10,16 +10,16 @@ import scipy.linalg as sla
 from ._glmm_agq import agq_objective
 from ._glmm_diagnostics import (
     SEPARATION_CANDIDATE,
+    EndSums,
     GlmmDiagnostics,
     SeparationFlag,
-    pearson,
-    pinned_rows,
-    separated_groups,
+    end_sums,
+    pearson_test,
+    separated_from_counts,
 )
 from ._glmm_objective import FD_PIRLS_TOL, Objective
 from ._glmm_optim import OuterResult, minimize_outer
 from ._glmm_pirls import Mode, full_system_and_eta
-from ._glmm_rows import row_chunks
 from ._glmm_setup import FitSetup
 from ._glmm_start import start_values
 from ._theta import sd_and_correlation
@@ -135,13 +135,13 @@ def _assemble(fit: FitSetup, obj: Objective, res: OuterResult, x0: np.ndarray, f
         condsd.append(np.sqrt(np.diagonal(cc, axis1=1, axis2=2)))
     n_params = prob.p + spec.size + int(fit.estimate_disp)
     n_obs = fit.n_obs
-    mu = fit.family.link.inverse(eta)
-    deviance = _deviance(fit, mu, disp)
+    # a sharded fit's eta has no rows: its solution keeps none (fitted() is empty)
+    ends = _end_sums(fit, Ts, beta_t, mode.u, eta, disp)
     sing = [(b, i) for val, (b, i, j), lo in zip(theta_t, spec.entries, spec.lower)
             if lo == 0.0 and val < SINGULAR_TOL]
     converged = bool(res.converged and mode.converged)
     message = res.message if mode.converged else "PIRLS did not converge at the optimum; " + res.message
-    diagnostics = _diagnostics(fit, obj, res, mode, mu, disp, sing, modes, n_params)
+    diagnostics = _diagnostics(fit, obj, res, mode, ends, sing, modes, n_params)
     theta0_t, beta0_t, disp0 = obj.unpack(x0)
     opt = OptSummary(
         initial_theta=_theta_caller(fit, theta0_t), initial_beta=std.beta(beta0_t),
@@ -159,7 +159,7 @@ def _assemble(fit: FitSetup, obj: Objective, res: OuterResult, x0: np.ndarray, f
         theta_lower=spec.lower.copy(), theta_entries=spec.entries, covariances=covs, sds=sds,
         correlations=cors, ranef=modes, ranef_condsd=condsd, ranef_condcov=condcov,
         nb_theta=disp if fit.family.has_dispersion else None, loglik=-0.5 * f, objective=f,
-        deviance=deviance, aic=f + 2.0 * n_params, bic=f + np.log(n_obs) * n_params,
+        deviance=ends.deviance, aic=f + 2.0 * n_params, bic=f + np.log(n_obs) * n_params,
         n_obs=n_obs, n_params=n_params, n_agq=fit.n_agq, information=fit.information,
         converged=converged, message=message, n_evaluations=obj.n_eval, singular=bool(sing),
         singular_terms=sing, linear_predictor=eta, diagnostics=diagnostics,
@@ -175,7 +175,7 @@ def _theta_caller(fit: FitSetup, theta_t: np.ndarray) -> np.ndarray:
 
 
 def _separation(fit: FitSetup, obj: Objective, res: OuterResult, modes: list[np.ndarray],
-                mu: np.ndarray) -> tuple[SeparationFlag, ...]:
+                ends: EndSums) -> tuple[SeparationFlag, ...]:
     """Estimates running off to infinity (see :mod:`._glmm_diagnostics`)."""
     prob, spec = fit.prob, fit.prob.spec
     theta_t, beta_t, disp = obj.unpack(res.x)
@@ -191,41 +191,36 @@ def _separation(fit: FitSetup, obj: Objective, res: OuterResult, modes: list[np.
         if np.isfinite(ft) and ft <= res.fun + 1e-6 * max(1.0, abs(res.fun)):
             flags.append(SeparationFlag("fixed", j, None, int(np.sign(beta[j])), float(beta[j])))
     obj.u = u_keep
-    side = None
     for t, (b, i, jj) in enumerate(spec.entries):
         if i != jj or theta_t[t] < SEPARATION_CANDIDATE:
             continue
-        if side is None:
-            side = pinned_rows(fit.family, fit.y, mu, fit.trials)
-        blk = fit.blocks[b]
-        groups = separated_groups(np.asarray(blk.group_index), blk.n_groups, side,
-                                  modes[b][:, i], fit.weights)
+        groups = separated_from_counts(ends.counts[b], modes[b][:, i])
         if groups:
             sd = float(np.sqrt(np.sum(fit.std.term_T(b, spec.block_T(theta_t)[b]) ** 2, axis=1))[i])
             flags.append(SeparationFlag("random", b, i, 1, sd, groups))
     return tuple(flags)
 
 
-def _deviance(fit: FitSetup, mu: np.ndarray, disp: float | None) -> float:
-    """lme4's GLMM deviance: the weighted unit deviances at the modes, summed in chunks."""
-    d = None if disp is None else np.asarray(disp)
-    total = 0.0
-    for sl in row_chunks(mu.size):
-        total += float(np.sum(fit.weights[sl] * fit.family.unit_deviance(fit.y[sl], mu[sl], fit.trials[sl], d)))
-    return total
+def _end_sums(fit: FitSetup, Ts: list[np.ndarray], beta_t: np.ndarray, u: np.ndarray, eta: np.ndarray,
+              disp: float | None) -> EndSums:
+    """Deviance, Pearson and separation sums at the modes (from ``eta``, or the shards')."""
+    if fit.prob.shards is not None:
+        return fit.prob.shards.end_sums(Ts, beta_t, u, disp)
+    mu = fit.family.link.inverse(eta)
+    return end_sums(fit.family, fit.y, mu, fit.trials, fit.weights, disp,
+                    [blk.group_index for blk in fit.blocks], [blk.n_groups for blk in fit.blocks])
 
 
-def _diagnostics(fit: FitSetup, obj: Objective, res: OuterResult, mode: Mode, mu: np.ndarray,
-                 disp: float | None, sing: list[tuple[int, int]], modes: list[np.ndarray],
+def _diagnostics(fit: FitSetup, obj: Objective, res: OuterResult, mode: Mode, ends: EndSums,
+                 sing: list[tuple[int, int]], modes: list[np.ndarray],
                  n_params: int) -> GlmmDiagnostics:
-    chi2, df, ratio, pval = pearson(fit.family, fit.y, mu, fit.trials, fit.weights, disp,
-                                    n_params)
+    chi2, df, ratio, pval = pearson_test(ends.chi2, ends.used, n_params)
     alt = None if fit.family.has_dispersion else fit.family.overdispersed_alternative
     over = bool(alt is not None and np.isfinite(pval) and ratio > 1.0 and pval < 0.05)
     return GlmmDiagnostics(
         pirls_converged=bool(mode.converged), outer_converged=bool(res.converged),
         outer_message=res.message, pirls_failures=obj.pirls_failures, singular=bool(sing),
-        singular_terms=sing, separation=_separation(fit, obj, res, modes, mu), pearson_chi2=chi2,
+        singular_terms=sing, separation=_separation(fit, obj, res, modes, ends), pearson_chi2=chi2,
         residual_df=df, dispersion_ratio=ratio, overdispersion_pvalue=pval, overdispersed=over,
         suggested_family=alt if over else None,
         nonfinite_offset_rows=int(fit.nonfinite_offset.size),

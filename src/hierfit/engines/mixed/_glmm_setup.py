@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from types import ModuleType
 
 import numpy as np
 
@@ -13,7 +14,7 @@ from ._factor import System
 from ._glmm_agq import check_agq
 from ._glmm_fused import FUSED_KINDS
 from ._glmm_fused import fused as fused_kernels
-from ._glmm_kernels import HAVE_NUMBA, make_row_layout
+from ._glmm_kernels import HAVE_NUMBA, RowLayout, make_row_layout
 from ._glmm_pirls import Problem
 from ._glmm_rows import RowModel, row_chunks
 from ._standardize import Standardization, standardize
@@ -21,7 +22,7 @@ from ._suffstats import make_layout
 from ._theta import ThetaSpec
 from .lmm import _check_fixed_rank, _factor_map
 
-__all__ = ["FitSetup", "prepare"]
+__all__ = ["FitSetup", "clean_rows", "fused_for", "prepare", "resolve_dispersion"]
 
 
 @dataclass
@@ -61,9 +62,14 @@ class FitSetup:
     nonfinite_offset: np.ndarray
     zero_trials: np.ndarray
 
+    #: rows that carry likelihood, when the rows live in shards (``weights`` is then empty)
+    shard_n_obs: int | None = None
+
     @property
     def n_obs(self) -> int:
         """Rows that carry likelihood."""
+        if self.shard_n_obs is not None:
+            return self.shard_n_obs
         return int(np.count_nonzero(self.weights > 0))
 
 
@@ -81,29 +87,38 @@ def _vector(v: np.ndarray | None, n: int, name: str, default: float, *, shared: 
     return a.copy()
 
 
-def prepare(X: np.ndarray, y: np.ndarray, blocks: list[RandomBlock], family: Family, *,
-            trials: np.ndarray | None, weights: np.ndarray | None, offset: np.ndarray | None,
-            n_agq: int, information: str | None, nb_theta: float | None,
-            use_numba: bool) -> FitSetup:
-    """Check the inputs and build the fit's structures (one pass for the rank check)."""
-    if not isinstance(family, Family):
-        # The core raises ValueError only; the engine maps it to the user-facing tree.
-        raise ValueError(f"family must be a Family row of hierfit.model.family, got {family!r}")  # noqa: TRY004
-    if family.normal_errors:
-        raise ValueError(f"family {family} has normal errors: fit it as a linear mixed model "
-                         "(fit_lmm), whose likelihood is exact")
-    X = np.ascontiguousarray(X, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64).ravel()  # copied below only if rows are left out
-    if X.ndim != 2 or X.shape[0] != y.size:
-        raise ValueError(f"X must be (n, p) and y (n,); got X {X.shape} and y {y.shape}")
-    n, p = X.shape
-    if n == 0:
-        raise ValueError("no rows to fit")
-    if not np.all(np.isfinite(X)):
-        raise ValueError("X must be finite (drop rows with missing values first)")
-    if trials is not None and not family.has_trials:
-        raise ValueError(f"family {family} has no trials (use the binomial family for "
-                         "successes out of trials)")
+def resolve_dispersion(family: Family, nb_theta: float | None, information: str | None) -> tuple[bool, str]:
+    """Whether a negative-binomial size is estimated, and the information of ``H``."""
+    if nb_theta is not None:
+        if not family.has_dispersion:
+            raise ValueError(f"family {family} has no dispersion to fix (nb_theta)")
+        if not (np.isfinite(nb_theta) and nb_theta > 0):
+            raise ValueError(f"nb_theta must be positive and finite, got {nb_theta}")
+    estimate_disp = family.has_dispersion and nb_theta is None
+    if information is None:
+        information = "observed" if estimate_disp else "expected"
+    if information not in ("expected", "observed"):
+        raise ValueError(f"information must be 'expected' or 'observed', got {information!r}")
+    return estimate_disp, information
+
+
+def fused_for(rows: RowModel, rl: RowLayout, use_numba: bool) -> ModuleType | None:
+    """The fused row passes of the family (:mod:`._glmm_fused`), when it has them."""
+    kind = (rows.family.name, rows.family.link.name)
+    if use_numba and HAVE_NUMBA and rows.canonical_pair and kind in FUSED_KINDS:
+        return fused_kernels(rl.structure, kind)
+    return None
+
+
+def clean_rows(family: Family, y: np.ndarray, trials: np.ndarray | None, weights: np.ndarray | None,
+               offset: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Check the outcome, trials, weights and offset of some rows; leave out (weight 0) rows with
+    zero trials or a non-finite offset.
+
+    Returns ``(y, trials, weights, offset, nonfinite_offset_rows, zero_trial_rows)``; a shard of
+    rows is cleaned exactly as the whole (every rule is per row).
+    """
+    n = y.size
     # Defaults that are never written are stride-0 views: rows are left out (and their
     # weight and offset written) only through zero trials or a non-finite offset, so unit
     # trials are never written, and unit weights and a zero offset are not without them.
@@ -133,18 +148,36 @@ def prepare(X: np.ndarray, y: np.ndarray, blocks: list[RandomBlock], family: Fam
         raise ValueError(str(exc)) from None
     if excluded.any():
         y[excluded] = 0.0
+    return y, t, w, o, bad_off, zero_t
+
+
+def prepare(X: np.ndarray, y: np.ndarray, blocks: list[RandomBlock], family: Family, *,
+            trials: np.ndarray | None, weights: np.ndarray | None, offset: np.ndarray | None,
+            n_agq: int, information: str | None, nb_theta: float | None,
+            use_numba: bool) -> FitSetup:
+    """Check the inputs and build the fit's structures (one pass for the rank check)."""
+    if not isinstance(family, Family):
+        # The core raises ValueError only; the engine maps it to the user-facing tree.
+        raise ValueError(f"family must be a Family row of hierfit.model.family, got {family!r}")  # noqa: TRY004
+    if family.normal_errors:
+        raise ValueError(f"family {family} has normal errors: fit it as a linear mixed model "
+                         "(fit_lmm), whose likelihood is exact")
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64).ravel()  # copied below only if rows are left out
+    if X.ndim != 2 or X.shape[0] != y.size:
+        raise ValueError(f"X must be (n, p) and y (n,); got X {X.shape} and y {y.shape}")
+    n, p = X.shape
+    if n == 0:
+        raise ValueError("no rows to fit")
+    if not np.all(np.isfinite(X)):
+        raise ValueError("X must be finite (drop rows with missing values first)")
+    if trials is not None and not family.has_trials:
+        raise ValueError(f"family {family} has no trials (use the binomial family for "
+                         "successes out of trials)")
+    y, t, w, o, bad_off, zero_t = clean_rows(family, y, trials, weights, offset)
     if not np.any(w > 0):
         raise ValueError("no row carries likelihood (all weights, trials or offsets excluded)")
-    if nb_theta is not None:
-        if not family.has_dispersion:
-            raise ValueError(f"family {family} has no dispersion to fix (nb_theta)")
-        if not (np.isfinite(nb_theta) and nb_theta > 0):
-            raise ValueError(f"nb_theta must be positive and finite, got {nb_theta}")
-    estimate_disp = family.has_dispersion and nb_theta is None
-    if information is None:
-        information = "observed" if estimate_disp else "expected"
-    if information not in ("expected", "observed"):
-        raise ValueError(f"information must be 'expected' or 'observed', got {information!r}")
+    estimate_disp, information = resolve_dispersion(family, nb_theta, information)
     plan, _ = make_plan(blocks, n)
     std = standardize(X, y, [[b.column(a) for a in range(b.k)] for b in blocks],
                       [b.correlated for b in blocks])
@@ -156,10 +189,7 @@ def prepare(X: np.ndarray, y: np.ndarray, blocks: list[RandomBlock], family: Fam
     rl = make_row_layout(plan, lay0, factor_maps)
     rows = RowModel(family, y, t, w, information, fast=use_numba)
     spec = ThetaSpec.from_blocks(blocks)
-    kind = (family.name, family.link.name)
-    fused = None
-    if use_numba and HAVE_NUMBA and rows.canonical_pair and kind in FUSED_KINDS:
-        fused = fused_kernels(rl.structure, kind)
+    fused = fused_for(rows, rl, use_numba)
     prob = Problem(X, o, std.x, rows, rl, plan, spec, System(plan, lay0, []),
                    System(plan, layf, []), use_numba, fused)
     check_agq(prob, int(n_agq))

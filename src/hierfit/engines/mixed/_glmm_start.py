@@ -18,7 +18,7 @@ import scipy.linalg as sla
 
 from ._factor import System
 from ._glmm_kernels import linpred
-from ._glmm_pirls import full_system, pirls_joint
+from ._glmm_pirls import Problem, full_system, pirls_joint
 from ._glmm_setup import FitSetup
 from ._gradient import criterion_and_gradient
 from ._optim import minimize_theta
@@ -34,12 +34,20 @@ START_TOL = 1e-9
 THETA_FLOOR = 0.05
 
 
-def _moment_size(fit: FitSetup, eta: np.ndarray) -> float:
+def moment_sums(prob: Problem, beta_t: np.ndarray, Ts: list[np.ndarray], u: np.ndarray) -> np.ndarray:
+    """``[sum w ((y - mu)^2 - mu), sum w mu^2]`` at the modes: the sums of the NB size's moment
+    estimate (one pass; a sharded problem sums them over its shards)."""
+    if prob.shards is not None:
+        return prob.shards.moment_sums(Ts, beta_t, u)
+    mu = prob.rows.family.link.inverse(linpred(prob.rl, prob.xbeta(beta_t), prob.lam(Ts, u), prob.use_numba))
+    w, y = prob.rows.pw, prob.rows.y
+    return np.array([float(np.sum(w * ((y - mu) ** 2 - mu))), float(np.sum(w * mu ** 2))])
+
+
+def _moment_size(sums: np.ndarray) -> float:
     """Moment estimate of the NB size from fitted means (Var = mu + mu^2 / size)."""
-    mu = fit.family.link.inverse(eta)
-    w, y = fit.weights, fit.y
-    excess = float(np.sum(w * ((y - mu) ** 2 - mu)))
-    size = float(np.sum(w * mu ** 2)) / excess if excess > 0 else 1e4
+    excess, wmu2 = float(sums[0]), float(sums[1])
+    size = wmu2 / excess if excess > 0 else 1e4
     return float(np.clip(size, 1e-2, 1e4))
 
 
@@ -49,7 +57,7 @@ def _pql_theta(fit: FitSetup, theta: np.ndarray, beta: np.ndarray, u: np.ndarray
     prob = fit.prob
     raw = full_system(prob, prob.factor_T(theta), disp, beta, u, pad=False)
     sysm = System(prob.plan, prob.sysf.layout, raw)
-    n_eff, p, spec = int(np.count_nonzero(fit.weights > 0)), prob.p, prob.spec
+    n_eff, p, spec = fit.n_obs, prob.p, prob.spec
 
     def crit(th: np.ndarray) -> float:
         try:
@@ -82,16 +90,13 @@ def start_values(fit: FitSetup) -> tuple[np.ndarray, np.ndarray, np.ndarray, flo
     prob = fit.prob
     theta = prob.spec.start()
     disp = fit.nb_fixed if not fit.estimate_disp else 1.0
-    # the start's eta is not kept here: pirls_joint drops it after its first pass
-    beta, u, _, RX = pirls_joint(prob, prob.factor_T(theta), disp, prob.rows.start_eta(), tol=START_TOL)
+    beta, u, _, RX = pirls_joint(prob, prob.factor_T(theta), disp, tol=START_TOL)
     for rnd in range(PQL_ROUNDS + int(fit.estimate_disp)):
         if fit.estimate_disp and rnd == 0:
-            Ts = prob.factor_T(theta)
-            disp = _moment_size(fit, linpred(prob.rl, prob.xbeta(beta), prob.lam(Ts, u),
-                                             prob.use_numba))
+            disp = _moment_size(moment_sums(prob, beta, prob.factor_T(theta), u))
         else:
             theta = _pql_theta(fit, theta, beta, u, disp)
-        beta, u, _, RX = pirls_joint(prob, prob.factor_T(theta), disp, None, warm=(beta, u),
+        beta, u, _, RX = pirls_joint(prob, prob.factor_T(theta), disp, warm=(beta, u),
                                      tol=START_TOL)
     p = prob.p
     # d2 f / d beta_t^2 ~ 2 R_X'R_X: beta_t = beta0 + P psi makes the psi-Hessian ~ I.
