@@ -35,7 +35,7 @@ def lmm_diagnostics(design: Design | StreamedDesign, sol: LmmSolution) -> list[D
     return found
 
 
-def glmm_diagnostics(design: Design, sol: GlmmSolution) -> list[Diagnostic]:
+def glmm_diagnostics(design: Design | StreamedDesign, sol: GlmmSolution) -> list[Diagnostic]:
     """Convergence, singular fits, separation and overdispersion of a GLMM."""
     d = sol.diagnostics
     found = []
@@ -79,11 +79,15 @@ def glmm_diagnostics(design: Design, sol: GlmmSolution) -> list[Diagnostic]:
     return found  # zero-trial rows are a data check (hierfit.design.outcome), named by their labels
 
 
-def _at_poisson_limit(design: Design, sol: GlmmSolution) -> bool:
+def _at_poisson_limit(design: Design | StreamedDesign, sol: GlmmSolution) -> bool:
     """An estimated NB size so large that the overdispersion ``mu / theta`` is under 0.1% at the largest count."""
     if sol.nb_theta is None or not design.spec.family.has_dispersion:
         return False
-    largest = max(1.0, float(design.y.max(initial=0.0)))
+    if isinstance(design, StreamedDesign):  # the rows' largest count, from the design pass
+        top = float(design.column_moments.hi[design.layout.y]) if design.n else 0.0
+    else:
+        top = float(design.y.max(initial=0.0))
+    largest = max(1.0, top)
     return largest / float(sol.nb_theta) < POISSON_LIMIT
 
 
@@ -100,7 +104,7 @@ def _singular(design: Design | StreamedDesign, terms: list[tuple[int, int]]) -> 
     )
 
 
-def _separation(design: Design, flag: SeparationFlag) -> Diagnostic:
+def _separation(design: Design | StreamedDesign, flag: SeparationFlag) -> Diagnostic:
     if flag.kind == "fixed":
         name = design.x_names[flag.index]
         return Diagnostic(

@@ -142,17 +142,19 @@ class GlmmFit(_ModeFit):
     """A generalized linear mixed model (Laplace or adaptive quadrature); ``native()`` is the
     core's :class:`GlmmSolution`."""
 
-    def __init__(self, design: Design, solution: GlmmSolution, n_draws: int, seed: int, diagnostics: list[Diagnostic]) -> None:
+    def __init__(self, design: Design | StreamedDesign, solution: GlmmSolution, n_draws: int, seed: int,
+                 diagnostics: list[Diagnostic]) -> None:
         self.solution = solution
         self.n_draws = n_draws
         family = design.spec.family
+        structure = cast(Design, design)  # as MixedFit: only the design's structure is read
         super().__init__(
             engine="mixed",
-            design=design,
+            design=structure,
             beta=solution.beta,
             b=solution.ranef,
             sigma=solution.nb_theta,
-            variance_table=variance_table(design, solution.covariances, solution.nb_theta, family.dispersion),
+            variance_table=variance_table(structure, solution.covariances, solution.nb_theta, family.dispersion),
             uncertainty=LazyDraws(self._joint_draws),
             statistics=glmm_statistics(solution),
             diagnostics=diagnostics,

@@ -36,7 +36,7 @@ from ._fits import GlmmFit, MixedFit
 from ._glmm_persist import restore_glmm
 from ._persist import restore_solution
 from ._stream import fit_streamed_lmm
-from ._stream_glmm import gather_design
+from ._stream_glmm import fit_sharded_glmm, gather_design, glmm_route, row_findings
 from .glmm import fit_glmm
 from .lmm import RandomBlock, fit_lmm
 
@@ -117,9 +117,18 @@ def fit(design: Design | StreamedDesign, spec: ModelSpec, options: OPTIONS) -> M
         if not family.normal_errors:
             # the options are checked on the streamed structure first: a refused option costs no pass
             _check_glmm_options(design, spec, options)
+            route = glmm_route(design, options.n_agq, options.information, None)
             with _progress(options.progress, design.n, f"{family.name} GLMM (streamed)"):
-                design = gather_design(design)
-            return fit(design, spec, options)
+                if route == "gather":
+                    gathered = gather_design(design)
+                else:
+                    glmm, streamed = fit_sharded_glmm(design, route, maxiter=options.maxiter, information=options.information)
+            if route == "gather":
+                fitted = fit(gathered, spec, options)
+                fitted.diagnostics[:0] = row_findings(design, gathered)
+                return fitted
+            return GlmmFit(streamed, glmm, options.n_draws, options.seed,
+                           row_findings(design, streamed) + glmm_diagnostics(streamed, glmm))
         _check_options_streamed(options)
         with _progress(options.progress, design.n, "linear mixed model (streamed)"):
             sol = fit_streamed_lmm(design, reml=options.reml is not False, maxiter=options.maxiter,
