@@ -202,3 +202,133 @@ def test_offset_and_no_intercept_on_the_one_pass_path(formula, mean) -> None:
         streamed = hierfit.fit(formula, pa.Table.from_pandas(df, preserve_index=False), engine="mixed", batch_size=90)
     assert seen.names == ["design pass"]
     _assert_same(streamed.native(), hierfit.fit(formula, df, engine="mixed").native())
+
+
+# -- the direct read of plain formulas (hierfit.design.direct): the same numbers as formulaic --
+
+_PLAIN = [
+    FORMULA,
+    "y ~ 0 + x1 + x2 + (1 | market:submarket)",
+    "y ~ x1 + offset(exposure) + (1 + x1 + n | market)",  # an offset, an integer slope column
+    "y ~ n + x2 + (0 + x2 | submarket)",  # an integer population column
+]
+
+
+def _arrow_variants(df: pd.DataFrame) -> dict[str, object]:
+    """The same rows with plain string, dictionary-encoded and integer grouping columns."""
+    plain = pa.Table.from_pandas(df, preserve_index=False)
+    coded = plain
+    for c in ("market", "submarket"):
+        i = coded.schema.get_field_index(c)
+        coded = coded.set_column(i, c, coded.column(c).dictionary_encode())
+    numbered = df.assign(market=df["market"].str[-2:].astype(int))
+    return {"string": plain, "dictionary": coded, "integer": pa.Table.from_pandas(numbered, preserve_index=False)}
+
+
+def _summaries(formula: str, table, *, direct: bool, per_cell: bool = True, batch_size: int = 61):
+    spec = hierfit.make_spec(formula)
+    with open_source(table, batch_size=batch_size) as source:
+        encoding = build_streamed_design(spec, source).encoding
+        grouping = tuple(dict.fromkeys(c for f in spec.formula.factors for c in f.columns))
+        task = DesignPass(grouping, encoding=encoding, labels=("submarket",), per_cell=per_cell, direct=direct)
+        return task, source.fold(task, merge_summaries, list(table.column_names), what="test")
+
+
+_EXTRA = {"exposure": np.random.default_rng(9).normal(loc=5.0, size=len(DATA)),
+          "n": np.random.default_rng(10).integers(0, 7, len(DATA))}
+
+
+@pytest.mark.parametrize("formula", _PLAIN)
+@pytest.mark.parametrize("labels", ["string", "dictionary", "integer"])
+def test_direct_read_equals_formulaic_bit_for_bit(formula, labels) -> None:
+    table = _arrow_variants(DATA.assign(**_EXTRA))[labels]
+    fast_task, fast = _summaries(formula, table, direct=True)
+    slow_task, slow = _summaries(formula, table, direct=False)
+    assert fast_task._plan is not None and slow_task._plan is None
+    pd.testing.assert_frame_equal(fast.cells, slow.cells)
+    for name in ("origin", "count", "mean", "m2", "lo", "hi"):
+        assert np.array_equal(getattr(fast.cell_moments, name), getattr(slow.cell_moments, name)), name
+    # without cells (prior weights, too many cells): the overall moments, from the same matrix
+    _, fast_all = _summaries(formula, table, direct=True, per_cell=False)
+    _, slow_all = _summaries(formula, table, direct=False, per_cell=False)
+    for name in ("n", "mean", "m2", "lo", "hi"):
+        assert np.array_equal(getattr(fast_all.moments, name), getattr(slow_all.moments, name)), name
+
+
+def test_direct_columns_are_the_formulaic_model_columns() -> None:
+    from hierfit.design.direct import direct_columns
+
+    task, _ = _summaries(_PLAIN[2], _arrow_variants(DATA.assign(**_EXTRA))["string"], direct=True)
+    frame = DATA.assign(**_EXTRA).iloc[:50]
+    direct = direct_columns(task._plan, task.encoding, frame)
+    assert direct is not None and direct.has_offset
+    C, has_offset = passes.model_columns(task.encoding, frame)
+    assert has_offset and np.array_equal(direct.matrix(), C)
+    # [Intercept, x1, y, offset, market: Intercept, x1, n]: x1 is read once, the intercepts are constants
+    assert direct.source == (1.0, 0, 1, 2, 1.0, 0, 3)
+    assert np.shares_memory(direct.arrays[0], frame["x1"].to_numpy())  # float64: no copy
+
+
+@pytest.mark.parametrize("formula", [
+    "y ~ center(x1) + (1 | market)",  # a stateful transform
+    "y ~ x1:x2 + (1 | market)",  # an interaction
+    "y ~ I(2 * x1) + (1 | market)",  # arithmetic
+    "y ~ x1 + channel + (1 | market)",  # a categorical variable
+    "y ~ x1 * x2 + (1 | market)",
+])
+def test_other_formulas_keep_the_formulaic_path(formula) -> None:
+    df = DATA.assign(channel=np.random.default_rng(6).choice(["a", "b"], len(DATA)))
+    task, fast = _summaries(formula, pa.Table.from_pandas(df, preserve_index=False), direct=True)
+    assert task._plan is None
+    _, slow = _summaries(formula, pa.Table.from_pandas(df, preserve_index=False), direct=False)
+    assert np.array_equal(fast.cell_moments.m2, slow.cell_moments.m2)
+
+
+@pytest.mark.parametrize(("column", "value", "message"), [
+    ("x1", None, r"1 of 61 rows have missing values in columns the model uses: x1 \(1\)"),
+    ("y", np.inf, r"Column 'y' has 1 infinite value \(\+inf; rows 5\)"),
+])
+def test_a_batch_with_a_missing_or_infinite_value_falls_back_with_the_same_error(column, value, message) -> None:
+    spec = hierfit.make_spec(FORMULA)
+    with open_source(pa.Table.from_pandas(DATA, preserve_index=False)) as source:
+        encoding = build_streamed_design(spec, source).encoding
+    frame = DATA.iloc[:61].copy()
+    frame.loc[5, column] = value
+    errors = []
+    for direct in (True, False):
+        task = DesignPass(("market", "submarket"), encoding=encoding, per_cell=True, direct=direct)
+        assert (task._plan is not None) == direct
+        with pytest.raises(hierfit.exceptions.DataError, match=message) as info:
+            task(Batch(frame, "rows 0-60", 0))
+        errors.append(str(info.value))
+    assert errors[0] == errors[1]
+    # and through the public API, from a table with an Arrow null
+    table = pa.Table.from_pandas(DATA.assign(x1=DATA["x1"].where(DATA.index != 7)), preserve_index=False)
+    with pytest.raises(hierfit.exceptions.DataError, match=r"missing values in columns the model uses: x1 \(1\)"):
+        hierfit.fit(FORMULA, table, engine="mixed", batch_size=50)
+
+
+def test_nullable_and_boolean_columns_take_the_formulaic_path() -> None:
+    from hierfit.design.direct import direct_columns
+
+    task, _ = _summaries(FORMULA, pa.Table.from_pandas(DATA, preserve_index=False), direct=True)
+    frame = DATA.iloc[:20]
+    assert direct_columns(task._plan, task.encoding, frame) is not None
+    assert direct_columns(task._plan, task.encoding, frame.astype({"x2": "Float64"})) is None
+    assert direct_columns(task._plan, task.encoding, frame.assign(x2=frame["x2"] > 0)) is None
+    # a missing column: the formulaic path's own error, not a silent fallback
+    with pytest.raises(hierfit.exceptions.DataError, match="predictor column 'x2' is not in the data"):
+        direct_columns(task._plan, task.encoding, frame.drop(columns="x2"))
+
+
+def test_the_one_pass_fit_over_dictionary_files_is_the_same_either_way(lake, monkeypatch) -> None:
+    spec = hierfit.make_spec(FORMULA)
+    with open_source(str(lake / "*.parquet"), batch_size=45) as source:
+        fast = build_streamed_design(spec, source)
+        monkeypatch.setattr(passes, "direct_plan", lambda encoding: None)
+        slow = build_streamed_design(spec, source)
+    for name in ("origin", "count", "mean", "m2", "lo", "hi"):
+        assert np.array_equal(getattr(fast.cell_moments, name), getattr(slow.cell_moments, name)), name
+    a, b = _fit(fast), _fit(slow)
+    for name in ("beta", "theta", "sigma", "loglik"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name

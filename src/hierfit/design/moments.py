@@ -162,35 +162,70 @@ class CellMoments:
         (a slope that is also a population column) are not summed again: they are filled in.
         """
         C = np.asfortranarray(C, dtype=np.float64)
-        n, q = C.shape
+        return cls.of_columns([C[:, j] for j in range(C.shape[1])], range(C.shape[1]), cell, n_cells)
+
+    @classmethod
+    def of_columns(cls, arrays: Sequence[np.ndarray], source: Sequence[int | float], cell: np.ndarray,
+                   n_cells: int) -> CellMoments:
+        """:meth:`of` the columns ``q = len(source)`` given without a matrix of their own: column
+        ``j`` is ``arrays[source[j]]`` (1-D float64), or the constant ``source[j]`` on every row.
+
+        What a direct read of a batch hands over (:mod:`hierfit.design.direct`): no copy of
+        the data columns, no pass over the intercept, and a column given twice (a slope that
+        is also a population column) is known to be a copy without comparing it. The result
+        is the same, bit for bit, as :meth:`of` on the matrix of those columns.
+
+        Examples
+        --------
+        >>> rng = np.random.default_rng(0)
+        >>> x, cell = rng.normal(size=50), rng.integers(0, 4, 50)
+        >>> a = CellMoments.of_columns([x], [1.0, 0, 0], cell, 4)
+        >>> b = CellMoments.of(np.column_stack([np.ones(50), x, x]), cell, 4)
+        >>> all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ("origin", "mean", "m2", "lo", "hi"))
+        True
+        """
+        source = list(source)
+        q = len(source)
+        n = int(np.shape(cell)[0])
         cell = np.asarray(cell, dtype=np.int64)
         iu, ju = _packed(q)
         if n == 0:
             return cls(np.zeros(q), np.zeros(n_cells), np.zeros((n_cells, q)), np.zeros((n_cells, iu.size)),
                        np.full(q, np.inf), np.full(q, -np.inf))
-        lo, hi = C.min(axis=0), C.max(axis=0)
+        # per distinct array: its range and mean, each computed once
+        stats = {s: (a.min(), a.max(), a.mean()) for s in dict.fromkeys(s for s in source if isinstance(s, int))
+                 for a in (np.asarray(arrays[s], dtype=np.float64),)}
+        lo = np.array([stats[s][0] if isinstance(s, int) else float(s) for s in source], dtype=np.float64)
+        hi = np.array([stats[s][1] if isinstance(s, int) else float(s) for s in source], dtype=np.float64)
+        mean_all = np.array([stats[s][2] if isinstance(s, int) else float(s) for s in source], dtype=np.float64)
         # a constant column sits at its value: its deviations are exactly 0
-        origin = np.where(lo == hi, lo, C.mean(axis=0))
+        origin = np.where(lo == hi, lo, mean_all)
         count = np.bincount(cell, minlength=n_cells).astype(np.float64)
         safe = np.maximum(count, 1.0)
         mean = np.zeros((n_cells, q))
         same = list(range(q))  # the earlier column each column is a copy of (itself if none)
         centred: dict[int, np.ndarray] = {}
+        summed: dict[int, int] = {}  # the column that summed each array
         for j in range(q):
             if lo[j] == hi[j]:
                 continue
-            copy = next((i for i in centred if lo[i] == lo[j] and hi[i] == hi[j] and origin[i] == origin[j]
-                         and np.array_equal(C[:, i], C[:, j])), None)
+            s = source[j]
+            assert isinstance(s, int)  # a constant has lo == hi
+            copy = summed.get(s)
+            if copy is None:
+                copy = next((i for i in centred if lo[i] == lo[j] and hi[i] == hi[j] and origin[i] == origin[j]
+                             and np.array_equal(arrays[source[i]], arrays[s])), None)  # type: ignore[index]
             if copy is not None:
                 same[j] = copy
                 mean[:, j] = mean[:, copy]
                 continue
-            dev = C[:, j] - origin[j]
+            dev = np.asarray(arrays[s], dtype=np.float64) - origin[j]
             mean_j = np.bincount(cell, weights=dev, minlength=n_cells) / safe
             mean[:, j] = mean_j
             # centred at the cell's own mean: a second pass over the batch, as accurate as two-pass
             dev -= mean_j[cell]
             centred[j] = dev
+            summed[s] = j
         m2 = np.zeros((n_cells, iu.size))
         done: dict[tuple[int, int], int] = {}
         for k, (i, j) in enumerate(zip(iu.tolist(), ju.tolist())):

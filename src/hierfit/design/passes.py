@@ -36,6 +36,7 @@ import pandas as pd
 
 from hierfit.design.build import DesignEncoding
 from hierfit.design.columns import weights_vector
+from hierfit.design.direct import DirectColumns, DirectPlan, direct_columns, direct_plan
 from hierfit.design.moments import CellMoments, ColumnMoments
 from hierfit.design.sources import Batch
 from hierfit.exceptions import DataError
@@ -142,6 +143,14 @@ class DesignPass:
     #: batch summaries a fold merges at once (:func:`hierfit.design.sources.runner.summarise_piece`):
     #: a merge aligns the cells once, whatever the number of summaries
     merge_buffer: int = 8
+    #: read the model's columns straight from the batch's arrays where the formula allows
+    #: (:mod:`hierfit.design.direct`; ``False``: always through formulaic, to compare)
+    direct: bool = True
+    _plan: DirectPlan | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.direct and self.encoding is not None:
+            object.__setattr__(self, "_plan", direct_plan(self.encoding))
 
     def __call__(self, batch: Batch) -> DesignSummary:
         frame = batch.frame
@@ -157,17 +166,27 @@ class DesignPass:
             levels = {c: _distinct(frame[c]) for c in self.categorical}
         moments, positive, by_cell = None, 0, None
         if self.encoding is not None:
-            C, _ = model_columns(self.encoding, frame)
-            q = C.shape[1]
+            C, direct = self._model_columns(frame)
+            q = C.shape[1] if direct is None else len(direct.source)
             if per_cell and len(cells) * (q + q * (q + 1) // 2) <= MAX_CELL_VALUES:
                 # the overall moments follow from the cells' when needed (CellMoments.column_moments)
-                by_cell = CellMoments.of(C, cell, len(cells))
+                by_cell = (CellMoments.of(C, cell, len(cells)) if direct is None
+                           else CellMoments.of_columns(direct.arrays, direct.source, cell, len(cells)))
             else:
-                moments = ColumnMoments.of(C)
+                moments = ColumnMoments.of(C if direct is None else direct.matrix())
             w = weights_vector(self.encoding.spec, frame, require_positive=False)
             positive = len(frame) if w is None else int(np.count_nonzero(w > 0))
         return DesignSummary(len(frame), cells, levels, kinds, {key: batch.where}, moments, positive, self.grouping,
                              by_cell)
+
+    def _model_columns(self, frame: pd.DataFrame) -> tuple[np.ndarray, DirectColumns | None]:
+        """The batch's model columns: read directly where the plan allows (the matrix is then
+        empty), else built by formulaic (:func:`model_columns`), which gives its errors."""
+        assert self.encoding is not None
+        direct = direct_columns(self._plan, self.encoding, frame) if self._plan is not None else None
+        if direct is not None:
+            return np.zeros((0, 0)), direct
+        return model_columns(self.encoding, frame)[0], None
 
     def _cells(self, frame: pd.DataFrame, key: int) -> tuple[pd.DataFrame, np.ndarray]:
         """The batch's cells (sorted by label) with their row counts, and each row's cell."""
@@ -185,11 +204,15 @@ class DesignPass:
                 )
             codes.append(c)
             uniques.append(u)
-        cell, n_cells = _combine(codes, [len(u) for u in uniques])
-        rep = _representatives(cell, n_cells)
-        cells = pd.DataFrame({col: _label_column(u[c[rep]]) for col, c, u in zip(self.grouping, codes, uniques)})
-        cells[ROWS] = np.bincount(cell, minlength=n_cells).astype(np.int64)
-        cells[FIRST] = key
+        found = _dense_cells(codes, [len(u) for u in uniques])
+        if found is None:
+            cell, n_cells = _combine(codes, [len(u) for u in uniques])
+            rep = _representatives(cell, n_cells)
+            digits, counts = [c[rep] for c in codes], np.bincount(cell, minlength=n_cells).astype(np.int64)
+        else:
+            cell, digits, counts = found
+        columns = {col: _label_column(u[d]) for col, d, u in zip(self.grouping, digits, uniques)}
+        cells = pd.DataFrame({**columns, ROWS: counts, FIRST: np.full(len(counts), key, dtype=np.int64)})
         return cells, cell
 
 
@@ -219,6 +242,32 @@ def _combine(codes: Sequence[np.ndarray], sizes: Sequence[int]) -> tuple[np.ndar
             combined, size = _dense(combined, size, n)
         combined, size = combined * max(k, 1) + c, size * max(k, 1)
     return _dense(combined, size, n)
+
+
+def _dense_cells(codes: Sequence[np.ndarray], sizes: Sequence[int]) -> tuple[np.ndarray, list[np.ndarray], np.ndarray] | None:
+    """:func:`_combine` where the combinations' range is small enough to count densely (else
+    ``None``), with each cell's code in every column and its rows read off the same count.
+
+    The cells are numbered as :func:`_combine` numbers them; their codes are the digits of
+    the combined code, so no representative row of each cell is looked up.
+    """
+    n = len(codes[0])
+    widths = [max(k, 1) for k in sizes]
+    if float(np.prod(widths, dtype=np.float64)) > _DENSE_RANGE * n + (1 << 16):
+        return None
+    combined = codes[0]
+    for c, k in zip(codes[1:], widths[1:]):
+        combined = combined * k + c
+    counts = np.bincount(combined, minlength=int(np.prod(widths)))
+    present = np.flatnonzero(counts)
+    rank = np.zeros(counts.size, dtype=np.int64)
+    rank[present] = np.arange(present.size)
+    digits, rest = [], present
+    for k in reversed(widths[1:]):
+        digits.append(rest % k)
+        rest = rest // k
+    digits.append(rest)
+    return rank[combined], digits[::-1], counts[present].astype(np.int64)
 
 
 def _dense(combined: np.ndarray, size: int, n: int) -> tuple[np.ndarray, int]:
