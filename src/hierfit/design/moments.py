@@ -18,6 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+try:  # numba is optional: it sums a batch's cells in two passes over its rows instead of one per pair
+    import numba as _nb
+except ImportError:  # pragma: no cover - exercised only without numba
+    _nb = None
+
 __all__ = ["CellMoments", "ColumnMoments"]
 
 #: rows per block of the co-moment product (bounds the centred temporary)
@@ -98,6 +103,53 @@ def _packed(q: int) -> tuple[np.ndarray, np.ndarray]:
     return np.triu_indices(q)
 
 
+def _cell_numpy(cols: Sequence[np.ndarray], origin: np.ndarray, cell: np.ndarray,
+                safe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per cell, the means of ``cols[a] - origin[a]`` (``(m, k)``) and the co-moments about
+    them (``(m, k, k)``, the upper triangle filled): two passes over the rows, as two-pass
+    variance is, each sum in row order (``numpy.bincount``)."""
+    m, k = safe.size, len(cols)
+    means, cross = np.zeros((m, k)), np.zeros((m, k, k))
+    centred = []
+    for a, x in enumerate(cols):
+        dev = x - origin[a]
+        means[:, a] = np.bincount(cell, weights=dev, minlength=m) / safe
+        dev -= means[:, a][cell]  # centred at the cell's own mean
+        centred.append(dev)
+    for a in range(k):
+        for b in range(a, k):
+            cross[:, a, b] = np.bincount(cell, weights=centred[a] * centred[b], minlength=m)
+    return means, cross
+
+
+def _cell_loops(X: np.ndarray, origin: np.ndarray, cell: np.ndarray, safe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_cell_numpy` of the rows of ``X`` (``(k, n)``) as loops for numba: the same
+    operations in the same order (no fused multiply-add), so the same numbers bit for bit."""
+    k, n = X.shape
+    m = safe.size
+    means = np.zeros((m, k))
+    for i in range(n):
+        c = cell[i]
+        for a in range(k):
+            means[c, a] += X[a, i] - origin[a]
+    for c in range(m):
+        for a in range(k):
+            means[c, a] /= safe[c]
+    cross = np.zeros((m, k, k))
+    dev = np.empty(k)
+    for i in range(n):
+        c = cell[i]
+        for a in range(k):
+            dev[a] = (X[a, i] - origin[a]) - means[c, a]
+        for a in range(k):
+            for b in range(a, k):
+                cross[c, a, b] += dev[a] * dev[b]
+    return means, cross
+
+
+_cell_kernel = None if _nb is None else _nb.njit(cache=True, nogil=True)(_cell_loops)
+
+
 @dataclass(frozen=True, eq=False)
 class CellMoments:
     """Per cell (distinct combination of the grouping columns): rows, means and co-moments of
@@ -166,14 +218,16 @@ class CellMoments:
 
     @classmethod
     def of_columns(cls, arrays: Sequence[np.ndarray], source: Sequence[int | float], cell: np.ndarray,
-                   n_cells: int) -> CellMoments:
+                   n_cells: int, use_numba: bool = True) -> CellMoments:
         """:meth:`of` the columns ``q = len(source)`` given without a matrix of their own: column
         ``j`` is ``arrays[source[j]]`` (1-D float64), or the constant ``source[j]`` on every row.
 
         What a direct read of a batch hands over (:mod:`hierfit.design.direct`): no copy of
         the data columns, no pass over the intercept, and a column given twice (a slope that
         is also a population column) is known to be a copy without comparing it. The result
-        is the same, bit for bit, as :meth:`of` on the matrix of those columns.
+        is the same, bit for bit, as :meth:`of` on the matrix of those columns, and the same
+        with numba (one compiled kernel, two passes over the rows) as without it
+        (``use_numba=False``: a ``numpy.bincount`` per column and per pair of columns).
 
         Examples
         --------
@@ -202,10 +256,9 @@ class CellMoments:
         origin = np.where(lo == hi, lo, mean_all)
         count = np.bincount(cell, minlength=n_cells).astype(np.float64)
         safe = np.maximum(count, 1.0)
-        mean = np.zeros((n_cells, q))
         same = list(range(q))  # the earlier column each column is a copy of (itself if none)
-        centred: dict[int, np.ndarray] = {}
         summed: dict[int, int] = {}  # the column that summed each array
+        primary: list[int] = []  # the varying columns that are no copy: the ones summed
         for j in range(q):
             if lo[j] == hi[j]:
                 continue
@@ -213,30 +266,28 @@ class CellMoments:
             assert isinstance(s, int)  # a constant has lo == hi
             copy = summed.get(s)
             if copy is None:
-                copy = next((i for i in centred if lo[i] == lo[j] and hi[i] == hi[j] and origin[i] == origin[j]
+                copy = next((i for i in primary if lo[i] == lo[j] and hi[i] == hi[j] and origin[i] == origin[j]
                              and np.array_equal(arrays[source[i]], arrays[s])), None)  # type: ignore[index]
             if copy is not None:
                 same[j] = copy
-                mean[:, j] = mean[:, copy]
                 continue
-            dev = np.asarray(arrays[s], dtype=np.float64) - origin[j]
-            mean_j = np.bincount(cell, weights=dev, minlength=n_cells) / safe
-            mean[:, j] = mean_j
-            # centred at the cell's own mean: a second pass over the batch, as accurate as two-pass
-            dev -= mean_j[cell]
-            centred[j] = dev
+            primary.append(j)
             summed[s] = j
+        cols = [np.asarray(arrays[source[j]], dtype=np.float64) for j in primary]  # type: ignore[index]
+        if use_numba and _cell_kernel is not None and primary:
+            means, cross = _cell_kernel(np.stack(cols), origin[primary], cell, safe)
+        else:
+            means, cross = _cell_numpy(cols, origin[primary], cell, safe)
+        at = {j: a for a, j in enumerate(primary)}
+        mean = np.zeros((n_cells, q))
+        for j in range(q):
+            if same[j] in at:
+                mean[:, j] = means[:, at[same[j]]]
         m2 = np.zeros((n_cells, iu.size))
-        done: dict[tuple[int, int], int] = {}
         for k, (i, j) in enumerate(zip(iu.tolist(), ju.tolist())):
             a, b = sorted((same[i], same[j]))
-            if a not in centred or b not in centred:
-                continue
-            if (a, b) in done:
-                m2[:, k] = m2[:, done[(a, b)]]
-                continue
-            m2[:, k] = np.bincount(cell, weights=centred[a] * centred[b], minlength=n_cells)
-            done[(a, b)] = k
+            if a in at and b in at:
+                m2[:, k] = cross[:, at[a], at[b]]
         return cls(origin, count, mean, m2, lo, hi)
 
     @classmethod
