@@ -39,7 +39,7 @@ from hierfit.exceptions import DataError, EngineError, HierfitError
 
 from .base import Batch, FramePiece, located
 
-__all__ = ["FAN_IN", "DaskRunner", "FoldObserver", "LocalRunner", "Runner", "observe_folds"]
+__all__ = ["FAN_IN", "SILENT", "DaskRunner", "FoldObserver", "LocalRunner", "Runner", "observe_folds"]
 
 S = TypeVar("S")
 
@@ -61,6 +61,8 @@ class FoldObserver(Protocol):
 
 
 class _Silent:
+    """The observer of a fold nobody watches."""
+
     def start(self, what: str, pieces: int) -> None:
         pass
 
@@ -71,7 +73,7 @@ class _Silent:
         pass
 
 
-_SILENT = _Silent()
+SILENT: FoldObserver = _Silent()
 _OBSERVER: contextvars.ContextVar[FoldObserver | None] = contextvars.ContextVar("hierfit_fold_observer", default=None)
 
 
@@ -105,7 +107,7 @@ def observe_folds(observer: FoldObserver) -> Iterator[None]:
 
 def current_observer() -> FoldObserver:
     """The observer of :func:`observe_folds` around this call, or one that ignores everything."""
-    return _OBSERVER.get() or _SILENT
+    return _OBSERVER.get() or SILENT
 
 
 def _summarise_batch(summarise: Callable[[Batch], S], batch: Batch) -> S:

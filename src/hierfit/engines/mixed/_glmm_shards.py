@@ -42,7 +42,7 @@ from hierfit.design import DesignEncoding
 from hierfit.design.columns import weights_vector
 from hierfit.design.outcome import SeparationRanges, proportion
 from hierfit.design.sources import Batch, Source
-from hierfit.design.sources.runner import summarise_piece
+from hierfit.design.sources.runner import SILENT, summarise_piece
 from hierfit.design.streamed import StreamedDesign, encode_batch
 from hierfit.exceptions import DataError, EngineError
 from hierfit.model.family import Family
@@ -238,25 +238,11 @@ class _OnPiece:
 
 
 def _build_piece(piece: Any, index: int, spec: ShardSpec, columns: list[str], batch_size: int) -> list[Shard]:
-    return summarise_piece(piece, index, lambda b: [spec(b)], _concat, columns, batch_size, _SILENT) or []
+    return summarise_piece(piece, index, lambda b: [spec(b)], _concat, columns, batch_size, SILENT) or []
 
 
 def _concat(parts: list[list[Shard]]) -> list[Shard]:
     return [sh for p in parts for sh in p]
-
-
-class _Silent:
-    def start(self, what: str, pieces: int) -> None:
-        pass
-
-    def advance(self, *, batches: int = 0, pieces: int = 0) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
-
-
-_SILENT = _Silent()
 
 
 class DaskShards(ShardStore):
