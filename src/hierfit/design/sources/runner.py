@@ -39,7 +39,7 @@ from hierfit.exceptions import DataError, EngineError, HierfitError
 
 from .base import Batch, FramePiece, located
 
-__all__ = ["FAN_IN", "SILENT", "DaskRunner", "FoldObserver", "LocalRunner", "Runner", "observe_folds"]
+__all__ = ["FAN_IN", "SILENT", "DaskRunner", "dask_failures", "FoldObserver", "LocalRunner", "Runner", "observe_folds"]
 
 S = TypeVar("S")
 
@@ -252,28 +252,41 @@ def _on_client(client: Any, leaves: list[Any], root: Any, observer: FoldObserver
     once. A lost worker's tasks are rerun by the scheduler; only when that keeps failing, or
     the cluster goes away, does the fold fail -- with an EngineError, never a partial sum.
     """
-    from concurrent.futures import CancelledError
-
-    from distributed import KilledWorker, as_completed
+    from distributed import as_completed
 
     futures = client.compute([*leaves, root])
     try:
-        for _ in as_completed(futures[:-1]):
-            observer.advance(pieces=1)
-        return futures[-1].result()
-    except KilledWorker as exc:
-        raise EngineError(
-            f"Dask workers died while summarising a piece of the source ({exc.args[0] if exc.args else exc}); the scheduler "
-            "gave up after retrying it on other workers, so no result was computed. Give the workers more memory or "
-            "use a smaller batch_size, and check the workers' logs."
-        ) from None
-    except (OSError, TimeoutError, CancelledError) as exc:
-        # the scheduler or the connection to it is gone
-        raise EngineError(f"The Dask cluster was lost during a pass over the source ({type(exc).__name__}: {exc}); no "
-                          "result was computed. Check the scheduler and fit again.") from None
+        with dask_failures("while summarising a piece of the source", "during a pass over the source", "result"):
+            for _ in as_completed(futures[:-1]):
+                observer.advance(pieces=1)
+            return futures[-1].result()
     finally:
         for f in futures:
             f.release()
+
+
+@contextlib.contextmanager
+def dask_failures(died: str, lost: str, result: str) -> Iterator[None]:
+    """Turn a Dask failure inside the block into a clear :class:`EngineError`: workers that kept
+    dying after the scheduler's retries (``KilledWorker``: "Dask workers died {died}"), or a
+    scheduler or connection that is gone ("The Dask cluster was lost {lost}"). Either way no
+    ``result`` was computed: a pass fails whole, never with a partial sum."""
+    from concurrent.futures import CancelledError
+
+    from distributed import KilledWorker
+
+    try:
+        yield
+    except KilledWorker as exc:
+        raise EngineError(
+            f"Dask workers died {died} ({exc.args[0] if exc.args else exc}); the scheduler gave up after retrying it "
+            f"on other workers, so no {result} was computed. Give the workers more memory or use a smaller "
+            "batch_size, and check the workers' logs."
+        ) from None
+    except (OSError, TimeoutError, CancelledError) as exc:
+        # the scheduler or the connection to it is gone
+        raise EngineError(f"The Dask cluster was lost {lost} ({type(exc).__name__}: {exc}); no {result} was computed. "
+                          "Check the scheduler and fit again.") from None
 
 
 def _on_local_scheduler(root: Any, observer: FoldObserver) -> Any:

@@ -42,9 +42,9 @@ from hierfit.design import DesignEncoding
 from hierfit.design.columns import weights_vector
 from hierfit.design.outcome import SeparationRanges, proportion
 from hierfit.design.sources import Batch, Source
-from hierfit.design.sources.runner import SILENT, summarise_piece
+from hierfit.design.sources.runner import SILENT, dask_failures, summarise_piece
 from hierfit.design.streamed import StreamedDesign, encode_batch
-from hierfit.exceptions import DataError, EngineError
+from hierfit.exceptions import DataError
 from hierfit.model.family import Family
 
 from ._blocks import Plan
@@ -261,25 +261,13 @@ class DaskShards(ShardStore):
         self.passes = 0
 
     def map_sum(self, op: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-        from concurrent.futures import CancelledError
-
-        from distributed import KilledWorker
-
         client = self.client
         shared = client.scatter(_Args(args), broadcast=False, hash=False)
         run = _OnPiece(op)
         futures = client.map(_on_piece_args, self.futures, run=run, shared=shared, pure=False)
         try:
-            parts = client.gather(futures)
-        except KilledWorker as exc:
-            raise EngineError(
-                f"Dask workers died during a pass of the GLMM fit ({exc.args[0] if exc.args else exc}); the scheduler gave "
-                "up after retrying it, so no estimate was computed. Give the workers more memory or use a smaller "
-                "batch_size, and check the workers' logs."
-            ) from None
-        except (OSError, TimeoutError, CancelledError) as exc:
-            raise EngineError(f"The Dask cluster was lost during a pass of the GLMM fit ({type(exc).__name__}: {exc}); "
-                              "no estimate was computed. Check the scheduler and fit again.") from None
+            with dask_failures("during a pass of the GLMM fit", "during a pass of the GLMM fit", "estimate"):
+                parts = client.gather(futures)
         finally:
             for f in futures:
                 f.release()
