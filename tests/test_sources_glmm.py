@@ -257,3 +257,64 @@ def assert_found_once_as_in_memory(data: pd.DataFrame, spec: hierfit.ModelSpec) 
     assert sum("[separation]" in str(w.message) for w in seen) == 1
     assert [d.message for d in got.diagnostics if d.check == "separation"] == \
         [d.message for d in want.diagnostics if d.check == "separation"] != []
+
+
+# -- a worker lost between the passes of a map-reduce GLMM fit: its shards are rebuilt, the fit exact ------
+def test_a_worker_killed_mid_fit_has_its_shards_rebuilt_and_the_fit_is_exact(client, reference, monkeypatch) -> None:
+    """The shards live on the workers (futures); killing the worker that holds the first piece's
+    shards before the third pass loses them. The scheduler rebuilds them from their lineage (the
+    partition and the encoding) on a worker that is alive, and the pass -- and so the fit --
+    comes out as if nothing had happened: never a sum short of a piece."""
+    import os
+    import signal
+
+    from hierfit.engines.mixed import _glmm_shards
+
+    original = _glmm_shards.DaskShards.map_sum
+    killed: list[str] = []
+
+    def map_sum(self, op, args):  # runs in this process: the driver of the fit
+        if self.passes == 2 and not killed:
+            holders = self.client.who_has(self.futures[:1])
+            address = next(iter(holders.values()))[0]
+            pid = self.client.run(os.getpid, workers=[address])[address]
+            os.kill(pid, signal.SIGKILL)  # as an out-of-memory kill would end it
+            killed.append(address)
+        return original(self, op, args)
+
+    monkeypatch.setattr(_glmm_shards.DaskShards, "map_sum", map_sum)
+    with client.as_current():
+        fit = _fit_source("bernoulli", dd.from_pandas(DATA, npartitions=5))
+    assert killed  # a worker holding shards did die during the fit
+    assert_same_fit(fit, reference["bernoulli"], se_rtol=SE_RTOL)
+    client.wait_for_workers(2, timeout=60)  # the nanny restarted it: the module's cluster is whole again
+
+
+def test_a_shards_compiled_passes_pickle_as_their_recipe() -> None:
+    """A shard's fused passes come from a generated module, which exists only in the process
+    that generated it; pickled (a shard moving between Dask workers), they are remade where they
+    land -- here in a process that has never seen them -- and compute the same."""
+    pytest.importorskip("numba")
+    import subprocess
+    import sys
+
+    import cloudpickle
+
+    from hierfit.engines.mixed._blocks import RandomBlock
+    from hierfit.engines.mixed._glmm_setup import prepare
+    from hierfit.model.family import get_family
+
+    rng = np.random.default_rng(0)
+    g = rng.integers(0, 4, 60)
+    X = np.column_stack([np.ones(60), rng.normal(size=60)])
+    y = (rng.uniform(size=60) < 0.5).astype(float)
+    setup = prepare(X, y, [RandomBlock(g, 4, np.ones((60, 1)))], get_family("bernoulli"), trials=None, weights=None,
+                    offset=None, n_agq=1, information=None, nb_theta=None, use_numba=True)
+    fused = setup.prob.fused
+    assert fused is not None
+    payload = cloudpickle.dumps(fused)
+    # a fresh interpreter: the generated module's name means nothing there
+    code = ("import pickle, sys; m = pickle.loads(sys.stdin.buffer.read()); "
+            "print(sorted(n for n in ('step', 'grad_a', 'grad_b') if callable(getattr(m, n))))")
+    out = subprocess.run([sys.executable, "-c", code], input=payload, capture_output=True, check=True, timeout=300)
+    assert out.stdout.decode().strip() == "['grad_a', 'grad_b', 'step']"

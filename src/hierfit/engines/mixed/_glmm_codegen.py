@@ -31,8 +31,10 @@ import importlib.util
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 __all__ = ["Structure", "kernels"]
 
@@ -233,6 +235,29 @@ def load(src: str, prefix: str) -> ModuleType:
     spec.loader.exec_module(mod)
     _LOADED[key] = mod
     return mod
+
+
+class GeneratedModule:
+    """A generated kernel module, made by ``make(*args)``, that pickles as that recipe.
+
+    A module pickles by its name, and a generated module's name exists only in the process
+    that generated it: a shard of a streamed GLMM holding one could not move to another Dask
+    worker (after the worker that built it died, say) -- the receiving worker failed to
+    unpickle it and the pass hung. Unpickled, this makes the module again (from the kernel
+    cache, or by writing and compiling it once). Attributes are the module's.
+    """
+
+    def __init__(self, make: Callable[..., ModuleType], *args: Any) -> None:
+        self._make, self._args = make, args
+        self._module = make(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # not the module's: never recurse while being built
+            raise AttributeError(name)
+        return getattr(self._module, name)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (GeneratedModule, (self._make, *self._args))
 
 
 def kernels(struct: Structure) -> ModuleType:

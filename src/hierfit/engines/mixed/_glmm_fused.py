@@ -26,6 +26,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from ._glmm_codegen import (
+    GeneratedModule,
     Structure,
     _prelude,
     _row_locs,
@@ -164,6 +165,11 @@ _HEADER = ["import numpy as np", "import numba",
            "_jit = numba.njit(cache=True, nogil=True, fastmath={'contract'})", ""]
 
 
-def fused(struct: Structure, kind: tuple[str, str]) -> ModuleType:
-    """Compiled fused passes (``step``, ``grad_a``, ``grad_b``) for a structure and family kind."""
+def fused(struct: Structure, kind: tuple[str, str]) -> GeneratedModule:
+    """Compiled fused passes (``step``, ``grad_a``, ``grad_b``) for a structure and family kind
+    (a shard of rows holds them: they pickle as this recipe, not as a module name)."""
+    return GeneratedModule(_fused_module, struct, kind)
+
+
+def _fused_module(struct: Structure, kind: tuple[str, str]) -> ModuleType:
     return load(_source(struct, kind), "glmm_fused")

@@ -18,7 +18,6 @@ envelope-theorem gradient of :mod:`._glmm_laplace` exact to that order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Protocol
 
 import numpy as np
@@ -26,6 +25,7 @@ import scipy.linalg as sla
 
 from ._blocks import Plan
 from ._factor import Factorization, System, _solve_lower
+from ._glmm_codegen import GeneratedModule
 from ._glmm_diagnostics import EndSums
 from ._glmm_kernels import (
     RowLayout,
@@ -94,7 +94,7 @@ class Problem:
     sys0: System
     sysf: System
     use_numba: bool = True
-    fused: ModuleType | None = None
+    fused: GeneratedModule | None = None
     #: The rows live elsewhere (Dask workers, a Parquet lake): every row pass is one
     #: map-reduce of per-group sums over them (:mod:`._glmm_shards`); ``X`` then has no rows.
     shards: Shards | None = None

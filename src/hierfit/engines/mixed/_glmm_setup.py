@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from types import ModuleType
 
 import numpy as np
 
@@ -12,6 +11,7 @@ from hierfit.model.family import Family
 from ._blocks import RandomBlock, make_plan
 from ._factor import System
 from ._glmm_agq import check_agq
+from ._glmm_codegen import GeneratedModule
 from ._glmm_fused import FUSED_KINDS
 from ._glmm_fused import fused as fused_kernels
 from ._glmm_kernels import HAVE_NUMBA, RowLayout, make_row_layout
@@ -102,7 +102,7 @@ def resolve_dispersion(family: Family, nb_theta: float | None, information: str 
     return estimate_disp, information
 
 
-def fused_for(rows: RowModel, rl: RowLayout, use_numba: bool) -> ModuleType | None:
+def fused_for(rows: RowModel, rl: RowLayout, use_numba: bool) -> GeneratedModule | None:
     """The fused row passes of the family (:mod:`._glmm_fused`), when it has them."""
     kind = (rows.family.name, rows.family.link.name)
     if use_numba and HAVE_NUMBA and rows.canonical_pair and kind in FUSED_KINDS:

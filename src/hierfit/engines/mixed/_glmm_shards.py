@@ -31,6 +31,7 @@ one system and the rows need no second visit at the mode.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -262,7 +263,8 @@ class DaskShards(ShardStore):
 
     def map_sum(self, op: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         client = self.client
-        shared = client.scatter(_Args(args), broadcast=False, hash=False)
+        with dask_failures("during a pass of the GLMM fit", "during a pass of the GLMM fit", "estimate"):
+            shared = _scatter(client, _Args(args))
         run = _OnPiece(op)
         futures = client.map(_on_piece_args, self.futures, run=run, shared=shared, pure=False)
         try:
@@ -280,6 +282,27 @@ class DaskShards(ShardStore):
         for f in self.futures:
             f.release()
         self.futures = []
+
+
+#: tries of a pass's scatter before its failure is the cluster's
+SCATTER_TRIES = 5
+
+
+def _scatter(client: Any, value: Any) -> Any:
+    """``client.scatter(value)``, tried again while the worker it went to has just died.
+
+    A worker killed between two passes is still listed by the scheduler for a moment; the
+    scatter to it then fails with a closed connection. By the next try the scheduler has
+    dropped it (and is rebuilding its shards elsewhere), so the parameters go to a live one.
+    """
+    for attempt in range(SCATTER_TRIES):
+        try:
+            return client.scatter(value, broadcast=False, hash=False)
+        except OSError:  # distributed's CommClosedError and StreamClosedError are OSErrors
+            if attempt == SCATTER_TRIES - 1:
+                raise
+            time.sleep(0.2 * 2 ** attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @dataclass(frozen=True)
