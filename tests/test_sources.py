@@ -99,6 +99,22 @@ def test_parquet_folder_equals_in_memory(tmp_path, reference, batch_size) -> Non
     assert fit.source is not None and fit.source.kind == "parquet" and fit.source.n_pieces == 4
 
 
+def test_a_list_of_parquet_files_and_globs_equals_in_memory(tmp_path, reference) -> None:
+    _write_parts(_shuffled(5), tmp_path / "lake", 4)
+    files = sorted(tmp_path.joinpath("lake").glob("part-*.parquet"))
+    # a file listed twice (directly and through a glob) is read once; the order given does not matter
+    listed = [files[3], str(files[0]), str(tmp_path / "lake" / "part-0[12].parquet"), files[0]]
+    fit = hierfit.fit(FORMULA, listed, engine="mixed", batch_size=40, n_draws=50)
+    assert_same_fit(fit, reference)
+    assert fit.source is not None and fit.source.n_pieces == 4
+    with pytest.raises(DataError, match="is a folder; a list holds files and globs"):
+        hierfit.fit(FORMULA, [files[0], tmp_path / "lake"], engine="mixed")
+    with pytest.raises(DataError, match="No files match"):
+        hierfit.fit(FORMULA, [files[0], str(tmp_path / "nothing-*.parquet")], engine="mixed")
+    with pytest.raises(DataError, match=r"Wrap it with pd.DataFrame\(...\), or pass rows to stream"):
+        hierfit.fit(FORMULA, [{"y": 1.0}], engine="mixed")
+
+
 @pytest.mark.parametrize("seed", [2, 3])
 def test_arrow_table_in_shuffled_batches_equals_in_memory(reference, seed) -> None:
     table = pa.Table.from_pandas(_shuffled(seed), preserve_index=False)

@@ -204,6 +204,81 @@ def test_cell_moments_kernel_is_the_numpy_path_bit_for_bit(seed: int) -> None:
     assert a.m2[0, k] == pytest.approx(float(np.sum((x - x.mean()) ** 2)), rel=1e-9)
 
 
+def test_cell_merge_kernel_is_the_numpy_path_bit_for_bit(monkeypatch) -> None:
+    """Merging aligned cells with the compiled kernel gives numpy's numbers exactly, and both
+    are each cell's moments -- with a column that is constant in each part at a different value
+    (it varies only between the parts) and an intercept (constant everywhere: no co-moments)."""
+    pytest.importorskip("numba")
+    from hierfit.design import moments
+
+    rng = np.random.default_rng(3)
+    m, sizes = 11, (400, 300, 500)
+    parts, rows = [], []
+    for k, n in enumerate(sizes):
+        x = rng.normal(loc=1e6, size=n)
+        C = np.column_stack([np.ones(n), x, np.full(n, 5.0 + 2 * k), rng.normal(size=n)])
+        cell = np.r_[np.arange(m), rng.integers(0, m, n - m)]  # every part holds every cell
+        parts.append(CellMoments.of(C, cell, m))
+        rows.append((C, cell))
+    index = [np.arange(m)] * len(parts)
+    compiled = CellMoments.combine(parts, index, m)
+    monkeypatch.setattr(moments, "_add_comoments", None)
+    plain = CellMoments.combine(parts, index, m)
+    for name in ("origin", "count", "mean", "m2", "lo", "hi"):
+        assert np.array_equal(getattr(compiled, name), getattr(plain, name)), name
+    C = np.concatenate([r[0] for r in rows])
+    cell = np.concatenate([r[1] for r in rows])
+    for c in (0, 7):
+        direct = np.cov(C[cell == c].T, bias=True) * np.sum(cell == c)
+        assert np.allclose(compiled.full_m2()[c], direct, rtol=1e-9, atol=1e-9), c
+        assert compiled.full_m2()[c][0].tolist() == [0.0] * 4  # the intercept's row stays exactly 0
+    assert np.allclose(compiled.origin + compiled.mean, [C[cell == c].mean(axis=0) for c in range(m)], rtol=1e-13)
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_cell_codes_kernel_is_the_numpy_path(monkeypatch, full: bool) -> None:
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(4)
+    n = 2_000
+    a = rng.integers(0, 30, n).astype(np.int8)
+    b = rng.integers(0, 7 if full else 900, n).astype(np.int16)
+    rank = rng.permutation(30)  # the first column's categories unsorted: its codes re-ranked
+    compiled = passes._dense_cells([a, b], [30, 7 if full else 900], [rank, None])
+    monkeypatch.setattr(passes, "_fold_digit", None)
+    plain = passes._dense_cells([a, b], [30, 7 if full else 900], [rank, None])
+    assert compiled is not None and plain is not None
+    assert np.array_equal(compiled[0], plain[0]) and np.array_equal(compiled[2], plain[2])
+    assert all(np.array_equal(x, y) for x, y in zip(compiled[1], plain[1]))
+    # the cells are the distinct pairs in lexicographic order, with their rows
+    pairs = sorted(set(zip(rank[a].tolist(), b.tolist())))
+    assert [tuple(map(int, t)) for t in zip(*compiled[1])] == pairs
+    assert int(compiled[2].sum()) == n
+
+
+def test_label_categoricals_follow_each_batch_dictionary() -> None:
+    """Batches of a piece may carry different dictionaries (unsorted, with nulls): each batch's
+    categorical holds its own labels, whatever the previous batch's dictionary was, and the
+    cells rank them by value."""
+    from hierfit.design.sources.arrow import LabelCategoricals
+
+    labels = LabelCategoricals()
+    first = labels.categorical("g", pa.array(["Sub_2", "Sub_10", None, "Sub_2"]).dictionary_encode())
+    assert list(first.categories) == ["Sub_2", "Sub_10"] and first.codes.tolist() == [0, 1, -1, 0]
+    again = labels.categorical("g", pa.array(["Sub_2", "Sub_10"]).dictionary_encode())
+    assert again.dtype is first.dtype  # the same dictionary: the same categories, made once
+    other = labels.categorical("g", pa.array(["b", "a", "c", "a"]).dictionary_encode())
+    assert np.asarray(other).tolist() == ["b", "a", "c", "a"]
+    codes, rank, uniques = passes._label_codes(pd.Series(other, name="g"), {})
+    assert uniques.tolist() == ["a", "b", "c"] and rank[codes].tolist() == [1, 0, 2, 0]
+    # a pass over two such batches finds the cells sorted by label
+    task = DesignPass(("g",), labels=("g",))
+    frames = [pd.DataFrame({"g": labels.categorical("g", pa.array(v).dictionary_encode())})
+              for v in (["Sub_2", "Sub_10", "Sub_2"], ["b", "Sub_2", "a"])]
+    merged = merge_summaries([task(Batch(f, "rows", 0)) for f in frames])
+    assert merged.cells["g"].tolist() == ["Sub_10", "Sub_2", "a", "b"]
+    assert merged.cells[ROWS].tolist() == [1, 3, 1, 1]
+
+
 def test_missing_label_is_refused_with_its_count() -> None:
     df = DATA.copy()
     df.loc[[3, 9], "submarket"] = None

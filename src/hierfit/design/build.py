@@ -308,7 +308,10 @@ def _drop_columns(X: np.ndarray, names: tuple[str, ...], dropped: tuple[str, ...
 
 def _check_frame(data: object) -> None:
     if not isinstance(data, pd.DataFrame):
-        raise DataError(f"Data must be a pandas DataFrame; got {type(data).__name__}. Wrap it with pd.DataFrame(...).")
+        raise DataError(
+            f"Data must be a pandas DataFrame; got {type(data).__name__}. Wrap it with pd.DataFrame(...), or pass rows to "
+            "stream: a pyarrow.Table, a Parquet file, folder or glob (or a list of files and globs), a Dask DataFrame."
+        )
     if len(data) == 0:
         raise DataError("The data have no rows.")
 

@@ -63,6 +63,8 @@ class DirectColumns:
     source: tuple[int | float, ...]
     has_offset: bool
     n: int
+    #: each array's minimum and maximum (found while checking that its values are finite)
+    ranges: tuple[tuple[float, float], ...] = ()
 
     def matrix(self) -> np.ndarray:
         """The columns as one column-major ``(n, q)`` array (what the formulaic path builds)."""
@@ -119,10 +121,10 @@ def direct_plan(encoding: DesignEncoding) -> DirectPlan | None:
     return DirectPlan(tuple(columns[j] for j in keep), tuple(names[j] for j in keep))
 
 
-def _plain_numbers(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str, np.ndarray] | None:
-    """Each column as float64 (a view where it is float64 already), or ``None`` if one is not
-    a plain numpy number or holds a missing or infinite value."""
-    out: dict[str, np.ndarray] = {}
+def _plain_numbers(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str, tuple[np.ndarray, float, float]] | None:
+    """Each column as float64 (a view where it is float64 already) with its minimum and maximum,
+    or ``None`` if one is not a plain numpy number or holds a missing or infinite value."""
+    out: dict[str, tuple[np.ndarray, float, float]] = {}
     for c in columns:
         if c not in frame.columns:
             return None
@@ -130,9 +132,12 @@ def _plain_numbers(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str, np.
         if not isinstance(dtype, np.dtype) or dtype.kind not in "fiu":
             return None
         values = frame[c].to_numpy(dtype=np.float64)
-        if dtype.kind == "f" and not np.isfinite(values).all():
+        # a NaN makes the minimum NaN, an infinity the minimum or maximum infinite: two
+        # reductions (needed anyway) instead of a finiteness mask over the rows
+        lo, hi = float(values.min()), float(values.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)):
             return None
-        out[c] = values
+        out[c] = (values, lo, hi)
     return out
 
 
@@ -148,11 +153,14 @@ def direct_columns(plan: DirectPlan, encoding: DesignEncoding, frame: pd.DataFra
         return None
     index: dict[str, int] = {}
     arrays: list[np.ndarray] = []
+    ranges: list[tuple[float, float]] = []
 
     def column(name: str) -> int:
         if name not in index:
             index[name] = len(arrays)
-            arrays.append(numbers[name])
+            values, lo, hi = numbers[name]
+            arrays.append(values)
+            ranges.append((lo, hi))
         return index[name]
 
     source: list[int | float] = [1.0 if c is None else column(c) for c in plan.x]
@@ -161,11 +169,14 @@ def direct_columns(plan: DirectPlan, encoding: DesignEncoding, frame: pd.DataFra
     if offset is not None:
         source.append(len(arrays))
         arrays.append(offset)
-    y = numbers[spec.response]
-    # the formulaic path's checks of the outcome, in its order (a gaussian design reads none)
-    spec.family.check_outcome(y, spec.response, trials_vector(spec, frame, y))
+        ranges.append((float(offset.min()), float(offset.max())))
+    y = numbers[spec.response][0]
+    # the formulaic path's checks of the outcome, in its order; a gaussian outcome's support is
+    # the finite numbers, which _plain_numbers checked
+    if not spec.family.normal_errors:
+        spec.family.check_outcome(y, spec.response, trials_vector(spec, frame, y))
     for t in spec.formula.group_terms:
         if t.intercept:
             source.append(1.0)
         source.extend(column(s) for s in t.slopes)
-    return DirectColumns(tuple(arrays), tuple(source), offset is not None, len(frame))
+    return DirectColumns(tuple(arrays), tuple(source), offset is not None, len(frame), tuple(ranges))

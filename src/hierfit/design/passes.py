@@ -30,10 +30,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from hierfit.design._jit import compiled
 from hierfit.design.build import DesignEncoding
 from hierfit.design.columns import weights_vector
 from hierfit.design.direct import DirectColumns, DirectPlan, direct_columns, direct_plan
@@ -143,10 +145,18 @@ class DesignPass:
     #: batch summaries a fold merges at once (:func:`hierfit.design.sources.runner.summarise_piece`):
     #: a merge aligns the cells once, whatever the number of summaries
     merge_buffer: int = 8
+    #: batches summarised at once (:func:`hierfit.design.sources.runner.batch_threads`): the
+    #: reading, the cell codes and the moments' kernels release the GIL
+    batch_threads: int = 2
     #: read the model's columns straight from the batch's arrays where the formula allows
     #: (:mod:`hierfit.design.direct`; ``False``: always through formulaic, to compare)
     direct: bool = True
     _plan: DirectPlan | None = field(default=None, init=False, repr=False)
+    #: per grouping column, the last batch's categories, their ranks and sorted values (_label_codes)
+    _categories: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    #: per grouping column, the last batch's categories, cell codes and labels (:meth:`_labels`)
+    _last_labels: dict[str, tuple[np.ndarray, np.ndarray, pd.Series | np.ndarray]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.direct and self.encoding is not None:
@@ -171,7 +181,9 @@ class DesignPass:
             if per_cell and len(cells) * (q + q * (q + 1) // 2) <= MAX_CELL_VALUES:
                 # the overall moments follow from the cells' when needed (CellMoments.column_moments)
                 by_cell = (CellMoments.of(C, cell, len(cells)) if direct is None
-                           else CellMoments.of_columns(direct.arrays, direct.source, cell, len(cells)))
+                           else CellMoments.of_columns(direct.arrays, direct.source, cell, len(cells),
+                                                   ranges=direct.ranges or None,
+                                                   count=cells[ROWS].to_numpy(dtype=np.float64)))
             else:
                 moments = ColumnMoments.of(C if direct is None else direct.matrix())
             w = weights_vector(self.encoding.spec, frame, require_positive=False)
@@ -193,9 +205,9 @@ class DesignPass:
         n = len(frame)
         if not self.grouping:
             return pd.DataFrame({ROWS: [n], FIRST: [key]}), np.zeros(n, dtype=np.int64)
-        codes, uniques = [], []
+        codes, ranks, uniques = [], [], []
         for col in self.grouping:
-            c, u = _codes(frame[col])
+            c, r, u = _label_codes(frame[col], self._categories)
             missing = int(np.count_nonzero(c < 0))
             if missing:
                 raise DataError(
@@ -203,33 +215,67 @@ class DesignPass:
                     "drop those rows or give them a label before fitting."
                 )
             codes.append(c)
+            ranks.append(r)
             uniques.append(u)
-        found = _dense_cells(codes, [len(u) for u in uniques])
+        found = _dense_cells(codes, [len(u) for u in uniques], ranks)
         if found is None:
+            codes = [(c if r is None else r[c]).astype(np.int64, copy=False) for c, r in zip(codes, ranks)]
             cell, n_cells = _combine(codes, [len(u) for u in uniques])
             rep = _representatives(cell, n_cells)
             digits, counts = [c[rep] for c in codes], np.bincount(cell, minlength=n_cells).astype(np.int64)
         else:
             cell, digits, counts = found
-        columns = {col: _label_column(u[d]) for col, d, u in zip(self.grouping, digits, uniques)}
-        cells = pd.DataFrame({**columns, ROWS: counts, FIRST: np.full(len(counts), key, dtype=np.int64)})
+        columns = {col: self._labels(col, u, d) for col, d, u in zip(self.grouping, digits, uniques)}
+        # copy=False: the label columns stay the (shared) arrays of _labels, so merging batches
+        # that hold the same cells sees they do without comparing their labels (_same_cells)
+        cells = pd.DataFrame({**columns, ROWS: counts, FIRST: np.full(len(counts), key, dtype=np.int64)}, copy=False)
         return cells, cell
+
+    def _labels(self, column: str, uniques: np.ndarray, digits: np.ndarray) -> pd.Series | np.ndarray:
+        """The labels of the cells' codes ``digits`` in a grouping column, the same object as
+        the previous batch's where its categories and codes were the same (batches of a file
+        sharing a dictionary, every cell in each)."""
+        last = self._last_labels.get(column)
+        if last is not None and last[0] is uniques and np.array_equal(last[1], digits):
+            return last[2]
+        labels = _label_column(uniques[digits])
+        self._last_labels[column] = (uniques, digits, labels)
+        return labels
 
 
 def _codes(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Integer codes of a column (``-1``: missing) and the values they stand for, sorted."""
+    codes, rank, uniques = _label_codes(values)
+    codes = codes.astype(np.int64)
+    if rank is not None:
+        codes = np.where(codes >= 0, rank[np.maximum(codes, 0)], -1)
+    return codes, uniques
+
+
+def _label_codes(values: pd.Series, memo: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """A column's codes (``-1``: missing; a categorical's own, in their small integer type, not
+    copied), the rank of each code's value among the values (``None``: the codes are the ranks)
+    and the values sorted. ``memo`` keeps the last categories' ranks per column: the batches
+    of a piece share their categories (:class:`~hierfit.design.sources.arrow.LabelCategoricals`)."""
     if isinstance(values.dtype, pd.CategoricalDtype):
         cats = values.cat.categories
-        codes = values.cat.codes.to_numpy().astype(np.int64)
+        codes = values.cat.codes.to_numpy()
+        last = memo.get(str(values.name)) if memo is not None else None
+        if last is not None and last[0] is cats:
+            return codes, last[1], last[2]
         if cats.is_monotonic_increasing:
-            return codes, cats.to_numpy()
-        # a user's categorical may list its categories in any order: re-rank them by value
-        order = np.argsort(cats.to_numpy(), kind="stable")
-        rank = np.empty(len(order), dtype=np.int64)
-        rank[order] = np.arange(len(order))
-        return np.where(codes >= 0, rank[np.maximum(codes, 0)], -1), cats.to_numpy()[order]
+            rank, uniques = None, cats.to_numpy()
+        else:
+            # a user's categorical (or a batch's dictionary) may list its categories in any order
+            order = np.argsort(cats.to_numpy(), kind="stable")
+            rank = np.empty(len(order), dtype=np.int64)
+            rank[order] = np.arange(len(order))
+            uniques = cats.to_numpy()[order]
+        if memo is not None:
+            memo[str(values.name)] = (cats, rank, uniques)
+        return codes, rank, uniques
     codes, uniques = pd.factorize(values, sort=True)
-    return codes.astype(np.int64, copy=False), np.asarray(uniques)
+    return codes.astype(np.int64, copy=False), None, np.asarray(uniques)
 
 
 def _combine(codes: Sequence[np.ndarray], sizes: Sequence[int]) -> tuple[np.ndarray, int]:
@@ -244,30 +290,68 @@ def _combine(codes: Sequence[np.ndarray], sizes: Sequence[int]) -> tuple[np.ndar
     return _dense(combined, size, n)
 
 
-def _dense_cells(codes: Sequence[np.ndarray], sizes: Sequence[int]) -> tuple[np.ndarray, list[np.ndarray], np.ndarray] | None:
+def _fold_digit_loops(combined: np.ndarray, codes: np.ndarray, rank: np.ndarray, width: int, first: bool,
+                      counts: np.ndarray) -> None:
+    """``combined = combined * width + rank[codes]`` in place in one pass (``combined = rank[codes]``
+    for the ``first`` column; no ``rank``: the codes themselves), counting the combined codes
+    into ``counts`` unless it is empty (the last column): no temporaries."""
+    ranked, counting = rank.size > 0, counts.size > 0
+    for i in range(combined.shape[0]):
+        c = codes[i]
+        if ranked:
+            c = rank[c]
+        value = c if first else combined[i] * width + c
+        combined[i] = value
+        if counting:
+            counts[value] += 1
+
+
+_fold_digit = compiled(_fold_digit_loops)
+
+
+def _dense_cells(codes: Sequence[np.ndarray], sizes: Sequence[int],
+                 ranks: Sequence[np.ndarray | None] | None = None) -> tuple[np.ndarray, list[np.ndarray], np.ndarray] | None:
     """:func:`_combine` where the combinations' range is small enough to count densely (else
     ``None``), with each cell's code in every column and its rows read off the same count.
+    ``ranks[j]``, where given, maps column ``j``'s codes to the ranks of their labels (a
+    categorical whose categories are not sorted).
 
     The cells are numbered as :func:`_combine` numbers them; their codes are the digits of
-    the combined code, so no representative row of each cell is looked up.
+    the combined code, so no representative row of each cell is looked up. Where every
+    combination occurs (a batch of a big source holds every cell), the combined code is the
+    cell already.
     """
     n = len(codes[0])
     widths = [max(k, 1) for k in sizes]
     if float(np.prod(widths, dtype=np.float64)) > _DENSE_RANGE * n + (1 << 16):
         return None
-    combined = codes[0]
-    for c, k in zip(codes[1:], widths[1:]):
-        combined = combined * k + c
-    counts = np.bincount(combined, minlength=int(np.prod(widths)))
+    ranks = list(ranks) if ranks is not None else [None] * len(codes)
+    size = int(np.prod(widths))
+    if _fold_digit is not None:
+        combined = np.empty(n, dtype=np.int64)
+        counts = np.zeros(size, dtype=np.int64)
+        none, last = np.zeros(0, dtype=np.int64), len(codes) - 1
+        for j, (c, r, k) in enumerate(zip(codes, ranks, widths)):
+            _fold_digit(combined, c, none if r is None else r, k, j == 0, counts if j == last else none)
+    else:
+        ranked = [c if r is None else r[c] for c, r in zip(codes, ranks)]
+        combined = ranked[0].astype(np.int64)
+        for c, k in zip(ranked[1:], widths[1:]):
+            combined = combined * k + c
+        counts = np.bincount(combined, minlength=size)
     present = np.flatnonzero(counts)
-    rank = np.zeros(counts.size, dtype=np.int64)
-    rank[present] = np.arange(present.size)
+    if present.size == counts.size:
+        cell = combined
+    else:
+        rank = np.zeros(counts.size, dtype=np.int64)
+        rank[present] = np.arange(present.size)
+        cell = rank[combined]
     digits, rest = [], present
     for k in reversed(widths[1:]):
         digits.append(rest % k)
         rest = rest // k
     digits.append(rest)
-    return rank[combined], digits[::-1], counts[present].astype(np.int64)
+    return cell, digits[::-1], counts[present].astype(np.int64)
 
 
 def _dense(combined: np.ndarray, size: int, n: int) -> tuple[np.ndarray, int]:
@@ -361,7 +445,9 @@ def _merge_cells(parts: Sequence[DesignSummary], grouping: tuple[str, ...]) -> t
     sizes = [len(p.cells) for p in parts]
     if grouping and _same_cells(parts, grouping):
         # consecutive batches mostly hold the same cells: nothing to align
-        cells = parts[0].cells[list(grouping)].copy()
+        # the first summary's label columns as they are (not copied: nothing changes them), so
+        # the next merge sees them as the same labels at once (_same_values)
+        cells = pd.DataFrame({c: parts[0].cells[c] for c in grouping}, copy=False)
         cells[ROWS] = np.sum([p.cells[ROWS].to_numpy(dtype=np.int64) for p in parts], axis=0)
         cells[FIRST] = np.min([p.cells[FIRST].to_numpy(dtype=np.int64) for p in parts], axis=0)
         return cells, [np.arange(sizes[0])] * len(parts)
@@ -388,5 +474,12 @@ def _merge_cells(parts: Sequence[DesignSummary], grouping: tuple[str, ...]) -> t
 def _same_cells(parts: Sequence[DesignSummary], grouping: tuple[str, ...]) -> bool:
     """Whether every summary holds the same cells in the same (sorted) order."""
     first = parts[0].cells
-    return all(len(p.cells) == len(first) and all(np.array_equal(p.cells[c].to_numpy(), first[c].to_numpy())
+    return all(len(p.cells) == len(first) and all(_same_values(p.cells[c].to_numpy(), first[c].to_numpy())
                                                   for c in grouping) for p in parts[1:])
+
+
+def _same_values(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two arrays hold the same values: at once where they are views of the same memory."""
+    same_memory = (a.dtype == b.dtype and a.shape == b.shape and a.strides == b.strides
+                   and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+    return same_memory or np.array_equal(a, b)

@@ -262,7 +262,7 @@ def encode_batch(encoding: DesignEncoding, frame: pd.DataFrame) -> Design:
 
 
 def stream_labels(spec: ModelSpec, schema: pd.DataFrame, *, include_response: bool = True) -> tuple[str, ...]:
-    """The grouping columns a pass over a source with ``schema`` may read as sorted categoricals
+    """The grouping columns a pass over a source with ``schema`` may read as categoricals of their dictionary codes
     (those no other part of the model reads: :func:`~hierfit.design.passes.label_columns`)."""
     return label_columns(_grouping_columns(spec), _used_columns(spec, _probe_frame(schema), include_response=include_response))
 

@@ -53,7 +53,7 @@ class Piece(Protocol):
         """The piece's rows as batches of at most ``batch_size`` rows with ``columns`` only.
 
         ``labels`` are grouping columns only compared and counted: a reader may hand them over
-        as pandas Categoricals with sorted categories (:func:`.arrow.arrow_to_pandas`).
+        as pandas Categoricals of their dictionary codes (:func:`.arrow.arrow_to_pandas`).
         """
         ...
 

@@ -18,10 +18,10 @@ from typing import Any
 
 from hierfit.exceptions import DataError
 
-from .arrow import arrow_to_pandas
+from .arrow import LabelCategoricals, arrow_to_pandas
 from .base import Batch, check_columns, row_range
 
-__all__ = ["ParquetPiece", "check_parquet_schemas", "parquet_pieces"]
+__all__ = ["ParquetPiece", "check_parquet_schemas", "is_path_list", "parquet_pieces"]
 
 _GLOB = set("*?[")
 
@@ -43,6 +43,7 @@ class ParquetPiece:
         check_columns([*dataset.schema.names, *keys], columns, self.label)
         in_file = [c for c in columns if c not in keys]
         start = 0
+        label_categoricals = LabelCategoricals()
         for rb in dataset.to_batches(columns=in_file, batch_size=batch_size):
             if rb.num_rows == 0:
                 continue
@@ -50,8 +51,26 @@ class ParquetPiece:
             for key in (c for c in columns if c in keys):
                 table = table.append_column(key, pa.array([keys[key]] * rb.num_rows))
             stop = start + rb.num_rows
-            yield Batch(arrow_to_pandas(table.select(list(columns)), start, labels), f"{self.label} ({row_range(start, stop)})", index)
+            yield Batch(arrow_to_pandas(table.select(list(columns)), start, labels, label_categoricals), f"{self.label} ({row_range(start, stop)})", index)
             start = stop
+
+
+def is_path_list(data: object) -> bool:
+    """Whether ``data`` is a non-empty list or tuple of paths (files or globs of a source)."""
+    return isinstance(data, (list, tuple)) and len(data) > 0 and all(isinstance(p, (str, os.PathLike)) for p in data)
+
+
+def _listed_files(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """The files of a list of Parquet files and globs, sorted, each once."""
+    files: set[str] = set()
+    for path in paths:
+        text = os.fspath(path)
+        if os.path.isdir(text):
+            raise DataError(f"{text!r} in the list of Parquet files is a folder; a list holds files and globs. Give the folder "
+                            "on its own (it is read as one dataset, Hive-style key=value folders included), or its files.")
+        found, _ = _files(text)
+        files.update(found)
+    return sorted(files)
 
 
 def _files(path: str | Path) -> tuple[list[str], str | None]:
@@ -69,22 +88,28 @@ def _files(path: str | Path) -> tuple[list[str], str | None]:
     raise DataError(f"Data source {text!r} does not exist; give a Parquet file, a folder of them, or a glob.")
 
 
-def parquet_pieces(path: str | Path) -> tuple[list[ParquetPiece], Any, str]:
-    """The pieces of a Parquet source, its Arrow schema and a description for messages."""
+def parquet_pieces(path: str | Path | Sequence[str | os.PathLike[str]]) -> tuple[list[ParquetPiece], Any, str]:
+    """The pieces of a Parquet source (a file, folder or glob, or a list of files and globs),
+    its Arrow schema and a description for messages."""
     import pyarrow as pa
     import pyarrow.dataset as ds
 
-    files, folder = _files(path)
+    if isinstance(path, (str, os.PathLike)):
+        files, folder = _files(path)
+        name = repr(os.fspath(path))
+    else:
+        files, folder = _listed_files(path), None
+        name = f"the {len(files)} listed files"
     try:
         if folder is not None:
             dataset = ds.dataset(folder, format="parquet", partitioning="hive", exclude_invalid_files=True)
         else:
             dataset = ds.dataset(files, format="parquet")
     except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"Cannot read {os.fspath(path)!r} as Parquet: {str(exc).splitlines()[0]}") from None
+        raise DataError(f"Cannot read {name} as Parquet: {str(exc).splitlines()[0]}") from None
     fragments = sorted(dataset.get_fragments(), key=lambda f: f.path)
     if not fragments:
-        raise DataError(f"Folder {os.fspath(path)!r} holds no Parquet files.")
+        raise DataError(f"Folder {name} holds no Parquet files.")
     root = folder if folder is not None else os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
     pieces = []
     for frag in fragments:

@@ -27,11 +27,14 @@ finish (batches only for the local runner; a Dask task reports its piece when it
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
+import os
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -134,22 +137,65 @@ def summarise_piece(piece: Any, index: int, summarise: Callable[[Batch], S], mer
     # DesignPass's cells are aligned once per merge); 1 keeps memory at one summary
     buffer = max(int(getattr(summarise, "merge_buffer", 1)), 1)
     pending: list[S] = []
-    batches = iter(piece.batches(columns, batch_size, index, labels))
-    while True:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            return merge_optional(merge, pending)
-        except HierfitError:
-            raise
-        except (OSError, ValueError, TypeError, KeyError) as exc:  # the reader's own error (a damaged file, a bad cast)
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise DataError(f"Cannot read {piece.label}: {first}. Check that it is an intact Parquet file.") from exc
-        pending.append(_summarise_batch(summarise, batch))
+    batches = _read(piece, piece.batches(columns, batch_size, index, labels))
+    for summary in _summaries(batches, summarise, batch_threads(summarise)):
+        pending.append(summary)
         if len(pending) > buffer:
             pending = [merge(pending)]
         if observer is not None:
             observer.advance(batches=1)
+    return merge_optional(merge, pending)
+
+
+def batch_threads(summarise: Callable[[Batch], Any]) -> int:
+    """Batches summarised at once: what the summary allows (``summarise.batch_threads``: one
+    whose work releases the GIL, as :class:`~hierfit.design.passes.DesignPass`'s compiled
+    kernels do), at most the cores this process may run on."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(int(getattr(summarise, "batch_threads", 1)), cores))
+
+
+def _read(piece: Any, batches: Iterator[Batch]) -> Iterator[Batch]:
+    """The piece's batches, a reader's own error (a damaged file, a bad cast) as a DataError."""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except HierfitError:
+            raise
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"Cannot read {piece.label}: {first}. Check that it is an intact Parquet file.") from exc
+        yield batch
+
+
+def _summaries(batches: Iterator[Batch], summarise: Callable[[Batch], S], threads: int) -> Iterator[S]:
+    """Each batch's summary, in the batches' order, ``threads`` of them computed at once.
+
+    The order of the summaries (and so of every merge) is the batches' order whatever the
+    threads do, so the result is the same number for number as one thread's; at most
+    ``threads`` batches are summarised while the next one is read.
+    """
+    if threads <= 1:
+        for batch in batches:
+            yield _summarise_batch(summarise, batch)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="hierfit-batch") as pool:
+        running: collections.deque[Future[S]] = collections.deque()
+        try:
+            for batch in batches:
+                running.append(pool.submit(_summarise_batch, summarise, batch))
+                if len(running) >= threads:
+                    yield running.popleft().result()
+            while running:
+                yield running.popleft().result()
+        finally:
+            for future in running:
+                future.cancel()
 
 
 def merge_optional(merge: Callable[[list[S]], S], summaries: Sequence[S | None]) -> S | None:

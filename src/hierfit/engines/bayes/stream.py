@@ -181,7 +181,7 @@ class BayesStatisticsPass:
 
     encoding: DesignEncoding
     layout: TreeLayout | None
-    #: grouping columns read as sorted categoricals (see :func:`hierfit.design.streamed.stream_labels`)
+    #: grouping columns read as categoricals of their dictionary codes (see :func:`hierfit.design.streamed.stream_labels`)
     labels: tuple[str, ...] = ()
 
     def __call__(self, batch: Batch) -> BayesBatch:

@@ -114,7 +114,7 @@ class StatisticsPass:
     factor_maps: tuple[ColumnAffine, ...]
     x_ones: tuple[bool, ...]
     ones_coef: np.ndarray | None
-    #: grouping columns read as sorted categoricals (see :func:`hierfit.design.streamed.stream_labels`)
+    #: grouping columns read as categoricals of their dictionary codes (see :func:`hierfit.design.streamed.stream_labels`)
     labels: tuple[str, ...] = ()
 
     def __call__(self, batch: Batch) -> BatchStatistics:
