@@ -17,9 +17,12 @@ RSS, ``getrusage(RUSAGE_SELF).ru_maxrss``, is its own):
   projected linearly from the smallest size, would pass ``--memory-limit-gb`` (12);
 * ``scan``: the physical floor, a ``pyarrow.dataset`` scan of the same five columns alone.
 
-Printed per path: wall seconds, rows/s, peak RSS, the read-rate ratio to the scan (how many
-scans' time the path takes) and the largest relative difference of its estimates (fixed
-effects, variance components, residual SD) from the streamed fit's.
+Printed per path: wall seconds (after the libraries are imported: an import is not reading),
+rows/s, peak RSS, how many scans' time the path takes, the seconds spent in passes over the
+rows (timed by a fold observer; the rest of a streamed fit is the engine's work on the merged
+summaries, whatever the rows) and the *read rate*, those passes' time over the scan's, and the
+largest relative difference of its estimates (fixed effects, variance components, residual SD)
+from the streamed fit's.
 
 Run: ``python benchmarks/scale.py`` (``--sizes 10`` for a quick look: sizes in millions of
 rows; ``--data DIR`` keeps the files in DIR and reuses them; without it they go to a
@@ -92,19 +95,46 @@ def _estimates(result: object) -> list[float]:
     return [*fixed.tolist(), *var.tolist()]
 
 
+class _PassClock:
+    """A fold observer (``hierfit.design.sources.observe_folds``) that adds up the time spent in
+    the passes over the rows: the part of a fit that reads, against which the scan is set."""
+
+    def __init__(self) -> None:
+        self.seconds, self.passes = 0.0, 0
+
+    def start(self, what: str, pieces: int) -> None:
+        self._t0 = time.perf_counter()
+        self.passes += 1
+
+    def advance(self, *, batches: int = 0, pieces: int = 0) -> None:
+        pass
+
+    def finish(self) -> None:
+        self.seconds += time.perf_counter() - self._t0
+
+
 def child(path: str, files: list[str], folder: str) -> dict[str, object]:
-    """One path, timed, in this (fresh) process."""
+    """One path, timed, in this (fresh) process; the libraries it uses are imported first (an
+    import is not reading: pandas, scipy and numba cost seconds on a cold machine)."""
+    import pyarrow.dataset  # noqa: F401
+
+    import hierfit.design.streamed  # noqa: F401
+    import hierfit.engines.mixed._stream  # noqa: F401
+    from hierfit.design.sources import observe_folds
+
     whole = len(files) == len(list(Path(folder).glob("part-*.parquet")))
     source = str(Path(folder) / "part-*.parquet") if whole else _subset_folder(files)
+    clock = _PassClock()
     try:
         t0 = time.perf_counter()
-        estimates = _run_path(path, files, source)
+        with observe_folds(clock):
+            estimates = _run_path(path, files, source)
         wall = time.perf_counter() - t0
     finally:
         if not whole:
             shutil.rmtree(source)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
-    return {"wall": wall, "rss": rss, "estimates": estimates}
+    return {"wall": wall, "rss": rss, "estimates": estimates, "passes": clock.seconds, "n_passes": clock.passes}
 
 
 def _run_path(path: str, files: list[str], source: str) -> list[float]:
@@ -156,7 +186,8 @@ def report(millions: int, results: dict[str, dict[str, object]], skipped: str | 
     scan = float(results["scan"]["wall"])  # type: ignore[arg-type]
     ref = results["stream"]["estimates"]
     print(f"\n{millions}M rows ({n:,})")
-    print(f"  {'path':<8} {'wall s':>8} {'rows/s':>12} {'peak RSS GB':>11} {'x scan':>7} {'max rel diff':>12}")
+    print(f"  {'path':<8} {'wall s':>8} {'rows/s':>12} {'peak RSS GB':>11} {'x scan':>7} {'passes s':>9} "
+          f"{'read x scan':>11} {'max rel diff':>12}")
     for path in [p for p in PATHS if p in paths]:
         if path not in results:
             print(f"  {path:<8} skipped: {skipped}")
@@ -165,7 +196,10 @@ def report(millions: int, results: dict[str, dict[str, object]], skipped: str | 
         wall = float(r["wall"])  # type: ignore[arg-type]
         est = r["estimates"]
         diff = f"{rel_diff(est, ref):.1e}" if est else "-"  # type: ignore[arg-type]
-        print(f"  {path:<8} {wall:>8.1f} {n / wall:>12,.0f} {float(r['rss']) / 1e9:>11.2f} {wall / scan:>7.2f} {diff:>12}")  # type: ignore[arg-type]
+        passes = float(r.get("passes", 0.0))  # type: ignore[arg-type]
+        read = f"{passes:>9.1f} {passes / scan:>11.2f}" if passes else f"{'-':>9} {'-':>11}"
+        print(f"  {path:<8} {wall:>8.1f} {n / wall:>12,.0f} {float(r['rss']) / 1e9:>11.2f} {wall / scan:>7.2f} {read} "  # type: ignore[arg-type]
+              f"{diff:>12}")
 
 
 def main() -> None:
