@@ -55,6 +55,24 @@ def test_fit_streams_a_glob_and_a_folder(tmp_path, lake, in_memory) -> None:
     _same_fit(str(tmp_path / "fit2"), in_memory)
 
 
+def test_files_the_shell_expanded_are_streamed(tmp_path, lake, sim, in_memory) -> None:
+    """An unquoted glob reaches the command as several paths: they are one streamed source."""
+    import glob
+
+    files = sorted(glob.glob(lake))
+    runner = CliRunner()
+    res = runner.invoke(main, ["fit", *files, "-f", FORMULA, "--out", str(tmp_path / "fit")])
+    assert res.exit_code == 0, res.output
+    _same_fit(str(tmp_path / "fit"), in_memory)
+    res = runner.invoke(main, ["predict", str(tmp_path / "fit"), *files, "--out", str(tmp_path / "pred")])
+    assert res.exit_code == 0, res.output
+    assert f"wrote {len(sim.data)} predictions" in res.output
+    got = pd.concat([pd.read_parquet(tmp_path / "pred" / f"part-{i}.parquet") for i in range(3)], ignore_index=True)
+    np.testing.assert_allclose(got["prediction"], in_memory.predict(sim.data)["prediction"].to_numpy(), rtol=1e-9)
+    res = runner.invoke(main, ["fit", files[0], str(tmp_path), "-f", FORMULA, "--out", str(tmp_path / "fit2")])
+    assert res.exit_code == 2 and "is a folder; a list holds files and globs" in res.output
+
+
 def test_fit_of_a_source_refuses_other_engines(tmp_path, lake) -> None:
     res = CliRunner().invoke(main, ["fit", lake, "-f", FORMULA, "-e", "ols", "--out", str(tmp_path / "fit")])
     assert res.exit_code == 2

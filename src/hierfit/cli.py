@@ -61,8 +61,16 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
     click.echo(f"warning: {' '.join(str(message).split())}", err=True)
 
 
-def _streams(data: str, *flags: object) -> bool:
+def _data(values: tuple[str, ...]) -> str | list[str]:
+    """DATA as given: one path, or -- several (a glob the shell expanded, files listed) -- a list
+    of Parquet files, which is streamed."""
+    return values[0] if len(values) == 1 else list(values)
+
+
+def _streams(data: str | list[str], *flags: object) -> bool:
     """Whether DATA is read as a streaming source rather than one in-memory table."""
+    if isinstance(data, list):
+        return True
     return any(ch in _GLOB for ch in data) or os.path.isdir(data) or any(f is not None for f in flags)
 
 
@@ -70,7 +78,7 @@ def _stream_options(command: Any) -> Any:
     """``--batch-size``, ``--workers`` and ``--scheduler``, shared by fit, predict and compare."""
     for option in reversed((
         click.option("--batch-size", type=click.IntRange(min=1), default=None,
-                     help="Stream DATA in record batches of at most this many rows (default 524,288)."),
+                     help="Stream DATA in record batches of at most this many rows (default 1,048,576)."),
         click.option("--workers", type=click.IntRange(min=1), default=None,
                      help="Stream DATA on a local Dask cluster of this many worker processes (one task per file)."),
         click.option("--scheduler", default=None, metavar="ADDRESS",
@@ -199,7 +207,7 @@ def simulate(out, truth_out, n_markets, n_submarkets, rows_per_submarket, unbala
 
 
 @main.command()
-@click.argument("data")
+@click.argument("data", nargs=-1, required=True)
 @click.option("--formula", "-f", required=True, help="lme4/brms formula, e.g. 'y ~ x1 + (1 + x1 | market/submarket)'.")
 @click.option("--engine", "-e", default=None, help="Engine name (see `hierfit engines`); default mixed, else ols.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), callback=_output, help="Directory to save the fit in.")
@@ -215,13 +223,14 @@ def fit(data, formula, engine, out, family, national, link, weights, offset, opt
         scheduler) -> None:
     """Fit a model to DATA and save it to --out (atomically: readers see the old save or the new one).
 
-    DATA is a .csv or .parquet file, or -- streamed, for engine mixed with a gaussian family --
-    a glob ('lake/*.parquet') or folder of Parquet files.
+    DATA is a .csv or .parquet file, or -- streamed -- a glob ('lake/*.parquet'), a folder, or
+    several Parquet files (an unquoted glob the shell expanded).
     """
     import hierfit
     from hierfit.io import read_table
     from hierfit.storage import check_target
 
+    data = _data(data)
     # refuse an occupied --out before the (possibly long) fit, not after it
     check_target(out, overwrite)
     common = dict(engine=engine, family=family, link=link, national=national, weights=weights, offset=offset,
@@ -262,7 +271,7 @@ def effects(fit_dir, table, kind, out) -> None:
 
 @main.command()
 @click.argument("fit_dir", type=click.Path(file_okay=False))
-@click.argument("data")
+@click.argument("data", nargs=-1, required=True)
 @click.option("--out", "out", required=True, type=click.Path(), callback=_output,
               help="Predictions file (.csv/.parquet); for streamed DATA a new or empty folder of Parquet files.")
 @click.option("--interval", type=click.Choice(["confidence", "prediction"]), default=None)
@@ -271,7 +280,7 @@ def effects(fit_dir, table, kind, out) -> None:
 def predict(fit_dir, data, out, interval, level, batch_size, workers, scheduler) -> None:
     """Predict DATA with a saved fit; rows keep their order.
 
-    Streamed DATA (a glob or folder of Parquet files) is predicted a batch at a time into the
+    Streamed DATA (a glob, a folder or several Parquet files) is predicted a batch at a time into the
     folder --out: one output file per input file, row i predicting the input file's row i
     (with --workers/--scheduler: one file per Dask partition, written on the cluster).
     """
@@ -281,6 +290,7 @@ def predict(fit_dir, data, out, interval, level, batch_size, workers, scheduler)
     from hierfit.io import read_table, write_table
 
     result = hierfit.load(fit_dir)
+    data = _data(data)
     streamed = _streams(data, batch_size, workers, scheduler)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", hierfit.UnseenGroupsWarning)
@@ -295,7 +305,7 @@ def predict(fit_dir, data, out, interval, level, batch_size, workers, scheduler)
     click.echo(f"wrote {rows} predictions to {out}")
 
 
-def _predict_source(result: Any, data: str, out: str, interval: str | None, level: float, batch_size: int | None,
+def _predict_source(result: Any, data: str | list[str], out: str, interval: str | None, level: float, batch_size: int | None,
                     workers: int | None, scheduler: str | None) -> int:
     """Predict a streamed source into the folder ``out``; the number of rows written."""
     import pyarrow.parquet as pq
@@ -312,7 +322,7 @@ def _predict_source(result: Any, data: str, out: str, interval: str | None, leve
     return sum(pq.read_metadata(f).num_rows for f in sorted(Path(out).glob("**/*.parquet")))
 
 
-def _dask_frame(data: str) -> Any:
+def _dask_frame(data: str | list[str]) -> Any:
     """DATA as a Dask DataFrame (one partition per file), for predicting on a cluster."""
     try:
         import dask.dataframe as dd
@@ -370,7 +380,7 @@ def engines() -> None:
 
 
 @main.command()
-@click.argument("data")
+@click.argument("data", nargs=-1, required=True)
 @click.option("--formula", "-f", required=True, help="lme4/brms formula, e.g. 'y ~ x1 + (1 + x1 | market/submarket)'.")
 @click.option("--engines", "-e", default=None, help="Comma-separated engines, e.g. mixed,pymc,ols; default every installed engine.")
 @click.option("--cv", default="kfold", show_default=True, help="kfold (rows), or a level to hold out whole groups of: submarket, market, ...")
@@ -396,8 +406,8 @@ def compare(data, formula, engines, cv, folds, out, family, national, link, weig
     """Fit several engines to DATA, cross-validate them, and print the scores.
 
     DATA is a .csv or .parquet file, or -- streamed, for the engines that stream the family
-    (mixed, gaussian) and with --cv naming a level -- a glob ('lake/*.parquet') or folder of
-    Parquet files: the folds hold out groups found by a pass over the files, every fold's fit
+    (mixed, gaussian) and with --cv naming a level -- a glob ('lake/*.parquet'), a folder or
+    several Parquet files: the folds hold out groups found by a pass over the files, every fold's fit
     streams the other groups' rows, and the held-out rows are scored batch by batch.
     """
     import warnings
@@ -411,6 +421,7 @@ def compare(data, formula, engines, cv, folds, out, family, national, link, weig
 
     if out:
         check_target(out, overwrite)
+    data = _data(data)
     streamed = _streams(data, batch_size, workers, scheduler)
     names = [e.strip() for e in engines.split(",") if e.strip()] if engines else None
     per_engine: dict[str, dict[str, object]] = {}
