@@ -1,4 +1,5 @@
-"""Compiled loops where numba is installed (``hierfit[fast]``), else ``None`` and numpy instead.
+"""Compiled loops where numba is installed (``hierfit[pymc]`` and ``[all]`` bring it, through PyMC),
+else ``None`` and numpy instead.
 
 Every kernel here has a numpy twin that computes the same numbers in the same order, so a
 result never depends on whether numba is installed (tests compare the two bit for bit). The
@@ -15,12 +16,9 @@ try:
 except ImportError:  # pragma: no cover - exercised only without numba
     _nb = None
 
-__all__ = ["compiled", "HAVE_NUMBA"]
+__all__ = ["compiled"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-HAVE_NUMBA = _nb is not None
-
 
 def compiled(fn: F) -> F | None:
     """``fn`` compiled by numba (cached on disk, without the GIL), or ``None`` without numba."""

@@ -193,12 +193,13 @@ def open_source(data: Any, *, batch_size: int | None = None, workers: int | None
             yield Source("dask", f"a Dask DataFrame of {len(pieces)} partitions", pieces, plain_text(data._meta.iloc[:0]), size,
                          DaskRunner())
         return
-    if isinstance(data, (str, os.PathLike)) or is_path_list(data):
-        paths = [os.fspath(p) for p in data] if is_path_list(data) else [os.fspath(data)]
+    listed = is_path_list(data)
+    if isinstance(data, (str, os.PathLike)) or listed:
+        paths = [os.fspath(p) for p in data] if listed else [os.fspath(data)]
         csv = [p for p in paths if Path(p).suffix.lower() == ".csv"]
         if csv:
             raise DataError(f"{csv[0]!r} is CSV; streaming reads Parquet files. Convert it, or read it with pandas.read_csv.")
-        pieces_, schema, where = parquet_pieces(paths if is_path_list(data) else paths[0])
+        pieces_, schema, where = parquet_pieces(paths if listed else paths[0])
         with _cluster(workers):
             runner: Runner = DaskRunner() if workers is not None or active_client() is not None else LocalRunner()
             yield Source("parquet", where, tuple(pieces_), empty_frame(schema), size, runner)

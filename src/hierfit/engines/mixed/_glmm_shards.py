@@ -265,15 +265,13 @@ class DaskShards(ShardStore):
         client = self.client
         with dask_failures("during a pass of the GLMM fit", "during a pass of the GLMM fit", "estimate"):
             shared = _scatter(client, _Args(args))
-        run = _OnPiece(op)
-        futures = client.map(_on_piece_args, self.futures, run=run, shared=shared, pure=False)
-        try:
-            with dask_failures("during a pass of the GLMM fit", "during a pass of the GLMM fit", "estimate"):
+            futures = client.map(_on_piece_args, self.futures, run=_OnPiece(op), shared=shared, pure=False)
+            try:
                 parts = client.gather(futures)
-        finally:
-            for f in futures:
-                f.release()
-            shared.release()
+            finally:
+                for f in futures:
+                    f.release()
+                shared.release()
         self.passes += 1
         present = [p for p in parts if p is not None]
         return _total(present)
@@ -295,14 +293,12 @@ def _scatter(client: Any, value: Any) -> Any:
     scatter to it then fails with a closed connection. By the next try the scheduler has
     dropped it (and is rebuilding its shards elsewhere), so the parameters go to a live one.
     """
-    for attempt in range(SCATTER_TRIES):
+    for attempt in range(SCATTER_TRIES - 1):
         try:
             return client.scatter(value, broadcast=False, hash=False)
         except OSError:  # distributed's CommClosedError and StreamClosedError are OSErrors
-            if attempt == SCATTER_TRIES - 1:
-                raise
             time.sleep(0.2 * 2 ** attempt)
-    raise AssertionError("unreachable")  # pragma: no cover
+    return client.scatter(value, broadcast=False, hash=False)  # the last try: its failure is the cluster's
 
 
 @dataclass(frozen=True)
