@@ -107,8 +107,8 @@ def _pair_index(k: int) -> dict[tuple[int, int], int]:
 
 def _cell_numpy(cols: Sequence[np.ndarray], origin: np.ndarray, cell: np.ndarray,
                 safe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per cell, the means of ``cols[a] - origin[a]`` (``(k, m)``) and the co-moments about
-    them of every pair ``a <= b`` (``(k (k + 1) / 2, m)``, in :func:`_pair_index` order): two
+    """Per cell, the means of ``cols[a] - origin[a]`` (``(m, k)``) and the co-moments about
+    them of every pair ``a <= b`` (``(m, k (k + 1) / 2)``, in :func:`_pair_index` order): two
     passes over the rows, as two-pass variance is, each sum in row order (``numpy.bincount``)."""
     m, k = safe.size, len(cols)
     means, cross = np.zeros((k, m)), np.zeros((k * (k + 1) // 2, m))
@@ -120,7 +120,7 @@ def _cell_numpy(cols: Sequence[np.ndarray], origin: np.ndarray, cell: np.ndarray
         centred.append(dev)
     for (a, b), p in _pair_index(k).items():
         cross[p] = np.bincount(cell, weights=centred[a] * centred[b], minlength=m)
-    return means, cross
+    return means.T, cross.T
 
 
 def _cell_loops(X: tuple[np.ndarray, ...], origin: np.ndarray, cell: np.ndarray,
@@ -150,7 +150,7 @@ def _cell_loops(X: tuple[np.ndarray, ...], origin: np.ndarray, cell: np.ndarray,
             for b in range(a, k):
                 cross[c, p] += da * ((X[b][i] - origin[b]) - means[c, b])
                 p += 1
-    return means.T, cross.T
+    return means, cross
 
 
 _cell_kernel = compiled(_cell_loops)
@@ -315,17 +315,18 @@ class CellMoments:
             means, cross = _cell_kernel(_read_only(cols), origin[primary], cell, safe)
         else:
             means, cross = _cell_numpy(cols, origin[primary], cell, safe)
+        # every column and pair takes the sums of the primary column or pair it is a copy of:
+        # one gather each (the kernel's (m, k) and (m, k (k + 1) / 2) arrays, rows per cell)
         at = {j: a for a, j in enumerate(primary)}
         pair = _pair_index(len(primary))
         mean = np.zeros((n_cells, q))
-        for j in range(q):
-            if same[j] in at:
-                mean[:, j] = means[at[same[j]]]
+        columns = [j for j in range(q) if same[j] in at]
+        mean[:, columns] = means[:, [at[same[j]] for j in columns]]
         m2 = np.zeros((n_cells, iu.size))
-        for k, (i, j) in enumerate(zip(iu.tolist(), ju.tolist())):
-            a, b = sorted((same[i], same[j]))
-            if a in at and b in at:
-                m2[:, k] = cross[pair[at[a], at[b]]]
+        ordered = (sorted((same[i], same[j])) for i, j in zip(iu.tolist(), ju.tolist()))
+        pairs = [(k, pair[at[a], at[b]]) for k, (a, b) in enumerate(ordered) if a in at and b in at]
+        if pairs:
+            m2[:, [k for k, _ in pairs]] = cross[:, [p for _, p in pairs]]
         return cls(origin, count, mean, m2, lo, hi)
 
     @classmethod

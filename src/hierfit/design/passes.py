@@ -165,7 +165,7 @@ class DesignPass:
     def __call__(self, batch: Batch) -> DesignSummary:
         frame = batch.frame
         key = ordinal(batch)
-        kinds = {str(c): (column_kind(frame[c].dtype), batch.where) for c in frame.columns}
+        kinds = {str(c): (column_kind(dtype), batch.where) for c, dtype in frame.dtypes.items()}
         per_cell = self.per_cell and self.encoding is not None
         cells = pd.DataFrame()
         cell = np.zeros(0, dtype=np.int64)
@@ -208,8 +208,10 @@ class DesignPass:
         codes, ranks, uniques = [], [], []
         for col in self.grouping:
             c, r, u = _label_codes(frame[col], self._categories)
-            missing = int(np.count_nonzero(c < 0))
-            if missing:
+            # the minimum first: a reduction without the temporary mask, which only a column
+            # with missing labels needs (to count them)
+            if c.size and c.min() < 0:
+                missing = int(np.count_nonzero(c < 0))
                 raise DataError(
                     f"Grouping column {col!r} has {missing} missing labels (of {len(frame)} rows); "
                     "drop those rows or give them a label before fitting."
