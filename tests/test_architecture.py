@@ -2,7 +2,8 @@
 
 Layers, bottom first (a module may import its own layer and those below it, never above):
 
-    exceptions, checks, _version, storage   (storage: sealed, atomically replaced save folders)
+    exceptions, checks, _version, storage, threads   (storage: sealed, atomically replaced save
+                     folders; threads: the thread budget of the work around a fit)
     formula
     model            the inert spec: ModelSpec, the family table, priors
     design           numbers from a spec and data; the tree of groups
@@ -26,7 +27,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "hierfit"
 
 LAYERS: list[set[str]] = [
-    {"exceptions", "checks", "_version", "storage"},
+    {"exceptions", "checks", "_version", "storage", "threads"},
     {"formula"},
     {"model"},
     {"design"},

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import hierfit
-from hierfit.engines import ENGINES, threads
-from hierfit.engines.threads import available_cores, fold_budget, limit_threads, thread_budget, threads_for
+from hierfit import threads
+from hierfit.engines import ENGINES
+from hierfit.threads import available_cores, fold_budget, limit_threads, thread_budget, threads_for
 
 
 def test_a_budget_holds_inside_its_block_and_user_counts_are_kept():

@@ -8,7 +8,7 @@ level's effects against the truth.
 Folds run one after another in this process, or, with ``workers=W``, ``W`` at a time in worker
 processes (forkserver on Unix, which starts them from a clean process: no threads or OpenMP
 pools inherited). Each fit in a worker gets ``cores // W`` native threads and each full-data
-fit every core (:mod:`hierfit.engines.threads`), so thread pools never outnumber the cores.
+fit every core (:mod:`hierfit.threads`), so thread pools never outnumber the cores.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from hierfit.design import Design, build_design
 from hierfit.design.sources import is_source
 from hierfit.engines import ENGINES, get_engine
 from hierfit.engines.registry import Preparation
-from hierfit.engines.threads import fold_budget, limit_threads, thread_budget
+from hierfit.threads import fold_budget, limit_threads, thread_budget
 from hierfit.evaluate.comparison import Comparison
 from hierfit.evaluate.metrics import recovery, score, truth_effects
 from hierfit.evaluate.predictive import predictive
@@ -343,7 +343,7 @@ def run_fold(spec: ModelSpec, data: pd.DataFrame, fold_of_row: np.ndarray, name:
     """Fit ``name`` on every row outside fold ``k`` and score the rows of fold ``k``.
 
     A pure function of its arguments (it runs in worker processes too); ``row["threads"]`` is
-    the thread count the fit's engine used (:attr:`hierfit.engines.threads.ThreadUse.used`).
+    the thread count the fit's engine used (:attr:`hierfit.threads.ThreadUse.used`).
     """
     test = fold_of_row == k
     train_data, test_data = data.iloc[~test], data.iloc[test]

@@ -45,7 +45,7 @@ from hierfit.design.sources import Batch, CompensatedSum, Source, dask_client, o
 from hierfit.design.sources.runner import FoldObserver, current_observer, observe_folds
 from hierfit.design.streamed import StreamedDesign, _probe_frame, build_streamed_design
 from hierfit.engines import ENGINES
-from hierfit.engines.threads import limit_threads, thread_budget
+from hierfit.threads import limit_threads, thread_budget
 from hierfit.evaluate.compare import _START_SHARE, _Budget, _expected_cost, _first_lines, _Progress, _quiet_fit, _refit_seconds
 from hierfit.evaluate.comparison import Comparison
 from hierfit.evaluate.metrics import FAMILY_SCORES, is_count, is_probability, recovery

@@ -30,7 +30,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
-import os
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -39,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from hierfit.exceptions import DataError, EngineError, HierfitError
+from hierfit.threads import thread_budget
 
 from .base import Batch, FramePiece, located
 
@@ -150,12 +150,10 @@ def summarise_piece(piece: Any, index: int, summarise: Callable[[Batch], S], mer
 def batch_threads(summarise: Callable[[Batch], Any]) -> int:
     """Batches summarised at once: what the summary allows (``summarise.batch_threads``: one
     whose work releases the GIL, as :class:`~hierfit.design.passes.DesignPass`'s compiled
-    kernels do), at most the cores this process may run on."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(int(getattr(summarise, "batch_threads", 1)), cores))
+    kernels do), at most the threads the work around this pass grants
+    (:func:`hierfit.threads.thread_budget`: every core of this process, or its share where
+    ``compare`` fits several folds at once)."""
+    return max(1, min(int(getattr(summarise, "batch_threads", 1)), thread_budget()))
 
 
 def _read(piece: Any, batches: Iterator[Batch]) -> Iterator[Batch]:

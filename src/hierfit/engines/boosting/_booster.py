@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from hierfit.engines.state import StateReader, StateWriter
-from hierfit.engines.threads import threads_for
+from hierfit.threads import threads_for
 from hierfit.exceptions import PersistenceError
 
 BOOSTER_FILE = "booster.txt"

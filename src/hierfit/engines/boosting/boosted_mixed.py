@@ -93,7 +93,7 @@ class OPTIONS:
     num_threads
         LightGBM's threads; ``0`` (default): from the work around the fit -- every core for a
         single fit, ``cores // workers`` per fold worker inside ``compare`` (see
-        :mod:`hierfit.engines.threads`).
+        :mod:`hierfit.threads`).
     dask_workers
         Streamed sources without an active ``dask.distributed`` client: worker processes of
         the ``LocalCluster`` started for the fit (see :mod:`._distributed`).

@@ -97,7 +97,7 @@ class OPTIONS:
     num_threads
         LightGBM's threads; ``0`` (default): from the work around the fit -- every core for a
         single fit, ``cores // workers`` per fold worker inside ``compare`` (see
-        :mod:`hierfit.engines.threads`).
+        :mod:`hierfit.threads`).
     params
         Extra LightGBM parameters (override the ones above).
     dask_workers
