@@ -106,3 +106,27 @@ def test_stan_prepare_is_nothing_to_do_for_a_cached_program(monkeypatch):
 
     monkeypatch.setattr(stan_engine, "is_compiled", lambda code: True)
     assert stan_engine.prepare(hierfit.make_spec("y ~ x1 + (1 | market)"), {}) is None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("stan") is None, reason="pystan is not installed")
+def test_a_cached_module_that_no_longer_loads_is_not_compiled(monkeypatch, tmp_path):
+    """httpstan's cache is shared by every environment, and a module links to the Stan runtime
+    of the one that compiled it: once that environment is deleted, the entry (complete, with
+    its compiler log) fails to import, and the program must be compiled again, not used."""
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    import httpstan.cache
+    import httpstan.models
+
+    from hierfit.engines.bayes import stan_engine
+
+    stan_engine._import_stan()
+    monkeypatch.setattr(httpstan.cache, "cache_directory", lambda: tmp_path)
+    code = "parameters { real mu; }\nmodel { mu ~ normal(0, 1); }\n"
+    folder = httpstan.cache.model_directory(httpstan.models.calculate_model_name(code))
+    folder.mkdir(parents=True)
+    (folder / "stderr.log").write_text("")
+    assert not stan_engine.is_compiled(code)  # a log without a module
+    # a module whose linked libraries are gone fails to load like this one (not a shared object)
+    (folder / f"stan_services_model_x{EXTENSION_SUFFIXES[0]}").write_bytes(b"not a shared object")
+    assert not stan_engine.is_compiled(code)

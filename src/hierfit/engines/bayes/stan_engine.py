@@ -198,7 +198,16 @@ def is_compiled(code: str) -> bool:
     if name not in set(httpstan.cache.list_model_names()):
         return False
     # an interrupted compilation leaves the module without its compiler log, which httpstan then fails to read
-    return (httpstan.cache.model_directory(name) / "stderr.log").exists()
+    if not (httpstan.cache.model_directory(name) / "stderr.log").exists():
+        return False
+    # the cache is shared by every environment of this user, and a module links to the Stan
+    # runtime (libtbb) of the environment that compiled it: where that environment is gone
+    # (a deleted virtualenv or clone) the module no longer loads, and it must be compiled again
+    try:
+        httpstan.models.import_services_extension_module(name)
+    except (ImportError, KeyError):  # KeyError: no module in the folder
+        return False
+    return True
 
 
 def compile_program(code: str) -> bool:
