@@ -121,11 +121,12 @@ def _summarise_batch(summarise: Callable[[Batch], S], batch: Batch) -> S:
 
 
 def summarise_piece(piece: Any, index: int, summarise: Callable[[Batch], S], merge: Callable[[list[S]], S],
-                    columns: Sequence[str], batch_size: int, observer: FoldObserver | None = None) -> S | None:
+                    columns: Sequence[str], batch_size: int, observer: FoldObserver | None = None,
+                    threads: int | None = None) -> S | None:
     """The merged summary of one piece's batches (``None`` for a piece without rows).
 
     ``piece`` is a :class:`~.base.Piece` or, for a Dask partition computed on its worker, a
-    pandas frame.
+    pandas frame. ``threads``: batches summarised at once (``None``: :func:`batch_threads`).
     """
     import pandas as pd
 
@@ -138,7 +139,7 @@ def summarise_piece(piece: Any, index: int, summarise: Callable[[Batch], S], mer
     buffer = max(int(getattr(summarise, "merge_buffer", 1)), 1)
     pending: list[S] = []
     batches = _read(piece, piece.batches(columns, batch_size, index, labels))
-    for summary in _summaries(batches, summarise, batch_threads(summarise)):
+    for summary in _summaries(batches, summarise, batch_threads(summarise) if threads is None else threads):
         pending.append(summary)
         if len(pending) > buffer:
             pending = [merge(pending)]
@@ -267,7 +268,9 @@ class DaskRunner(Runner):
         # it, so it travels to each worker once instead of once per piece
         shared = dask.delayed(_identity, pure=True)(summarise)
         merger = dask.delayed(_identity, pure=True)(merge)
-        leaves = [dask.delayed(summarise_piece, pure=False)(piece, i, shared, merger, list(columns), batch_size)
+        # one batch at a time in a task: a Dask worker runs as many tasks at once as it has
+        # threads, and the workers on a machine share its cores between them
+        leaves = [dask.delayed(summarise_piece, pure=False)(piece, i, shared, merger, list(columns), batch_size, threads=1)
                   for i, piece in enumerate(pieces)]
         level = leaves
         while len(level) > 1:
