@@ -17,12 +17,17 @@ RSS, ``getrusage(RUSAGE_SELF).ru_maxrss``, is its own):
   projected linearly from the smallest size, would pass ``--memory-limit-gb`` (12);
 * ``scan``: the physical floor, a ``pyarrow.dataset`` scan of the same five columns alone.
 
-Printed per path: wall seconds (after the libraries are imported: an import is not reading),
+Printed per path: wall seconds (after the libraries are imported and, for the in-process paths,
+a warm-up fit of 50,000 rows has loaded the compiled kernels: neither is reading; the warm-up's
+seconds are printed last),
 rows/s, peak RSS, how many scans' time the path takes, the seconds spent in passes over the
 rows (timed by a fold observer; the rest of a streamed fit is the engine's work on the merged
 summaries, whatever the rows) and the *read rate*, those passes' time over the scan's, and the
 largest relative difference of its estimates (fixed effects, variance components, residual SD)
 from the streamed fit's.
+
+After each size's table, the read rate of ``--repeat`` (3) stream/scan pairs run back to back,
+and their median (this host's speed drifts between runs).
 
 Run: ``python benchmarks/scale.py`` (``--sizes 10`` for a quick look: sizes in millions of
 rows; ``--data DIR`` keeps the files in DIR and reuses them; without it they go to a
@@ -124,6 +129,7 @@ def child(path: str, files: list[str], folder: str) -> dict[str, object]:
 
     whole = len(files) == len(list(Path(folder).glob("part-*.parquet")))
     source = str(Path(folder) / "part-*.parquet") if whole else _subset_folder(files)
+    warm_up = _warm_up(path, files[0])
     clock = _PassClock()
     try:
         t0 = time.perf_counter()
@@ -134,7 +140,28 @@ def child(path: str, files: list[str], folder: str) -> dict[str, object]:
         if not whole:
             shutil.rmtree(source)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
-    return {"wall": wall, "rss": rss, "estimates": estimates, "passes": clock.seconds, "n_passes": clock.passes}
+    return {"wall": wall, "rss": rss, "estimates": estimates, "passes": clock.seconds, "n_passes": clock.passes,
+            "warm_up": warm_up}
+
+
+def _warm_up(path: str, first_file: str) -> float:
+    """Seconds of a fit of the first 50,000 rows, before the clock (the in-process paths): it
+    loads the compiled kernels from numba's cache and the engine's lazily imported modules, a
+    one-off cost of a process (reported apart) that is not reading."""
+    if path not in ("stream", "memory"):
+        return 0.0
+    import warnings
+
+    import pyarrow.parquet as pq
+
+    import hierfit
+
+    t0 = time.perf_counter()
+    rows = pq.ParquetFile(first_file).read_row_group(0, columns=COLUMNS).slice(0, 50_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hierfit.HierfitWarning)
+        hierfit.fit(FORMULA, rows if path == "stream" else rows.to_pandas(), engine="mixed")
+    return time.perf_counter() - t0
 
 
 def _run_path(path: str, files: list[str], source: str) -> list[float]:
@@ -187,7 +214,7 @@ def report(millions: int, results: dict[str, dict[str, object]], skipped: str | 
     ref = results["stream"]["estimates"]
     print(f"\n{millions}M rows ({n:,})")
     print(f"  {'path':<8} {'wall s':>8} {'rows/s':>12} {'peak RSS GB':>11} {'x scan':>7} {'passes s':>9} "
-          f"{'read x scan':>11} {'max rel diff':>12}")
+          f"{'read x scan':>11} {'max rel diff':>12} {'warm-up s':>9}")
     for path in [p for p in PATHS if p in paths]:
         if path not in results:
             print(f"  {path:<8} skipped: {skipped}")
@@ -198,8 +225,19 @@ def report(millions: int, results: dict[str, dict[str, object]], skipped: str | 
         diff = f"{rel_diff(est, ref):.1e}" if est else "-"  # type: ignore[arg-type]
         passes = float(r.get("passes", 0.0))  # type: ignore[arg-type]
         read = f"{passes:>9.1f} {passes / scan:>11.2f}" if passes else f"{'-':>9} {'-':>11}"
+        warm = float(r.get("warm_up", 0.0))  # type: ignore[arg-type]
         print(f"  {path:<8} {wall:>8.1f} {n / wall:>12,.0f} {float(r['rss']) / 1e9:>11.2f} {wall / scan:>7.2f} {read} "  # type: ignore[arg-type]
-              f"{diff:>12}")
+              f"{diff:>12} {f'{warm:.1f}' if warm else '-':>9}")
+
+
+def report_read_rate(first: dict[str, dict[str, object]], more: list[tuple[dict[str, object], dict[str, object]]]) -> None:
+    """The read rate of the table's run and of more stream/scan pairs, each pair run back to
+    back, and their median: on a host whose speed drifts by a quarter between runs, one pair
+    alone says little."""
+    pairs = [(first["stream"], first["scan"]), *more]
+    rates = [float(st["passes"]) / float(sc["wall"]) for st, sc in pairs]  # type: ignore[arg-type]
+    print(f"  read x scan in {len(rates)} stream/scan pairs: {', '.join(f'{r:.2f}' for r in rates)}; "
+          f"median {float(np.median(rates)):.2f}")
 
 
 def main() -> None:
@@ -208,6 +246,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=None, help="folder of the Parquet files (kept, reused)")
     ap.add_argument("--memory-limit-gb", type=float, default=12.0)
     ap.add_argument("--paths", nargs="*", default=list(PATHS))
+    ap.add_argument("--repeat", type=int, default=3, help="stream/scan pairs per size for the read rate's median")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--files", nargs="*", default=[], help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -236,6 +275,9 @@ def main() -> None:
                 if path == "memory" and rss_per_row is None:
                     rss_per_row = float(results[path]["rss"]) / (millions * 1e6)  # type: ignore[arg-type]
             report(millions, results, skipped, args.paths)
+            if args.repeat > 1 and {"stream", "scan"} <= set(results):
+                report_read_rate(results, [(run_child("stream", files, folder), run_child("scan", files, folder))
+                                           for _ in range(args.repeat - 1)])
     finally:
         if args.data is None:
             shutil.rmtree(folder, ignore_errors=True)
