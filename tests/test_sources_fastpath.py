@@ -430,3 +430,27 @@ def test_the_one_pass_fit_over_dictionary_files_is_the_same_either_way(lake, mon
     a, b = _fit(fast), _fit(slow)
     for name in ("beta", "theta", "sigma", "loglik"):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_batches_summarised_at_once_follow_the_thread_budget_and_dask_tasks_take_one(monkeypatch) -> None:
+    """A pass summarises two batches at once where it has the cores, one inside a compare fold
+    given a single thread, and one per Dask task (a worker's threads are its tasks)."""
+    dd = pytest.importorskip("dask.dataframe")
+    from hierfit.design.sources import runner
+    from hierfit.threads import available_cores, limit_threads
+
+    task = DesignPass(("market", "submarket"))
+    assert runner.batch_threads(task) == min(2, available_cores())
+    with limit_threads(1):
+        assert runner.batch_threads(task) == 1
+    seen: list[int] = []
+    plain = runner._summaries
+
+    def spy(batches, summarise, threads):  # type: ignore[no-untyped-def]
+        seen.append(threads)
+        return plain(batches, summarise, threads)
+
+    monkeypatch.setattr(runner, "_summaries", spy)
+    with open_source(dd.from_pandas(DATA, npartitions=3), batch_size=50) as source:  # Dask's local scheduler
+        merged = source.fold(task, merge_summaries, ["market", "submarket"])
+    assert seen == [1, 1, 1] and merged is not None and merged.n == len(DATA)
