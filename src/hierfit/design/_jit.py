@@ -20,6 +20,7 @@ __all__ = ["compiled"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
 def compiled(fn: F) -> F | None:
     """``fn`` compiled by numba (cached on disk, without the GIL), or ``None`` without numba."""
     if _nb is None:
